@@ -1,0 +1,17 @@
+//! The one wire codec of corecast, shared by the gateway (server side) and the load
+//! generator (client side): WebSocket framing (RFC 6455, [`ws`]) and Engine.IO v4 /
+//! Socket.IO v5 packets ([`packet`]).
+//!
+//! It owns the bytes on the wire and nothing else: it turns bytes into messages and
+//! packets, and messages and packets into bytes. It never does I/O, never spawns or
+//! awaits, never parses JSON payloads (that is simd-json's job in the caller), and never
+//! allocates per outgoing delivery beyond the one `Bytes` that every recipient shares.
+//! The HTTP upgrade handshake is tungstenite's, not this crate's.
+
+pub mod packet;
+pub mod ws;
+
+mod sink;
+
+pub use packet::{EioPacket, PacketError, SioKind, SioPacket};
+pub use ws::{CloseCode, Decoder, Message, WsError};

@@ -1,0 +1,439 @@
+//! Engine.IO v4 and Socket.IO v5 packets as they travel in WebSocket text frames.
+//!
+//! Parsing borrows: [`parse_eio`] returns slices of the frame, [`parse_sio`] returns ranges
+//! into the Engine.IO message so that the caller can re-borrow it mutably for simd-json.
+//! The JSON inside packets is never parsed here, only its outer shape is checked.
+//! Encoders append to a reused `Vec<u8>`, or build one complete frame in one allocation
+//! ([`event_frame`], [`ack_frame`]). Only the default namespace is ever written, except in
+//! [`write_connect_error`], which answers a request for another namespace.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::sink::{put_u64, Payload, Sink};
+use crate::ws::{self, Role};
+
+/// Engine.IO ping (server to client over WebSocket in v4).
+pub const PING: &[u8] = b"2";
+/// Engine.IO pong.
+pub const PONG: &[u8] = b"3";
+/// Engine.IO close.
+pub const EIO_CLOSE: &[u8] = b"1";
+/// Socket.IO DISCONNECT for the default namespace, inside an Engine.IO message.
+pub const SIO_DISCONNECT: &[u8] = b"41";
+
+/// Longest accepted ack id. JavaScript clients count acks from 0 in a double, so ids never
+/// get near this; a longer one is garbage, and the limit keeps u64 arithmetic exact.
+pub const MAX_ACK_ID_DIGITS: usize = 16;
+
+/// Why a packet was refused. Every variant means the peer sent something no conforming
+/// client sends; the gateway answers it as a protocol error.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum PacketError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unknown Engine.IO packet type byte {0:#04x}")]
+    UnknownEioType(u8),
+    #[error("unknown Socket.IO packet type byte {0:#04x}")]
+    UnknownSioType(u8),
+    #[error("binary packet without a valid `<attachments>-` count")]
+    InvalidAttachments,
+    #[error("attachment count on a packet type that carries no binary data")]
+    AttachmentsNotAllowed,
+    #[error("ack id longer than {MAX_ACK_ID_DIGITS} digits")]
+    AckIdOverflow,
+    #[error("ack id on a {0:?} packet, which cannot be acknowledged")]
+    UnexpectedAckId(SioKind),
+    #[error("{0:?} packet without an ack id")]
+    MissingAckId(SioKind),
+    #[error("namespace is not valid UTF-8")]
+    InvalidNamespace,
+    #[error("data of a {0:?} packet has the wrong JSON shape")]
+    InvalidData(SioKind),
+}
+
+/// An Engine.IO v4 packet; payloads borrow from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EioPacket<'a> {
+    Open(&'a [u8]),
+    Close,
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// A Socket.IO packet (see [`parse_sio`]).
+    Message(&'a [u8]),
+    Upgrade,
+    Noop,
+}
+
+/// Parses an Engine.IO text packet (the whole text of a WebSocket text frame). Like the
+/// reference parser, anything after the type byte of `Close`/`Upgrade`/`Noop` is ignored.
+pub fn parse_eio(text: &[u8]) -> Result<EioPacket<'_>, PacketError> {
+    let (&kind, rest) = text.split_first().ok_or(PacketError::Empty)?;
+    Ok(match kind {
+        b'0' => EioPacket::Open(rest),
+        b'1' => EioPacket::Close,
+        b'2' => EioPacket::Ping(rest),
+        b'3' => EioPacket::Pong(rest),
+        b'4' => EioPacket::Message(rest),
+        b'5' => EioPacket::Upgrade,
+        b'6' => EioPacket::Noop,
+        other => return Err(PacketError::UnknownEioType(other)),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SioKind {
+    Connect,
+    Disconnect,
+    Event,
+    Ack,
+    ConnectError,
+    BinaryEvent,
+    BinaryAck,
+}
+
+impl SioKind {
+    pub fn from_digit(byte: u8) -> Option<SioKind> {
+        Some(match byte {
+            b'0' => SioKind::Connect,
+            b'1' => SioKind::Disconnect,
+            b'2' => SioKind::Event,
+            b'3' => SioKind::Ack,
+            b'4' => SioKind::ConnectError,
+            b'5' => SioKind::BinaryEvent,
+            b'6' => SioKind::BinaryAck,
+            _ => return None,
+        })
+    }
+
+    pub fn digit(self) -> u8 {
+        b'0' + self as u8
+    }
+
+    /// Whether packets of this kind are followed by binary attachment frames.
+    pub fn is_binary(self) -> bool {
+        matches!(self, SioKind::BinaryEvent | SioKind::BinaryAck)
+    }
+}
+
+/// A parsed Socket.IO packet. The ranges index into the message passed to [`parse_sio`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SioPacket {
+    pub kind: SioKind,
+    /// Includes the leading `/`; empty means the default namespace `/`.
+    pub namespace: Range<usize>,
+    /// Binary frames that follow this packet (binary kinds only; 0 otherwise).
+    pub attachments: u32,
+    pub ack_id: Option<u64>,
+    /// The JSON data; may be empty (CONNECT without auth, DISCONNECT).
+    pub data: Range<usize>,
+}
+
+/// Parses a Socket.IO packet: `msg` is the Engine.IO message payload (without the leading
+/// `4`). Grammar: `<type digit>[<attachments>-][/<nsp>,][<ack id digits>][<json>]`.
+///
+/// The JSON is not parsed, but its outer shape is checked per kind: events and acks carry
+/// an array, CONNECT an optional object, CONNECT_ERROR an object or string, DISCONNECT
+/// nothing. Ack ids are only accepted on events and required on acks.
+pub fn parse_sio(msg: &[u8]) -> Result<SioPacket, PacketError> {
+    let (&type_byte, _) = msg.split_first().ok_or(PacketError::Empty)?;
+    let kind = SioKind::from_digit(type_byte).ok_or(PacketError::UnknownSioType(type_byte))?;
+    let mut at = 1;
+
+    let mut attachments = 0;
+    if kind.is_binary() {
+        let end = digits_end(msg, at);
+        if end == at || msg.get(end) != Some(&b'-') || end - at > 9 {
+            return Err(PacketError::InvalidAttachments);
+        }
+        attachments = parse_digits(&msg[at..end]) as u32;
+        at = end + 1;
+    }
+
+    let mut namespace = at..at;
+    if msg.get(at) == Some(&b'/') {
+        let end = msg[at..]
+            .iter()
+            .position(|&b| b == b',')
+            .map_or(msg.len(), |p| at + p);
+        std::str::from_utf8(&msg[at..end]).map_err(|_| PacketError::InvalidNamespace)?;
+        namespace = at..end;
+        at = (end + 1).min(msg.len());
+    }
+
+    let end = digits_end(msg, at);
+    let ack_id = if end > at {
+        if end - at > MAX_ACK_ID_DIGITS {
+            return Err(PacketError::AckIdOverflow);
+        }
+        Some(parse_digits(&msg[at..end]))
+    } else {
+        None
+    };
+    at = end;
+    if msg.get(at) == Some(&b'-') {
+        return Err(if kind.is_binary() {
+            PacketError::InvalidData(kind)
+        } else {
+            PacketError::AttachmentsNotAllowed
+        });
+    }
+    match (kind, ack_id) {
+        (SioKind::Connect | SioKind::Disconnect | SioKind::ConnectError, Some(_)) => {
+            return Err(PacketError::UnexpectedAckId(kind))
+        }
+        (SioKind::Ack | SioKind::BinaryAck, None) => return Err(PacketError::MissingAckId(kind)),
+        _ => {}
+    }
+
+    let data = &msg[at..];
+    let shape_ok = match kind {
+        SioKind::Connect => data.is_empty() || enclosed(data, b'{', b'}'),
+        SioKind::Disconnect => data.is_empty(),
+        SioKind::ConnectError => enclosed(data, b'{', b'}') || enclosed(data, b'"', b'"'),
+        SioKind::Event | SioKind::BinaryEvent | SioKind::Ack | SioKind::BinaryAck => {
+            enclosed(data, b'[', b']')
+        }
+    };
+    if !shape_ok {
+        return Err(PacketError::InvalidData(kind));
+    }
+
+    Ok(SioPacket {
+        kind,
+        namespace,
+        attachments,
+        ack_id,
+        data: at..msg.len(),
+    })
+}
+
+fn digits_end(msg: &[u8], from: usize) -> usize {
+    msg[from..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(msg.len(), |p| from + p)
+}
+
+/// At most 19 ASCII digits (callers check), so this cannot overflow.
+fn parse_digits(digits: &[u8]) -> u64 {
+    digits
+        .iter()
+        .fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
+}
+
+fn enclosed(data: &[u8], open: u8, close: u8) -> bool {
+    data.len() >= 2 && data[0] == open && data[data.len() - 1] == close
+}
+
+/// The packet's namespace: `/` when it names none. Falls back to `/` if `p` was not parsed
+/// from `msg` (the ranges do not fit), rather than panicking on a caller's mix-up.
+pub fn namespace<'a>(msg: &'a [u8], p: &SioPacket) -> &'a str {
+    match msg.get(p.namespace.clone()) {
+        Some(nsp) if !nsp.is_empty() => std::str::from_utf8(nsp).unwrap_or("/"),
+        _ => "/",
+    }
+}
+
+/// `0{"sid":..,"upgrades":[],"pingInterval":..,"pingTimeout":..,"maxPayload":..}`
+pub fn write_open(
+    out: &mut Vec<u8>,
+    sid: &str,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    max_payload: usize,
+) {
+    out.extend_from_slice(b"0{\"sid\":");
+    put_json_str(out, sid);
+    out.extend_from_slice(b",\"upgrades\":[],\"pingInterval\":");
+    put_u64(out, ping_interval_ms);
+    out.extend_from_slice(b",\"pingTimeout\":");
+    put_u64(out, ping_timeout_ms);
+    out.extend_from_slice(b",\"maxPayload\":");
+    put_u64(out, max_payload as u64);
+    out.push(b'}');
+}
+
+/// `40{"sid":"..."}`: CONNECT accepted on the default namespace.
+pub fn write_connect(out: &mut Vec<u8>, sid: &str) {
+    out.extend_from_slice(b"40{\"sid\":");
+    put_json_str(out, sid);
+    out.push(b'}');
+}
+
+/// Client side: `40`, or `40{...}` with the auth object (pre-encoded JSON).
+pub fn write_connect_request(out: &mut Vec<u8>, auth_json: Option<&[u8]>) {
+    out.extend_from_slice(b"40");
+    if let Some(auth) = auth_json {
+        out.extend_from_slice(auth);
+    }
+}
+
+/// `44{"message":"..."}`, or `44/ns,{"message":"..."}` for a namespace other than `/`.
+pub fn write_connect_error(out: &mut Vec<u8>, namespace: &str, message: &str) {
+    out.extend_from_slice(b"44");
+    if !namespace.is_empty() && namespace != "/" {
+        if !namespace.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(namespace.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"message\":");
+    put_json_str(out, message);
+    out.push(b'}');
+}
+
+/// `42[<ack id>]["event",arg1,...]`; each arg is pre-encoded JSON.
+pub fn write_event(out: &mut Vec<u8>, ack_id: Option<u64>, event: &str, args_json: &[&[u8]]) {
+    EventPayload {
+        ack_id,
+        event,
+        args: args_json,
+    }
+    .write_to(out);
+}
+
+/// `43<id>[arg1,...]`; each arg is pre-encoded JSON.
+pub fn write_ack(out: &mut Vec<u8>, ack_id: u64, args_json: &[&[u8]]) {
+    AckPayload {
+        ack_id,
+        args: args_json,
+    }
+    .write_to(out);
+}
+
+/// A JSON string literal, escaping quotes, backslashes, control characters and U+2028/2029
+/// (which break JavaScript that evaluates JSON as code).
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    put_json_str(out, s);
+}
+
+/// One complete WebSocket text frame carrying an event for the default namespace, in one
+/// allocation of exact size (the payload length is computed first). Masked for a client.
+pub fn event_frame(role: Role, event: &str, args_json: &[&[u8]]) -> Bytes {
+    let payload = EventPayload {
+        ack_id: None,
+        event,
+        args: args_json,
+    };
+    ws::frame(role, ws::OP_TEXT, &payload)
+}
+
+/// Like [`event_frame`], asking the receiver for an ack with `ack_id`.
+pub fn event_frame_with_ack(role: Role, ack_id: u64, event: &str, args_json: &[&[u8]]) -> Bytes {
+    let payload = EventPayload {
+        ack_id: Some(ack_id),
+        event,
+        args: args_json,
+    };
+    ws::frame(role, ws::OP_TEXT, &payload)
+}
+
+/// One complete WebSocket text frame carrying `43<id>[args]`, in one allocation.
+pub fn ack_frame(role: Role, ack_id: u64, args_json: &[&[u8]]) -> Bytes {
+    ws::frame(
+        role,
+        ws::OP_TEXT,
+        &AckPayload {
+            ack_id,
+            args: args_json,
+        },
+    )
+}
+
+struct EventPayload<'a> {
+    ack_id: Option<u64>,
+    event: &'a str,
+    args: &'a [&'a [u8]],
+}
+
+impl Payload for EventPayload<'_> {
+    fn write_to<S: Sink>(&self, out: &mut S) {
+        out.put(b"42");
+        if let Some(id) = self.ack_id {
+            put_u64(out, id);
+        }
+        out.put_byte(b'[');
+        put_json_str(out, self.event);
+        for arg in self.args {
+            out.put_byte(b',');
+            out.put(arg);
+        }
+        out.put_byte(b']');
+    }
+}
+
+struct AckPayload<'a> {
+    ack_id: u64,
+    args: &'a [&'a [u8]],
+}
+
+impl Payload for AckPayload<'_> {
+    fn write_to<S: Sink>(&self, out: &mut S) {
+        out.put(b"43");
+        put_u64(out, self.ack_id);
+        out.put_byte(b'[');
+        for (i, arg) in self.args.iter().enumerate() {
+            if i > 0 {
+                out.put_byte(b',');
+            }
+            out.put(arg);
+        }
+        out.put_byte(b']');
+    }
+}
+
+fn put_json_str<S: Sink>(out: &mut S, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.put_byte(b'"');
+    let mut clean_from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // Fast path: everything but the few bytes that may need escaping.
+        if b >= 0x20 && b != b'"' && b != b'\\' && b != 0xE2 {
+            i += 1;
+            continue;
+        }
+        let (escape, width): (&[u8], usize) = match b {
+            b'"' => (b"\\\"", 1),
+            b'\\' => (b"\\\\", 1),
+            b'\n' => (b"\\n", 1),
+            b'\r' => (b"\\r", 1),
+            b'\t' => (b"\\t", 1),
+            0x08 => (b"\\b", 1),
+            0x0C => (b"\\f", 1),
+            0xE2 => match bytes.get(i + 1..i + 3) {
+                Some([0x80, 0xA8]) => (b"\\u2028", 3),
+                Some([0x80, 0xA9]) => (b"\\u2029", 3),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            },
+            _ => {
+                out.put(&bytes[clean_from..i]);
+                out.put(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xF)],
+                ]);
+                i += 1;
+                clean_from = i;
+                continue;
+            }
+        };
+        out.put(&bytes[clean_from..i]);
+        out.put(escape);
+        i += width;
+        clean_from = i;
+    }
+    out.put(&bytes[clean_from..]);
+    out.put_byte(b'"');
+}

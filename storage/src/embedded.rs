@@ -1,0 +1,498 @@
+//! The embedded backend: SQLite (through rusqlite, built in) in a local data folder.
+//!
+//! Why SQLite: it is the most widely deployed and tested embedded database, its write-ahead log
+//! gives durable commits with one fsync each, and several processes may open the same file, so
+//! the notifier process reads the outbox that the gateway writes without a server in between.
+//!
+//! One writer thread owns the connection. It takes everything queued since its last commit (up
+//! to [`Options::max_batch`] requests), applies them in one transaction, each request inside its
+//! own savepoint so one failure does not undo the others, commits (fsync, `synchronous=FULL`),
+//! and only then calls the replies: group commit. A reply therefore always means durable.
+
+use crate::error::Error;
+use crate::model::*;
+use crate::request::{Request, StoreHandle};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Tuning of the embedded backend.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Requests the queue holds before [`StoreHandle::submit`] answers `Overloaded`.
+    pub queue_capacity: usize,
+    /// Requests applied in one transaction at most.
+    pub max_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { queue_capacity: 65_536, max_batch: 4_096 }
+    }
+}
+
+/// The database file inside a data folder.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("corecast.sqlite3")
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY, email TEXT, name TEXT);
+CREATE TABLE IF NOT EXISTS groups (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    group_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, group_id);
+CREATE TABLE IF NOT EXISTS messages (
+    group_id INTEGER NOT NULL, id INTEGER NOT NULL, sender INTEGER NOT NULL,
+    text TEXT NOT NULL, attachments TEXT NOT NULL, ts INTEGER NOT NULL, client_msg_id TEXT,
+    PRIMARY KEY (group_id, id)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+    ON messages (group_id, sender, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS reads (
+    group_id INTEGER NOT NULL, message_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, message_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence (
+    user_id INTEGER PRIMARY KEY, online INTEGER NOT NULL, last_seen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, group_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS failed_notices (
+    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, group_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL,
+    failed_at INTEGER NOT NULL);
+";
+
+/// Opens (creating if needed) the database in `data_dir` with the schema applied.
+/// Used by the writer thread and by other processes that read the same file (the notifier).
+pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        Error::Unavailable(format!("cannot create data folder {}: {e}", data_dir.display()))
+    })?;
+    let path = db_path(data_dir);
+    let conn = Connection::open(&path)
+        .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+    conn.execute_batch(SCHEMA).map_err(unavailable)?;
+    Ok(conn)
+}
+
+/// Opens the store in `data_dir` and starts its writer thread.
+pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
+    let conn = connect(data_dir)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Request>(options.queue_capacity);
+    std::thread::Builder::new()
+        .name("store-embedded".into())
+        .spawn(move || writer(conn, rx, options.max_batch))
+        .map_err(|e| Error::Unavailable(format!("cannot start the store thread: {e}")))?;
+    Ok(StoreHandle::new(tx, "embedded"))
+}
+
+fn unavailable(e: rusqlite::Error) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// What to do with a request's reply once the batch's fate is known: `true` if it committed.
+type Finish = Box<dyn FnOnce(bool) + Send>;
+
+fn writer(mut conn: Connection, rx: crossbeam_channel::Receiver<Request>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let any_write = batch.iter().any(Request::is_write);
+        let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(if any_write {
+                rusqlite::TransactionBehavior::Immediate
+            } else {
+                rusqlite::TransactionBehavior::Deferred
+            })?;
+            for req in batch.drain(..) {
+                finishes.push(apply_isolated(&tx, req));
+            }
+            tx.commit()
+        })();
+        let committed = match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: batch commit failed");
+                false
+            }
+        };
+        // Requests never reached because the transaction could not start are failed here.
+        for req in batch.drain(..) {
+            req.fail(Error::Unavailable("the embedded store could not start a transaction".into()));
+        }
+        for finish in finishes {
+            finish(committed);
+        }
+    }
+}
+
+/// Applies one request inside a savepoint so that its failure leaves the rest of the batch.
+fn apply_isolated(conn: &Connection, req: Request) -> Finish {
+    if let Err(e) = conn.execute_batch("SAVEPOINT req") {
+        let msg = e.to_string();
+        req.fail(Error::Unavailable(msg));
+        return Box::new(|_| {});
+    }
+    let (ok, finish) = apply(conn, req);
+    let end = if ok { "RELEASE req" } else { "ROLLBACK TO req; RELEASE req" };
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::error!(error = %e, "embedded store: savepoint end failed");
+    }
+    finish
+}
+
+/// Builds the finish closure for a result: reads answer as they are, writes only if committed.
+fn done<T: Send + 'static>(
+    reply: crate::Reply<T>,
+    write: bool,
+    result: Result<T, Error>,
+) -> (bool, Finish) {
+    let ok = result.is_ok();
+    (
+        ok,
+        Box::new(move |committed| {
+            if write && !committed && result.is_ok() {
+                reply(Err(Error::Unavailable("the embedded store could not commit".into())))
+            } else {
+                reply(result)
+            }
+        }),
+    )
+}
+
+fn sql<T>(r: rusqlite::Result<T>) -> Result<T, Error> {
+    r.map_err(unavailable)
+}
+
+fn apply(c: &Connection, req: Request) -> (bool, Finish) {
+    match req {
+        Request::PutUser { user, reply } => done(reply, true, put_user(c, &user)),
+        Request::GetUser { user, reply } => done(reply, false, get_user(c, user)),
+        Request::PutGroup { group, reply } => done(reply, true, put_group(c, &group)),
+        Request::GetGroup { group, reply } => done(reply, false, get_group(c, group)),
+        Request::AddMember { group, user, reply } => done(reply, true, add_member(c, group, user)),
+        Request::RemoveMember { group, user, reply } => {
+            let r = sql(c.execute(
+                "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
+                params![group.0 as i64, user.0 as i64],
+            ))
+            .map(|n| n > 0);
+            done(reply, true, r)
+        }
+        Request::GroupsOfUser { user, reply } => done(reply, false, groups_of_user(c, user)),
+        Request::AppendMessage { message, notify, reply } => {
+            done(reply, true, append_message(c, message, &notify))
+        }
+        Request::MarkRead { group, message, user, reply } => {
+            done(reply, true, mark_read(c, group, message, user))
+        }
+        Request::GetMessage { group, message, reply } => {
+            done(reply, false, get_message(c, group, message))
+        }
+        Request::History { group, limit, before, reply } => {
+            done(reply, false, history(c, group, limit, before))
+        }
+        Request::SetPresence { user, online, at, reply } => {
+            let r = sql(c.execute(
+                "INSERT INTO presence (user_id, online, last_seen) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET online = excluded.online,
+                 last_seen = excluded.last_seen",
+                params![user.0 as i64, online, at],
+            ))
+            .map(|_| ());
+            done(reply, true, r)
+        }
+        Request::GetPresence { user, reply } => {
+            let r = sql(c
+                .query_row(
+                    "SELECT online, last_seen FROM presence WHERE user_id = ?1",
+                    params![user.0 as i64],
+                    |row| Ok(Presence { online: row.get(0)?, last_seen: row.get(1)? }),
+                )
+                .optional());
+            done(reply, false, r)
+        }
+        Request::PendingNotices { limit, reply } => done(reply, false, pending_notices(c, limit)),
+        Request::DeleteNotices { ids, reply } => {
+            let r = (|| {
+                let mut st = sql(c.prepare_cached("DELETE FROM notices WHERE id = ?1"))?;
+                for id in ids {
+                    sql(st.execute(params![id.0 as i64]))?;
+                }
+                Ok(())
+            })();
+            done(reply, true, r)
+        }
+        Request::FailNotices { ids, reason, reply } => {
+            let r = (|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let mut copy = sql(c.prepare_cached(
+                    "INSERT OR REPLACE INTO failed_notices
+                     (id, user_id, group_id, message_id, created, reason, failed_at)
+                     SELECT id, user_id, group_id, message_id, created, ?2, ?3
+                     FROM notices WHERE id = ?1",
+                ))?;
+                let mut del = sql(c.prepare_cached("DELETE FROM notices WHERE id = ?1"))?;
+                for id in ids {
+                    sql(copy.execute(params![id.0 as i64, reason, now]))?;
+                    sql(del.execute(params![id.0 as i64]))?;
+                }
+                Ok(())
+            })();
+            done(reply, true, r)
+        }
+        Request::FailedNoticeCount { reply } => {
+            let r = sql(c.query_row("SELECT COUNT(*) FROM failed_notices", [], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64);
+            done(reply, false, r)
+        }
+        Request::Ping { reply } => {
+            done(reply, false, sql(c.query_row("SELECT 1", [], |_| Ok(()))))
+        }
+    }
+}
+
+fn put_user(c: &Connection, user: &User) -> Result<(), Error> {
+    sql(c.execute(
+        "INSERT INTO users (id, email, name) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name",
+        params![user.id.0 as i64, user.email, user.name],
+    ))?;
+    Ok(())
+}
+
+fn get_user(c: &Connection, id: UserId) -> Result<Option<User>, Error> {
+    sql(c
+        .query_row(
+            "SELECT email, name FROM users WHERE id = ?1",
+            params![id.0 as i64],
+            |row| Ok(User { id, email: row.get(0)?, name: row.get(1)? }),
+        )
+        .optional())
+}
+
+fn members_of(c: &Connection, group: GroupId) -> Result<Vec<UserId>, Error> {
+    let mut st =
+        sql(c.prepare_cached("SELECT user_id FROM members WHERE group_id = ?1 ORDER BY user_id"))?;
+    let rows = sql(st.query_map(params![group.0 as i64], |r| r.get::<_, i64>(0)))?;
+    rows.map(|r| sql(r).map(|v| UserId(v as u64))).collect()
+}
+
+fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
+    sql(c.execute(
+        "INSERT INTO groups (id, name) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        params![group.id.0 as i64, group.name],
+    ))?;
+    let before = members_of(c, group.id)?;
+    let mut wanted = group.members.clone();
+    wanted.sort();
+    wanted.dedup();
+    let change = MembershipChange {
+        added: wanted.iter().filter(|u| before.binary_search(u).is_err()).copied().collect(),
+        removed: before.iter().filter(|u| wanted.binary_search(u).is_err()).copied().collect(),
+    };
+    for u in &change.removed {
+        sql(c.execute(
+            "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
+            params![group.id.0 as i64, u.0 as i64],
+        ))?;
+    }
+    for u in &change.added {
+        sql(c.execute(
+            "INSERT INTO members (group_id, user_id) VALUES (?1, ?2)",
+            params![group.id.0 as i64, u.0 as i64],
+        ))?;
+    }
+    Ok(change)
+}
+
+fn get_group(c: &Connection, id: GroupId) -> Result<Option<Group>, Error> {
+    let name: Option<String> = sql(c
+        .query_row("SELECT name FROM groups WHERE id = ?1", params![id.0 as i64], |r| r.get(0))
+        .optional())?;
+    match name {
+        None => Ok(None),
+        Some(name) => Ok(Some(Group { id, name, members: members_of(c, id)? })),
+    }
+}
+
+fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Error> {
+    let exists: bool = sql(c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM groups WHERE id = ?1)",
+        params![group.0 as i64],
+        |r| r.get(0),
+    ))?;
+    if !exists {
+        return Err(Error::NoSuchGroup(group));
+    }
+    let n = sql(c.execute(
+        "INSERT OR IGNORE INTO members (group_id, user_id) VALUES (?1, ?2)",
+        params![group.0 as i64, user.0 as i64],
+    ))?;
+    Ok(n > 0)
+}
+
+fn groups_of_user(c: &Connection, user: UserId) -> Result<Vec<GroupId>, Error> {
+    let mut st =
+        sql(c.prepare_cached("SELECT group_id FROM members WHERE user_id = ?1 ORDER BY group_id"))?;
+    let rows = sql(st.query_map(params![user.0 as i64], |r| r.get::<_, i64>(0)))?;
+    rows.map(|r| sql(r).map(|v| GroupId(v as u64))).collect()
+}
+
+fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Appended, Error> {
+    if let Some(key) = &m.client_msg_id {
+        let existing: Option<i64> = sql(c
+            .query_row(
+                "SELECT id FROM messages
+                 WHERE group_id = ?1 AND sender = ?2 AND client_msg_id = ?3",
+                params![m.group.0 as i64, m.sender.0 as i64, key],
+                |r| r.get(0),
+            )
+            .optional())?;
+        if let Some(id) = existing {
+            let message = get_message(c, m.group, MessageId(id as u64))?
+                .expect("invariant: the id was just read from the messages table");
+            return Ok(Appended { message, duplicate: true });
+        }
+    }
+    let attachments = serde_json::to_string(&m.attachments)
+        .expect("invariant: attachments are plain strings and always serialize");
+    let mut st = sql(c.prepare_cached(
+        "INSERT INTO messages (group_id, id, sender, text, attachments, ts, client_msg_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    ))?;
+    sql(st.execute(params![
+        m.group.0 as i64,
+        m.id.0 as i64,
+        m.sender.0 as i64,
+        m.text,
+        attachments,
+        m.timestamp,
+        m.client_msg_id
+    ]))?;
+    if !notify.is_empty() {
+        let mut st = sql(c.prepare_cached(
+            "INSERT INTO notices (user_id, group_id, message_id, created) VALUES (?1, ?2, ?3, ?4)",
+        ))?;
+        for u in notify {
+            sql(st.execute(params![u.0 as i64, m.group.0 as i64, m.id.0 as i64, m.timestamp]))?;
+        }
+    }
+    Ok(Appended { message: m.into(), duplicate: false })
+}
+
+fn message_exists(c: &Connection, group: GroupId, message: MessageId) -> Result<bool, Error> {
+    sql(c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE group_id = ?1 AND id = ?2)",
+        params![group.0 as i64, message.0 as i64],
+        |r| r.get(0),
+    ))
+}
+
+fn mark_read(c: &Connection, group: GroupId, message: MessageId, user: UserId) -> Result<bool, Error> {
+    if !message_exists(c, group, message)? {
+        return Err(Error::NoSuchMessage { group, message });
+    }
+    let n = sql(c.execute(
+        "INSERT OR IGNORE INTO reads (group_id, message_id, user_id) VALUES (?1, ?2, ?3)",
+        params![group.0 as i64, message.0 as i64, user.0 as i64],
+    ))?;
+    Ok(n > 0)
+}
+
+fn readers(c: &Connection, group: GroupId, message: MessageId) -> Result<Vec<UserId>, Error> {
+    let mut st = sql(c.prepare_cached(
+        "SELECT user_id FROM reads WHERE group_id = ?1 AND message_id = ?2 ORDER BY user_id",
+    ))?;
+    let rows = sql(st.query_map(params![group.0 as i64, message.0 as i64], |r| r.get::<_, i64>(0)))?;
+    rows.map(|r| sql(r).map(|v| UserId(v as u64))).collect()
+}
+
+fn row_to_message(group: GroupId, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let attachments: String = row.get(3)?;
+    Ok(StoredMessage {
+        id: MessageId(row.get::<_, i64>(0)? as u64),
+        group,
+        sender: UserId(row.get::<_, i64>(1)? as u64),
+        text: row.get(2)?,
+        // Written by this module from valid JSON; a corrupt row reads as no attachments.
+        attachments: serde_json::from_str(&attachments).unwrap_or_default(),
+        timestamp: row.get(4)?,
+        client_msg_id: row.get(5)?,
+        read_by: Vec::new(),
+    })
+}
+
+fn get_message(c: &Connection, group: GroupId, message: MessageId) -> Result<Option<StoredMessage>, Error> {
+    let m = sql(c
+        .query_row(
+            "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
+             WHERE group_id = ?1 AND id = ?2",
+            params![group.0 as i64, message.0 as i64],
+            |row| row_to_message(group, row),
+        )
+        .optional())?;
+    match m {
+        None => Ok(None),
+        Some(mut m) => {
+            m.read_by = readers(c, group, m.id)?;
+            Ok(Some(m))
+        }
+    }
+}
+
+fn history(
+    c: &Connection,
+    group: GroupId,
+    limit: usize,
+    before: Option<MessageId>,
+) -> Result<Vec<StoredMessage>, Error> {
+    let mut st = sql(c.prepare_cached(
+        "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
+         WHERE group_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+    ))?;
+    let before = before.map(|m| m.0 as i64).unwrap_or(i64::MAX);
+    let rows = sql(st.query_map(params![group.0 as i64, before, limit as i64], |row| {
+        row_to_message(group, row)
+    }))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let mut m = sql(r)?;
+        m.read_by = readers(c, group, m.id)?;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn pending_notices(c: &Connection, limit: usize) -> Result<Vec<Notice>, Error> {
+    let mut st = sql(c.prepare_cached(
+        "SELECT id, user_id, group_id, message_id, created FROM notices ORDER BY id LIMIT ?1",
+    ))?;
+    let rows = sql(st.query_map(params![limit as i64], |r| {
+        Ok(Notice {
+            id: NoticeId(r.get::<_, i64>(0)? as u64),
+            user: UserId(r.get::<_, i64>(1)? as u64),
+            group: GroupId(r.get::<_, i64>(2)? as u64),
+            message: MessageId(r.get::<_, i64>(3)? as u64),
+            created: r.get(4)?,
+        })
+    }))?;
+    rows.map(sql).collect()
+}

@@ -1,0 +1,229 @@
+//! The data model every backend stores: identifiers, users, groups, messages, presence and the
+//! notification outbox. Plain data only; no I/O.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A user, as named by the JWT `sub` claim.
+    UserId
+);
+id_newtype!(
+    /// A group chat; each has one room on its owner shard.
+    GroupId
+);
+id_newtype!(
+    /// A message id: unique and time-ordered (see [`MessageId::new`]). Travels as a decimal
+    /// string on the wire because JavaScript numbers cannot hold 64 bits.
+    MessageId
+);
+id_newtype!(
+    /// One entry of the notification outbox.
+    NoticeId
+);
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Ids count milliseconds from this epoch (2024-01-01T00:00:00Z) so 42 bits last until 2163.
+pub const ID_EPOCH_MS: i64 = 1_704_067_200_000;
+/// Bits of a [`MessageId`] below the timestamp: 8 for the generator (shard or node), 14 for a
+/// per-millisecond sequence.
+const GEN_BITS: u32 = 8;
+const SEQ_BITS: u32 = 14;
+
+impl MessageId {
+    /// Composes an id from its parts. `generator` tells generators apart (one per shard), so
+    /// two shards never produce the same id; `seq` orders ids within one millisecond.
+    pub fn new(ms: Millis, generator: u8, seq: u16) -> MessageId {
+        let t = (ms - ID_EPOCH_MS).max(0) as u64;
+        MessageId(
+            (t << (GEN_BITS + SEQ_BITS))
+                | ((generator as u64) << SEQ_BITS)
+                | (seq as u64 & ((1 << SEQ_BITS) - 1)),
+        )
+    }
+
+    /// The millisecond the id was minted in.
+    pub fn millis(self) -> Millis {
+        (self.0 >> (GEN_BITS + SEQ_BITS)) as i64 + ID_EPOCH_MS
+    }
+}
+
+/// Hands out strictly increasing [`MessageId`]s for one generator (one shard). Not shared between
+/// threads: each shard owns one.
+#[derive(Debug)]
+pub struct IdGenerator {
+    generator: u8,
+    last: u64,
+}
+
+impl IdGenerator {
+    pub fn new(generator: u8) -> Self {
+        IdGenerator { generator, last: 0 }
+    }
+
+    /// The next id at time `now`. Strictly greater than every id this generator returned before,
+    /// even if the clock steps back or more than 16,384 ids are minted in one millisecond (the
+    /// id then borrows from the next millisecond).
+    pub fn next(&mut self, now: Millis) -> MessageId {
+        let candidate = MessageId::new(now, self.generator, 0).0;
+        let id = if candidate > self.last {
+            candidate
+        } else {
+            // Same (or earlier) millisecond: bump the sequence, carrying into the timestamp.
+            let seq_mask = (1u64 << SEQ_BITS) - 1;
+            let next = self.last + 1;
+            if next & seq_mask == 0 {
+                // Sequence overflowed into the generator bits: move to the next millisecond.
+                let t = (self.last >> (GEN_BITS + SEQ_BITS)) + 1;
+                (t << (GEN_BITS + SEQ_BITS)) | ((self.generator as u64) << SEQ_BITS)
+            } else {
+                next
+            }
+        };
+        self.last = id;
+        MessageId(id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    /// Sorted, without duplicates.
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// A message as the gateway hands it to the store: id and timestamp already assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub group: GroupId,
+    pub sender: UserId,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    pub timestamp: Millis,
+    /// The client's idempotency key; a second message with the same (group, sender, key) is
+    /// not stored again (see [`crate::Request::AppendMessage`]).
+    pub client_msg_id: Option<String>,
+}
+
+/// A message as stored, with the readers that marked it read (sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub group: GroupId,
+    pub sender: UserId,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    pub timestamp: Millis,
+    pub client_msg_id: Option<String>,
+    pub read_by: Vec<UserId>,
+}
+
+impl From<NewMessage> for StoredMessage {
+    fn from(m: NewMessage) -> Self {
+        StoredMessage {
+            id: m.id,
+            group: m.group,
+            sender: m.sender,
+            text: m.text,
+            attachments: m.attachments,
+            timestamp: m.timestamp,
+            client_msg_id: m.client_msg_id,
+            read_by: Vec::new(),
+        }
+    }
+}
+
+/// The outcome of appending a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stored message: the new one, or on a duplicate `client_msg_id` the original.
+    pub message: StoredMessage,
+    /// True when the message was already stored under the same idempotency key; nothing was
+    /// written and no notice was queued.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub online: bool,
+    /// When the user was last seen connected (the last change of `online`).
+    pub last_seen: Millis,
+}
+
+/// One pending email notice: `user` was offline when `message` reached `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub id: NoticeId,
+    pub user: UserId,
+    pub group: GroupId,
+    pub message: MessageId,
+    pub created: Millis,
+}
+
+/// How a group's membership changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_even_within_one_millisecond_and_when_the_clock_steps_back() {
+        let mut gen = IdGenerator::new(3);
+        let now = ID_EPOCH_MS + 1_000;
+        let mut last = gen.next(now);
+        for _ in 0..40_000 {
+            let id = gen.next(now);
+            assert!(id > last);
+            last = id;
+        }
+        let id = gen.next(now - 500);
+        assert!(id > last);
+    }
+
+    #[test]
+    fn generators_never_collide_and_ids_keep_their_millisecond() {
+        let now = ID_EPOCH_MS + 123_456;
+        let a = IdGenerator::new(1).next(now);
+        let b = IdGenerator::new(2).next(now);
+        assert_ne!(a, b);
+        assert_eq!(a.millis(), now);
+    }
+}
