@@ -1,1 +1,2 @@
-//! placeholder
+//! corecast's gateway: the Socket.IO server, one glommio shard per core.
+pub mod config;

@@ -411,3 +411,290 @@ impl Payload for ClosePayload<'_> {
         out.put(self.reason.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    /// A raw frame with full control over every header field (the encoders only write
+    /// final, well-formed frames).
+    fn raw(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        out.push(first);
+        match payload.len() {
+            n @ 0..=125 => out.push(mask_bit | n as u8),
+            n @ 126..=0xFFFF => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if let Some(key) = mask {
+            out.extend_from_slice(&key);
+        }
+        let body = out.len();
+        out.extend_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut out[body..], key);
+        }
+        out
+    }
+
+    const KEY: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+    fn decode_all(role: Role, bytes: &[u8]) -> Result<Vec<Message>, WsError> {
+        let mut decoder = Decoder::new(role, MAX);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(msg) = decoder.decode(&mut buf)? {
+            out.push(msg);
+        }
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        Ok(out)
+    }
+
+    fn one(role: Role, bytes: &[u8]) -> Result<Message, WsError> {
+        let mut msgs = decode_all(role, bytes)?;
+        assert_eq!(msgs.len(), 1);
+        Ok(msgs.remove(0))
+    }
+
+    fn peer(role: Role) -> Role {
+        match role {
+            Role::Server => Role::Client,
+            Role::Client => Role::Server,
+        }
+    }
+
+    #[test]
+    fn round_trip_every_opcode_both_directions() {
+        for writer in [Role::Server, Role::Client] {
+            for len in [0usize, 1, 7, 125, 126, 127, 1000, 0xFFFF, 0x10000, 70_000] {
+                let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                for op in [OP_TEXT, OP_BINARY, OP_PING, OP_PONG] {
+                    if op >= OP_CLOSE && len > MAX_CONTROL_PAYLOAD {
+                        continue;
+                    }
+                    let mut out = BytesMut::new();
+                    encode_frame(writer, op, &payload, &mut out);
+                    assert_eq!(out.len(), header_len(len, writer == Role::Client) + len);
+                    assert_eq!(out[1] & 0x80 != 0, writer == Role::Client, "mask bit");
+                    let got = one(peer(writer), &out).unwrap();
+                    let want = BytesMut::from(&payload[..]);
+                    let expected = match op {
+                        OP_TEXT => Message::Text(want),
+                        OP_BINARY => Message::Binary(want),
+                        OP_PING => Message::Ping(want),
+                        _ => Message::Pong(want),
+                    };
+                    assert_eq!(got, expected, "writer {writer:?} op {op} len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_and_close_frames_round_trip() {
+        for writer in [Role::Server, Role::Client] {
+            let frame = text_frame(writer, "héllo".as_bytes());
+            assert_eq!(
+                one(peer(writer), &frame).unwrap(),
+                Message::Text(BytesMut::from("héllo"))
+            );
+            let frame = close_frame(writer, 1000, "bye");
+            assert_eq!(
+                one(peer(writer), &frame).unwrap(),
+                Message::Close(Some((1000, "bye".into())))
+            );
+        }
+        let empty_close = raw(0x88, b"", KEY);
+        assert_eq!(one(Role::Server, &empty_close).unwrap(), Message::Close(None));
+    }
+
+    #[test]
+    fn close_reason_is_cut_to_fit_a_control_frame() {
+        let reason = "é".repeat(100); // 200 bytes
+        let frame = close_frame(Role::Server, 4000, &reason);
+        match one(Role::Client, &frame).unwrap() {
+            Message::Close(Some((4000, r))) => {
+                assert!(r.len() <= 123);
+                assert!(reason.starts_with(&r));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_close_payloads_are_rejected() {
+        let one_byte = raw(0x88, &[3], KEY);
+        assert_eq!(one(Role::Server, &one_byte).unwrap_err().close_code(), 1002);
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            let frame = raw(0x88, &code.to_be_bytes(), KEY);
+            assert_eq!(one(Role::Server, &frame).unwrap_err().close_code(), 1002, "{code}");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff, 0xfe]);
+        let frame = raw(0x88, &bad_reason, KEY);
+        assert_eq!(one(Role::Server, &frame).unwrap_err().close_code(), 1007);
+    }
+
+    #[test]
+    fn fragments_are_reassembled_with_control_frames_in_between() {
+        let mut stream = raw(0x01, b"hel", KEY); // text, not final
+        stream.extend(raw(0x89, b"p", KEY)); // ping in the middle
+        stream.extend(raw(0x00, b"lo ", KEY)); // continuation
+        stream.extend(raw(0x80, "wörld".as_bytes(), KEY)); // final continuation
+        stream.extend(raw(0x82, &[1, 2, 3], KEY));
+        let msgs = decode_all(Role::Server, &stream).unwrap();
+        assert_eq!(
+            msgs,
+            vec![
+                Message::Ping(BytesMut::from("p")),
+                Message::Text(BytesMut::from("hello wörld")),
+                Message::Binary(BytesMut::from(&[1u8, 2, 3][..])),
+            ]
+        );
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_valid() {
+        let e = "é".as_bytes();
+        let mut stream = raw(0x01, &e[..1], None);
+        stream.extend(raw(0x80, &e[1..], None));
+        assert_eq!(
+            decode_all(Role::Client, &stream).unwrap(),
+            vec![Message::Text(BytesMut::from("é"))]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_rejected_with_1007() {
+        let err = one(Role::Server, &raw(0x81, &[b'a', 0xC3, 0x28], KEY)).unwrap_err();
+        assert!(matches!(err, WsError::InvalidUtf8));
+        assert_eq!(err.close_code(), 1007);
+        // Binary is not checked.
+        assert!(one(Role::Server, &raw(0x82, &[0xC3, 0x28], KEY)).is_ok());
+    }
+
+    #[test]
+    fn masking_must_match_the_role() {
+        let unmasked = raw(0x81, b"hi", None);
+        assert_eq!(one(Role::Server, &unmasked).unwrap_err().close_code(), 1002);
+        let masked = raw(0x81, b"hi", KEY);
+        assert_eq!(one(Role::Client, &masked).unwrap_err().close_code(), 1002);
+    }
+
+    #[test]
+    fn oversized_declared_length_fails_before_the_payload_arrives() {
+        // Header only: a masked binary frame declaring 10 GB.
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&10_000_000_000u64.to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let mut decoder = Decoder::new(Role::Server, MAX);
+        let err = decoder.decode(&mut BytesMut::from(&header[..])).unwrap_err();
+        assert!(matches!(err, WsError::MessageTooBig { size: 10_000_000_000, max: MAX }));
+        assert_eq!(err.close_code(), 1009);
+
+        // Exactly the limit is fine, one more is not.
+        let mut decoder = Decoder::new(Role::Server, 10);
+        let ok = raw(0x82, &[0; 10], KEY);
+        assert!(decoder.decode(&mut BytesMut::from(&ok[..])).unwrap().is_some());
+        let big = raw(0x82, &[0; 11], KEY);
+        // The header (with its mask key) is 6 bytes; no payload byte has arrived.
+        assert!(decoder.decode(&mut BytesMut::from(&big[..6])).is_err());
+    }
+
+    #[test]
+    fn reassembled_total_is_limited() {
+        let mut decoder = Decoder::new(Role::Server, 10);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&raw(0x01, &[b'a'; 6], KEY));
+        buf.extend_from_slice(&raw(0x80, &[b'a'; 5], KEY));
+        let err = decoder.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, WsError::MessageTooBig { size: 11, max: 10 }));
+    }
+
+    #[test]
+    fn control_frame_rules() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("fragmented ping", raw(0x09, b"x", KEY)),
+            ("ping over 125 bytes", raw(0x89, &[0; 126], KEY)),
+            ("close over 125 bytes", raw(0x88, &[3; 126], KEY)),
+            ("continuation without start", raw(0x80, b"x", KEY)),
+            ("reserved bit rsv1", raw(0xC1, b"x", KEY)),
+            ("reserved bit rsv3", raw(0x91, b"x", KEY)),
+            ("reserved data opcode", raw(0x83, b"x", KEY)),
+            ("reserved control opcode", raw(0x8B, b"x", KEY)),
+            ("new data frame during fragmented message", {
+                let mut s = raw(0x01, b"a", KEY);
+                s.extend(raw(0x81, b"b", KEY));
+                s
+            }),
+        ];
+        for (name, bytes) in cases {
+            let err = decode_all(Role::Server, &bytes).expect_err(name);
+            assert!(matches!(err, WsError::Protocol(_)), "{name}: {err:?}");
+            assert_eq!(err.close_code(), 1002, "{name}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_feeding_gives_the_same_messages() {
+        let mut stream = Vec::new();
+        stream.extend(raw(0x81, b"first", KEY));
+        stream.extend(raw(0x02, &[9; 200], KEY));
+        stream.extend(raw(0x8A, b"pong", KEY));
+        stream.extend(raw(0x00, &[8; 70_000], KEY));
+        stream.extend(raw(0x80, &[7; 3], KEY));
+        stream.extend(raw(0x81, b"", KEY));
+        stream.extend(close_frame(Role::Client, 1001, "away"));
+        let all_at_once = decode_all(Role::Server, &stream).unwrap();
+        assert_eq!(all_at_once.len(), 5);
+
+        let mut decoder = Decoder::new(Role::Server, MAX);
+        let mut buf = BytesMut::new();
+        let mut fed = Vec::new();
+        for &byte in &stream {
+            buf.extend_from_slice(&[byte]);
+            while let Some(msg) = decoder.decode(&mut buf).unwrap() {
+                fed.push(msg);
+            }
+        }
+        assert!(buf.is_empty());
+        assert!(!decoder.has_partial());
+        assert_eq!(fed, all_at_once);
+    }
+
+    #[test]
+    fn word_masking_matches_bytewise_masking() {
+        let key = [0xde, 0xad, 0xbe, 0xef];
+        for len in 0..40 {
+            let original: Vec<u8> = (0..len as u8).collect();
+            let mut fast = original.clone();
+            apply_mask(&mut fast, key);
+            let slow: Vec<u8> = original
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "len {len}");
+        }
+    }
+
+    #[test]
+    fn client_mask_keys_vary() {
+        let keys: std::collections::HashSet<[u8; 4]> = (0..100).map(|_| next_mask_key()).collect();
+        assert!(keys.len() > 90);
+    }
+
+    #[test]
+    fn decoder_stays_small() {
+        assert!(std::mem::size_of::<Decoder>() <= 3 * std::mem::size_of::<usize>());
+    }
+}

@@ -1,0 +1,416 @@
+//! The one configuration of corecast, shared by the gateway and the notifier: a TOML file
+//! (`--config`), overridden by `CORECAST_*` environment variables, overridden by flags.
+//!
+//! Every key that can be overridden has one entry in [`OVERRIDES`], named by its environment
+//! variable; flags are applied through the same table, so a key is parsed and validated in one
+//! place. [`Config::validate`] runs once at start and names the bad key in its error.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub notifier: NotifierConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public Socket.IO listener (`CORECAST_LISTEN`).
+    pub listen: SocketAddr,
+    /// Internal admin/metrics/health listener (`CORECAST_INTERNAL_LISTEN`).
+    pub internal_listen: SocketAddr,
+    /// Number of shards; 0 means one per online core (`CORECAST_SHARDS`).
+    pub shards: usize,
+    /// The Engine.IO path (`CORECAST_PATH`).
+    pub path: String,
+    /// Origins allowed to open a WebSocket; empty allows any (`CORECAST_ALLOWED_ORIGINS`,
+    /// comma-separated).
+    pub allowed_origins: Vec<String>,
+    /// How often the server pings each client (`CORECAST_PING_INTERVAL_MS`).
+    pub ping_interval_ms: u64,
+    /// How long a client has to answer a ping (`CORECAST_PING_TIMEOUT_MS`).
+    pub ping_timeout_ms: u64,
+    /// How long a new WebSocket may stay without a Socket.IO CONNECT
+    /// (`CORECAST_CONNECT_TIMEOUT_MS`).
+    pub connect_timeout_ms: u64,
+    /// Largest incoming message in bytes, announced as `maxPayload`
+    /// (`CORECAST_MAX_PAYLOAD`).
+    pub max_payload: usize,
+    /// Bytes queued for one client before it is disconnected as too slow
+    /// (`CORECAST_OUTBOUND_QUEUE_BYTES`).
+    pub outbound_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `HS256` (shared secret), `RS256` or `ES256` (public key) (`CORECAST_JWT_ALGORITHM`).
+    pub jwt_algorithm: JwtAlgorithm,
+    /// HS256 secret (`CORECAST_JWT_SECRET`). When unset a development secret is used and a
+    /// warning printed.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256/ES256 (`CORECAST_JWT_PUBLIC_KEY_FILE`).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Bearer token of the internal admin API (`CORECAST_ADMIN_TOKEN`). When unset the admin
+    /// endpoints refuse every request; health and metrics stay open.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Messages per user per minute; 0 turns the limit off (`CORECAST_RATE_LIMIT_PER_MIN`).
+    pub rate_limit_per_min: u32,
+    /// Longest message text in characters (`CORECAST_MAX_TEXT_CHARS`).
+    pub max_text_chars: usize,
+    /// Most attachments on one message (`CORECAST_MAX_ATTACHMENTS`).
+    pub max_attachments: usize,
+    /// Allowed attachment `type` values (`CORECAST_ATTACHMENT_TYPES`, comma-separated).
+    pub attachment_types: Vec<String>,
+    /// Longest attachment URL in bytes (`CORECAST_MAX_URL_LEN`).
+    pub max_url_len: usize,
+    /// Longest `clientMsgId` in bytes (`CORECAST_MAX_CLIENT_MSG_ID_LEN`).
+    pub max_client_msg_id_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Embedded,
+    Scylla,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` or `scylla` (`CORECAST_STORE`).
+    pub kind: StoreKind,
+    /// Folder of the embedded store (`CORECAST_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// ScyllaDB contact points, `host:port` (`CORECAST_SCYLLA_NODES`, comma-separated).
+    pub scylla_nodes: Vec<String>,
+    /// Keyspace (`CORECAST_SCYLLA_KEYSPACE`).
+    pub scylla_keyspace: String,
+    /// Replication, as CQL's replication map without braces, e.g.
+    /// `'class': 'SimpleStrategy', 'replication_factor': 1` or
+    /// `'class': 'NetworkTopologyStrategy', 'dc1': 3` (`CORECAST_SCYLLA_REPLICATION`).
+    pub scylla_replication: String,
+    /// Consistency of reads and writes, e.g. `LOCAL_QUORUM`, `ONE`, `QUORUM`
+    /// (`CORECAST_SCYLLA_CONSISTENCY`).
+    pub scylla_consistency: String,
+    /// Local datacenter for token-aware, DC-aware routing (`CORECAST_SCYLLA_LOCAL_DC`).
+    pub scylla_local_dc: Option<String>,
+    /// Create the keyspace and tables at start (`CORECAST_SCYLLA_MIGRATE`).
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifierConfig {
+    /// SMTP server host (`CORECAST_SMTP_HOST`).
+    pub smtp_host: String,
+    /// SMTP server port (`CORECAST_SMTP_PORT`).
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls` (`CORECAST_SMTP_TLS`).
+    pub smtp_tls: SmtpTls,
+    /// SMTP user; with a password, enables authentication (`CORECAST_SMTP_USER`).
+    pub smtp_user: Option<String>,
+    /// SMTP password (`CORECAST_SMTP_PASSWORD`).
+    pub smtp_password: Option<String>,
+    /// Sender address (`CORECAST_SMTP_FROM`).
+    pub smtp_from: String,
+    /// A burst of messages to one member in one group within this many seconds becomes one
+    /// email (`CORECAST_NOTIFY_COALESCE_SECS`).
+    pub coalesce_secs: u64,
+    /// First retry delay after a temporary failure (`CORECAST_NOTIFY_RETRY_INITIAL_MS`).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (`CORECAST_NOTIFY_RETRY_MAX_MS`).
+    pub retry_max_ms: u64,
+    /// Internal listener of the notifier (metrics, health) (`CORECAST_NOTIFIER_LISTEN`).
+    pub listen: SocketAddr,
+    /// Folder of optional templates `subject.txt`, `body.txt`, `body.html`
+    /// (`CORECAST_NOTIFY_TEMPLATES`).
+    pub templates_dir: Option<PathBuf>,
+    /// Public address of the chat app, used in email links (`CORECAST_NOTIFY_APP_URL`).
+    pub app_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:3000".parse().expect("invariant: literal address"),
+            internal_listen: "127.0.0.1:3001".parse().expect("invariant: literal address"),
+            shards: 0,
+            path: "/socket.io/".into(),
+            allowed_origins: Vec::new(),
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            connect_timeout_ms: 45_000,
+            max_payload: 1_000_000,
+            outbound_queue_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            admin_token: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rate_limit_per_min: 30,
+            max_text_chars: 4000,
+            max_attachments: 10,
+            attachment_types: ["image", "video", "audio", "file"].map(String::from).to_vec(),
+            max_url_len: 2048,
+            max_client_msg_id_len: 128,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            data_dir: PathBuf::from("corecast-data"),
+            scylla_nodes: vec!["127.0.0.1:9042".into()],
+            scylla_keyspace: "corecast".into(),
+            scylla_replication: "'class': 'SimpleStrategy', 'replication_factor': 1".into(),
+            scylla_consistency: "LOCAL_QUORUM".into(),
+            scylla_local_dc: None,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 25,
+            smtp_tls: SmtpTls::None,
+            smtp_user: None,
+            smtp_password: None,
+            smtp_from: "corecast <noreply@localhost>".into(),
+            coalesce_secs: 60,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 300_000,
+            listen: "127.0.0.1:3002".parse().expect("invariant: literal address"),
+            templates_dir: None,
+            app_url: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
+            notifier: NotifierConfig::default(),
+        }
+    }
+}
+
+/// The development secret used when none is configured. Printed loudly at start.
+pub const DEV_JWT_SECRET: &str = "corecast-development-secret-do-not-use-in-production";
+
+type Setter = fn(&mut Config, &str) -> Result<()>;
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+fn parse<T: std::str::FromStr>(v: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse::<T>().map_err(|e| anyhow!("{e}"))
+}
+
+fn parse_enum<T: for<'de> Deserialize<'de>>(v: &str) -> Result<T> {
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(v.trim()))
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn opt(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Every overridable key: its environment variable and how to apply a value.
+pub const OVERRIDES: &[(&str, Setter)] = &[
+    ("CORECAST_LISTEN", |c, v| Ok(c.server.listen = parse(v)?)),
+    ("CORECAST_INTERNAL_LISTEN", |c, v| Ok(c.server.internal_listen = parse(v)?)),
+    ("CORECAST_SHARDS", |c, v| Ok(c.server.shards = parse(v)?)),
+    ("CORECAST_PATH", |c, v| Ok(c.server.path = v.to_string())),
+    ("CORECAST_ALLOWED_ORIGINS", |c, v| Ok(c.server.allowed_origins = list(v))),
+    ("CORECAST_PING_INTERVAL_MS", |c, v| Ok(c.server.ping_interval_ms = parse(v)?)),
+    ("CORECAST_PING_TIMEOUT_MS", |c, v| Ok(c.server.ping_timeout_ms = parse(v)?)),
+    ("CORECAST_CONNECT_TIMEOUT_MS", |c, v| Ok(c.server.connect_timeout_ms = parse(v)?)),
+    ("CORECAST_MAX_PAYLOAD", |c, v| Ok(c.server.max_payload = parse(v)?)),
+    ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| Ok(c.server.outbound_queue_bytes = parse(v)?)),
+    ("CORECAST_JWT_ALGORITHM", |c, v| Ok(c.auth.jwt_algorithm = parse_enum(v)?)),
+    ("CORECAST_JWT_SECRET", |c, v| Ok(c.auth.jwt_secret = opt(v))),
+    ("CORECAST_JWT_PUBLIC_KEY_FILE", |c, v| Ok(c.auth.jwt_public_key_file = opt(v).map(Into::into))),
+    ("CORECAST_ADMIN_TOKEN", |c, v| Ok(c.auth.admin_token = opt(v))),
+    ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| Ok(c.limits.rate_limit_per_min = parse(v)?)),
+    ("CORECAST_MAX_TEXT_CHARS", |c, v| Ok(c.limits.max_text_chars = parse(v)?)),
+    ("CORECAST_MAX_ATTACHMENTS", |c, v| Ok(c.limits.max_attachments = parse(v)?)),
+    ("CORECAST_ATTACHMENT_TYPES", |c, v| Ok(c.limits.attachment_types = list(v))),
+    ("CORECAST_MAX_URL_LEN", |c, v| Ok(c.limits.max_url_len = parse(v)?)),
+    ("CORECAST_MAX_CLIENT_MSG_ID_LEN", |c, v| Ok(c.limits.max_client_msg_id_len = parse(v)?)),
+    ("CORECAST_STORE", |c, v| Ok(c.store.kind = parse_enum(v)?)),
+    ("CORECAST_DATA_DIR", |c, v| Ok(c.store.data_dir = v.into())),
+    ("CORECAST_SCYLLA_NODES", |c, v| Ok(c.store.scylla_nodes = list(v))),
+    ("CORECAST_SCYLLA_KEYSPACE", |c, v| Ok(c.store.scylla_keyspace = v.to_string())),
+    ("CORECAST_SCYLLA_REPLICATION", |c, v| Ok(c.store.scylla_replication = v.to_string())),
+    ("CORECAST_SCYLLA_CONSISTENCY", |c, v| Ok(c.store.scylla_consistency = v.to_string())),
+    ("CORECAST_SCYLLA_LOCAL_DC", |c, v| Ok(c.store.scylla_local_dc = opt(v))),
+    ("CORECAST_SCYLLA_MIGRATE", |c, v| Ok(c.store.migrate_on_start = parse(v)?)),
+    ("CORECAST_SMTP_HOST", |c, v| Ok(c.notifier.smtp_host = v.to_string())),
+    ("CORECAST_SMTP_PORT", |c, v| Ok(c.notifier.smtp_port = parse(v)?)),
+    ("CORECAST_SMTP_TLS", |c, v| Ok(c.notifier.smtp_tls = parse_enum(v)?)),
+    ("CORECAST_SMTP_USER", |c, v| Ok(c.notifier.smtp_user = opt(v))),
+    ("CORECAST_SMTP_PASSWORD", |c, v| Ok(c.notifier.smtp_password = opt(v))),
+    ("CORECAST_SMTP_FROM", |c, v| Ok(c.notifier.smtp_from = v.to_string())),
+    ("CORECAST_NOTIFY_COALESCE_SECS", |c, v| Ok(c.notifier.coalesce_secs = parse(v)?)),
+    ("CORECAST_NOTIFY_RETRY_INITIAL_MS", |c, v| Ok(c.notifier.retry_initial_ms = parse(v)?)),
+    ("CORECAST_NOTIFY_RETRY_MAX_MS", |c, v| Ok(c.notifier.retry_max_ms = parse(v)?)),
+    ("CORECAST_NOTIFIER_LISTEN", |c, v| Ok(c.notifier.listen = parse(v)?)),
+    ("CORECAST_NOTIFY_TEMPLATES", |c, v| Ok(c.notifier.templates_dir = opt(v).map(Into::into))),
+    ("CORECAST_NOTIFY_APP_URL", |c, v| Ok(c.notifier.app_url = opt(v))),
+];
+
+impl Config {
+    /// Loads the file (if any), then the environment, then `flags` (pairs of an environment
+    /// variable name from [`OVERRIDES`] and a value), and validates the result.
+    pub fn load(file: Option<&std::path::Path>, flags: &[(&str, String)]) -> Result<Config> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        for (name, set) in OVERRIDES {
+            if let Ok(v) = std::env::var(name) {
+                set(&mut config, &v).with_context(|| format!("invalid value {v:?} for {name}"))?;
+            }
+        }
+        for (name, v) in flags {
+            let (_, set) = OVERRIDES
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| anyhow!("invariant: flag mapped to unknown key {name}"))?;
+            set(&mut config, v).with_context(|| format!("invalid value {v:?} for {name}"))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; names the key in the error.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.server;
+        if !s.path.starts_with('/') {
+            bail!("server.path (CORECAST_PATH) must start with '/', got {:?}", s.path);
+        }
+        if s.ping_interval_ms == 0 || s.ping_timeout_ms == 0 {
+            bail!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
+        }
+        if s.max_payload < 64 {
+            bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");
+        }
+        if s.shards > 256 {
+            bail!("server.shards (CORECAST_SHARDS) must be at most 256, got {}", s.shards);
+        }
+        if self.auth.jwt_algorithm != JwtAlgorithm::HS256 && self.auth.jwt_public_key_file.is_none()
+        {
+            bail!(
+                "auth.jwt_algorithm {:?} needs auth.jwt_public_key_file (CORECAST_JWT_PUBLIC_KEY_FILE)",
+                self.auth.jwt_algorithm
+            );
+        }
+        if self.store.kind == StoreKind::Scylla && self.store.scylla_nodes.is_empty() {
+            bail!("store.scylla_nodes (CORECAST_SCYLLA_NODES) is empty but store.kind is scylla");
+        }
+        Ok(())
+    }
+
+    /// The HS256 secret in force and whether it is the development default.
+    pub fn jwt_secret(&self) -> (&str, bool) {
+        match &self.auth.jwt_secret {
+            Some(s) => (s, false),
+            None => (DEV_JWT_SECRET, true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_with_the_key_named_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nshards = 3\n[limits]\nrate_limit_per_min = 5\n").unwrap();
+        let c = Config::load(Some(&path), &[("CORECAST_SHARDS", "2".into())]).unwrap();
+        assert_eq!(c.server.shards, 2);
+        assert_eq!(c.limits.rate_limit_per_min, 5);
+        let err = Config::load(Some(&path), &[("CORECAST_SHARDS", "two".into())]).unwrap_err();
+        assert!(format!("{err:#}").contains("CORECAST_SHARDS"));
+        std::fs::write(&path, "[server]\nshardz = 3\n").unwrap();
+        let err = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+    }
+}
+
+impl Config {
+    /// The storage crate's view of `[store]`.
+    pub fn store_config(&self) -> corecast_storage::StoreConfig {
+        match self.store.kind {
+            StoreKind::Embedded => {
+                corecast_storage::StoreConfig::Embedded { data_dir: self.store.data_dir.clone() }
+            }
+            // The ScyllaDB backend is wired here once it exists.
+            StoreKind::Scylla => {
+                corecast_storage::StoreConfig::Embedded { data_dir: self.store.data_dir.clone() }
+            }
+        }
+    }
+}
