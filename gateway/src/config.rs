@@ -161,8 +161,12 @@ pub struct NotifierConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: "127.0.0.1:3000".parse().expect("invariant: literal address"),
-            internal_listen: "127.0.0.1:3001".parse().expect("invariant: literal address"),
+            listen: "127.0.0.1:3000"
+                .parse()
+                .expect("invariant: literal address"),
+            internal_listen: "127.0.0.1:3001"
+                .parse()
+                .expect("invariant: literal address"),
             shards: 0,
             path: "/socket.io/".into(),
             allowed_origins: Vec::new(),
@@ -192,7 +196,9 @@ impl Default for LimitsConfig {
             rate_limit_per_min: 30,
             max_text_chars: 4000,
             max_attachments: 10,
-            attachment_types: ["image", "video", "audio", "file"].map(String::from).to_vec(),
+            attachment_types: ["image", "video", "audio", "file"]
+                .map(String::from)
+                .to_vec(),
             max_url_len: 2048,
             max_client_msg_id_len: 128,
         }
@@ -226,7 +232,9 @@ impl Default for NotifierConfig {
             coalesce_secs: 60,
             retry_initial_ms: 1_000,
             retry_max_ms: 300_000,
-            listen: "127.0.0.1:3002".parse().expect("invariant: literal address"),
+            listen: "127.0.0.1:3002"
+                .parse()
+                .expect("invariant: literal address"),
             templates_dir: None,
             app_url: None,
         }
@@ -251,7 +259,11 @@ pub const DEV_JWT_SECRET: &str = "corecast-development-secret-do-not-use-in-prod
 type Setter = fn(&mut Config, &str) -> Result<()>;
 
 fn list(v: &str) -> Vec<String> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn parse<T: std::str::FromStr>(v: &str) -> Result<T>
@@ -273,45 +285,113 @@ fn opt(v: &str) -> Option<String> {
 /// Every overridable key: its environment variable and how to apply a value.
 pub const OVERRIDES: &[(&str, Setter)] = &[
     ("CORECAST_LISTEN", |c, v| Ok(c.server.listen = parse(v)?)),
-    ("CORECAST_INTERNAL_LISTEN", |c, v| Ok(c.server.internal_listen = parse(v)?)),
+    ("CORECAST_INTERNAL_LISTEN", |c, v| {
+        Ok(c.server.internal_listen = parse(v)?)
+    }),
     ("CORECAST_SHARDS", |c, v| Ok(c.server.shards = parse(v)?)),
     ("CORECAST_PATH", |c, v| Ok(c.server.path = v.to_string())),
-    ("CORECAST_ALLOWED_ORIGINS", |c, v| Ok(c.server.allowed_origins = list(v))),
-    ("CORECAST_PING_INTERVAL_MS", |c, v| Ok(c.server.ping_interval_ms = parse(v)?)),
-    ("CORECAST_PING_TIMEOUT_MS", |c, v| Ok(c.server.ping_timeout_ms = parse(v)?)),
-    ("CORECAST_CONNECT_TIMEOUT_MS", |c, v| Ok(c.server.connect_timeout_ms = parse(v)?)),
-    ("CORECAST_MAX_PAYLOAD", |c, v| Ok(c.server.max_payload = parse(v)?)),
-    ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| Ok(c.server.outbound_queue_bytes = parse(v)?)),
-    ("CORECAST_JWT_ALGORITHM", |c, v| Ok(c.auth.jwt_algorithm = parse_enum(v)?)),
+    ("CORECAST_ALLOWED_ORIGINS", |c, v| {
+        Ok(c.server.allowed_origins = list(v))
+    }),
+    ("CORECAST_PING_INTERVAL_MS", |c, v| {
+        Ok(c.server.ping_interval_ms = parse(v)?)
+    }),
+    ("CORECAST_PING_TIMEOUT_MS", |c, v| {
+        Ok(c.server.ping_timeout_ms = parse(v)?)
+    }),
+    ("CORECAST_CONNECT_TIMEOUT_MS", |c, v| {
+        Ok(c.server.connect_timeout_ms = parse(v)?)
+    }),
+    ("CORECAST_MAX_PAYLOAD", |c, v| {
+        Ok(c.server.max_payload = parse(v)?)
+    }),
+    ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| {
+        Ok(c.server.outbound_queue_bytes = parse(v)?)
+    }),
+    ("CORECAST_JWT_ALGORITHM", |c, v| {
+        Ok(c.auth.jwt_algorithm = parse_enum(v)?)
+    }),
     ("CORECAST_JWT_SECRET", |c, v| Ok(c.auth.jwt_secret = opt(v))),
-    ("CORECAST_JWT_PUBLIC_KEY_FILE", |c, v| Ok(c.auth.jwt_public_key_file = opt(v).map(Into::into))),
-    ("CORECAST_ADMIN_TOKEN", |c, v| Ok(c.auth.admin_token = opt(v))),
-    ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| Ok(c.limits.rate_limit_per_min = parse(v)?)),
-    ("CORECAST_MAX_TEXT_CHARS", |c, v| Ok(c.limits.max_text_chars = parse(v)?)),
-    ("CORECAST_MAX_ATTACHMENTS", |c, v| Ok(c.limits.max_attachments = parse(v)?)),
-    ("CORECAST_ATTACHMENT_TYPES", |c, v| Ok(c.limits.attachment_types = list(v))),
-    ("CORECAST_MAX_URL_LEN", |c, v| Ok(c.limits.max_url_len = parse(v)?)),
-    ("CORECAST_MAX_CLIENT_MSG_ID_LEN", |c, v| Ok(c.limits.max_client_msg_id_len = parse(v)?)),
+    ("CORECAST_JWT_PUBLIC_KEY_FILE", |c, v| {
+        Ok(c.auth.jwt_public_key_file = opt(v).map(Into::into))
+    }),
+    ("CORECAST_ADMIN_TOKEN", |c, v| {
+        Ok(c.auth.admin_token = opt(v))
+    }),
+    ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| {
+        Ok(c.limits.rate_limit_per_min = parse(v)?)
+    }),
+    ("CORECAST_MAX_TEXT_CHARS", |c, v| {
+        Ok(c.limits.max_text_chars = parse(v)?)
+    }),
+    ("CORECAST_MAX_ATTACHMENTS", |c, v| {
+        Ok(c.limits.max_attachments = parse(v)?)
+    }),
+    ("CORECAST_ATTACHMENT_TYPES", |c, v| {
+        Ok(c.limits.attachment_types = list(v))
+    }),
+    ("CORECAST_MAX_URL_LEN", |c, v| {
+        Ok(c.limits.max_url_len = parse(v)?)
+    }),
+    ("CORECAST_MAX_CLIENT_MSG_ID_LEN", |c, v| {
+        Ok(c.limits.max_client_msg_id_len = parse(v)?)
+    }),
     ("CORECAST_STORE", |c, v| Ok(c.store.kind = parse_enum(v)?)),
     ("CORECAST_DATA_DIR", |c, v| Ok(c.store.data_dir = v.into())),
-    ("CORECAST_SCYLLA_NODES", |c, v| Ok(c.store.scylla_nodes = list(v))),
-    ("CORECAST_SCYLLA_KEYSPACE", |c, v| Ok(c.store.scylla_keyspace = v.to_string())),
-    ("CORECAST_SCYLLA_REPLICATION", |c, v| Ok(c.store.scylla_replication = v.to_string())),
-    ("CORECAST_SCYLLA_CONSISTENCY", |c, v| Ok(c.store.scylla_consistency = v.to_string())),
-    ("CORECAST_SCYLLA_LOCAL_DC", |c, v| Ok(c.store.scylla_local_dc = opt(v))),
-    ("CORECAST_SCYLLA_MIGRATE", |c, v| Ok(c.store.migrate_on_start = parse(v)?)),
-    ("CORECAST_SMTP_HOST", |c, v| Ok(c.notifier.smtp_host = v.to_string())),
-    ("CORECAST_SMTP_PORT", |c, v| Ok(c.notifier.smtp_port = parse(v)?)),
-    ("CORECAST_SMTP_TLS", |c, v| Ok(c.notifier.smtp_tls = parse_enum(v)?)),
-    ("CORECAST_SMTP_USER", |c, v| Ok(c.notifier.smtp_user = opt(v))),
-    ("CORECAST_SMTP_PASSWORD", |c, v| Ok(c.notifier.smtp_password = opt(v))),
-    ("CORECAST_SMTP_FROM", |c, v| Ok(c.notifier.smtp_from = v.to_string())),
-    ("CORECAST_NOTIFY_COALESCE_SECS", |c, v| Ok(c.notifier.coalesce_secs = parse(v)?)),
-    ("CORECAST_NOTIFY_RETRY_INITIAL_MS", |c, v| Ok(c.notifier.retry_initial_ms = parse(v)?)),
-    ("CORECAST_NOTIFY_RETRY_MAX_MS", |c, v| Ok(c.notifier.retry_max_ms = parse(v)?)),
-    ("CORECAST_NOTIFIER_LISTEN", |c, v| Ok(c.notifier.listen = parse(v)?)),
-    ("CORECAST_NOTIFY_TEMPLATES", |c, v| Ok(c.notifier.templates_dir = opt(v).map(Into::into))),
-    ("CORECAST_NOTIFY_APP_URL", |c, v| Ok(c.notifier.app_url = opt(v))),
+    ("CORECAST_SCYLLA_NODES", |c, v| {
+        Ok(c.store.scylla_nodes = list(v))
+    }),
+    ("CORECAST_SCYLLA_KEYSPACE", |c, v| {
+        Ok(c.store.scylla_keyspace = v.to_string())
+    }),
+    ("CORECAST_SCYLLA_REPLICATION", |c, v| {
+        Ok(c.store.scylla_replication = v.to_string())
+    }),
+    ("CORECAST_SCYLLA_CONSISTENCY", |c, v| {
+        Ok(c.store.scylla_consistency = v.to_string())
+    }),
+    ("CORECAST_SCYLLA_LOCAL_DC", |c, v| {
+        Ok(c.store.scylla_local_dc = opt(v))
+    }),
+    ("CORECAST_SCYLLA_MIGRATE", |c, v| {
+        Ok(c.store.migrate_on_start = parse(v)?)
+    }),
+    ("CORECAST_SMTP_HOST", |c, v| {
+        Ok(c.notifier.smtp_host = v.to_string())
+    }),
+    ("CORECAST_SMTP_PORT", |c, v| {
+        Ok(c.notifier.smtp_port = parse(v)?)
+    }),
+    ("CORECAST_SMTP_TLS", |c, v| {
+        Ok(c.notifier.smtp_tls = parse_enum(v)?)
+    }),
+    ("CORECAST_SMTP_USER", |c, v| {
+        Ok(c.notifier.smtp_user = opt(v))
+    }),
+    ("CORECAST_SMTP_PASSWORD", |c, v| {
+        Ok(c.notifier.smtp_password = opt(v))
+    }),
+    ("CORECAST_SMTP_FROM", |c, v| {
+        Ok(c.notifier.smtp_from = v.to_string())
+    }),
+    ("CORECAST_NOTIFY_COALESCE_SECS", |c, v| {
+        Ok(c.notifier.coalesce_secs = parse(v)?)
+    }),
+    ("CORECAST_NOTIFY_RETRY_INITIAL_MS", |c, v| {
+        Ok(c.notifier.retry_initial_ms = parse(v)?)
+    }),
+    ("CORECAST_NOTIFY_RETRY_MAX_MS", |c, v| {
+        Ok(c.notifier.retry_max_ms = parse(v)?)
+    }),
+    ("CORECAST_NOTIFIER_LISTEN", |c, v| {
+        Ok(c.notifier.listen = parse(v)?)
+    }),
+    ("CORECAST_NOTIFY_TEMPLATES", |c, v| {
+        Ok(c.notifier.templates_dir = opt(v).map(Into::into))
+    }),
+    ("CORECAST_NOTIFY_APP_URL", |c, v| {
+        Ok(c.notifier.app_url = opt(v))
+    }),
 ];
 
 impl Config {
@@ -347,7 +427,10 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let s = &self.server;
         if !s.path.starts_with('/') {
-            bail!("server.path (CORECAST_PATH) must start with '/', got {:?}", s.path);
+            bail!(
+                "server.path (CORECAST_PATH) must start with '/', got {:?}",
+                s.path
+            );
         }
         if s.ping_interval_ms == 0 || s.ping_timeout_ms == 0 {
             bail!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
@@ -356,7 +439,10 @@ impl Config {
             bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");
         }
         if s.shards > 256 {
-            bail!("server.shards (CORECAST_SHARDS) must be at most 256, got {}", s.shards);
+            bail!(
+                "server.shards (CORECAST_SHARDS) must be at most 256, got {}",
+                s.shards
+            );
         }
         if self.auth.jwt_algorithm != JwtAlgorithm::HS256 && self.auth.jwt_public_key_file.is_none()
         {
@@ -388,7 +474,11 @@ mod tests {
     fn file_then_flags_with_the_key_named_on_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[server]\nshards = 3\n[limits]\nrate_limit_per_min = 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "[server]\nshards = 3\n[limits]\nrate_limit_per_min = 5\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path), &[("CORECAST_SHARDS", "2".into())]).unwrap();
         assert_eq!(c.server.shards, 2);
         assert_eq!(c.limits.rate_limit_per_min, 5);
@@ -404,13 +494,17 @@ impl Config {
     /// The storage crate's view of `[store]`.
     pub fn store_config(&self) -> corecast_storage::StoreConfig {
         match self.store.kind {
-            StoreKind::Embedded => {
-                corecast_storage::StoreConfig::Embedded { data_dir: self.store.data_dir.clone() }
-            }
-            // The ScyllaDB backend is wired here once it exists.
-            StoreKind::Scylla => {
-                corecast_storage::StoreConfig::Embedded { data_dir: self.store.data_dir.clone() }
-            }
+            StoreKind::Embedded => corecast_storage::StoreConfig::Embedded {
+                data_dir: self.store.data_dir.clone(),
+            },
+            StoreKind::Scylla => corecast_storage::StoreConfig::Scylla {
+                nodes: self.store.scylla_nodes.clone(),
+                keyspace: self.store.scylla_keyspace.clone(),
+                replication: self.store.scylla_replication.clone(),
+                consistency: self.store.scylla_consistency.clone(),
+                local_dc: self.store.scylla_local_dc.clone(),
+                migrate: self.store.migrate_on_start,
+            },
         }
     }
 }

@@ -1,2 +1,11 @@
 //! corecast's gateway: the Socket.IO server, one glommio shard per core.
+pub mod admin;
+pub mod auth;
 pub mod config;
+pub mod conn;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod shard;
+pub mod startup;

@@ -1,1 +1,91 @@
-fn main() {}
+//! `corecast-notifier`: emails offline members. Parses flags, loads the shared config (file,
+//! then `CORECAST_*` variables, then flags), installs logging and calls
+//! [`corecast_notifier::run`]. SIGINT and SIGTERM stop it gracefully (the email being sent
+//! finishes first); any harder stop is safe too, because notices leave the store only after
+//! their email was accepted.
+
+use anyhow::Context;
+use clap::Parser;
+use corecast_gateway::config::Config;
+use corecast_notifier::Shutdown;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "corecast-notifier",
+    version,
+    about = "Emails offline corecast members about missed messages"
+)]
+struct Args {
+    /// TOML config file (the same file as the gateway's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Internal listener for /metrics and /healthz (overrides CORECAST_NOTIFIER_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Embedded store folder (overrides CORECAST_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// SMTP server host (overrides CORECAST_SMTP_HOST).
+    #[arg(long)]
+    smtp_host: Option<String>,
+    /// SMTP server port (overrides CORECAST_SMTP_PORT).
+    #[arg(long)]
+    smtp_port: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut flags = Vec::new();
+    for (name, value) in [
+        ("CORECAST_NOTIFIER_LISTEN", args.listen),
+        ("CORECAST_DATA_DIR", args.data_dir),
+        ("CORECAST_SMTP_HOST", args.smtp_host),
+        ("CORECAST_SMTP_PORT", args.smtp_port),
+    ] {
+        if let Some(v) = value {
+            flags.push((name, v));
+        }
+    }
+    let config =
+        Config::load(args.config.as_deref(), &flags).context("cannot load the configuration")?;
+    let shutdown = Shutdown::new();
+    stop_on_signals(shutdown.clone()).context("cannot install signal handling")?;
+    corecast_notifier::run(config, shutdown).context("the notifier failed")
+}
+
+/// Blocks SIGINT and SIGTERM in every thread (threads started later inherit the mask) and waits
+/// for them on a thread of its own, which then fires `shutdown`.
+fn stop_on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+    // SAFETY: plain libc calls on a locally owned, initialised signal set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("notifier-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid signal set owned by this closure.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                tracing::info!(signal = sig, "notifier: stopping");
+            }
+            shutdown.trigger();
+        })?;
+    Ok(())
+}

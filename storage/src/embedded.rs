@@ -27,7 +27,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { queue_capacity: 65_536, max_batch: 4_096 }
+        Options {
+            queue_capacity: 65_536,
+            max_batch: 4_096,
+        }
     }
 }
 
@@ -69,14 +72,20 @@ CREATE TABLE IF NOT EXISTS failed_notices (
 /// Used by the writer thread and by other processes that read the same file (the notifier).
 pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| {
-        Error::Unavailable(format!("cannot create data folder {}: {e}", data_dir.display()))
+        Error::Unavailable(format!(
+            "cannot create data folder {}: {e}",
+            data_dir.display()
+        ))
     })?;
     let path = db_path(data_dir);
     let conn = Connection::open(&path)
         .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
     conn.execute_batch(SCHEMA).map_err(unavailable)?;
     Ok(conn)
 }
@@ -131,7 +140,9 @@ fn writer(mut conn: Connection, rx: crossbeam_channel::Receiver<Request>, max_ba
         };
         // Requests never reached because the transaction could not start are failed here.
         for req in batch.drain(..) {
-            req.fail(Error::Unavailable("the embedded store could not start a transaction".into()));
+            req.fail(Error::Unavailable(
+                "the embedded store could not start a transaction".into(),
+            ));
         }
         for finish in finishes {
             finish(committed);
@@ -147,7 +158,11 @@ fn apply_isolated(conn: &Connection, req: Request) -> Finish {
         return Box::new(|_| {});
     }
     let (ok, finish) = apply(conn, req);
-    let end = if ok { "RELEASE req" } else { "ROLLBACK TO req; RELEASE req" };
+    let end = if ok {
+        "RELEASE req"
+    } else {
+        "ROLLBACK TO req; RELEASE req"
+    };
     if let Err(e) = conn.execute_batch(end) {
         tracing::error!(error = %e, "embedded store: savepoint end failed");
     }
@@ -165,7 +180,9 @@ fn done<T: Send + 'static>(
         ok,
         Box::new(move |committed| {
             if write && !committed && result.is_ok() {
-                reply(Err(Error::Unavailable("the embedded store could not commit".into())))
+                reply(Err(Error::Unavailable(
+                    "the embedded store could not commit".into(),
+                )))
             } else {
                 reply(result)
             }
@@ -193,19 +210,34 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             done(reply, true, r)
         }
         Request::GroupsOfUser { user, reply } => done(reply, false, groups_of_user(c, user)),
-        Request::AppendMessage { message, notify, reply } => {
-            done(reply, true, append_message(c, message, &notify))
-        }
-        Request::MarkRead { group, message, user, reply } => {
-            done(reply, true, mark_read(c, group, message, user))
-        }
-        Request::GetMessage { group, message, reply } => {
-            done(reply, false, get_message(c, group, message))
-        }
-        Request::History { group, limit, before, reply } => {
-            done(reply, false, history(c, group, limit, before))
-        }
-        Request::SetPresence { user, online, at, reply } => {
+        Request::AppendMessage {
+            message,
+            notify,
+            reply,
+        } => done(reply, true, append_message(c, message, &notify)),
+        Request::MarkRead {
+            group,
+            message,
+            user,
+            reply,
+        } => done(reply, true, mark_read(c, group, message, user)),
+        Request::GetMessage {
+            group,
+            message,
+            reply,
+        } => done(reply, false, get_message(c, group, message)),
+        Request::History {
+            group,
+            limit,
+            before,
+            reply,
+        } => done(reply, false, history(c, group, limit, before)),
+        Request::SetPresence {
+            user,
+            online,
+            at,
+            reply,
+        } => {
             let r = sql(c.execute(
                 "INSERT INTO presence (user_id, online, last_seen) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id) DO UPDATE SET online = excluded.online,
@@ -220,7 +252,12 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
                 .query_row(
                     "SELECT online, last_seen FROM presence WHERE user_id = ?1",
                     params![user.0 as i64],
-                    |row| Ok(Presence { online: row.get(0)?, last_seen: row.get(1)? }),
+                    |row| {
+                        Ok(Presence {
+                            online: row.get(0)?,
+                            last_seen: row.get(1)?,
+                        })
+                    },
                 )
                 .optional());
             done(reply, false, r)
@@ -258,13 +295,13 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             done(reply, true, r)
         }
         Request::FailedNoticeCount { reply } => {
-            let r = sql(c.query_row("SELECT COUNT(*) FROM failed_notices", [], |r| r.get::<_, i64>(0)))
-                .map(|n| n as u64);
+            let r = sql(c.query_row("SELECT COUNT(*) FROM failed_notices", [], |r| {
+                r.get::<_, i64>(0)
+            }))
+            .map(|n| n as u64);
             done(reply, false, r)
         }
-        Request::Ping { reply } => {
-            done(reply, false, sql(c.query_row("SELECT 1", [], |_| Ok(()))))
-        }
+        Request::Ping { reply } => done(reply, false, sql(c.query_row("SELECT 1", [], |_| Ok(())))),
     }
 }
 
@@ -282,7 +319,13 @@ fn get_user(c: &Connection, id: UserId) -> Result<Option<User>, Error> {
         .query_row(
             "SELECT email, name FROM users WHERE id = ?1",
             params![id.0 as i64],
-            |row| Ok(User { id, email: row.get(0)?, name: row.get(1)? }),
+            |row| {
+                Ok(User {
+                    id,
+                    email: row.get(0)?,
+                    name: row.get(1)?,
+                })
+            },
         )
         .optional())
 }
@@ -305,8 +348,16 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
     wanted.sort();
     wanted.dedup();
     let change = MembershipChange {
-        added: wanted.iter().filter(|u| before.binary_search(u).is_err()).copied().collect(),
-        removed: before.iter().filter(|u| wanted.binary_search(u).is_err()).copied().collect(),
+        added: wanted
+            .iter()
+            .filter(|u| before.binary_search(u).is_err())
+            .copied()
+            .collect(),
+        removed: before
+            .iter()
+            .filter(|u| wanted.binary_search(u).is_err())
+            .copied()
+            .collect(),
     };
     for u in &change.removed {
         sql(c.execute(
@@ -325,11 +376,19 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
 
 fn get_group(c: &Connection, id: GroupId) -> Result<Option<Group>, Error> {
     let name: Option<String> = sql(c
-        .query_row("SELECT name FROM groups WHERE id = ?1", params![id.0 as i64], |r| r.get(0))
+        .query_row(
+            "SELECT name FROM groups WHERE id = ?1",
+            params![id.0 as i64],
+            |r| r.get(0),
+        )
         .optional())?;
     match name {
         None => Ok(None),
-        Some(name) => Ok(Some(Group { id, name, members: members_of(c, id)? })),
+        Some(name) => Ok(Some(Group {
+            id,
+            name,
+            members: members_of(c, id)?,
+        })),
     }
 }
 
@@ -369,7 +428,10 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
         if let Some(id) = existing {
             let message = get_message(c, m.group, MessageId(id as u64))?
                 .expect("invariant: the id was just read from the messages table");
-            return Ok(Appended { message, duplicate: true });
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
         }
     }
     let attachments = serde_json::to_string(&m.attachments)
@@ -392,10 +454,18 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
             "INSERT INTO notices (user_id, group_id, message_id, created) VALUES (?1, ?2, ?3, ?4)",
         ))?;
         for u in notify {
-            sql(st.execute(params![u.0 as i64, m.group.0 as i64, m.id.0 as i64, m.timestamp]))?;
+            sql(st.execute(params![
+                u.0 as i64,
+                m.group.0 as i64,
+                m.id.0 as i64,
+                m.timestamp
+            ]))?;
         }
     }
-    Ok(Appended { message: m.into(), duplicate: false })
+    Ok(Appended {
+        message: m.into(),
+        duplicate: false,
+    })
 }
 
 fn message_exists(c: &Connection, group: GroupId, message: MessageId) -> Result<bool, Error> {
@@ -406,7 +476,12 @@ fn message_exists(c: &Connection, group: GroupId, message: MessageId) -> Result<
     ))
 }
 
-fn mark_read(c: &Connection, group: GroupId, message: MessageId, user: UserId) -> Result<bool, Error> {
+fn mark_read(
+    c: &Connection,
+    group: GroupId,
+    message: MessageId,
+    user: UserId,
+) -> Result<bool, Error> {
     if !message_exists(c, group, message)? {
         return Err(Error::NoSuchMessage { group, message });
     }
@@ -421,7 +496,11 @@ fn readers(c: &Connection, group: GroupId, message: MessageId) -> Result<Vec<Use
     let mut st = sql(c.prepare_cached(
         "SELECT user_id FROM reads WHERE group_id = ?1 AND message_id = ?2 ORDER BY user_id",
     ))?;
-    let rows = sql(st.query_map(params![group.0 as i64, message.0 as i64], |r| r.get::<_, i64>(0)))?;
+    let rows = sql(
+        st.query_map(params![group.0 as i64, message.0 as i64], |r| {
+            r.get::<_, i64>(0)
+        }),
+    )?;
     rows.map(|r| sql(r).map(|v| UserId(v as u64))).collect()
 }
 
@@ -440,7 +519,11 @@ fn row_to_message(group: GroupId, row: &rusqlite::Row<'_>) -> rusqlite::Result<S
     })
 }
 
-fn get_message(c: &Connection, group: GroupId, message: MessageId) -> Result<Option<StoredMessage>, Error> {
+fn get_message(
+    c: &Connection,
+    group: GroupId,
+    message: MessageId,
+) -> Result<Option<StoredMessage>, Error> {
     let m = sql(c
         .query_row(
             "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
@@ -469,9 +552,11 @@ fn history(
          WHERE group_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
     ))?;
     let before = before.map(|m| m.0 as i64).unwrap_or(i64::MAX);
-    let rows = sql(st.query_map(params![group.0 as i64, before, limit as i64], |row| {
-        row_to_message(group, row)
-    }))?;
+    let rows = sql(
+        st.query_map(params![group.0 as i64, before, limit as i64], |row| {
+            row_to_message(group, row)
+        }),
+    )?;
     let mut out = Vec::new();
     for r in rows {
         let mut m = sql(r)?;

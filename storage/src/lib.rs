@@ -10,11 +10,14 @@
 //! Backends:
 //! - [`embedded`]: SQLite in a local data folder, the zero-setup default. One writer thread
 //!   group-commits everything queued since its last commit in one transaction.
+//! - [`scylla`]: ScyllaDB (or Apache Cassandra) through the `scylla` driver, on its own tokio
+//!   threads, for production and for several gateway nodes sharing one store.
 
 pub mod embedded;
 mod error;
 pub mod model;
 mod request;
+pub mod scylla;
 
 pub use error::Error;
 pub use model::*;
@@ -25,11 +28,65 @@ pub use request::{Blocking, Reply, Request, StoreHandle};
 pub enum StoreConfig {
     /// SQLite files in `data_dir`.
     Embedded { data_dir: std::path::PathBuf },
+    /// ScyllaDB/Cassandra cluster (see [`scylla::ScyllaConfig`] for the fields).
+    Scylla {
+        /// Contact points, `host:port`.
+        nodes: Vec<String>,
+        keyspace: String,
+        /// CQL replication map without braces.
+        replication: String,
+        /// CQL consistency level name, e.g. `LOCAL_QUORUM`.
+        consistency: String,
+        /// Preferred (local) datacenter, if any.
+        local_dc: Option<String>,
+        /// Create the keyspace and tables at start.
+        migrate: bool,
+    },
+}
+
+impl StoreConfig {
+    /// The ScyllaDB settings, when this is the ScyllaDB backend.
+    pub fn scylla(&self) -> Option<scylla::ScyllaConfig> {
+        match self {
+            StoreConfig::Scylla {
+                nodes,
+                keyspace,
+                replication,
+                consistency,
+                local_dc,
+                migrate,
+            } => Some(scylla::ScyllaConfig {
+                nodes: nodes.clone(),
+                keyspace: keyspace.clone(),
+                replication: replication.clone(),
+                consistency: consistency.clone(),
+                local_dc: local_dc.clone(),
+                migrate: *migrate,
+            }),
+            StoreConfig::Embedded { .. } => None,
+        }
+    }
+}
+
+/// Creates the schema of the configured backend (`corecast migrate`). Blocking. The embedded
+/// store creates its schema whenever it opens, so this only opens and checks it.
+pub fn migrate(config: &StoreConfig) -> Result<(), Error> {
+    match config {
+        StoreConfig::Embedded { data_dir } => embedded::connect(data_dir).map(|_| ()),
+        StoreConfig::Scylla { .. } => {
+            scylla::migrate(&config.scylla().expect("invariant: matched Scylla"))
+        }
+    }
 }
 
 /// Opens the configured backend and starts its threads.
 pub fn open(config: &StoreConfig) -> Result<StoreHandle, Error> {
     match config {
-        StoreConfig::Embedded { data_dir } => embedded::open(data_dir, embedded::Options::default()),
+        StoreConfig::Embedded { data_dir } => {
+            embedded::open(data_dir, embedded::Options::default())
+        }
+        StoreConfig::Scylla { .. } => {
+            scylla::open(&config.scylla().expect("invariant: matched Scylla"))
+        }
     }
 }

@@ -13,39 +13,95 @@ pub type Reply<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
 pub enum Request {
     /// Creates or replaces a user's profile.
     PutUser { user: User, reply: Reply<()> },
-    GetUser { user: UserId, reply: Reply<Option<User>> },
+    GetUser {
+        user: UserId,
+        reply: Reply<Option<User>>,
+    },
     /// Creates the group or replaces its name and members; replies with who was added and who
     /// removed relative to the previous member list.
-    PutGroup { group: Group, reply: Reply<MembershipChange> },
-    GetGroup { group: GroupId, reply: Reply<Option<Group>> },
+    PutGroup {
+        group: Group,
+        reply: Reply<MembershipChange>,
+    },
+    GetGroup {
+        group: GroupId,
+        reply: Reply<Option<Group>>,
+    },
     /// Adds a member; `Ok(true)` when added, `Ok(false)` when already a member,
     /// `Err(NoSuchGroup)` when the group does not exist.
-    AddMember { group: GroupId, user: UserId, reply: Reply<bool> },
+    AddMember {
+        group: GroupId,
+        user: UserId,
+        reply: Reply<bool>,
+    },
     /// Removes a member; `Ok(true)` when removed, `Ok(false)` when not a member.
-    RemoveMember { group: GroupId, user: UserId, reply: Reply<bool> },
+    RemoveMember {
+        group: GroupId,
+        user: UserId,
+        reply: Reply<bool>,
+    },
     /// The groups `user` is a member of, ascending.
-    GroupsOfUser { user: UserId, reply: Reply<Vec<GroupId>> },
+    GroupsOfUser {
+        user: UserId,
+        reply: Reply<Vec<GroupId>>,
+    },
     /// Stores a message and, in the same atomic write, one outbox notice per user in `notify`.
     /// If the message carries a `client_msg_id` already stored for the same group and sender,
     /// nothing is written and the original is returned with `duplicate: true`.
-    AppendMessage { message: NewMessage, notify: Vec<UserId>, reply: Reply<Appended> },
+    AppendMessage {
+        message: NewMessage,
+        notify: Vec<UserId>,
+        reply: Reply<Appended>,
+    },
     /// Adds `user` to the message's readers (no read-modify-write of a list);
     /// `Ok(true)` when added, `Ok(false)` when already there, `Err(NoSuchMessage)` when the
     /// message is not in that group.
-    MarkRead { group: GroupId, message: MessageId, user: UserId, reply: Reply<bool> },
-    GetMessage { group: GroupId, message: MessageId, reply: Reply<Option<StoredMessage>> },
+    MarkRead {
+        group: GroupId,
+        message: MessageId,
+        user: UserId,
+        reply: Reply<bool>,
+    },
+    GetMessage {
+        group: GroupId,
+        message: MessageId,
+        reply: Reply<Option<StoredMessage>>,
+    },
     /// Up to `limit` messages of the group, newest first, strictly older than `before` if given.
-    History { group: GroupId, limit: usize, before: Option<MessageId>, reply: Reply<Vec<StoredMessage>> },
+    History {
+        group: GroupId,
+        limit: usize,
+        before: Option<MessageId>,
+        reply: Reply<Vec<StoredMessage>>,
+    },
     /// Records the user's presence: online or offline since `at`.
-    SetPresence { user: UserId, online: bool, at: Millis, reply: Reply<()> },
-    GetPresence { user: UserId, reply: Reply<Option<Presence>> },
+    SetPresence {
+        user: UserId,
+        online: bool,
+        at: Millis,
+        reply: Reply<()>,
+    },
+    GetPresence {
+        user: UserId,
+        reply: Reply<Option<Presence>>,
+    },
     /// Up to `limit` pending notices, oldest first.
-    PendingNotices { limit: usize, reply: Reply<Vec<Notice>> },
+    PendingNotices {
+        limit: usize,
+        reply: Reply<Vec<Notice>>,
+    },
     /// Removes delivered notices, or notices that need no email any more.
-    DeleteNotices { ids: Vec<NoticeId>, reply: Reply<()> },
+    DeleteNotices {
+        ids: Vec<NoticeId>,
+        reply: Reply<()>,
+    },
     /// Moves notices that can never be delivered (permanent SMTP failure, no such user) out of
     /// the pending set, keeping them with `reason` for operators.
-    FailNotices { ids: Vec<NoticeId>, reason: String, reply: Reply<()> },
+    FailNotices {
+        ids: Vec<NoticeId>,
+        reason: String,
+        reply: Reply<()>,
+    },
     /// Counts notices moved aside by `FailNotices`.
     FailedNoticeCount { reply: Reply<u64> },
     /// Answers `Ok` when the backend can reach its storage (readiness).
@@ -175,20 +231,61 @@ impl Blocking<'_> {
     pub fn groups_of_user(&self, user: UserId) -> Result<Vec<GroupId>, Error> {
         self.call(|reply| Request::GroupsOfUser { user, reply })
     }
-    pub fn append_message(&self, message: NewMessage, notify: Vec<UserId>) -> Result<Appended, Error> {
-        self.call(|reply| Request::AppendMessage { message, notify, reply })
+    pub fn append_message(
+        &self,
+        message: NewMessage,
+        notify: Vec<UserId>,
+    ) -> Result<Appended, Error> {
+        self.call(|reply| Request::AppendMessage {
+            message,
+            notify,
+            reply,
+        })
     }
-    pub fn mark_read(&self, group: GroupId, message: MessageId, user: UserId) -> Result<bool, Error> {
-        self.call(|reply| Request::MarkRead { group, message, user, reply })
+    pub fn mark_read(
+        &self,
+        group: GroupId,
+        message: MessageId,
+        user: UserId,
+    ) -> Result<bool, Error> {
+        self.call(|reply| Request::MarkRead {
+            group,
+            message,
+            user,
+            reply,
+        })
     }
-    pub fn get_message(&self, group: GroupId, message: MessageId) -> Result<Option<StoredMessage>, Error> {
-        self.call(|reply| Request::GetMessage { group, message, reply })
+    pub fn get_message(
+        &self,
+        group: GroupId,
+        message: MessageId,
+    ) -> Result<Option<StoredMessage>, Error> {
+        self.call(|reply| Request::GetMessage {
+            group,
+            message,
+            reply,
+        })
     }
-    pub fn history(&self, group: GroupId, limit: usize, before: Option<MessageId>) -> Result<Vec<StoredMessage>, Error> {
-        self.call(|reply| Request::History { group, limit, before, reply })
+    pub fn history(
+        &self,
+        group: GroupId,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        self.call(|reply| Request::History {
+            group,
+            limit,
+            before,
+            reply,
+        })
     }
     pub fn set_presence(&self, user: UserId, online: bool, at: Millis) -> Result<(), Error> {
-        self.call(|reply| Request::SetPresence { user, online, at, reply })
+        self.call(|reply| Request::SetPresence {
+            user,
+            online,
+            at,
+            reply,
+        })
     }
     pub fn get_presence(&self, user: UserId) -> Result<Option<Presence>, Error> {
         self.call(|reply| Request::GetPresence { user, reply })

@@ -218,9 +218,7 @@ fn digits_end(msg: &[u8], from: usize) -> usize {
 
 /// At most 19 ASCII digits (callers check), so this cannot overflow.
 fn parse_digits(digits: &[u8]) -> u64 {
-    digits
-        .iter()
-        .fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
+    digits.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
 }
 
 fn enclosed(data: &[u8], open: u8, close: u8) -> bool {
@@ -436,4 +434,280 @@ fn put_json_str<S: Sink>(out: &mut S, s: &str) {
     }
     out.put(&bytes[clean_from..]);
     out.put_byte(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::{Decoder, Message};
+    use bytes::BytesMut;
+    use serde_json::{json, Value};
+
+    /// Parses a whole Engine.IO text (as in a frame) down to the Socket.IO packet.
+    fn sio(text: &str) -> Result<SioPacket, PacketError> {
+        match parse_eio(text.as_bytes())? {
+            EioPacket::Message(msg) => parse_sio(msg),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn data_of(text: &str) -> Value {
+        let msg = &text.as_bytes()[1..];
+        let p = parse_sio(msg).unwrap();
+        serde_json::from_slice(&msg[p.data]).unwrap()
+    }
+
+    #[test]
+    fn engine_io_packets() {
+        assert_eq!(
+            parse_eio(b"0{\"sid\":1}"),
+            Ok(EioPacket::Open(b"{\"sid\":1}"))
+        );
+        assert_eq!(parse_eio(b"1"), Ok(EioPacket::Close));
+        assert_eq!(parse_eio(b"2"), Ok(EioPacket::Ping(b"")));
+        assert_eq!(parse_eio(b"2probe"), Ok(EioPacket::Ping(b"probe")));
+        assert_eq!(parse_eio(b"3"), Ok(EioPacket::Pong(b"")));
+        assert_eq!(parse_eio(b"42[\"a\"]"), Ok(EioPacket::Message(b"2[\"a\"]")));
+        assert_eq!(parse_eio(b"5"), Ok(EioPacket::Upgrade));
+        assert_eq!(parse_eio(b"6"), Ok(EioPacket::Noop));
+        assert_eq!(parse_eio(b""), Err(PacketError::Empty));
+        assert_eq!(parse_eio(b"7"), Err(PacketError::UnknownEioType(b'7')));
+        assert_eq!(parse_eio(b"x"), Err(PacketError::UnknownEioType(b'x')));
+        assert_eq!(parse_eio(PING), Ok(EioPacket::Ping(b"")));
+        assert_eq!(parse_eio(PONG), Ok(EioPacket::Pong(b"")));
+        assert_eq!(parse_eio(EIO_CLOSE), Ok(EioPacket::Close));
+    }
+
+    #[test]
+    fn socket_io_grammar() {
+        let p = sio("40").unwrap();
+        assert_eq!(
+            (p.kind, p.ack_id, p.data.is_empty()),
+            (SioKind::Connect, None, true)
+        );
+        assert_eq!(namespace(b"0", &p), "/");
+
+        let text = "40{\"token\":\"x\"}";
+        let p = sio(text).unwrap();
+        assert_eq!(p.kind, SioKind::Connect);
+        assert_eq!(data_of(text), json!({"token": "x"}));
+
+        let msg = b"0/admin,{}";
+        let p = parse_sio(msg).unwrap();
+        assert_eq!(namespace(msg, &p), "/admin");
+        assert_eq!(&msg[p.data.clone()], b"{}");
+
+        let p = parse_sio(b"0/admin").unwrap();
+        assert_eq!(namespace(b"0/admin", &p), "/admin");
+        assert!(p.data.is_empty());
+
+        let text = "421[\"a\",{}]";
+        let p = sio(text).unwrap();
+        assert_eq!(
+            (p.kind, p.ack_id, p.attachments),
+            (SioKind::Event, Some(1), 0)
+        );
+        assert_eq!(data_of(text), json!(["a", {}]));
+
+        let p = sio("4312[{}]").unwrap();
+        assert_eq!((p.kind, p.ack_id), (SioKind::Ack, Some(12)));
+
+        let text = "451-[\"a\",{\"_placeholder\":true,\"num\":0}]";
+        let p = sio(text).unwrap();
+        assert_eq!(
+            (p.kind, p.attachments, p.ack_id),
+            (SioKind::BinaryEvent, 1, None)
+        );
+        assert_eq!(data_of(text)[1]["num"], json!(0));
+
+        let p = parse_sio(b"62-/admin,7[{\"_placeholder\":true,\"num\":1}]").unwrap();
+        assert_eq!(
+            (p.kind, p.attachments, p.ack_id),
+            (SioKind::BinaryAck, 2, Some(7))
+        );
+
+        assert_eq!(sio("41").unwrap().kind, SioKind::Disconnect);
+        assert_eq!(parse_eio(SIO_DISCONNECT), Ok(EioPacket::Message(b"1")));
+        assert_eq!(
+            parse_sio(b"4{\"message\":\"no\"}").unwrap().kind,
+            SioKind::ConnectError
+        );
+        assert_eq!(parse_sio(b"2/chat,[\"a\"]").unwrap().namespace, 1..6);
+    }
+
+    #[test]
+    fn socket_io_garbage_is_rejected() {
+        assert_eq!(sio("4"), Err(PacketError::Empty));
+        assert_eq!(sio("4x"), Err(PacketError::UnknownSioType(b'x')));
+        assert_eq!(sio("47[]"), Err(PacketError::UnknownSioType(b'7')));
+        assert_eq!(sio("42abc"), Err(PacketError::InvalidData(SioKind::Event)));
+        assert_eq!(sio("42"), Err(PacketError::InvalidData(SioKind::Event)));
+        assert_eq!(
+            sio("42[\"a\""),
+            Err(PacketError::InvalidData(SioKind::Event))
+        );
+        assert_eq!(sio("421-[\"a\"]"), Err(PacketError::AttachmentsNotAllowed));
+        assert_eq!(sio("45[\"a\"]"), Err(PacketError::InvalidAttachments));
+        assert_eq!(sio("45-[\"a\"]"), Err(PacketError::InvalidAttachments));
+        assert_eq!(
+            sio("4512345678901-[\"a\"]"),
+            Err(PacketError::InvalidAttachments)
+        );
+        assert_eq!(sio("43[{}]"), Err(PacketError::MissingAckId(SioKind::Ack)));
+        assert_eq!(
+            sio("401{}"),
+            Err(PacketError::UnexpectedAckId(SioKind::Connect))
+        );
+        assert_eq!(
+            sio("41x"),
+            Err(PacketError::InvalidData(SioKind::Disconnect))
+        );
+        assert_eq!(sio("40[]"), Err(PacketError::InvalidData(SioKind::Connect)));
+        assert_eq!(
+            sio("4212345678901234567[\"a\"]"),
+            Err(PacketError::AckIdOverflow)
+        );
+        assert_eq!(
+            sio("42123456789012345678901234567890[\"a\"]"),
+            Err(PacketError::AckIdOverflow)
+        );
+        assert_eq!(
+            sio("421234567890123456[\"a\"]").unwrap().ack_id,
+            Some(1234567890123456)
+        );
+        assert_eq!(parse_sio(b"0/\xff,{}"), Err(PacketError::InvalidNamespace));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let cases = [
+            "plain",
+            "",
+            "quote \" and backslash \\",
+            "\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}",
+            "é 漢字 🎉",
+            "line\u{2028}para\u{2029}end",
+            "\u{2027}\u{202a}", // neighbours of U+2028/2029 stay literal
+        ];
+        for s in cases {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+            assert!(
+                !out.iter().any(|&b| b < 0x20),
+                "raw control byte in {out:?}"
+            );
+        }
+        let mut out = Vec::new();
+        write_json_str(&mut out, "a\"\\\n\u{1}\u{2028}b");
+        assert_eq!(out, br#""a\"\\\n\u0001\u2028b""#);
+    }
+
+    #[test]
+    fn encoders_round_trip_through_the_parsers() {
+        let mut out = Vec::new();
+        write_open(&mut out, "abc", 25_000, 20_000, 1_000_000);
+        let EioPacket::Open(open) = parse_eio(&out).unwrap() else {
+            panic!("not open")
+        };
+        let open: Value = serde_json::from_slice(open).unwrap();
+        assert_eq!(
+            open,
+            json!({"sid": "abc", "upgrades": [], "pingInterval": 25000,
+                   "pingTimeout": 20000, "maxPayload": 1000000})
+        );
+
+        out.clear();
+        write_connect(&mut out, "s1d");
+        assert_eq!(out, br#"40{"sid":"s1d"}"#);
+        assert_eq!(
+            data_of(std::str::from_utf8(&out).unwrap()),
+            json!({"sid": "s1d"})
+        );
+
+        out.clear();
+        write_connect_request(&mut out, None);
+        assert_eq!(out, b"40");
+        out.clear();
+        write_connect_request(&mut out, Some(br#"{"token":"t"}"#));
+        assert_eq!(
+            sio(std::str::from_utf8(&out).unwrap()).unwrap().kind,
+            SioKind::Connect
+        );
+
+        out.clear();
+        write_connect_error(&mut out, "/", "bad \"token\"");
+        assert_eq!(out, br#"44{"message":"bad \"token\""}"#);
+        out.clear();
+        write_connect_error(&mut out, "/admin", "Invalid namespace");
+        assert_eq!(out, br#"44/admin,{"message":"Invalid namespace"}"#);
+        let p = parse_sio(&out[1..]).unwrap();
+        assert_eq!(
+            (p.kind, namespace(&out[1..], &p)),
+            (SioKind::ConnectError, "/admin")
+        );
+
+        out.clear();
+        write_event(&mut out, None, "newMessage", &[br#"{"id":1}"#, b"2"]);
+        assert_eq!(out, br#"42["newMessage",{"id":1},2]"#);
+        out.clear();
+        write_event(&mut out, Some(7), "ping\"", &[]);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(sio(text).unwrap().ack_id, Some(7));
+        assert_eq!(data_of(text), json!(["ping\""]));
+
+        out.clear();
+        write_ack(&mut out, 12, &[br#"{"ok":true}"#]);
+        assert_eq!(out, br#"4312[{"ok":true}]"#);
+        out.clear();
+        write_ack(&mut out, 0, &[]);
+        assert_eq!(out, b"430[]");
+        assert_eq!(sio("430[]").unwrap().ack_id, Some(0));
+    }
+
+    #[test]
+    fn event_frame_equals_text_frame_of_write_event() {
+        let args: [&[u8]; 2] = [br#"{"text":"hi"}"#, b"[1,2]"];
+        let mut payload = Vec::new();
+        write_event(&mut payload, None, "newMessage", &args);
+        let frame = event_frame(Role::Server, "newMessage", &args);
+        assert_eq!(frame, ws::text_frame(Role::Server, &payload));
+
+        // Large enough for a 16-bit length, and masked from a client.
+        let big = vec![b'7'; 300];
+        let frame = event_frame(Role::Client, "e", &[&big]);
+        let mut decoder = Decoder::new(Role::Server, 1 << 16);
+        let msg = decoder
+            .decode(&mut BytesMut::from(&frame[..]))
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = msg else {
+            panic!("not text")
+        };
+        let mut expected = Vec::new();
+        write_event(&mut expected, None, "e", &[&big]);
+        assert_eq!(&text[..], &expected[..]);
+
+        let frame = ack_frame(Role::Server, 3, &[b"{}"]);
+        assert_eq!(&frame[2..], b"433[{}]");
+        let frame = event_frame_with_ack(Role::Server, 9, "x", &[]);
+        assert_eq!(&frame[2..], br#"429["x"]"#);
+    }
+
+    /// Not a benchmark (those live in bench/): a quick look at the encode cost.
+    /// Run with `cargo test -p corecast-wire --release -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn micro_event_frame_cost() {
+        let arg: &[u8] = br#"{"id":"01HZX","senderId":42,"groupId":7,"text":"hello there","attachments":[],"timestamp":"2024-01-01T00:00:00Z","readBy":[]}"#;
+        let n = 1_000_000;
+        let start = std::time::Instant::now();
+        let mut total = 0;
+        for _ in 0..n {
+            total += std::hint::black_box(event_frame(Role::Server, "newMessage", &[arg])).len();
+        }
+        let elapsed = start.elapsed();
+        println!("event_frame: {:?}/frame ({total} bytes)", elapsed / n);
+    }
 }

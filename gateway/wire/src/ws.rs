@@ -145,7 +145,9 @@ impl Decoder {
             let header_len = cursor.position() as usize;
 
             if header.rsv1 || header.rsv2 || header.rsv3 {
-                return Err(protocol("reserved bits set but no extension was negotiated"));
+                return Err(protocol(
+                    "reserved bits set but no extension was negotiated",
+                ));
             }
             match (self.role, header.mask.is_some()) {
                 (Role::Server, false) => return Err(protocol("unmasked frame from a client")),
@@ -165,7 +167,9 @@ impl Decoder {
                 }
                 OpCode::Data(Data::Continue) => match &self.partial {
                     Some(partial) => partial.data.len() as u64,
-                    None => return Err(protocol("continuation frame without a message to continue")),
+                    None => {
+                        return Err(protocol("continuation frame without a message to continue"))
+                    }
                 },
                 OpCode::Data(_) => {
                     if self.partial.is_some() {
@@ -272,7 +276,8 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     ]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
-        let masked = u64::from_ne_bytes((&*chunk).try_into().expect("invariant: 8-byte chunk")) ^ word;
+        let masked =
+            u64::from_ne_bytes((&*chunk).try_into().expect("invariant: 8-byte chunk")) ^ word;
         chunk.copy_from_slice(&masked.to_ne_bytes());
     }
     // 8 is a multiple of 4, so the remainder starts at key offset 0 again.
@@ -356,7 +361,11 @@ pub(crate) fn append_frame<P: Payload>(role: Role, opcode: u8, payload: &P, out:
     put_header(out, opcode, len, mask);
     let start = out.len();
     payload.write_to(out);
-    debug_assert_eq!(out.len() - start, len, "payload length changed between passes");
+    debug_assert_eq!(
+        out.len() - start,
+        len,
+        "payload length changed between passes"
+    );
     if let Some(key) = mask {
         apply_mask(&mut out[start..], key);
     }
@@ -514,7 +523,10 @@ mod tests {
             );
         }
         let empty_close = raw(0x88, b"", KEY);
-        assert_eq!(one(Role::Server, &empty_close).unwrap(), Message::Close(None));
+        assert_eq!(
+            one(Role::Server, &empty_close).unwrap(),
+            Message::Close(None)
+        );
     }
 
     #[test]
@@ -536,7 +548,11 @@ mod tests {
         assert_eq!(one(Role::Server, &one_byte).unwrap_err().close_code(), 1002);
         for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
             let frame = raw(0x88, &code.to_be_bytes(), KEY);
-            assert_eq!(one(Role::Server, &frame).unwrap_err().close_code(), 1002, "{code}");
+            assert_eq!(
+                one(Role::Server, &frame).unwrap_err().close_code(),
+                1002,
+                "{code}"
+            );
         }
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.extend_from_slice(&[0xff, 0xfe]);
@@ -597,14 +613,25 @@ mod tests {
         header.extend_from_slice(&10_000_000_000u64.to_be_bytes());
         header.extend_from_slice(&[1, 2, 3, 4]);
         let mut decoder = Decoder::new(Role::Server, MAX);
-        let err = decoder.decode(&mut BytesMut::from(&header[..])).unwrap_err();
-        assert!(matches!(err, WsError::MessageTooBig { size: 10_000_000_000, max: MAX }));
+        let err = decoder
+            .decode(&mut BytesMut::from(&header[..]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            WsError::MessageTooBig {
+                size: 10_000_000_000,
+                max: MAX
+            }
+        ));
         assert_eq!(err.close_code(), 1009);
 
         // Exactly the limit is fine, one more is not.
         let mut decoder = Decoder::new(Role::Server, 10);
         let ok = raw(0x82, &[0; 10], KEY);
-        assert!(decoder.decode(&mut BytesMut::from(&ok[..])).unwrap().is_some());
+        assert!(decoder
+            .decode(&mut BytesMut::from(&ok[..]))
+            .unwrap()
+            .is_some());
         let big = raw(0x82, &[0; 11], KEY);
         // The header (with its mask key) is 6 bytes; no payload byte has arrived.
         assert!(decoder.decode(&mut BytesMut::from(&big[..6])).is_err());

@@ -1,0 +1,140 @@
+// The Node.js Socket.IO v4 server that corecast replaces, kept as the benchmark baseline.
+//
+// Same wire semantics as corecast for what the load generator exercises: a JWT (HS256,
+// `sub` = user id) in the CONNECT auth payload, a room per group joined at connect,
+// `sendMessage` broadcast as `newMessage` to the group's room (sender included) with a
+// string id and an ISO timestamp, the `{ ok, id, timestamp }` ack, and `error` events.
+// No database: groups live in memory and are set up through the same admin API as
+// corecast's internal listener (`PUT /api/users/{id}`, `PUT /api/groups/{id}`), so the
+// load generator has one code path for both servers.
+//
+// Configured with corecast's variable names: CORECAST_LISTEN, CORECAST_INTERNAL_LISTEN,
+// CORECAST_JWT_SECRET, CORECAST_ADMIN_TOKEN. Prints one "listening" line when ready.
+'use strict';
+
+const http = require('http');
+const { Server } = require('socket.io');
+const jwt = require('jsonwebtoken');
+
+function splitAddr(s, fallback) {
+  const v = s || fallback;
+  const i = v.lastIndexOf(':');
+  return { host: v.slice(0, i), port: Number(v.slice(i + 1)) };
+}
+
+const pub = splitAddr(process.env.CORECAST_LISTEN, '127.0.0.1:3000');
+const internal = splitAddr(process.env.CORECAST_INTERNAL_LISTEN, '127.0.0.1:3001');
+const secret = process.env.CORECAST_JWT_SECRET || 'dev-secret';
+const adminToken = process.env.CORECAST_ADMIN_TOKEN || 'dev-admin';
+
+/** groupId (number) -> { name, members: Set<number> } */
+const groups = new Map();
+/** userId (number) -> Set<groupId> */
+const groupsOf = new Map();
+/** userId -> { email, name } */
+const users = new Map();
+let nextMessageId = 1;
+
+function setGroup(id, name, members) {
+  const old = groups.get(id);
+  if (old) for (const u of old.members) groupsOf.get(u)?.delete(id);
+  const set = new Set(members.map(Number));
+  groups.set(id, { name, members: set });
+  for (const u of set) {
+    if (!groupsOf.has(u)) groupsOf.set(u, new Set());
+    groupsOf.get(u).add(id);
+  }
+}
+
+// ---- public listener: Socket.IO ----
+const httpServer = http.createServer();
+const io = new Server(httpServer, {
+  transports: ['websocket'],
+  serveClient: false,
+  cors: { origin: '*' },
+  pingInterval: 25000,
+  pingTimeout: 20000,
+  maxHttpBufferSize: 1e6,
+  perMessageDeflate: false,
+});
+
+io.use((socket, next) => {
+  const token = socket.handshake.auth && socket.handshake.auth.token;
+  if (!token) return next(new Error('missing token'));
+  try {
+    const claims = jwt.verify(token, secret, { algorithms: ['HS256'] });
+    const uid = Number(claims.sub);
+    if (!Number.isSafeInteger(uid)) return next(new Error('invalid token: sub is not a user id'));
+    socket.data.userId = uid;
+    next();
+  } catch (e) {
+    next(new Error('invalid token: ' + e.message));
+  }
+});
+
+io.on('connection', (socket) => {
+  const uid = socket.data.userId;
+  for (const g of groupsOf.get(uid) || []) socket.join('g:' + g);
+
+  socket.on('sendMessage', (payload, ack) => {
+    const fail = (code, message) => {
+      if (typeof ack === 'function') ack({ ok: false, error: { code, message } });
+      else socket.emit('error', { message, code });
+    };
+    if (!payload || typeof payload !== 'object') return fail('invalid_payload', 'payload must be an object');
+    const groupId = Number(payload.groupId);
+    const text = payload.text;
+    if (!Number.isSafeInteger(groupId) || typeof text !== 'string') {
+      return fail('invalid_payload', 'groupId and text are required');
+    }
+    const group = groups.get(groupId);
+    if (!group) return fail('not_found', 'no such group');
+    if (!group.members.has(uid)) return fail('not_member', 'not a member of this group');
+    const msg = {
+      id: String(nextMessageId++),
+      senderId: uid,
+      groupId,
+      text,
+      attachments: Array.isArray(payload.attachments) ? payload.attachments : [],
+      timestamp: new Date().toISOString(),
+      readBy: [],
+    };
+    io.to('g:' + groupId).emit('newMessage', msg);
+    if (typeof ack === 'function') ack({ ok: true, id: msg.id, timestamp: msg.timestamp });
+  });
+});
+
+// ---- internal listener: the admin API subset the load generator uses ----
+const admin = http.createServer((req, res) => {
+  const reply = (status, body) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+  if (req.url === '/healthz' || req.url === '/readyz') return reply(200, { ok: true });
+  if (req.headers.authorization !== 'Bearer ' + adminToken) return reply(401, { error: 'unauthorized' });
+  let body = '';
+  req.on('data', (c) => { body += c; });
+  req.on('end', () => {
+    let json;
+    try { json = body ? JSON.parse(body) : {}; } catch { return reply(400, { error: 'invalid JSON' }); }
+    let m;
+    if (req.method === 'PUT' && (m = /^\/api\/users\/(\d+)$/.exec(req.url))) {
+      users.set(Number(m[1]), { email: json.email, name: json.name });
+      return reply(200, { ok: true });
+    }
+    if (req.method === 'PUT' && (m = /^\/api\/groups\/(\d+)$/.exec(req.url))) {
+      if (!Array.isArray(json.members)) return reply(400, { error: 'members must be an array' });
+      setGroup(Number(m[1]), json.name || '', json.members);
+      return reply(200, { ok: true });
+    }
+    reply(404, { error: 'not found' });
+  });
+});
+
+httpServer.listen(pub.port, pub.host, () => {
+  admin.listen(internal.port, internal.host, () => {
+    const a = httpServer.address();
+    const b = admin.address();
+    console.log(`baseline listening public=${a.address}:${a.port} internal=${b.address}:${b.port} shards=1 store=none node=${process.version}`);
+  });
+});

@@ -1,0 +1,583 @@
+//! One client connection: the WebSocket upgrade, the Engine.IO/Socket.IO session on top, and
+//! the two halves of its I/O.
+//!
+//! - The reader reads into the shard's scratch buffer and keeps only an unfinished frame in a
+//!   buffer of its own, so an idle connection holds no read buffer. Each complete packet is
+//!   handled at once, without awaiting: requests go out as shard messages and answers come
+//!   back through the shard's inbox.
+//! - The writer sleeps until frames are queued, then writes everything queued in one send.
+//!   The queue is bounded in bytes; a client that does not keep up is disconnected
+//!   ("slow consumer") instead of growing memory.
+//! - Pings, pong deadlines and the connect deadline are checked by the shard's ticker
+//!   ([`Conn::tick`]), not by a timer per connection.
+
+use crate::events::{self, ClientError, Code, Command};
+use crate::http::{self, Upgrade};
+use crate::shard::{Origin, Shard};
+use bytes::{Bytes, BytesMut};
+use corecast_storage::{GroupId, UserId};
+use corecast_wire::packet::{self, EioPacket, SioKind};
+use corecast_wire::ws::{self, Decoder, Message, Role};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use simd_json::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A connection, unique within its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// WebSocket open, waiting for the Socket.IO CONNECT.
+    AwaitingConnect,
+    /// Authenticated; joining the user's rooms. CONNECT is answered when all have answered.
+    Subscribing,
+    Connected,
+    Closing,
+}
+
+/// A connection's membership in one room, as its shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Subscribe sent to the room's owner, no answer yet.
+    Pending,
+    /// In the room: deliveries reach it.
+    Active,
+}
+
+/// The server's Engine.IO ping, as a complete WebSocket frame.
+static PING_FRAME: [u8; 3] = [0x81, 0x01, b'2'];
+
+/// How long a closing connection may take to flush before its socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+pub struct Conn {
+    pub id: ConnId,
+    sid: String,
+    user: Cell<Option<UserId>>,
+    state: Cell<ConnState>,
+    was_connected: Cell<bool>,
+    groups: RefCell<Vec<(GroupId, SubState)>>,
+    /// Connect-time subscriptions not yet answered (plus one while they are being sent).
+    pub pending_subs: Cell<u32>,
+    out: RefCell<VecDeque<Bytes>>,
+    out_bytes: Cell<usize>,
+    writer: RefCell<Option<Waker>>,
+    close_waker: RefCell<Option<Waker>>,
+    /// Set once the connection is closing: nothing more is queued after the close frame.
+    closing: Cell<bool>,
+    next_ping: Cell<Instant>,
+    pong_deadline: Cell<Option<Instant>>,
+    connect_deadline: Cell<Option<Instant>>,
+    /// Binary attachments still to skip after a refused binary packet.
+    skip_binary: Cell<u32>,
+}
+
+impl Conn {
+    fn new(id: ConnId, now: Instant, shard: &Shard) -> Conn {
+        let cfg = &shard.config().server;
+        Conn {
+            id,
+            sid: format!(
+                "{:016x}{:04x}{:08x}",
+                fastrand::u64(..),
+                shard.id.0,
+                id.0 as u32
+            ),
+            user: Cell::new(None),
+            state: Cell::new(ConnState::AwaitingConnect),
+            was_connected: Cell::new(false),
+            groups: RefCell::new(Vec::new()),
+            pending_subs: Cell::new(0),
+            out: RefCell::new(VecDeque::new()),
+            out_bytes: Cell::new(0),
+            writer: RefCell::new(None),
+            close_waker: RefCell::new(None),
+            closing: Cell::new(false),
+            next_ping: Cell::new(now + Duration::from_millis(cfg.ping_interval_ms)),
+            pong_deadline: Cell::new(None),
+            connect_deadline: Cell::new(Some(now + Duration::from_millis(cfg.connect_timeout_ms))),
+            skip_binary: Cell::new(0),
+        }
+    }
+
+    pub fn user(&self) -> Option<UserId> {
+        self.user.get()
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state.get()
+    }
+
+    pub fn set_state(&self, s: ConnState) {
+        self.state.set(s);
+    }
+
+    pub fn was_connected(&self) -> bool {
+        self.was_connected.get()
+    }
+
+    pub fn sub_state(&self, group: GroupId) -> Option<SubState> {
+        self.groups
+            .borrow()
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, s)| *s)
+    }
+
+    pub fn set_sub_state(&self, group: GroupId, state: Option<SubState>) {
+        let mut groups = self.groups.borrow_mut();
+        let pos = groups.iter().position(|(g, _)| *g == group);
+        match (pos, state) {
+            (Some(i), Some(s)) => groups[i].1 = s,
+            (Some(i), None) => {
+                groups.swap_remove(i);
+            }
+            (None, Some(s)) => groups.push((group, s)),
+            (None, None) => {}
+        }
+    }
+
+    /// The groups this connection is in or joining.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.groups.borrow().iter().map(|(g, _)| *g).collect()
+    }
+
+    /// Queues a complete frame. A client whose queue would pass the configured bound is
+    /// disconnected as a slow consumer.
+    pub fn push(&self, shard: &Shard, frame: Bytes) {
+        if self.closing.get() {
+            return;
+        }
+        let limit = shard.config().server.outbound_queue_bytes;
+        if self.out_bytes.get() + frame.len() > limit {
+            shard
+                .stats
+                .slow_disconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(conn = self.id.0, "disconnecting a slow consumer");
+            self.abort(shard, 1008, "slow consumer: outbound queue full");
+            return;
+        }
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        self.out.borrow_mut().push_back(frame);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Closes after everything queued so far is written.
+    pub fn close(&self, shard: &Shard, code: u16, reason: &str) {
+        if self.closing.get() {
+            return;
+        }
+        self.push(shard, ws::close_frame(Role::Server, code, reason));
+        self.closing.set(true);
+        self.state.set(ConnState::Closing);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+        if let Some(w) = self.close_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Closes now, dropping whatever is still queued.
+    fn abort(&self, shard: &Shard, code: u16, reason: &str) {
+        self.out.borrow_mut().clear();
+        self.out_bytes.set(0);
+        self.closing.set(false);
+        self.close(shard, code, reason);
+    }
+
+    /// Refuses the Socket.IO CONNECT with `message`, then closes.
+    pub fn connect_error(&self, shard: &Shard, message: &str) {
+        let mut p = Vec::new();
+        packet::write_connect_error(&mut p, "/", message);
+        self.push(shard, ws::text_frame(Role::Server, &p));
+        self.close(shard, 1008, "connect refused");
+    }
+
+    /// All connect-time subscriptions answered: accept the CONNECT.
+    pub fn connected(&self, shard: &Shard) {
+        self.was_connected.set(true);
+        self.connect_deadline.set(None);
+        let mut p = Vec::new();
+        packet::write_connect(&mut p, &self.sid);
+        self.push(shard, ws::text_frame(Role::Server, &p));
+    }
+
+    pub fn tick(&self, shard: &Shard, now: Instant) {
+        if self.closing.get() {
+            return;
+        }
+        if self.connect_deadline.get().is_some_and(|d| now >= d) {
+            self.close(shard, 1008, "connect timeout: no Socket.IO CONNECT in time");
+            return;
+        }
+        match self.pong_deadline.get() {
+            Some(d) if now >= d => self.close(shard, 1008, "ping timeout: no pong in time"),
+            Some(_) => {}
+            None if now >= self.next_ping.get() => {
+                let cfg = &shard.config().server;
+                self.push(shard, Bytes::from_static(&PING_FRAME));
+                self.pong_deadline
+                    .set(Some(now + Duration::from_millis(cfg.ping_timeout_ms)));
+                self.next_ping
+                    .set(now + Duration::from_millis(cfg.ping_interval_ms));
+            }
+            None => {}
+        }
+    }
+
+    // ---- incoming packets ----
+
+    fn on_message(self: &Rc<Self>, shard: &Shard, msg: Message) {
+        match msg {
+            Message::Text(payload) => self.on_text(shard, payload),
+            Message::Binary(_) => {
+                if self.skip_binary.get() > 0 {
+                    self.skip_binary.set(self.skip_binary.get() - 1);
+                } else {
+                    let e = ClientError::new(Code::Unsupported, "binary frames are not supported");
+                    self.report(shard, None, e);
+                }
+            }
+            Message::Ping(data) => {
+                let mut out = BytesMut::new();
+                ws::encode_frame(Role::Server, ws::OP_PONG, &data, &mut out);
+                self.push(shard, out.freeze());
+            }
+            Message::Pong(_) => {}
+            Message::Close(_) => self.close(shard, 1000, ""),
+        }
+    }
+
+    fn on_text(self: &Rc<Self>, shard: &Shard, mut payload: BytesMut) {
+        match packet::parse_eio(&payload) {
+            Ok(EioPacket::Pong(_)) => self.pong_deadline.set(None),
+            Ok(EioPacket::Ping(data)) => {
+                let mut p = b"3".to_vec();
+                p.extend_from_slice(data);
+                self.push(shard, ws::text_frame(Role::Server, &p));
+            }
+            Ok(EioPacket::Message(_)) => self.on_socket_io(shard, &mut payload[1..]),
+            Ok(EioPacket::Close) => self.close(shard, 1000, ""),
+            Ok(EioPacket::Noop) | Ok(EioPacket::Upgrade) => {}
+            Ok(EioPacket::Open(_)) | Err(_) => {
+                self.close(shard, 1002, "protocol error: invalid Engine.IO packet")
+            }
+        }
+    }
+
+    /// Tells the client about a failure: an ack if it asked for one, else an `error` event.
+    fn report(&self, shard: &Shard, ack: Option<u64>, e: ClientError) {
+        shard.reply(
+            &Origin {
+                shard: shard.id,
+                conn: self.id,
+                ack,
+            },
+            Err(e),
+        );
+    }
+
+    fn on_socket_io(self: &Rc<Self>, shard: &Shard, msg: &mut [u8]) {
+        let p = match packet::parse_sio(msg) {
+            Ok(p) => p,
+            Err(e) => {
+                if self.state() == ConnState::AwaitingConnect {
+                    return self.close(shard, 1002, "protocol error: invalid Socket.IO packet");
+                }
+                let e = ClientError::new(
+                    Code::InvalidPayload,
+                    format!("malformed Socket.IO packet: {e}"),
+                );
+                return self.report(shard, None, e);
+            }
+        };
+        let nsp = packet::namespace(msg, &p).to_string();
+        if nsp != "/" {
+            if p.kind == SioKind::Connect {
+                let mut out = Vec::new();
+                packet::write_connect_error(&mut out, &nsp, "Invalid namespace");
+                shard.stats.error(Code::InvalidPayload);
+                self.push(shard, ws::text_frame(Role::Server, &out));
+            }
+            return;
+        }
+        match p.kind {
+            SioKind::Connect => self.on_connect(shard, &mut msg[p.data.clone()]),
+            SioKind::Disconnect => self.close(shard, 1000, ""),
+            SioKind::Event => {
+                shard
+                    .stats
+                    .events_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.state() != ConnState::Connected {
+                    let e =
+                        ClientError::new(Code::Unauthenticated, "send CONNECT with a token first");
+                    return self.report(shard, p.ack_id, e);
+                }
+                match events::parse_event(&mut msg[p.data.clone()], &shard.config().limits) {
+                    Ok(cmd) => self.on_command(shard, cmd, p.ack_id),
+                    Err(e) => self.report(shard, p.ack_id, e),
+                }
+            }
+            SioKind::BinaryEvent | SioKind::BinaryAck => {
+                self.skip_binary.set(p.attachments);
+                if p.kind == SioKind::BinaryEvent {
+                    let e = ClientError::new(
+                        Code::Unsupported,
+                        "binary payloads are not supported; send JSON",
+                    );
+                    self.report(shard, p.ack_id, e);
+                }
+            }
+            // The server asks for no acks, and CONNECT_ERROR only flows to clients.
+            SioKind::Ack | SioKind::ConnectError => {}
+        }
+    }
+
+    fn on_connect(self: &Rc<Self>, shard: &Shard, data: &mut [u8]) {
+        if self.state() != ConnState::AwaitingConnect {
+            return;
+        }
+        let token = if data.is_empty() {
+            None
+        } else {
+            match simd_json::to_borrowed_value(data) {
+                Ok(v) => v.get("token").and_then(|t| t.as_str()).map(str::to_string),
+                Err(_) => None,
+            }
+        };
+        let Some(token) = token else {
+            shard.stats.error(Code::Unauthenticated);
+            return self.connect_error(
+                shard,
+                "authentication token missing: send { token } in the Socket.IO auth payload",
+            );
+        };
+        match shard.shared.verifier.verify(&token) {
+            Ok(user) => {
+                self.user.set(Some(user));
+                self.state.set(ConnState::Subscribing);
+                shard.authenticated(self, user);
+            }
+            Err(e) => {
+                shard.stats.error(Code::Unauthenticated);
+                self.connect_error(shard, &e.to_string());
+            }
+        }
+    }
+
+    fn on_command(self: &Rc<Self>, shard: &Shard, cmd: Command, ack: Option<u64>) {
+        match cmd {
+            Command::SendMessage { .. } => {
+                if let Err(e) = shard.send_message(self, cmd, ack) {
+                    self.report(shard, ack, e);
+                }
+            }
+            Command::JoinGroup { group } => shard.join(self, group, ack),
+            Command::LeaveGroup { group } => {
+                shard.leave(self, group);
+                let origin = Origin {
+                    shard: shard.id,
+                    conn: self.id,
+                    ack,
+                };
+                shard.reply(
+                    &origin,
+                    Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
+                );
+            }
+            Command::MarkAsRead { group, message } => shard.mark_read(self, group, message, ack),
+        }
+    }
+}
+
+// ---- I/O ----
+
+type Stream = RefCell<TcpStream>;
+
+/// Reads whatever is available into `into`, through the shard's scratch buffer. The scratch
+/// buffer is borrowed only inside one poll, never across an await.
+async fn read_some(shard: &Shard, stream: &Stream, into: &mut BytesMut) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        let mut scratch = shard.scratch.borrow_mut();
+        let mut s = stream.borrow_mut();
+        match Pin::new(&mut *s).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(n)) => {
+                into.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+    .await
+}
+
+async fn write_all(stream: &Stream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, data)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(RefCell::new(stream));
+    let cfg = &shard.config().server;
+    let handshake_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let upgrade = futures_lite::future::or(read_upgrade(&shard, &stream), async {
+        glommio::timer::sleep(handshake_timeout).await;
+        None
+    })
+    .await;
+    let Some(response) = upgrade else { return };
+
+    let now = Instant::now();
+    let conn = Rc::new(Conn::new(shard.next_conn_id(), now, &shard));
+    let mut open = Vec::new();
+    packet::write_open(
+        &mut open,
+        &conn.sid,
+        cfg.ping_interval_ms,
+        cfg.ping_timeout_ms,
+        cfg.max_payload,
+    );
+    conn.push(&shard, Bytes::from(response));
+    conn.push(&shard, ws::text_frame(Role::Server, &open));
+    shard.register_conn(conn.clone());
+
+    // Once closing, the writer gets a bounded time to flush (a client that stopped reading
+    // would hold it forever), then the socket is dropped.
+    let grace = async {
+        poll_fn(|cx| {
+            if conn.closing.get() {
+                Poll::Ready(())
+            } else {
+                *conn.close_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(CLOSE_GRACE).await;
+    };
+    let reader = read_loop(&shard, &conn, &stream);
+    let writer = write_loop(&shard, &conn, &stream);
+    futures_lite::future::or(futures_lite::future::or(reader, writer), grace).await;
+    shard.conn_closed(&conn);
+}
+
+/// Reads the HTTP upgrade request and answers it; returns the 101 response to send first.
+async fn read_upgrade(shard: &Shard, stream: &Stream) -> Option<Vec<u8>> {
+    let cfg = &shard.config().server;
+    let mut buf = BytesMut::new();
+    loop {
+        match read_some(shard, stream, &mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        match http::parse(&buf, &cfg.path, &cfg.allowed_origins) {
+            None => continue,
+            Some(Upgrade::Accept { response }) => return Some(response),
+            Some(Upgrade::Refuse { response, status }) => {
+                tracing::debug!(status, "upgrade refused");
+                let _ = write_all(stream, &response).await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn read_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
+    let mut decoder = Decoder::new(Role::Server, shard.config().server.max_payload);
+    let mut buf = BytesMut::new();
+    loop {
+        match read_some(shard, stream, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(msg)) => {
+                    if conn.closing.get() {
+                        break;
+                    }
+                    conn.on_message(shard, msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    conn.close(shard, e.close_code(), &e.to_string());
+                    break;
+                }
+            }
+        }
+        if conn.closing.get() {
+            // Let the writer flush the close; it ends the connection.
+            std::future::pending::<()>().await;
+        }
+        if buf.is_empty() {
+            // Release the buffer: an idle connection keeps none.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        poll_fn(|cx| {
+            if !conn.out.borrow().is_empty() || conn.closing.get() {
+                Poll::Ready(())
+            } else {
+                *conn.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let frames: Vec<Bytes> = conn.out.borrow_mut().drain(..).collect();
+        if frames.is_empty() && conn.closing.get() {
+            let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+            return;
+        }
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        let result = if frames.len() == 1 {
+            write_all(stream, &frames[0]).await
+        } else {
+            // Everything queued goes out in one send.
+            batch.clear();
+            batch.reserve(total);
+            for f in &frames {
+                batch.extend_from_slice(f);
+            }
+            write_all(stream, &batch).await
+        };
+        drop(frames);
+        conn.out_bytes
+            .set(conn.out_bytes.get().saturating_sub(total));
+        shard
+            .stats
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if batch.capacity() > 64 * 1024 {
+            batch = Vec::new();
+        }
+        if result.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Client events in, server events out: one parse per incoming event (simd-json, in place) into
+//! typed commands with every check a client can fail, and the encoders of server payloads.
+//!
+//! Wire error codes (the `code` of the `error` event and of `{ ok: false, error }` acks) are
+//! the [`Code`] enum; docs/protocol.md lists them. Internal error strings never reach clients.
+
+use crate::config::LimitsConfig;
+use corecast_storage::{Attachment, GroupId, MessageId, Millis, StoredMessage, UserId};
+use corecast_wire::packet::write_json_str;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// Stable machine-readable error codes sent to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Unauthenticated,
+    InvalidPayload,
+    UnknownEvent,
+    NotMember,
+    RateLimited,
+    NotFound,
+    StorageUnavailable,
+    Unsupported,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthenticated => "unauthenticated",
+            Code::InvalidPayload => "invalid_payload",
+            Code::UnknownEvent => "unknown_event",
+            Code::NotMember => "not_member",
+            Code::RateLimited => "rate_limited",
+            Code::NotFound => "not_found",
+            Code::StorageUnavailable => "storage_unavailable",
+            Code::Unsupported => "unsupported",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub const ALL: [Code; 9] = [
+        Code::Unauthenticated,
+        Code::InvalidPayload,
+        Code::UnknownEvent,
+        Code::NotMember,
+        Code::RateLimited,
+        Code::NotFound,
+        Code::StorageUnavailable,
+        Code::Unsupported,
+        Code::Internal,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An error a client is told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ClientError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        ClientError::new(Code::InvalidPayload, message)
+    }
+
+    /// `{"message":"...","code":"..."}`
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.message.len() + 40);
+        out.extend_from_slice(b"{\"message\":");
+        write_json_str(&mut out, &self.message);
+        out.extend_from_slice(b",\"code\":\"");
+        out.extend_from_slice(self.code.as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
+        out
+    }
+
+    /// The negative ack: `{"ok":false,"error":{"code":"...","message":"..."}}`
+    pub fn to_ack_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.message.len() + 60);
+        out.extend_from_slice(b"{\"ok\":false,\"error\":{\"code\":\"");
+        out.extend_from_slice(self.code.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"message\":");
+        write_json_str(&mut out, &self.message);
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+/// A validated client event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    SendMessage {
+        group: GroupId,
+        text: String,
+        attachments: Vec<Attachment>,
+        client_msg_id: Option<String>,
+    },
+    JoinGroup {
+        group: GroupId,
+    },
+    LeaveGroup {
+        group: GroupId,
+    },
+    MarkAsRead {
+        group: GroupId,
+        message: MessageId,
+    },
+}
+
+impl Command {
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Command::SendMessage { .. } => "sendMessage",
+            Command::JoinGroup { .. } => "joinGroup",
+            Command::LeaveGroup { .. } => "leaveGroup",
+            Command::MarkAsRead { .. } => "markAsRead",
+        }
+    }
+}
+
+/// Parses the JSON data of an EVENT packet (`["name", payload, ...]`), in place.
+/// On failure returns the error and, when it could be read, the event name.
+pub fn parse_event(data: &mut [u8], limits: &LimitsConfig) -> Result<Command, ClientError> {
+    let value = simd_json::to_borrowed_value(data)
+        .map_err(|e| ClientError::invalid(format!("event is not valid JSON: {e}")))?;
+    let args = value
+        .as_array()
+        .ok_or_else(|| ClientError::invalid("event must be a JSON array [name, payload]"))?;
+    let name = args
+        .first()
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ClientError::invalid("event name must be a string"))?;
+    let payload = args.get(1);
+    let obj = |name: &str| -> Result<&BorrowedValue<'_>, ClientError> {
+        match payload {
+            Some(p) if p.is_object() => Ok(p),
+            _ => Err(ClientError::invalid(format!(
+                "{name} needs an object payload"
+            ))),
+        }
+    };
+    match name {
+        "sendMessage" => {
+            let p = obj(name)?;
+            let group = group_id(p)?;
+            let text = match p.get("text") {
+                Some(t) => t
+                    .as_str()
+                    .ok_or_else(|| ClientError::invalid("text must be a string"))?,
+                None => return Err(ClientError::invalid("text is required")),
+            };
+            if text.trim().is_empty() {
+                return Err(ClientError::invalid("text must not be empty"));
+            }
+            let chars = text.chars().count();
+            if chars > limits.max_text_chars {
+                return Err(ClientError::invalid(format!(
+                    "text is {chars} characters; the limit is {}",
+                    limits.max_text_chars
+                )));
+            }
+            let attachments = attachments(p.get("attachments"), limits)?;
+            let client_msg_id = match p.get("clientMsgId") {
+                None => None,
+                Some(v) if v.is_null() => None,
+                Some(v) => {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| ClientError::invalid("clientMsgId must be a string"))?;
+                    if s.is_empty() || s.len() > limits.max_client_msg_id_len {
+                        return Err(ClientError::invalid(format!(
+                            "clientMsgId must be 1 to {} bytes",
+                            limits.max_client_msg_id_len
+                        )));
+                    }
+                    Some(s.to_string())
+                }
+            };
+            Ok(Command::SendMessage {
+                group,
+                text: text.to_string(),
+                attachments,
+                client_msg_id,
+            })
+        }
+        "joinGroup" => Ok(Command::JoinGroup {
+            group: group_id(obj(name)?)?,
+        }),
+        "leaveGroup" => Ok(Command::LeaveGroup {
+            group: group_id(obj(name)?)?,
+        }),
+        "markAsRead" => {
+            let p = obj(name)?;
+            let group = group_id(p)?;
+            let message = match p.get("messageId") {
+                Some(v) => id_value(v).map(MessageId).ok_or_else(|| {
+                    ClientError::invalid("messageId must be a message id (a string of digits)")
+                })?,
+                None => return Err(ClientError::invalid("messageId is required")),
+            };
+            Ok(Command::MarkAsRead { group, message })
+        }
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ClientError::new(
+                Code::UnknownEvent,
+                format!("unknown event {shown:?}"),
+            ))
+        }
+    }
+}
+
+/// A non-negative integer, or a string of 1 to 20 digits that fits in u64.
+fn id_value(v: &BorrowedValue<'_>) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?;
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn group_id(p: &BorrowedValue<'_>) -> Result<GroupId, ClientError> {
+    match p.get("groupId") {
+        Some(v) => id_value(v)
+            .map(GroupId)
+            .ok_or_else(|| ClientError::invalid("groupId must be a non-negative integer")),
+        None => Err(ClientError::invalid("groupId is required")),
+    }
+}
+
+fn attachments(
+    v: Option<&BorrowedValue<'_>>,
+    limits: &LimitsConfig,
+) -> Result<Vec<Attachment>, ClientError> {
+    let list = match v {
+        None => return Ok(Vec::new()),
+        Some(v) if v.is_null() => return Ok(Vec::new()),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| ClientError::invalid("attachments must be an array"))?,
+    };
+    if list.len() > limits.max_attachments {
+        return Err(ClientError::invalid(format!(
+            "{} attachments; the limit is {}",
+            list.len(),
+            limits.max_attachments
+        )));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, a) in list.iter().enumerate() {
+        if !a.is_object() {
+            return Err(ClientError::invalid(format!(
+                "attachments[{i}] must be an object"
+            )));
+        }
+        let url = a.get("url").and_then(|u| u.as_str()).ok_or_else(|| {
+            ClientError::invalid(format!("attachments[{i}].url must be a string"))
+        })?;
+        let kind = a.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
+            ClientError::invalid(format!("attachments[{i}].type must be a string"))
+        })?;
+        if !is_http_url(url) || url.len() > limits.max_url_len {
+            return Err(ClientError::invalid(format!(
+                "attachments[{i}].url must be an http(s) URL of at most {} bytes",
+                limits.max_url_len
+            )));
+        }
+        if !limits.attachment_types.iter().any(|t| t == kind) {
+            let shown: String = kind.chars().take(32).collect();
+            return Err(ClientError::invalid(format!(
+                "attachments[{i}].type {shown:?} is not allowed; allowed: {}",
+                limits.attachment_types.join(", ")
+            )));
+        }
+        out.push(Attachment {
+            url: url.to_string(),
+            kind: kind.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+fn is_http_url(url: &str) -> bool {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else {
+        return false;
+    };
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    host_end > 0 && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Formats milliseconds since the epoch as ISO 8601 UTC with milliseconds, like JavaScript's
+/// `Date.prototype.toISOString`.
+pub fn iso8601(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let mut buf = itoa_buf(n);
+    out.append(&mut buf);
+}
+
+fn itoa_buf(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// The `newMessage` payload.
+pub fn message_json(m: &StoredMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.text.len() + 160);
+    out.extend_from_slice(b"{\"id\":\"");
+    push_u64(&mut out, m.id.0);
+    out.extend_from_slice(b"\",\"senderId\":");
+    push_u64(&mut out, m.sender.0);
+    out.extend_from_slice(b",\"groupId\":");
+    push_u64(&mut out, m.group.0);
+    out.extend_from_slice(b",\"text\":");
+    write_json_str(&mut out, &m.text);
+    out.extend_from_slice(b",\"attachments\":[");
+    for (i, a) in m.attachments.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"url\":");
+        write_json_str(&mut out, &a.url);
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(&mut out, &a.kind);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"timestamp\":\"");
+    out.extend_from_slice(iso8601(m.timestamp).as_bytes());
+    out.extend_from_slice(b"\",\"readBy\":[");
+    for (i, u) in m.read_by.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_u64(&mut out, u.0);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The positive `sendMessage` ack: `{"ok":true,"id":"...","timestamp":"..."}`.
+pub fn sent_ack_json(id: MessageId, timestamp: Millis) -> Vec<u8> {
+    format!(
+        "{{\"ok\":true,\"id\":\"{}\",\"timestamp\":\"{}\"}}",
+        id.0,
+        iso8601(timestamp)
+    )
+    .into_bytes()
+}
+
+/// `{"ok":true}` plus optional extra members (pre-encoded `,"k":v`).
+pub fn ok_ack_json(extra: &str) -> Vec<u8> {
+    format!("{{\"ok\":true{extra}}}").into_bytes()
+}
+
+/// The `userOnline` payload.
+pub fn user_online_json(user: UserId, online: bool) -> Vec<u8> {
+    format!("{{\"userId\":{},\"isOnline\":{online}}}", user.0).into_bytes()
+}
+
+/// The `messageRead` payload.
+pub fn message_read_json(message: MessageId, user: UserId, group: GroupId) -> Vec<u8> {
+    format!(
+        "{{\"messageId\":\"{}\",\"userId\":{},\"groupId\":{}}}",
+        message.0, user.0, group.0
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Command, ClientError> {
+        let mut b = s.as_bytes().to_vec();
+        parse_event(&mut b, &LimitsConfig::default())
+    }
+
+    fn code(s: &str) -> Code {
+        parse(s).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_each_event() {
+        assert_eq!(
+            parse(
+                r#"["sendMessage",{"groupId":"10","text":"hi","attachments":[{"url":"https://x.io/a.png","type":"image"}],"clientMsgId":"c1"}]"#
+            ),
+            Ok(Command::SendMessage {
+                group: GroupId(10),
+                text: "hi".into(),
+                attachments: vec![Attachment {
+                    url: "https://x.io/a.png".into(),
+                    kind: "image".into()
+                }],
+                client_msg_id: Some("c1".into()),
+            })
+        );
+        assert_eq!(
+            parse(r#"["joinGroup",{"groupId":3}]"#),
+            Ok(Command::JoinGroup { group: GroupId(3) })
+        );
+        assert_eq!(
+            parse(r#"["leaveGroup",{"groupId":3}]"#),
+            Ok(Command::LeaveGroup { group: GroupId(3) })
+        );
+        assert_eq!(
+            parse(r#"["markAsRead",{"groupId":3,"messageId":"99"}]"#),
+            Ok(Command::MarkAsRead {
+                group: GroupId(3),
+                message: MessageId(99)
+            })
+        );
+    }
+
+    #[test]
+    fn every_bad_input_has_a_code() {
+        assert_eq!(code("[\"sendMessage\","), Code::InvalidPayload);
+        assert_eq!(code(r#"{"a":1}"#), Code::InvalidPayload);
+        assert_eq!(code(r#"["nope",{}]"#), Code::UnknownEvent);
+        assert_eq!(
+            code(r#"["sendMessage",{"groupId":1}]"#),
+            Code::InvalidPayload
+        );
+        assert_eq!(
+            code(r#"["sendMessage",{"groupId":1,"text":"  "}]"#),
+            Code::InvalidPayload
+        );
+        assert_eq!(
+            code(r#"["sendMessage",{"groupId":"x","text":"a"}]"#),
+            Code::InvalidPayload
+        );
+        assert_eq!(
+            code(r#"["sendMessage",{"groupId":-1,"text":"a"}]"#),
+            Code::InvalidPayload
+        );
+        assert_eq!(
+            code(r#"["sendMessage",{"groupId":1,"text":5}]"#),
+            Code::InvalidPayload
+        );
+        let long = format!(
+            r#"["sendMessage",{{"groupId":1,"text":"{}"}}]"#,
+            "é".repeat(4001)
+        );
+        assert!(parse(&long)
+            .unwrap_err()
+            .message
+            .contains("4001 characters"));
+        let ok = format!(
+            r#"["sendMessage",{{"groupId":1,"text":"{}"}}]"#,
+            "é".repeat(4000)
+        );
+        assert!(parse(&ok).is_ok());
+        let many = format!(
+            r#"["sendMessage",{{"groupId":1,"text":"a","attachments":[{}]}}]"#,
+            vec![r#"{"url":"http://a.b/c","type":"image"}"#; 11].join(",")
+        );
+        assert!(parse(&many).unwrap_err().message.contains("limit is 10"));
+        assert_eq!(
+            code(
+                r#"["sendMessage",{"groupId":1,"text":"a","attachments":[{"url":"javascript:alert(1)","type":"image"}]}]"#
+            ),
+            Code::InvalidPayload
+        );
+        assert!(parse(r#"["sendMessage",{"groupId":1,"text":"a","attachments":[{"url":"https://a.b/c","type":"exe"}]}]"#)
+            .unwrap_err()
+            .message
+            .contains("not allowed"));
+        assert_eq!(
+            code(r#"["markAsRead",{"groupId":1,"messageId":"abc"}]"#),
+            Code::InvalidPayload
+        );
+        assert_eq!(code(r#"["joinGroup"]"#), Code::InvalidPayload);
+        assert_eq!(code(r#"[42,{}]"#), Code::InvalidPayload);
+    }
+
+    #[test]
+    fn iso8601_matches_javascript() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_764_115_200_123), "2025-11-26T00:00:00.123Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn encoded_payloads_are_valid_json() {
+        let m = StoredMessage {
+            id: MessageId(5),
+            group: GroupId(2),
+            sender: UserId(1),
+            text: "a \"quoted\"\n line".into(),
+            attachments: vec![Attachment {
+                url: "https://x".into(),
+                kind: "file".into(),
+            }],
+            timestamp: 0,
+            client_msg_id: None,
+            read_by: vec![UserId(3)],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&message_json(&m)).unwrap();
+        assert_eq!(v["text"], "a \"quoted\"\n line");
+        assert_eq!(v["id"], "5");
+        assert_eq!(v["readBy"][0], 3);
+        let e = ClientError::new(Code::NotMember, "x \"y\"");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_ack_json()).unwrap();
+        assert_eq!(v["error"]["code"], "not_member");
+    }
+}

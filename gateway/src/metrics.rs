@@ -1,0 +1,204 @@
+//! Per-shard counters, summed when `/metrics` asks.
+//!
+//! Each shard writes only its own [`ShardStats`] (relaxed atomics on a cache line nobody else
+//! writes, so as cheap as plain cells); the internal listener reads them all and renders
+//! Prometheus text.
+
+use crate::events::Code;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A Prometheus histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// One shard's counters.
+#[derive(Default)]
+pub struct ShardStats {
+    pub connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub events_in: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub writes: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub errors: [AtomicU64; Code::ALL.len()],
+    pub overflow_depth: AtomicI64,
+    pub delivery_latency: Histogram,
+    pub store_latency: Histogram,
+}
+
+impl ShardStats {
+    pub fn error(&self, code: Code) {
+        self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+}
+
+/// Resident memory of this process in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page
+}
+
+fn counter(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[&ShardStats],
+    pick: fn(&ShardStats) -> &Histogram,
+) {
+    counter(out, name, help, "histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += shards
+            .iter()
+            .map(|s| pick(s).buckets[i].load(Relaxed))
+            .sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let count: u64 = shards.iter().map(|s| pick(s).count.load(Relaxed)).sum();
+    let sum: u64 = shards
+        .iter()
+        .map(|s| pick(s).sum_micros.load(Relaxed))
+        .sum();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
+/// Renders every shard's counters, plus queue depths given as (shard, inbox depth).
+pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize) -> String {
+    let mut out = String::with_capacity(4096);
+    let sum = |f: fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    counter(
+        &mut out,
+        "corecast_connections",
+        "Open Socket.IO connections.",
+        "gauge",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "corecast_connections{{shard=\"{i}\"}} {}",
+            s.connections.load(Relaxed)
+        );
+    }
+    for (name, help, f) in [
+        (
+            "corecast_connections_total",
+            "Connections accepted.",
+            (|s: &ShardStats| s.connections_total.load(Relaxed)) as fn(&ShardStats) -> u64,
+        ),
+        (
+            "corecast_messages_in_total",
+            "Messages accepted from clients (sendMessage).",
+            |s| s.messages_in.load(Relaxed),
+        ),
+        (
+            "corecast_events_in_total",
+            "Socket.IO events received from clients.",
+            |s| s.events_in.load(Relaxed),
+        ),
+        (
+            "corecast_deliveries_total",
+            "Frames queued to client connections (newMessage, userOnline, messageRead).",
+            |s| s.deliveries.load(Relaxed),
+        ),
+        (
+            "corecast_socket_writes_total",
+            "Socket writes (each carries everything queued for one connection).",
+            |s| s.writes.load(Relaxed),
+        ),
+        (
+            "corecast_slow_disconnects_total",
+            "Clients disconnected because their outbound queue was full.",
+            |s| s.slow_disconnects.load(Relaxed),
+        ),
+    ] {
+        counter(&mut out, name, help, "counter");
+        let _ = writeln!(out, "{name} {}", sum(f));
+    }
+    counter(
+        &mut out,
+        "corecast_errors_total",
+        "Errors reported to clients, by code.",
+        "counter",
+    );
+    for code in Code::ALL {
+        let n: u64 = shards
+            .iter()
+            .map(|s| s.errors[code.index()].load(Relaxed))
+            .sum();
+        let _ = writeln!(
+            out,
+            "corecast_errors_total{{code=\"{}\"}} {n}",
+            code.as_str()
+        );
+    }
+    counter(
+        &mut out,
+        "corecast_shard_queue_depth",
+        "Messages waiting in each shard's inbox and overflow.",
+        "gauge",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let depth =
+            inbox_depths.get(i).copied().unwrap_or(0) as i64 + s.overflow_depth.load(Relaxed);
+        let _ = writeln!(out, "corecast_shard_queue_depth{{shard=\"{i}\"}} {depth}");
+    }
+    counter(
+        &mut out,
+        "corecast_store_queue_depth",
+        "Requests waiting for the store.",
+        "gauge",
+    );
+    let _ = writeln!(out, "corecast_store_queue_depth {store_queue}");
+    histogram(&mut out, "corecast_delivery_latency_seconds", "From the store's acceptance of a message to its frame being queued on a recipient's connection.", shards, |s| &s.delivery_latency);
+    histogram(
+        &mut out,
+        "corecast_store_latency_seconds",
+        "From submitting a message to the store to its durable acceptance.",
+        shards,
+        |s| &s.store_latency,
+    );
+    counter(
+        &mut out,
+        "corecast_resident_memory_bytes",
+        "Resident memory of the gateway process.",
+        "gauge",
+    );
+    let _ = writeln!(out, "corecast_resident_memory_bytes {}", rss_bytes());
+    out
+}

@@ -1,0 +1,219 @@
+//! Starting and stopping the gateway: the listening sockets (one per shard, SO_REUSEPORT on
+//! one port), one pinned glommio executor per shard, the store, and the internal listener.
+
+use crate::admin;
+use crate::config::{Config, StoreKind};
+use crate::metrics::ShardStats;
+use crate::shard::{Shard, ShardMsg, Shared};
+use crate::startup;
+use anyhow::{anyhow, Context, Result};
+use corecast_shard_router::{mesh, ShardId};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Messages each shard's inbox holds before senders park them in their overflow.
+const INBOX_CAPACITY: usize = 64 * 1024;
+
+/// A running gateway.
+pub struct Gateway {
+    pub public_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    pub nr_shards: usize,
+    shared: Arc<Shared>,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    admin: admin::AdminServer,
+}
+
+fn listen_socket(addr: SocketAddr) -> Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    sock.listen(4096)?;
+    Ok(sock)
+}
+
+impl Gateway {
+    /// Starts everything and returns once every shard accepts connections.
+    pub fn start(config: Config) -> Result<Gateway> {
+        let nr_shards = if config.server.shards == 0 {
+            startup::online_cores()
+        } else {
+            config.server.shards
+        };
+        startup::check_io_uring(nr_shards)?;
+        let nofile = startup::raise_nofile_limit();
+        tracing::info!(nofile, "open-files limit");
+
+        let store = match config.store.kind {
+            StoreKind::Embedded | StoreKind::Scylla => {
+                corecast_storage::open(&config.store_config())
+                    .map_err(|e| anyhow!("{e}"))
+                    .context("cannot open the store")?
+            }
+        };
+        let verifier = crate::auth::Verifier::from_config(&config)?;
+
+        // One listening socket per shard on the same port; the kernel spreads connections.
+        let first = listen_socket(config.server.listen)?;
+        let public_addr = first
+            .local_addr()?
+            .as_socket()
+            .context("listening socket has no IP address")?;
+        let mut sockets = vec![first];
+        for _ in 1..nr_shards {
+            sockets.push(listen_socket(public_addr)?);
+        }
+
+        let (inboxes, handles) = mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY);
+        let shared = Arc::new(Shared {
+            verifier,
+            store,
+            inboxes: handles,
+            stats: (0..nr_shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+            config,
+        });
+
+        let cores = startup::online_cores();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut shards = Vec::with_capacity(nr_shards);
+        for (i, (inbox, sock)) in inboxes.into_iter().zip(sockets).enumerate() {
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            let fd = sock.into_raw_fd();
+            let builder = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+                .name(&format!("shard-{i}"))
+                // No file I/O goes through glommio's DMA buffers here; keep them small.
+                .io_memory(1 << 20);
+            let handle = builder
+                .spawn(move || async move {
+                    let id = ShardId(i as u16);
+                    let shard = Shard::new(id, shared);
+                    // SAFETY: fd is a listening TCP socket whose ownership moves here.
+                    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+                    run_shard(shard, listener, inbox, ready).await;
+                })
+                .map_err(|e| anyhow!(startup::explain_executor_error(&e)))?;
+            shards.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..nr_shards {
+            match ready_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(anyhow!(e)),
+                Err(_) => {
+                    return Err(anyhow!(startup::explain_executor_error(
+                        &"a shard did not start"
+                    )))
+                }
+            }
+        }
+        let admin = admin::AdminServer::start(shared.clone())?;
+        Ok(Gateway {
+            public_addr,
+            internal_addr: admin.addr,
+            nr_shards,
+            shared,
+            shards,
+            admin,
+        })
+    }
+
+    /// Closes every connection (close code 1001) and stops the shards and the listener.
+    pub fn stop(self) {
+        for s in 0..self.nr_shards {
+            self.shared
+                .send_blocking(ShardId(s as u16), ShardMsg::Shutdown);
+        }
+        for h in self.shards {
+            let _ = h.join();
+        }
+        self.admin.stop();
+    }
+
+    /// The store handle (for tests and tools).
+    pub fn store(&self) -> &corecast_storage::StoreHandle {
+        &self.shared.store
+    }
+}
+
+async fn run_shard(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    inbox: corecast_shard_router::Inbox<ShardMsg>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    glommio::spawn_local(shard.clone().run_inbox(inbox)).detach();
+    glommio::spawn_local(ticker(shard.clone())).detach();
+    glommio::spawn_local(overflow_flusher(shard.clone())).detach();
+    let _ = ready.send(Ok(()));
+    let stopped = poll_fn(|cx| {
+        if shard.stopping.get() {
+            Poll::Ready(())
+        } else {
+            *shard.stop_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    });
+    let accept_loop = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: say so, pause, go on.
+                    tracing::warn!(shard = %shard.id, error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    futures_lite::future::or(accept_loop, stopped).await;
+    drop(listener);
+    // Connections were told to close; give them a bounded time to flush.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pings, deadlines and housekeeping, a few times per ping interval.
+async fn ticker(shard: Rc<Shard>) {
+    let cfg = &shard.config().server;
+    let period =
+        Duration::from_millis((cfg.ping_interval_ms.min(cfg.ping_timeout_ms) / 4).clamp(20, 1000));
+    loop {
+        glommio::timer::sleep(period).await;
+        shard.tick(Instant::now());
+    }
+}
+
+/// Retries messages parked because a destination inbox was full.
+async fn overflow_flusher(shard: Rc<Shard>) {
+    loop {
+        poll_fn(|cx| {
+            if shard.has_overflow() {
+                Poll::Ready(())
+            } else {
+                shard.set_overflow_waker(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        while !shard.flush_overflow() {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+    }
+}

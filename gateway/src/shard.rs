@@ -1,0 +1,1344 @@
+//! A shard: one glommio executor pinned to one core, owning
+//! - the connections it accepted ([`Conn`]) and, per group, which of them are in the room
+//!   (`local_rooms`): deliveries to a shard are written to these;
+//! - the rooms of the groups it owns ([`Room`], see [`corecast_shard_router::owner_of_group`]):
+//!   members, how many connections each shard has in the room, and the order of the group's
+//!   messages;
+//! - the presence counts of the users it owns, and a replica of who is online anywhere.
+//!
+//! Shards talk only through [`ShardMsg`]s in each other's bounded inboxes. All state here is
+//! thread-local (`Rc`, `RefCell`, `Cell`); no `RefCell` borrow is ever held across an `.await`,
+//! and nothing here blocks the reactor: the store is reached through its non-blocking handle
+//! and answers into this shard's inbox.
+
+use crate::config::Config;
+use crate::conn::{Conn, ConnId, ConnState, SubState};
+use crate::events::{self, ClientError, Code};
+use crate::metrics::ShardStats;
+use bytes::Bytes;
+use corecast_shard_router::{
+    owner_of_group, owner_of_user, Inbox, InboxHandle, RateLimiter, ShardId,
+};
+use corecast_storage::{
+    Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
+    MessageId, NewMessage, Request, StoreHandle, UserId,
+};
+use corecast_wire::packet::{ack_frame, event_frame};
+use corecast_wire::ws::Role;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+/// Read-only state shared by every shard and the internal listener.
+pub struct Shared {
+    pub config: Config,
+    pub verifier: crate::auth::Verifier,
+    pub store: StoreHandle,
+    pub inboxes: Vec<InboxHandle<ShardMsg>>,
+    pub stats: Vec<Arc<ShardStats>>,
+}
+
+impl Shared {
+    pub fn nr_shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends from a thread that may block (the internal listener, the store's threads): waits
+    /// for room in a full inbox instead of failing.
+    pub fn send_blocking(&self, to: ShardId, mut msg: ShardMsg) {
+        let mut backoff = 50;
+        loop {
+            match self.inboxes[to.index()].try_send(msg) {
+                Ok(()) => return,
+                Err(m) => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_micros(backoff));
+                    backoff = (backoff * 2).min(5_000);
+                }
+            }
+        }
+    }
+}
+
+/// Where an answer goes: a connection on a shard, and the ack id it asked for (if any).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub shard: ShardId,
+    pub conn: ConnId,
+    pub ack: Option<u64>,
+}
+
+/// Why a connection subscribes to a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubReason {
+    /// At connect, for each group the user belongs to.
+    Connect,
+    /// The client's `joinGroup`.
+    Join,
+    /// The user was added to the group while connected.
+    Enroll,
+}
+
+/// Every message between shards. `Send + 'static`; payloads are encoded once into `Bytes`.
+pub enum ShardMsg {
+    // To a group's owner shard.
+    Subscribe {
+        group: GroupId,
+        user: UserId,
+        origin: Origin,
+        reason: SubReason,
+    },
+    Unsubscribe {
+        group: GroupId,
+        shard: ShardId,
+    },
+    SendMessage {
+        group: GroupId,
+        user: UserId,
+        text: String,
+        attachments: Vec<Attachment>,
+        client_msg_id: Option<String>,
+        origin: Origin,
+    },
+    MarkRead {
+        group: GroupId,
+        message: MessageId,
+        user: UserId,
+        origin: Origin,
+    },
+    MembersChanged {
+        group: GroupId,
+        change: MembershipChange,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes).
+    MembershipApplied {
+        done: std::sync::mpsc::Sender<()>,
+    },
+    RoomLoaded {
+        group: GroupId,
+        result: Result<Option<Group>, StoreError>,
+    },
+    Stored {
+        group: GroupId,
+        id: MessageId,
+        submitted: Instant,
+        result: Result<Appended, StoreError>,
+    },
+    ReadStored {
+        group: GroupId,
+        message: MessageId,
+        user: UserId,
+        origin: Origin,
+        result: Result<bool, StoreError>,
+    },
+    // To the shard of a connection.
+    UserGroups {
+        conn: ConnId,
+        result: Result<Vec<GroupId>, StoreError>,
+    },
+    SubscribeResult {
+        conn: ConnId,
+        group: GroupId,
+        reason: SubReason,
+        ack: Option<u64>,
+        result: Result<(), ClientError>,
+    },
+    ToConn {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    Deliver {
+        group: GroupId,
+        frame: Bytes,
+        except_user: Option<UserId>,
+        stored_at: Instant,
+    },
+    Enroll {
+        group: GroupId,
+        user: UserId,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    Evict {
+        group: GroupId,
+        user: UserId,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    // To a user's presence owner.
+    PresenceUp {
+        user: UserId,
+        groups: Arc<[GroupId]>,
+    },
+    PresenceDown {
+        user: UserId,
+    },
+    // To every shard.
+    PresenceChanged {
+        user: UserId,
+        online: bool,
+        groups: Arc<[GroupId]>,
+        frame: Bytes,
+    },
+    Shutdown,
+}
+
+/// What a group's owner shard knows of it.
+struct Room {
+    /// `None` while the member list loads from the store; messages for the room wait in
+    /// `waiting` meanwhile, in arrival order.
+    members: Option<HashSet<UserId>>,
+    waiting: Vec<ShardMsg>,
+    /// Connections in the room, per shard; the room fans out to shards with a non-zero count.
+    subscribers: Vec<u32>,
+    /// Messages handed to the store and not yet broadcast, in id order. A message is broadcast
+    /// only when it and every message before it have an answer from the store, so every member
+    /// sees the group's messages in id order whatever order the store answers in.
+    pending: VecDeque<PendingSend>,
+    /// `clientMsgId`s of pending messages, so a resend while the first is in flight waits for it.
+    inflight_keys: HashMap<(UserId, String), MessageId>,
+}
+
+struct PendingSend {
+    id: MessageId,
+    key: Option<(UserId, String)>,
+    origins: Vec<Origin>,
+    result: Option<Result<Appended, StoreError>>,
+}
+
+struct PresenceEntry {
+    count: u32,
+    groups: Arc<[GroupId]>,
+}
+
+pub struct Shard {
+    pub id: ShardId,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<ShardStats>,
+    pub conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    conns_by_user: RefCell<HashMap<UserId, Vec<ConnId>>>,
+    /// This shard's connections in each room.
+    local_rooms: RefCell<HashMap<GroupId, Vec<Rc<Conn>>>>,
+    rooms: RefCell<HashMap<GroupId, Room>>,
+    presence: RefCell<HashMap<UserId, PresenceEntry>>,
+    /// Every user online anywhere (a replica kept by `PresenceChanged`).
+    online: RefCell<HashSet<UserId>>,
+    limiter: RefCell<RateLimiter<UserId>>,
+    ids: RefCell<IdGenerator>,
+    /// Per destination shard: messages that found its inbox full, in order. Once a destination
+    /// has overflow, later messages to it queue behind it, so per-pair order holds.
+    overflow: RefCell<Vec<VecDeque<ShardMsg>>>,
+    overflow_waker: RefCell<Option<Waker>>,
+    next_conn: Cell<u64>,
+    pub stopping: Cell<bool>,
+    pub stop_waker: RefCell<Option<Waker>>,
+    /// A shard-wide read buffer: connections read into it and keep only partial frames, so an
+    /// idle connection holds no read buffer of its own.
+    pub scratch: RefCell<Vec<u8>>,
+}
+
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+impl Shard {
+    pub fn new(id: ShardId, shared: Arc<Shared>) -> Rc<Shard> {
+        let n = shared.nr_shards();
+        let stats = shared.stats[id.index()].clone();
+        let rate = shared.config.limits.rate_limit_per_min;
+        Rc::new(Shard {
+            id,
+            stats,
+            conns: RefCell::new(HashMap::new()),
+            conns_by_user: RefCell::new(HashMap::new()),
+            local_rooms: RefCell::new(HashMap::new()),
+            rooms: RefCell::new(HashMap::new()),
+            presence: RefCell::new(HashMap::new()),
+            online: RefCell::new(HashSet::new()),
+            limiter: RefCell::new(RateLimiter::new(rate)),
+            ids: RefCell::new(IdGenerator::new(id.0 as u8)),
+            overflow: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            overflow_waker: RefCell::new(None),
+            next_conn: Cell::new(1),
+            stopping: Cell::new(false),
+            stop_waker: RefCell::new(None),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            shared,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        ConnId(id)
+    }
+
+    // ---- sending between shards ----
+
+    /// Sends `msg` to shard `to` (this shard included: it goes through the inbox too, which
+    /// keeps handling out of the caller's borrows). Never blocks, never drops.
+    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+        let mut overflow = self.overflow.borrow_mut();
+        let q = &mut overflow[to.index()];
+        if q.is_empty() {
+            match self.shared.inboxes[to.index()].try_send(msg) {
+                Ok(()) => return,
+                Err(m) => q.push_back(m),
+            }
+        } else {
+            q.push_back(msg);
+        }
+        self.stats.overflow_depth.fetch_add(1, Relaxed);
+        if let Some(w) = self.overflow_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn broadcast(&self, mut make: impl FnMut() -> ShardMsg) {
+        for s in 0..self.shared.nr_shards() {
+            self.send(ShardId(s as u16), make());
+        }
+    }
+
+    /// Moves overflow into inboxes that have room again; true when nothing is left.
+    pub fn flush_overflow(&self) -> bool {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut empty = true;
+        for (to, q) in overflow.iter_mut().enumerate() {
+            while let Some(m) = q.pop_front() {
+                match self.shared.inboxes[to].try_send(m) {
+                    Ok(()) => {
+                        self.stats.overflow_depth.fetch_sub(1, Relaxed);
+                    }
+                    Err(m) => {
+                        q.push_front(m);
+                        empty = false;
+                        break;
+                    }
+                }
+            }
+        }
+        empty
+    }
+
+    pub fn set_overflow_waker(&self, w: Waker) {
+        *self.overflow_waker.borrow_mut() = Some(w);
+    }
+
+    pub fn has_overflow(&self) -> bool {
+        self.overflow.borrow().iter().any(|q| !q.is_empty())
+    }
+
+    /// Answers a client request: an ack if it asked for one, else an `error` event on failure.
+    pub fn reply(&self, origin: &Origin, result: Result<Vec<u8>, ClientError>) {
+        if let Err(e) = &result {
+            self.stats.error(e.code);
+        }
+        let frame = match (origin.ack, result) {
+            (Some(id), Ok(json)) => ack_frame(Role::Server, id, &[&json]),
+            (Some(id), Err(e)) => ack_frame(Role::Server, id, &[&e.to_ack_json()]),
+            (None, Ok(_)) => return,
+            (None, Err(e)) => event_frame(Role::Server, "error", &[&e.to_json()]),
+        };
+        if origin.shard == self.id {
+            self.to_conn(origin.conn, frame);
+        } else {
+            self.send(
+                origin.shard,
+                ShardMsg::ToConn {
+                    conn: origin.conn,
+                    frame,
+                },
+            );
+        }
+    }
+
+    fn to_conn(&self, conn: ConnId, frame: Bytes) {
+        let c = self.conns.borrow().get(&conn).cloned();
+        if let Some(c) = c {
+            c.push(self, frame);
+        }
+    }
+
+    /// Submits a store request whose answer comes back into this shard's inbox.
+    fn store_to_inbox<T: Send + 'static>(
+        &self,
+        make_req: impl FnOnce(corecast_storage::Reply<T>) -> Request,
+        make_msg: impl FnOnce(Result<T, StoreError>) -> ShardMsg + Send + 'static,
+    ) {
+        let shared = self.shared.clone();
+        let me = self.id;
+        let req = make_req(Box::new(move |r| shared.send_blocking(me, make_msg(r))));
+        self.shared.store.submit(req);
+    }
+
+    // ---- the inbox ----
+
+    pub async fn run_inbox(self: Rc<Self>, inbox: Inbox<ShardMsg>) {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            if inbox.recv_batch(&mut batch, 256).await == 0 {
+                return;
+            }
+            for msg in batch.drain(..) {
+                if let ShardMsg::Shutdown = msg {
+                    self.begin_shutdown();
+                    continue;
+                }
+                self.handle(msg);
+            }
+            // Give connection writers a turn between batches.
+            glommio::executor().yield_if_needed().await;
+        }
+    }
+
+    fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Subscribe { group, .. }
+            | ShardMsg::SendMessage { group, .. }
+            | ShardMsg::MarkRead { group, .. }
+            | ShardMsg::MembersChanged { group, .. } => {
+                if let Some(msg) = self.room_ready_or_wait(group, msg) {
+                    self.room_op(msg);
+                }
+            }
+            ShardMsg::Unsubscribe { group, shard } => {
+                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
+                    let c = &mut room.subscribers[shard.index()];
+                    *c = c.saturating_sub(1);
+                }
+            }
+            ShardMsg::MembershipApplied { done } => {
+                let _ = done.send(());
+            }
+            ShardMsg::RoomLoaded { group, result } => self.room_loaded(group, result),
+            ShardMsg::Stored {
+                group,
+                id,
+                submitted,
+                result,
+            } => {
+                self.stats.store_latency.observe(submitted.elapsed());
+                self.stored(group, id, result)
+            }
+            ShardMsg::ReadStored {
+                group,
+                message,
+                user,
+                origin,
+                result,
+            } => self.read_stored(group, message, user, origin, result),
+            ShardMsg::UserGroups { conn, result } => self.user_groups(conn, result),
+            ShardMsg::SubscribeResult {
+                conn,
+                group,
+                reason,
+                ack,
+                result,
+            } => self.subscribe_result(conn, group, reason, ack, result),
+            ShardMsg::ToConn { conn, frame } => self.to_conn(conn, frame),
+            ShardMsg::Deliver {
+                group,
+                frame,
+                except_user,
+                stored_at,
+            } => {
+                self.deliver(group, &frame, except_user);
+                self.stats.delivery_latency.observe(stored_at.elapsed());
+            }
+            ShardMsg::Enroll { group, user, done } => self.enroll(group, user, done),
+            ShardMsg::Evict { group, user, done } => self.evict(group, user, done),
+            ShardMsg::PresenceUp { user, groups } => self.presence_up(user, groups),
+            ShardMsg::PresenceDown { user } => self.presence_down(user),
+            ShardMsg::PresenceChanged {
+                user,
+                online,
+                groups,
+                frame,
+            } => self.presence_changed(user, online, &groups, &frame),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.stopping.set(true);
+        if let Some(w) = self.stop_waker.borrow_mut().take() {
+            w.wake();
+        }
+        let conns: Vec<_> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.close(self, 1001, "server shutting down");
+        }
+    }
+
+    // ---- rooms (on the group's owner shard) ----
+
+    /// Returns the message back when the room's members are known; otherwise parks it and
+    /// starts loading the room.
+    fn room_ready_or_wait(&self, group: GroupId, msg: ShardMsg) -> Option<ShardMsg> {
+        let mut rooms = self.rooms.borrow_mut();
+        let n = self.shared.nr_shards();
+        let room = rooms.entry(group).or_insert_with(|| Room {
+            members: None,
+            waiting: Vec::new(),
+            subscribers: vec![0; n],
+            pending: VecDeque::new(),
+            inflight_keys: HashMap::new(),
+        });
+        if room.members.is_some() {
+            return Some(msg);
+        }
+        let first = room.waiting.is_empty();
+        room.waiting.push(msg);
+        drop(rooms);
+        if first {
+            self.store_to_inbox(
+                |reply| Request::GetGroup { group, reply },
+                move |result| ShardMsg::RoomLoaded { group, result },
+            );
+        }
+        None
+    }
+
+    fn room_loaded(&self, group: GroupId, result: Result<Option<Group>, StoreError>) {
+        let waiting = {
+            let mut rooms = self.rooms.borrow_mut();
+            let Some(room) = rooms.get_mut(&group) else {
+                return;
+            };
+            match &result {
+                Ok(g) => {
+                    room.members = Some(
+                        g.as_ref()
+                            .map(|g| g.members.iter().copied().collect())
+                            .unwrap_or_default(),
+                    );
+                }
+                Err(_) => {}
+            }
+            std::mem::take(&mut room.waiting)
+        };
+        match result {
+            Ok(_) => {
+                for msg in waiting {
+                    self.room_op(msg);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "cannot load group members");
+                let err =
+                    ClientError::new(Code::StorageUnavailable, "the store is unavailable; retry");
+                for msg in waiting {
+                    match msg {
+                        ShardMsg::Subscribe {
+                            group,
+                            origin,
+                            reason,
+                            ..
+                        } => self.send(
+                            origin.shard,
+                            ShardMsg::SubscribeResult {
+                                conn: origin.conn,
+                                group,
+                                reason,
+                                ack: origin.ack,
+                                result: Err(err.clone()),
+                            },
+                        ),
+                        ShardMsg::SendMessage { origin, .. }
+                        | ShardMsg::MarkRead { origin, .. } => {
+                            self.reply(&origin, Err(err.clone()))
+                        }
+                        ShardMsg::MembersChanged { done, .. } => {
+                            // The store already holds the change; the room reloads it next time.
+                            let _ = done.send(());
+                        }
+                        _ => {}
+                    }
+                }
+                // Forget the room so the next use loads it again, keeping subscriber counts.
+                let mut rooms = self.rooms.borrow_mut();
+                if let Some(room) = rooms.get(&group) {
+                    if room.subscribers.iter().all(|&c| c == 0) && room.pending.is_empty() {
+                        rooms.remove(&group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_member(&self, group: GroupId, user: UserId) -> bool {
+        self.rooms
+            .borrow()
+            .get(&group)
+            .and_then(|r| r.members.as_ref())
+            .is_some_and(|m| m.contains(&user))
+    }
+
+    fn not_member(group: GroupId) -> ClientError {
+        ClientError::new(
+            Code::NotMember,
+            format!("you are not a member of group {group}"),
+        )
+    }
+
+    fn room_op(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Subscribe {
+                group,
+                user,
+                origin,
+                reason,
+            } => {
+                let result = if self.is_member(group, user) {
+                    if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
+                        room.subscribers[origin.shard.index()] += 1;
+                    }
+                    Ok(())
+                } else {
+                    Err(Self::not_member(group))
+                };
+                self.send(
+                    origin.shard,
+                    ShardMsg::SubscribeResult {
+                        conn: origin.conn,
+                        group,
+                        reason,
+                        ack: origin.ack,
+                        result,
+                    },
+                );
+            }
+            ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin,
+            } => self.room_send(group, user, text, attachments, client_msg_id, origin),
+            ShardMsg::MarkRead {
+                group,
+                message,
+                user,
+                origin,
+            } => {
+                if !self.is_member(group, user) {
+                    return self.reply(&origin, Err(Self::not_member(group)));
+                }
+                self.store_to_inbox(
+                    |reply| Request::MarkRead {
+                        group,
+                        message,
+                        user,
+                        reply,
+                    },
+                    move |result| ShardMsg::ReadStored {
+                        group,
+                        message,
+                        user,
+                        origin,
+                        result,
+                    },
+                );
+            }
+            ShardMsg::MembersChanged {
+                group,
+                change,
+                done,
+            } => {
+                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
+                    if let Some(members) = room.members.as_mut() {
+                        members.extend(change.added.iter().copied());
+                        for u in &change.removed {
+                            members.remove(u);
+                        }
+                    }
+                }
+                // Every shard applies the change to its connections, then tells this shard
+                // (after its Subscribes/Unsubscribes, so they are counted first), which tells
+                // the admin caller.
+                for &user in &change.added {
+                    self.broadcast(|| ShardMsg::Enroll {
+                        group,
+                        user,
+                        done: done.clone(),
+                    });
+                }
+                for &user in &change.removed {
+                    self.broadcast(|| ShardMsg::Evict {
+                        group,
+                        user,
+                        done: done.clone(),
+                    });
+                }
+            }
+            _ => unreachable!("invariant: only room operations reach room_op"),
+        }
+    }
+
+    fn room_send(
+        &self,
+        group: GroupId,
+        user: UserId,
+        text: String,
+        attachments: Vec<Attachment>,
+        client_msg_id: Option<String>,
+        origin: Origin,
+    ) {
+        let mut rooms = self.rooms.borrow_mut();
+        let room = rooms
+            .get_mut(&group)
+            .expect("invariant: room loaded before room_op");
+        let members = room
+            .members
+            .as_ref()
+            .expect("invariant: room loaded before room_op");
+        if !members.contains(&user) {
+            drop(rooms);
+            return self.reply(&origin, Err(Self::not_member(group)));
+        }
+        let key = client_msg_id.clone().map(|k| (user, k));
+        if let Some(k) = &key {
+            if let Some(id) = room.inflight_keys.get(k).copied() {
+                // A resend while the first is still being stored: answer both with its outcome.
+                if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
+                    p.origins.push(origin);
+                    return;
+                }
+            }
+        }
+        let now = events::now_ms();
+        let id = self.ids.borrow_mut().next(now);
+        let online = self.online.borrow();
+        let notify: Vec<UserId> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != user && !online.contains(m))
+            .collect();
+        drop(online);
+        if let Some(k) = &key {
+            room.inflight_keys.insert(k.clone(), id);
+        }
+        room.pending.push_back(PendingSend {
+            id,
+            key,
+            origins: vec![origin],
+            result: None,
+        });
+        drop(rooms);
+        let message = NewMessage {
+            id,
+            group,
+            sender: user,
+            text,
+            attachments,
+            timestamp: now,
+            client_msg_id,
+        };
+        let submitted = Instant::now();
+        self.store_to_inbox(
+            |reply| Request::AppendMessage {
+                message,
+                notify,
+                reply,
+            },
+            move |result| ShardMsg::Stored {
+                group,
+                id,
+                submitted,
+                result,
+            },
+        );
+    }
+
+    fn stored(&self, group: GroupId, id: MessageId, result: Result<Appended, StoreError>) {
+        let ready = {
+            let mut rooms = self.rooms.borrow_mut();
+            let Some(room) = rooms.get_mut(&group) else {
+                return;
+            };
+            if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
+                p.result = Some(result);
+            }
+            let mut ready = Vec::new();
+            while room.pending.front().is_some_and(|p| p.result.is_some()) {
+                let p = room.pending.pop_front().expect("invariant: front checked");
+                if let Some(k) = &p.key {
+                    room.inflight_keys.remove(k);
+                }
+                ready.push((p, room.subscribers.clone()));
+            }
+            ready
+        };
+        for (p, subscribers) in ready {
+            match p
+                .result
+                .expect("invariant: only answered messages are ready")
+            {
+                Ok(appended) => {
+                    let m = &appended.message;
+                    if !appended.duplicate {
+                        self.stats.messages_in.fetch_add(1, Relaxed);
+                        let frame =
+                            event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
+                        let stored_at = Instant::now();
+                        for (s, &count) in subscribers.iter().enumerate() {
+                            if count > 0 {
+                                self.send(
+                                    ShardId(s as u16),
+                                    ShardMsg::Deliver {
+                                        group,
+                                        frame: frame.clone(),
+                                        except_user: None,
+                                        stored_at,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    let ack = events::sent_ack_json(m.id, m.timestamp);
+                    for o in &p.origins {
+                        self.reply(o, Ok(ack.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "message not stored");
+                    let err = ClientError::new(
+                        Code::StorageUnavailable,
+                        "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                    );
+                    for o in &p.origins {
+                        self.reply(o, Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_stored(
+        &self,
+        group: GroupId,
+        message: MessageId,
+        user: UserId,
+        origin: Origin,
+        result: Result<bool, StoreError>,
+    ) {
+        match result {
+            Ok(added) => {
+                if added {
+                    let frame = event_frame(
+                        Role::Server,
+                        "messageRead",
+                        &[&events::message_read_json(message, user, group)],
+                    );
+                    let subscribers = self
+                        .rooms
+                        .borrow()
+                        .get(&group)
+                        .map(|r| r.subscribers.clone())
+                        .unwrap_or_default();
+                    let stored_at = Instant::now();
+                    for (s, &count) in subscribers.iter().enumerate() {
+                        if count > 0 {
+                            self.send(
+                                ShardId(s as u16),
+                                ShardMsg::Deliver {
+                                    group,
+                                    frame: frame.clone(),
+                                    except_user: None,
+                                    stored_at,
+                                },
+                            );
+                        }
+                    }
+                }
+                self.reply(&origin, Ok(events::ok_ack_json("")));
+            }
+            Err(StoreError::NoSuchMessage { .. }) => self.reply(
+                &origin,
+                Err(ClientError::new(
+                    Code::NotFound,
+                    format!("message {message} not found in group {group}"),
+                )),
+            ),
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "read receipt not stored");
+                self.reply(
+                    &origin,
+                    Err(ClientError::new(
+                        Code::StorageUnavailable,
+                        "the read receipt was not stored; retry",
+                    )),
+                )
+            }
+        }
+    }
+
+    // ---- connections and local rooms (on the connection's shard) ----
+
+    pub fn register_conn(&self, conn: Rc<Conn>) {
+        self.stats.connections.fetch_add(1, Relaxed);
+        self.stats.connections_total.fetch_add(1, Relaxed);
+        self.conns.borrow_mut().insert(conn.id, conn);
+    }
+
+    /// A client authenticated as `user`: look up its groups, then subscribe.
+    pub fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
+        self.conns_by_user
+            .borrow_mut()
+            .entry(user)
+            .or_default()
+            .push(conn.id);
+        let id = conn.id;
+        self.store_to_inbox(
+            |reply| Request::GroupsOfUser { user, reply },
+            move |result| ShardMsg::UserGroups { conn: id, result },
+        );
+    }
+
+    fn conn(&self, id: ConnId) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    fn user_groups(&self, id: ConnId, result: Result<Vec<GroupId>, StoreError>) {
+        let Some(conn) = self.conn(id) else { return };
+        match result {
+            Ok(groups) => {
+                let user = conn
+                    .user()
+                    .expect("invariant: authenticated before its groups load");
+                conn.pending_subs.set(conn.pending_subs.get() + 1);
+                for g in groups {
+                    self.subscribe(&conn, user, g, SubReason::Connect, None);
+                }
+                self.sub_settled(&conn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the user's groups");
+                conn.connect_error(self, "storage unavailable; retry later");
+            }
+        }
+    }
+
+    /// Sends a Subscribe for `conn` to the room's owner unless it is already in (or joining).
+    /// Returns false when it already was.
+    fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        user: UserId,
+        group: GroupId,
+        reason: SubReason,
+        ack: Option<u64>,
+    ) -> bool {
+        if conn.sub_state(group).is_some() {
+            return false;
+        }
+        conn.set_sub_state(group, Some(SubState::Pending));
+        if reason == SubReason::Connect {
+            conn.pending_subs.set(conn.pending_subs.get() + 1);
+        }
+        if reason == SubReason::Enroll {
+            // Take the connection into the local room at once, so that the admin call that
+            // added the member returns only once deliveries reach it.
+            conn.set_sub_state(group, Some(SubState::Active));
+            self.local_rooms
+                .borrow_mut()
+                .entry(group)
+                .or_default()
+                .push(conn.clone());
+        }
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        self.send(
+            owner,
+            ShardMsg::Subscribe {
+                group,
+                user,
+                origin,
+                reason,
+            },
+        );
+        true
+    }
+
+    fn subscribe_result(
+        &self,
+        id: ConnId,
+        group: GroupId,
+        reason: SubReason,
+        ack: Option<u64>,
+        result: Result<(), ClientError>,
+    ) {
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        let Some(conn) = self.conn(id) else {
+            if result.is_ok() {
+                // The connection closed meanwhile: give the count back.
+                self.send(
+                    owner,
+                    ShardMsg::Unsubscribe {
+                        group,
+                        shard: self.id,
+                    },
+                );
+            }
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if conn.sub_state(group) == Some(SubState::Pending) {
+                    conn.set_sub_state(group, Some(SubState::Active));
+                    self.local_rooms
+                        .borrow_mut()
+                        .entry(group)
+                        .or_default()
+                        .push(conn.clone());
+                } else if conn.sub_state(group).is_none() {
+                    // Left (or evicted) while joining.
+                    self.send(
+                        owner,
+                        ShardMsg::Unsubscribe {
+                            group,
+                            shard: self.id,
+                        },
+                    );
+                }
+                if reason == SubReason::Join {
+                    let origin = Origin {
+                        shard: self.id,
+                        conn: id,
+                        ack,
+                    };
+                    self.reply(
+                        &origin,
+                        Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
+                    );
+                }
+            }
+            Err(e) => {
+                if conn.sub_state(group).is_some() {
+                    conn.set_sub_state(group, None);
+                    self.remove_local(group, id);
+                }
+                if reason == SubReason::Join {
+                    let origin = Origin {
+                        shard: self.id,
+                        conn: id,
+                        ack,
+                    };
+                    self.reply(&origin, Err(e));
+                }
+            }
+        }
+        if reason == SubReason::Connect {
+            self.sub_settled(&conn);
+        }
+    }
+
+    /// One connect-time subscription answered; when all are, the client is connected.
+    fn sub_settled(&self, conn: &Rc<Conn>) {
+        let left = conn.pending_subs.get().saturating_sub(1);
+        conn.pending_subs.set(left);
+        if left == 0 && conn.state() == ConnState::Subscribing {
+            conn.set_state(ConnState::Connected);
+            conn.connected(self);
+            let user = conn
+                .user()
+                .expect("invariant: connected connections have a user");
+            let groups: Arc<[GroupId]> = conn.groups().into();
+            self.send(
+                owner_of_user(user, self.shared.nr_shards()),
+                ShardMsg::PresenceUp { user, groups },
+            );
+        }
+    }
+
+    fn remove_local(&self, group: GroupId, id: ConnId) {
+        let mut rooms = self.local_rooms.borrow_mut();
+        if let Some(list) = rooms.get_mut(&group) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                rooms.remove(&group);
+            }
+        }
+    }
+
+    /// The client's `joinGroup`.
+    pub fn join(&self, conn: &Rc<Conn>, group: GroupId, ack: Option<u64>) {
+        let user = conn.user().expect("invariant: only connected clients join");
+        if !self.subscribe(conn, user, group, SubReason::Join, ack) {
+            let origin = Origin {
+                shard: self.id,
+                conn: conn.id,
+                ack,
+            };
+            self.reply(
+                &origin,
+                Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
+            );
+        }
+    }
+
+    /// The client's `leaveGroup`, an eviction, or a closing connection.
+    pub fn leave(&self, conn: &Rc<Conn>, group: GroupId) {
+        match conn.sub_state(group) {
+            Some(SubState::Active) => {
+                conn.set_sub_state(group, None);
+                self.remove_local(group, conn.id);
+                let owner = owner_of_group(group, self.shared.nr_shards());
+                self.send(
+                    owner,
+                    ShardMsg::Unsubscribe {
+                        group,
+                        shard: self.id,
+                    },
+                );
+            }
+            Some(SubState::Pending) => {
+                // The Subscribe's answer gives the count back (see subscribe_result).
+                conn.set_sub_state(group, None);
+            }
+            None => {}
+        }
+    }
+
+    /// Routes a client's `sendMessage` to the group's owner, after the rate limit.
+    pub fn send_message(
+        &self,
+        conn: &Rc<Conn>,
+        cmd: events::Command,
+        ack: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let user = conn.user().expect("invariant: only connected clients send");
+        let events::Command::SendMessage {
+            group,
+            text,
+            attachments,
+            client_msg_id,
+        } = cmd
+        else {
+            unreachable!("invariant: called with sendMessage only")
+        };
+        let now = events::now_ms();
+        if !self.limiter.borrow_mut().try_acquire(user, now) {
+            let wait = self.limiter.borrow().retry_after_ms(user, now);
+            return Err(ClientError::new(
+                Code::RateLimited,
+                format!(
+                    "too many messages: the limit is {} per minute; retry in {} ms",
+                    self.config().limits.rate_limit_per_min,
+                    wait
+                ),
+            ));
+        }
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        self.send(
+            owner,
+            ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
+        let user = conn
+            .user()
+            .expect("invariant: only connected clients mark read");
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        self.send(
+            owner,
+            ShardMsg::MarkRead {
+                group,
+                message,
+                user,
+                origin,
+            },
+        );
+    }
+
+    fn deliver(&self, group: GroupId, frame: &Bytes, except_user: Option<UserId>) {
+        let rooms = self.local_rooms.borrow();
+        let Some(list) = rooms.get(&group) else {
+            return;
+        };
+        let mut n = 0;
+        for c in list {
+            if except_user.is_some() && c.user() == except_user {
+                continue;
+            }
+            c.push(self, frame.clone());
+            n += 1;
+        }
+        self.stats.deliveries.fetch_add(n, Relaxed);
+    }
+
+    fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
+        let by_user = self.conns_by_user.borrow();
+        let conns = self.conns.borrow();
+        by_user
+            .get(&user)
+            .map(|ids| ids.iter().filter_map(|id| conns.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    fn enroll(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
+        for c in self.user_conns(user) {
+            if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
+                self.subscribe(&c, user, group, SubReason::Enroll, None);
+            }
+        }
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        self.send(owner, ShardMsg::MembershipApplied { done });
+    }
+
+    fn evict(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
+        for c in self.user_conns(user) {
+            self.leave(&c, group);
+        }
+        let owner = owner_of_group(group, self.shared.nr_shards());
+        self.send(owner, ShardMsg::MembershipApplied { done });
+    }
+
+    /// A connection is gone: leave its rooms and give back its presence.
+    pub fn conn_closed(&self, conn: &Rc<Conn>) {
+        if self.conns.borrow_mut().remove(&conn.id).is_none() {
+            return;
+        }
+        self.stats.connections.fetch_sub(1, Relaxed);
+        for g in conn.groups() {
+            self.leave(conn, g);
+        }
+        if let Some(user) = conn.user() {
+            let mut by_user = self.conns_by_user.borrow_mut();
+            if let Some(list) = by_user.get_mut(&user) {
+                list.retain(|id| *id != conn.id);
+                if list.is_empty() {
+                    by_user.remove(&user);
+                }
+            }
+            drop(by_user);
+            if conn.was_connected() {
+                self.send(
+                    owner_of_user(user, self.shared.nr_shards()),
+                    ShardMsg::PresenceDown { user },
+                );
+            }
+        }
+    }
+
+    // ---- presence ----
+
+    fn presence_up(&self, user: UserId, groups: Arc<[GroupId]>) {
+        let first = {
+            let mut p = self.presence.borrow_mut();
+            let e = p.entry(user).or_insert(PresenceEntry {
+                count: 0,
+                groups: groups.clone(),
+            });
+            e.count += 1;
+            e.groups = groups.clone();
+            e.count == 1
+        };
+        if first {
+            self.presence_flip(user, true, groups);
+        }
+    }
+
+    fn presence_down(&self, user: UserId) {
+        let last = {
+            let mut p = self.presence.borrow_mut();
+            match p.get_mut(&user) {
+                Some(e) if e.count > 1 => {
+                    e.count -= 1;
+                    None
+                }
+                Some(_) => p.remove(&user).map(|e| e.groups),
+                None => None,
+            }
+        };
+        if let Some(groups) = last {
+            self.presence_flip(user, false, groups);
+        }
+    }
+
+    fn presence_flip(&self, user: UserId, online: bool, groups: Arc<[GroupId]>) {
+        let at = events::now_ms();
+        self.shared.store.submit(Request::SetPresence {
+            user,
+            online,
+            at,
+            reply: Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(%user, error = %e, "presence not stored");
+                }
+            }),
+        });
+        let frame = event_frame(
+            Role::Server,
+            "userOnline",
+            &[&events::user_online_json(user, online)],
+        );
+        self.broadcast(|| ShardMsg::PresenceChanged {
+            user,
+            online,
+            groups: groups.clone(),
+            frame: frame.clone(),
+        });
+    }
+
+    fn presence_changed(&self, user: UserId, online: bool, groups: &[GroupId], frame: &Bytes) {
+        if online {
+            self.online.borrow_mut().insert(user);
+        } else {
+            self.online.borrow_mut().remove(&user);
+        }
+        // Each co-member's connection gets the event once, however many groups they share.
+        let rooms = self.local_rooms.borrow();
+        let mut seen: HashSet<ConnId> = HashSet::new();
+        let mut n = 0;
+        for g in groups {
+            let Some(list) = rooms.get(g) else { continue };
+            for c in list {
+                if c.user() != Some(user) && seen.insert(c.id) {
+                    c.push(self, frame.clone());
+                    n += 1;
+                }
+            }
+        }
+        self.stats.deliveries.fetch_add(n, Relaxed);
+    }
+
+    /// Periodic duties: pings, pong and connect deadlines, forgetting idle rate-limit buckets.
+    pub fn tick(&self, now: Instant) {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.tick(self, now);
+        }
+        self.limiter.borrow_mut().sweep(events::now_ms());
+    }
+}

@@ -1,0 +1,271 @@
+//! The load generator's options: command-line flags, optionally preceded by a TOML file
+//! whose keys are the flag names (`conns = 1000`, `group-size = 10`, ...). Flags given on
+//! the command line win over the file. Validated once into [`Config`] before anything
+//! connects.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+/// What the run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Hold `--conns` authenticated connections without traffic; reports server RSS per
+    /// connection (give `--server-pid`).
+    Idle,
+    /// Groups of `--group-size` members, open-loop sends at `--rate` messages/s in total.
+    Fanout,
+    /// One room holding every connection; `--rate` messages/s into it.
+    LargeRoom,
+    /// Everyone connects at once (no connect rate limit), then everyone drops and
+    /// reconnects at once; reports connects/s and handshake latency of both rounds.
+    ConnectStorm,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "corecast-loadgen",
+    version,
+    about = "Socket.IO load generator: open-loop sends, end-to-end latency, delivery accounting",
+    args_override_self = true
+)]
+pub struct Args {
+    /// TOML file with defaults for any flag below (keys are flag names without `--`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "fanout")]
+    pub scenario: Scenario,
+    /// Public Socket.IO address of the server.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub target: SocketAddr,
+    /// Engine.IO path.
+    #[arg(long, default_value = "/socket.io/")]
+    pub path: String,
+    /// Internal (admin API) address, used to set up users and groups.
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub admin: SocketAddr,
+    #[arg(long, env = "CORECAST_ADMIN_TOKEN", default_value = "dev-admin")]
+    pub admin_token: String,
+    /// HS256 secret the server verifies tokens with; the loadgen mints its own tokens.
+    #[arg(long, env = "CORECAST_JWT_SECRET", default_value = "dev-secret")]
+    pub jwt_secret: String,
+    /// Skip the admin API set-up (users and groups already exist).
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Do not PUT each user before the groups (only groups are set up).
+    #[arg(long)]
+    pub no_users: bool,
+    /// Total connections (one user each), across every process.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: u32,
+    /// Members per group (large-room: defaults to every connection).
+    #[arg(long)]
+    pub group_size: Option<u32>,
+    /// Number of groups (default: conns / group-size). Users beyond groups*size join none.
+    #[arg(long)]
+    pub groups: Option<u32>,
+    /// First user id; user i is `user-base + i`.
+    #[arg(long, default_value_t = 1)]
+    pub user_base: u64,
+    /// First group id.
+    #[arg(long, default_value_t = 1)]
+    pub group_base: u64,
+    /// Total messages per second (open loop), spread evenly over the groups.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Bytes of message text (at least the ~40-byte header the loadgen writes into it).
+    #[arg(long, default_value_t = 64)]
+    pub msg_size: usize,
+    /// Seconds of measured sending (idle: seconds to hold).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of sending before measuring starts (deliveries still accounted).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds to wait for in-flight deliveries after the last send.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// New connections per second in total; 0 means as fast as possible.
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Handshakes in flight per thread at most.
+    #[arg(long, default_value_t = 512)]
+    pub max_inflight: usize,
+    /// Give up on connections not ready after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub connect_timeout: f64,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N, to go past one address's ephemeral ports.
+    #[arg(long, default_value_t = 4)]
+    pub src_addrs: u8,
+    /// Event-loop threads (default: online cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Loadgen processes (each holds at most ~19,000 sockets under a 20,000 file limit).
+    #[arg(long, default_value_t = 1)]
+    pub procs: u32,
+    /// Internal: this process is child `proc-index` of `procs` (set by the parent).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub proc_index: u32,
+    /// Ask for an ack on every send (counts ack errors, measures ack latency).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ack: bool,
+    /// The server's PID: its RSS and CPU time are sampled.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A name for this run in reports (e.g. "corecast" or "baseline").
+    #[arg(long, default_value = "run")]
+    pub label: String,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// Flags from the command line, with a `--config` TOML file's keys spliced in front so
+    /// that the command line overrides them.
+    pub fn load() -> anyhow::Result<Args> {
+        let argv: Vec<String> = std::env::args().collect();
+        let first = Args::parse_from(&argv);
+        let Some(path) = &first.config else {
+            return Ok(first);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading scenario file {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut merged = vec![argv[0].clone()];
+        for (key, value) in table {
+            let v = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(true) if key != "ack" => {
+                    merged.push(format!("--{key}"));
+                    continue;
+                }
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!("{}: key {key}: unsupported value {other}", path.display()),
+            };
+            merged.push(format!("--{key}"));
+            merged.push(v);
+        }
+        merged.extend(argv[1..].iter().cloned());
+        Args::try_parse_from(&merged).with_context(|| format!("flags from {}", path.display()))
+    }
+}
+
+/// Validated options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub args: Args,
+    pub group_size: u32,
+    pub nr_groups: u32,
+    pub nr_threads: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub drain: Duration,
+    pub connect_timeout: Duration,
+    pub src_addrs: Vec<Ipv4Addr>,
+}
+
+/// Text header `cc:<group>:<seq>:<intended send ns>:` plus padding; 64 bytes always fit it.
+pub const MIN_MSG_SIZE: usize = 48;
+
+impl Config {
+    pub fn from_args(mut args: Args) -> anyhow::Result<Config> {
+        if args.conns == 0 {
+            bail!("--conns must be at least 1");
+        }
+        if args.procs == 0 || args.proc_index >= args.procs {
+            bail!("--procs must be at least 1 (and --proc-index below it)");
+        }
+        let per_proc = args.conns.div_ceil(args.procs);
+        if per_proc > 19_000 {
+            bail!(
+                "{per_proc} connections per process exceed what a 20,000 open-file limit allows; \
+                 use --procs {}",
+                args.conns.div_ceil(19_000)
+            );
+        }
+        if args.scenario == Scenario::ConnectStorm {
+            args.connect_rate = 0.0;
+        }
+        let group_size = match (args.scenario, args.group_size) {
+            (_, Some(k)) => k,
+            (Scenario::LargeRoom, None) => args.conns,
+            _ => 10,
+        }
+        .clamp(1, args.conns);
+        let nr_groups = match (args.scenario, args.groups) {
+            (_, Some(g)) => g,
+            (Scenario::LargeRoom, None) => 1,
+            _ => args.conns / group_size,
+        };
+        if u64::from(nr_groups) * u64::from(group_size) > u64::from(args.conns) {
+            bail!("--groups {nr_groups} of --group-size {group_size} need more than --conns");
+        }
+        if args.msg_size < MIN_MSG_SIZE {
+            args.msg_size = MIN_MSG_SIZE;
+        }
+        if !(args.rate >= 0.0) || !(args.connect_rate >= 0.0) {
+            bail!("--rate and --connect-rate must be non-negative");
+        }
+        let nr_threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let src_addrs = (1..=args.src_addrs.max(1))
+            .map(|i| Ipv4Addr::new(127, 0, 0, i))
+            .collect();
+        let secs = |s: f64, key: &str| -> anyhow::Result<Duration> {
+            Duration::try_from_secs_f64(s).with_context(|| format!("--{key} must be seconds"))
+        };
+        Ok(Config {
+            group_size,
+            nr_groups,
+            nr_threads,
+            duration: secs(args.duration, "duration")?,
+            warmup: secs(args.warmup, "warmup")?,
+            drain: secs(args.drain, "drain")?,
+            connect_timeout: secs(args.connect_timeout, "connect-timeout")?,
+            src_addrs,
+            args,
+        })
+    }
+
+    /// Whether this scenario sends messages.
+    pub fn sends(&self) -> bool {
+        matches!(self.args.scenario, Scenario::Fanout | Scenario::LargeRoom) && self.args.rate > 0.0
+    }
+
+    /// Global user index `i` (0-based) lives in process `i % procs`, and there in thread
+    /// `(i / procs) % threads`. Group `g` holds users `g*k .. (g+1)*k`.
+    pub fn proc_of(&self, user_idx: u32) -> u32 {
+        user_idx % self.args.procs
+    }
+
+    pub fn thread_of(&self, user_idx: u32) -> usize {
+        (user_idx / self.args.procs) as usize % self.nr_threads
+    }
+
+    pub fn group_of(&self, user_idx: u32) -> Option<u32> {
+        let g = user_idx / self.group_size;
+        (g < self.nr_groups).then_some(g)
+    }
+
+    pub fn user_id(&self, user_idx: u32) -> u64 {
+        self.args.user_base + u64::from(user_idx)
+    }
+
+    pub fn group_id(&self, g: u32) -> u64 {
+        self.args.group_base + u64::from(g)
+    }
+}

@@ -1,0 +1,393 @@
+//! What the event loops count, and how counts from threads and processes are merged.
+//!
+//! Each event-loop thread owns its [`ThreadStats`] (no sharing, no atomics on the
+//! per-delivery path) and hands it over twice: a small [`Interval`] every second for the
+//! progress line and the timeline, and everything at the end as a [`RawReport`], which
+//! is also what a child process writes for its parent to merge.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+
+/// Latency histograms hold microseconds, from 1 µs to 10 minutes, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("invariant: valid histogram bounds")
+}
+
+/// Records `us`, saturating at the histogram's top instead of failing.
+pub fn record(h: &mut Histogram<u64>, us: u64) {
+    h.saturating_record(us.max(1));
+}
+
+/// The messages one member connection received from one group: in order, late (after a
+/// gap: out of order), or again (duplicated). Missing ranges are kept as holes so that a
+/// late arrival is told apart from a duplicate without a bitmap per connection.
+#[derive(Debug, Default, Clone)]
+pub struct Track {
+    next: u64,
+    holes: Vec<(u64, u64)>,
+    pub unique: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+}
+
+impl Track {
+    pub fn on_seq(&mut self, seq: u64) {
+        if seq == self.next {
+            self.next += 1;
+            self.unique += 1;
+        } else if seq > self.next {
+            self.holes.push((self.next, seq));
+            self.next = seq + 1;
+            self.unique += 1;
+        } else if let Some(i) = self.holes.iter().position(|&(a, b)| a <= seq && seq < b) {
+            let (a, b) = self.holes[i];
+            self.holes.swap_remove(i);
+            if a < seq {
+                self.holes.push((a, seq));
+            }
+            if seq + 1 < b {
+                self.holes.push((seq + 1, b));
+            }
+            self.unique += 1;
+            self.reordered += 1;
+        } else {
+            self.duplicated += 1;
+        }
+    }
+}
+
+/// Per group, summed over processes: messages sent into it, member connections that were
+/// ready when sending began, and what those members received.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GroupTally {
+    pub sent: u64,
+    pub receivers: u64,
+    pub unique: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+}
+
+/// One second of one thread's work (`sec` counts from the run's start).
+#[derive(Debug)]
+pub struct Interval {
+    pub sec: u32,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+/// One second of the whole run, for the progress line, the JSON and the SVG.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Second {
+    pub t: u32,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub p99_ms: f64,
+    #[serde(skip)]
+    pub latency: Option<Histogram<u64>>,
+}
+
+impl Second {
+    pub fn new(t: u32) -> Second {
+        Second {
+            t,
+            sent: 0,
+            delivered: 0,
+            errors: 0,
+            p99_ms: 0.0,
+            latency: Some(new_histogram()),
+        }
+    }
+
+    pub fn add(&mut self, iv: &Interval) {
+        self.sent += iv.sent;
+        self.delivered += iv.delivered;
+        self.errors += iv.errors;
+        if let Some(h) = &mut self.latency {
+            let _ = h.add(&iv.latency);
+            self.p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+    }
+}
+
+/// Everything a thread counted that is not per-second.
+pub struct ThreadStats {
+    /// End-to-end latency of deliveries of messages intended after the warm-up.
+    pub latency: Histogram<u64>,
+    /// Intended send time to ack.
+    pub ack: Histogram<u64>,
+    /// TCP connect start to Socket.IO CONNECT accepted, per connect round.
+    pub handshake: Vec<Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+    /// Deliveries (all, warm-up included) and deliveries in the measured window.
+    pub delivered: u64,
+    pub delivered_measured: u64,
+    pub sent: u64,
+    pub sent_measured: u64,
+    pub acks_ok: u64,
+    // The current second.
+    pub iv_sec: u32,
+    pub iv_sent: u64,
+    pub iv_delivered: u64,
+    pub iv_errors: u64,
+    pub iv_latency: Histogram<u64>,
+}
+
+impl ThreadStats {
+    pub fn new() -> ThreadStats {
+        ThreadStats {
+            latency: new_histogram(),
+            ack: new_histogram(),
+            handshake: vec![new_histogram()],
+            errors: BTreeMap::new(),
+            delivered: 0,
+            delivered_measured: 0,
+            sent: 0,
+            sent_measured: 0,
+            acks_ok: 0,
+            iv_sec: 0,
+            iv_sent: 0,
+            iv_delivered: 0,
+            iv_errors: 0,
+            iv_latency: new_histogram(),
+        }
+    }
+
+    pub fn error(&mut self, code: &str) {
+        self.iv_errors += 1;
+        match self.errors.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                self.errors.insert(code.to_string(), 1);
+            }
+        }
+    }
+
+    /// Closes the current second if `sec` is past it, returning it for the main thread.
+    pub fn roll(&mut self, sec: u32) -> Option<Interval> {
+        if sec <= self.iv_sec {
+            return None;
+        }
+        let iv = Interval {
+            sec: self.iv_sec,
+            sent: std::mem::take(&mut self.iv_sent),
+            delivered: std::mem::take(&mut self.iv_delivered),
+            errors: std::mem::take(&mut self.iv_errors),
+            latency: std::mem::replace(&mut self.iv_latency, new_histogram()),
+        };
+        self.iv_sec = sec;
+        Some(iv)
+    }
+}
+
+/// Serializes a histogram as base64 of hdrhistogram's V2 format.
+mod hist_b64 {
+    use super::*;
+
+    pub fn encode(h: &Histogram<u64>) -> String {
+        let mut buf = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut buf)
+            .expect("invariant: serializing into a Vec cannot fail");
+        base64::engine::general_purpose::STANDARD.encode(buf)
+    }
+
+    pub fn decode(s: &str) -> anyhow::Result<Histogram<u64>> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .context("decoding a histogram")?;
+        Ok(h)
+    }
+}
+
+/// Mergeable results of one process: what a child writes for its parent, and what the
+/// final report is computed from.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RawReport {
+    pub latency: String,
+    pub ack: String,
+    pub handshake: Vec<String>,
+    pub errors: BTreeMap<String, u64>,
+    pub groups: BTreeMap<u32, GroupTally>,
+    pub delivered: u64,
+    pub delivered_measured: u64,
+    pub sent: u64,
+    pub sent_measured: u64,
+    pub acks_ok: u64,
+    /// Connections attempted and ready, per connect round, and each round's seconds.
+    pub connect_rounds: Vec<ConnectRound>,
+    pub timeline: Vec<Second>,
+    /// The loadgen's own CPU time (user + system) during the send phase, seconds.
+    pub loadgen_cpu_s: f64,
+    pub send_wall_s: f64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConnectRound {
+    pub attempted: u64,
+    pub ready: u64,
+    pub seconds: f64,
+}
+
+/// Histograms and tallies in their working form, merged from threads or processes.
+pub struct Merged {
+    pub latency: Histogram<u64>,
+    pub ack: Histogram<u64>,
+    pub handshake: Vec<Histogram<u64>>,
+    pub raw: RawReport,
+}
+
+impl Merged {
+    pub fn new() -> Merged {
+        Merged {
+            latency: new_histogram(),
+            ack: new_histogram(),
+            handshake: Vec::new(),
+            raw: RawReport::default(),
+        }
+    }
+
+    pub fn add_thread(&mut self, t: &ThreadStats) {
+        let _ = self.latency.add(&t.latency);
+        let _ = self.ack.add(&t.ack);
+        add_handshakes(&mut self.handshake, t.handshake.iter());
+        for (k, v) in &t.errors {
+            *self.raw.errors.entry(k.clone()).or_default() += v;
+        }
+        self.raw.delivered += t.delivered;
+        self.raw.delivered_measured += t.delivered_measured;
+        self.raw.sent += t.sent;
+        self.raw.sent_measured += t.sent_measured;
+        self.raw.acks_ok += t.acks_ok;
+    }
+
+    pub fn add_group(&mut self, g: u32, tally: &GroupTally) {
+        let e = self.raw.groups.entry(g).or_default();
+        e.sent += tally.sent;
+        e.receivers += tally.receivers;
+        e.unique += tally.unique;
+        e.duplicated += tally.duplicated;
+        e.reordered += tally.reordered;
+    }
+
+    /// Into the serializable form (a child's output).
+    pub fn into_raw(mut self) -> RawReport {
+        self.raw.latency = hist_b64::encode(&self.latency);
+        self.raw.ack = hist_b64::encode(&self.ack);
+        self.raw.handshake = self.handshake.iter().map(hist_b64::encode).collect();
+        self.raw
+    }
+
+    /// Merges a child's output.
+    pub fn add_raw(&mut self, r: RawReport) -> anyhow::Result<()> {
+        self.latency.add(hist_b64::decode(&r.latency)?)?;
+        self.ack.add(hist_b64::decode(&r.ack)?)?;
+        let hs = r
+            .handshake
+            .iter()
+            .map(|s| hist_b64::decode(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        add_handshakes(&mut self.handshake, hs.iter());
+        for (k, v) in r.errors {
+            *self.raw.errors.entry(k).or_default() += v;
+        }
+        for (g, t) in &r.groups {
+            self.add_group(*g, t);
+        }
+        let m = &mut self.raw;
+        m.delivered += r.delivered;
+        m.delivered_measured += r.delivered_measured;
+        m.sent += r.sent;
+        m.sent_measured += r.sent_measured;
+        m.acks_ok += r.acks_ok;
+        m.loadgen_cpu_s += r.loadgen_cpu_s;
+        m.send_wall_s = m.send_wall_s.max(r.send_wall_s);
+        for (i, c) in r.connect_rounds.iter().enumerate() {
+            if m.connect_rounds.len() <= i {
+                m.connect_rounds.push(ConnectRound::default());
+            }
+            let mc = &mut m.connect_rounds[i];
+            mc.attempted += c.attempted;
+            mc.ready += c.ready;
+            mc.seconds = mc.seconds.max(c.seconds);
+        }
+        for s in r.timeline {
+            match m.timeline.iter_mut().find(|x| x.t == s.t) {
+                Some(x) => {
+                    x.sent += s.sent;
+                    x.delivered += s.delivered;
+                    x.errors += s.errors;
+                    // Per-second p99 across processes: the worst process's is an upper bound.
+                    x.p99_ms = x.p99_ms.max(s.p99_ms);
+                }
+                None => m.timeline.push(s),
+            }
+        }
+        m.timeline.sort_by_key(|s| s.t);
+        Ok(())
+    }
+}
+
+fn add_handshakes<'a>(
+    into: &mut Vec<Histogram<u64>>,
+    from: impl Iterator<Item = &'a Histogram<u64>>,
+) {
+    for (i, h) in from.enumerate() {
+        if into.len() <= i {
+            into.push(new_histogram());
+        }
+        let _ = into[i].add(h);
+    }
+}
+
+/// p50 .. max of a microsecond histogram, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn track_tells_late_from_duplicate() {
+        let mut t = Track::default();
+        for s in [0, 1, 3, 4, 2, 2, 4, 7] {
+            t.on_seq(s);
+        }
+        assert_eq!(t.unique, 6);
+        assert_eq!(t.reordered, 1);
+        assert_eq!(t.duplicated, 2);
+        // 5 and 6 never came.
+        assert_eq!(t.holes.iter().map(|(a, b)| b - a).sum::<u64>(), 2);
+    }
+}

@@ -1,0 +1,893 @@
+//! One event-loop thread: owns its connections (a `mio` poll over edge-triggered
+//! non-blocking sockets), connects them, answers pings, sends on its open-loop schedule,
+//! and accounts every delivery it receives.
+//!
+//! Frugality rules for the per-delivery path (every microsecond spent here is taken from
+//! the server on a shared machine): one read buffer per thread, not per connection; no
+//! JSON parse of deliveries (the loadgen finds its own header in the text with one
+//! `memmem`); no allocation, no lock, no atomic; one clock read per read batch; everything
+//! queued for a socket goes out in one write after the batch.
+//! Never blocks except in `poll`.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use corecast_wire::packet::{self, EioPacket, SioKind};
+use corecast_wire::ws::{self, Decoder, Message, Role};
+use memchr::memmem;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::admin::TokenMinter;
+use crate::config::Config;
+use crate::now_ns;
+use crate::stats::{self, GroupTally, Interval, ThreadStats, Track};
+
+/// Orders from the main thread.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Open every connection (closing any still open first), starting at `start_ns`.
+    Connect { round: usize, start_ns: u64 },
+    /// Send on schedule from `start_ns` until `end_ns`; latency is recorded for messages
+    /// intended at or after `measure_ns`.
+    Send {
+        start_ns: u64,
+        measure_ns: u64,
+        end_ns: u64,
+    },
+    /// Report and exit.
+    Stop,
+}
+
+/// Reports to the main thread.
+pub enum Event {
+    Interval(Interval),
+    RoundDone {
+        attempted: u64,
+        ready: u64,
+        last_ready_ns: u64,
+    },
+    Final(Box<Final>),
+}
+
+pub struct Final {
+    pub stats: ThreadStats,
+    pub groups: Vec<(u32, GroupTally)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Connecting,
+    Upgrading,
+    WaitOpen,
+    WaitConnect,
+    Ready,
+    Closed,
+}
+
+struct Conn {
+    user_idx: u32,
+    group: Option<u32>,
+    state: State,
+    stream: Option<TcpStream>,
+    /// Bytes of an incomplete frame (or HTTP head) left from the last read; usually empty.
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    dec: Decoder,
+    started_ns: u64,
+    dirty: bool,
+    /// Ready when sending began: its group's messages are expected here.
+    counted: bool,
+    track: Track,
+}
+
+/// A group whose messages this thread sends (its first member lives here).
+struct OwnedGroup {
+    g: u32,
+    senders: Vec<usize>,
+    seq: u64,
+}
+
+struct SendPlan {
+    start_ns: u64,
+    measure_ns: u64,
+    end_ns: u64,
+    interval_ns: f64,
+    i: u64,
+}
+
+const MAX_MESSAGE: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct Worker {
+    cfg: Arc<Config>,
+    minter: Arc<TokenMinter>,
+    t0_ns: u64,
+    poll: Poll,
+    conns: Vec<Conn>,
+    owned: Vec<OwnedGroup>,
+    stats: ThreadStats,
+    scratch: BytesMut,
+    dirty: Vec<usize>,
+    pkt: Vec<u8>,
+    json: Vec<u8>,
+    text_finder: memmem::Finder<'static>,
+    // Connect round state.
+    round: Option<usize>,
+    round_start_ns: u64,
+    next_connect: usize,
+    inflight: usize,
+    attempted: u64,
+    ready: u64,
+    last_ready_ns: u64,
+    send: Option<SendPlan>,
+    tx: Sender<Event>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        minter: Arc<TokenMinter>,
+        t0_ns: u64,
+        tx: Sender<Event>,
+    ) -> io::Result<Worker> {
+        let me = cfg.args.proc_index;
+        let mut conns = Vec::new();
+        let mut owned: Vec<OwnedGroup> = Vec::new();
+        for u in 0..cfg.args.conns {
+            if cfg.proc_of(u) != me || cfg.thread_of(u) != id {
+                continue;
+            }
+            let group = cfg.group_of(u);
+            // Each group is sent to by the thread that holds its first member, from those of
+            // its members that live on that thread: one sender schedule and one sequence per
+            // group, so receivers can check order.
+            if let Some(g) = group {
+                let first = g * cfg.group_size;
+                if cfg.proc_of(first) == me && cfg.thread_of(first) == id {
+                    match owned.last_mut() {
+                        Some(og) if og.g == g => og.senders.push(conns.len()),
+                        _ => owned.push(OwnedGroup {
+                            g,
+                            senders: vec![conns.len()],
+                            seq: 0,
+                        }),
+                    }
+                }
+            }
+            conns.push(Conn {
+                user_idx: u,
+                group,
+                state: State::Idle,
+                stream: None,
+                rbuf: BytesMut::new(),
+                wbuf: BytesMut::new(),
+                dec: Decoder::new(Role::Client, MAX_MESSAGE),
+                started_ns: 0,
+                dirty: false,
+                counted: false,
+                track: Track::default(),
+            });
+        }
+        Ok(Worker {
+            cfg,
+            minter,
+            t0_ns,
+            poll: Poll::new()?,
+            conns,
+            owned,
+            stats: ThreadStats::new(),
+            scratch: BytesMut::with_capacity(READ_CHUNK * 2),
+            dirty: Vec::new(),
+            pkt: Vec::with_capacity(256),
+            json: Vec::with_capacity(256),
+            text_finder: memmem::Finder::new(b"\"text\":\"cc:"),
+            round: None,
+            round_start_ns: 0,
+            next_connect: 0,
+            inflight: 0,
+            attempted: 0,
+            ready: 0,
+            last_ready_ns: 0,
+            send: None,
+            tx,
+        })
+    }
+
+    pub fn run(mut self, rx: Receiver<Cmd>) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_timeout_scan = 0u64;
+        loop {
+            match rx.try_recv() {
+                Ok(Cmd::Connect { round, start_ns }) => self.begin_round(round, start_ns),
+                Ok(Cmd::Send {
+                    start_ns,
+                    measure_ns,
+                    end_ns,
+                }) => self.begin_send(start_ns, measure_ns, end_ns),
+                Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = now_ns();
+            if self.round.is_some() {
+                self.start_connects(now);
+                if now - last_timeout_scan > 100_000_000 {
+                    last_timeout_scan = now;
+                    self.expire_handshakes(now);
+                }
+                self.check_round_done();
+            }
+            self.send_due(now);
+            self.flush_dirty();
+
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.stats.error("poll");
+                }
+                continue;
+            }
+            let now = now_ns();
+            for ev in events.iter() {
+                let i = ev.token().0;
+                if ev.is_writable() || ev.is_error() {
+                    self.on_writable(i, now);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(i, now);
+                }
+            }
+            self.flush_dirty();
+            let sec = ((now.saturating_sub(self.t0_ns)) / 1_000_000_000) as u32;
+            if let Some(iv) = self.stats.roll(sec) {
+                let _ = self.tx.send(Event::Interval(iv));
+            }
+        }
+        self.finish();
+    }
+
+    fn poll_timeout(&self, now: u64) -> Duration {
+        if self.round.is_some() {
+            return Duration::from_millis(1);
+        }
+        if let Some(p) = self
+            .send
+            .as_ref()
+            .filter(|p| p.interval_ns.is_finite() && !self.owned.is_empty())
+        {
+            let due = p.start_ns + (p.i as f64 * p.interval_ns) as u64;
+            if due < p.end_ns {
+                return Duration::from_nanos(due.saturating_sub(now).min(1_000_000));
+            }
+        }
+        Duration::from_millis(20)
+    }
+
+    fn finish(mut self) {
+        let sec = ((now_ns().saturating_sub(self.t0_ns)) / 1_000_000_000) as u32 + 1;
+        if let Some(iv) = self.stats.roll(sec) {
+            let _ = self.tx.send(Event::Interval(iv));
+        }
+        let mut groups: std::collections::BTreeMap<u32, GroupTally> = Default::default();
+        for og in &self.owned {
+            groups.entry(og.g).or_default().sent += og.seq;
+        }
+        for c in &self.conns {
+            if let (Some(g), true) = (c.group, c.counted) {
+                let t = groups.entry(g).or_default();
+                t.receivers += 1;
+                t.unique += c.track.unique;
+                t.duplicated += c.track.duplicated;
+                t.reordered += c.track.reordered;
+            }
+        }
+        let fin = Final {
+            stats: std::mem::replace(&mut self.stats, ThreadStats::new()),
+            groups: groups.into_iter().collect(),
+        };
+        let _ = self.tx.send(Event::Final(Box::new(fin)));
+    }
+
+    // ---- connecting ----
+
+    fn begin_round(&mut self, round: usize, start_ns: u64) {
+        for i in 0..self.conns.len() {
+            self.close(i);
+            self.conns[i].state = State::Idle;
+        }
+        while self.stats.handshake.len() <= round {
+            self.stats.handshake.push(stats::new_histogram());
+        }
+        self.round = Some(round);
+        self.round_start_ns = start_ns;
+        self.next_connect = 0;
+        self.inflight = 0;
+        self.attempted = 0;
+        self.ready = 0;
+        self.last_ready_ns = start_ns;
+    }
+
+    fn start_connects(&mut self, now: u64) {
+        let rate = self.cfg.args.connect_rate
+            / (self.cfg.nr_threads as f64 * f64::from(self.cfg.args.procs));
+        let allowed = if rate > 0.0 {
+            ((now.saturating_sub(self.round_start_ns)) as f64 / 1e9 * rate) as usize + 1
+        } else {
+            usize::MAX
+        };
+        while self.next_connect < self.conns.len()
+            && self.inflight < self.cfg.args.max_inflight
+            && self.next_connect < allowed
+        {
+            let i = self.next_connect;
+            self.next_connect += 1;
+            self.attempted += 1;
+            match self.open_socket(i) {
+                Ok(()) => {
+                    self.inflight += 1;
+                    self.conns[i].started_ns = now;
+                    self.conns[i].state = State::Connecting;
+                }
+                Err(e) => {
+                    self.stats.error(&format!("connect:{}", io_code(&e)));
+                    self.conns[i].state = State::Closed;
+                }
+            }
+        }
+    }
+
+    fn open_socket(&mut self, i: usize) -> io::Result<()> {
+        use socket2::{Domain, Socket, Type};
+        let c = &mut self.conns[i];
+        let src = self.cfg.src_addrs[c.user_idx as usize % self.cfg.src_addrs.len()];
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        // Let connect() pick the port, so that ports are unique per (source, destination)
+        // rather than per source address: more than 28,000 connections per source.
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
+        match sock.connect(&self.cfg.args.target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
+        self.poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        c.stream = Some(stream);
+        c.rbuf = BytesMut::new();
+        c.wbuf = BytesMut::new();
+        c.dec = Decoder::new(Role::Client, MAX_MESSAGE);
+        Ok(())
+    }
+
+    fn expire_handshakes(&mut self, now: u64) {
+        let limit = self.cfg.connect_timeout.as_nanos() as u64;
+        for i in 0..self.next_connect {
+            let c = &self.conns[i];
+            if matches!(
+                c.state,
+                State::Connecting | State::Upgrading | State::WaitOpen | State::WaitConnect
+            ) && now - c.started_ns > limit
+            {
+                self.fail(i, "handshake_timeout");
+            }
+        }
+    }
+
+    fn check_round_done(&mut self) {
+        if self.next_connect == self.conns.len() && self.inflight == 0 {
+            self.round = None;
+            let _ = self.tx.send(Event::RoundDone {
+                attempted: self.attempted,
+                ready: self.ready,
+                last_ready_ns: self.last_ready_ns,
+            });
+        }
+    }
+
+    /// A connection failed during its handshake or later: count, close.
+    fn fail(&mut self, i: usize, code: &str) {
+        self.stats.error(code);
+        if matches!(
+            self.conns[i].state,
+            State::Connecting | State::Upgrading | State::WaitOpen | State::WaitConnect
+        ) {
+            self.inflight -= 1;
+        }
+        self.close(i);
+    }
+
+    fn close(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.state = State::Closed;
+        c.rbuf = BytesMut::new();
+        c.wbuf = BytesMut::new();
+    }
+
+    fn on_writable(&mut self, i: usize, now: u64) {
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        if c.state == State::Connecting {
+            let Some(s) = &c.stream else { return };
+            match s.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    let code = format!("connect:{}", io_code(&e));
+                    return self.fail(i, &code);
+                }
+            }
+            match s.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => {
+                    let code = format!("connect:{}", io_code(&e));
+                    return self.fail(i, &code);
+                }
+            }
+            let key = ws_key(c.user_idx ^ now as u32);
+            let req = format!(
+                "GET {}?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                self.cfg.args.path, self.cfg.args.target
+            );
+            c.wbuf.extend_from_slice(req.as_bytes());
+            c.state = State::Upgrading;
+        }
+        self.flush(i);
+    }
+
+    // ---- reading ----
+
+    fn on_readable(&mut self, i: usize, now: u64) {
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        let Some(stream) = &c.stream else { return };
+        if c.state == State::Connecting {
+            return; // writable tells us first
+        }
+        let fd = stream.as_raw_fd();
+        let buf = &mut self.scratch;
+        buf.clear();
+        if !c.rbuf.is_empty() {
+            buf.extend_from_slice(&c.rbuf);
+            c.rbuf = BytesMut::new();
+        }
+        let mut eof = false;
+        let mut err = None;
+        loop {
+            buf.reserve(READ_CHUNK);
+            let spare = buf.spare_capacity_mut();
+            let want = spare.len();
+            // SAFETY: recv writes at most `want` bytes into the spare capacity, and we only
+            // extend the length by what it reports written.
+            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, 0) };
+            if n > 0 {
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                if (n as usize) < want {
+                    break; // drained: edge-triggered epoll reports the next arrival
+                }
+            } else if n == 0 {
+                eof = true;
+                break;
+            } else {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.process(i, &mut scratch, now);
+        let c = &mut self.conns[i];
+        if !scratch.is_empty() && c.stream.is_some() {
+            c.rbuf = BytesMut::from(&scratch[..]);
+        }
+        scratch.clear();
+        self.scratch = scratch;
+        if let Some(e) = err {
+            if self.conns[i].stream.is_some() {
+                self.fail(i, &format!("io:{}", io_code(&e)));
+            }
+        } else if eof && self.conns[i].stream.is_some() {
+            self.fail(i, "closed_by_server");
+        }
+    }
+
+    fn process(&mut self, i: usize, buf: &mut BytesMut, now: u64) {
+        if self.conns[i].state == State::Upgrading {
+            let Some(end) = memmem::find(buf, b"\r\n\r\n") else {
+                if buf.len() > 16 * 1024 {
+                    self.fail(i, "http_head_too_big");
+                }
+                return;
+            };
+            let head = buf.split_to(end + 4);
+            let ok = head.starts_with(b"HTTP/1.1 101");
+            if !ok {
+                let code = head
+                    .get(9..12)
+                    .map(|c| String::from_utf8_lossy(c).into_owned());
+                self.fail(i, &format!("http_{}", code.unwrap_or_default()));
+                buf.clear();
+                return;
+            }
+            self.conns[i].state = State::WaitOpen;
+        }
+        loop {
+            let c = &mut self.conns[i];
+            if c.stream.is_none() {
+                buf.clear();
+                return;
+            }
+            match c.dec.decode(buf) {
+                Ok(Some(msg)) => self.on_message(i, msg, now),
+                Ok(None) => return,
+                Err(e) => {
+                    let code = format!("ws_{}", e.close_code());
+                    self.fail(i, &code);
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, i: usize, msg: Message, now: u64) {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Ping(p) => {
+                let c = &mut self.conns[i];
+                ws::encode_frame(Role::Client, ws::OP_PONG, &p, &mut c.wbuf);
+                self.mark_dirty(i);
+                return;
+            }
+            Message::Close(_) => return self.fail(i, "closed_by_server"),
+            Message::Binary(_) | Message::Pong(_) => return,
+        };
+        let eio = match packet::parse_eio(&text) {
+            Ok(p) => p,
+            Err(_) => return self.stats.error("bad_eio_packet"),
+        };
+        match eio {
+            EioPacket::Ping(_) => {
+                ws::encode_frame(
+                    Role::Client,
+                    ws::OP_TEXT,
+                    packet::PONG,
+                    &mut self.conns[i].wbuf,
+                );
+                self.mark_dirty(i);
+            }
+            EioPacket::Open(_) => {
+                let c = &mut self.conns[i];
+                if c.state != State::WaitOpen {
+                    return self.stats.error("unexpected_open");
+                }
+                let auth = self.minter.auth_json(self.cfg.user_id(c.user_idx));
+                self.pkt.clear();
+                packet::write_connect_request(&mut self.pkt, Some(&auth));
+                ws::encode_frame(Role::Client, ws::OP_TEXT, &self.pkt, &mut c.wbuf);
+                c.state = State::WaitConnect;
+                self.mark_dirty(i);
+            }
+            EioPacket::Close => self.fail(i, "closed_by_server"),
+            EioPacket::Message(m) => self.on_sio(i, m, now),
+            EioPacket::Pong(_) | EioPacket::Upgrade | EioPacket::Noop => {}
+        }
+    }
+
+    fn on_sio(&mut self, i: usize, m: &[u8], now: u64) {
+        let p = match packet::parse_sio(m) {
+            Ok(p) => p,
+            Err(_) => return self.stats.error("bad_sio_packet"),
+        };
+        let data = &m[p.data.clone()];
+        match p.kind {
+            SioKind::Event if data.starts_with(b"[\"newMessage\",") => {
+                self.on_delivery(i, data, now)
+            }
+            SioKind::Event if data.starts_with(b"[\"error\",") => {
+                let code = json_str_field(data, b"\"code\":\"").unwrap_or("unknown");
+                self.stats.error(&format!("event:{code}"));
+            }
+            SioKind::Event => {}
+            SioKind::Ack => {
+                if memmem::find(data, b"\"ok\":true").is_some() {
+                    self.stats.acks_ok += 1;
+                    let intended = self.t0_ns + p.ack_id.unwrap_or(0) / 1000 * 1000;
+                    stats::record(&mut self.stats.ack, now.saturating_sub(intended) / 1000);
+                } else {
+                    let code = json_str_field(data, b"\"code\":\"").unwrap_or("unknown");
+                    self.stats.error(&format!("ack:{code}"));
+                }
+            }
+            SioKind::Connect => {
+                let c = &mut self.conns[i];
+                if c.state == State::WaitConnect {
+                    c.state = State::Ready;
+                    self.inflight -= 1;
+                    self.ready += 1;
+                    self.last_ready_ns = now;
+                    let r = self.round.unwrap_or(0);
+                    stats::record(&mut self.stats.handshake[r], (now - c.started_ns) / 1000);
+                }
+            }
+            SioKind::ConnectError => {
+                let msg = json_str_field(data, b"\"message\":\"").unwrap_or("unknown");
+                let code: String = msg.chars().take(40).collect();
+                self.fail(i, &format!("connect_error:{code}"));
+            }
+            SioKind::Disconnect => self.fail(i, "disconnected_by_server"),
+            SioKind::BinaryEvent | SioKind::BinaryAck => {}
+        }
+    }
+
+    /// `["newMessage",{...,"text":"cc:<group>:<seq>:<intended ns>:...",...}]`
+    fn on_delivery(&mut self, i: usize, data: &[u8], now: u64) {
+        let Some(at) = self.text_finder.find(data) else {
+            return self.stats.error("delivery_without_loadgen_text");
+        };
+        let mut rest = &data[at + self.text_finder.needle().len()..];
+        let (Some(g), Some(seq), Some(sent_ns)) = (
+            take_num(&mut rest),
+            take_num(&mut rest),
+            take_num(&mut rest),
+        ) else {
+            return self.stats.error("delivery_bad_text");
+        };
+        let c = &mut self.conns[i];
+        if c.group != Some(g as u32) {
+            return self.stats.error("delivery_wrong_group");
+        }
+        c.track.on_seq(seq);
+        let st = &mut self.stats;
+        st.delivered += 1;
+        st.iv_delivered += 1;
+        let send = self.send.as_ref();
+        if send.is_some_and(|p| sent_ns >= p.measure_ns && sent_ns < p.end_ns) {
+            let us = now.saturating_sub(sent_ns) / 1000;
+            stats::record(&mut st.latency, us);
+            stats::record(&mut st.iv_latency, us);
+            st.delivered_measured += 1;
+        }
+    }
+
+    // ---- sending ----
+
+    fn begin_send(&mut self, start_ns: u64, measure_ns: u64, end_ns: u64) {
+        for c in &mut self.conns {
+            c.counted = c.state == State::Ready;
+        }
+        let groups_here = self.owned.len() as f64;
+        let rate = self.cfg.args.rate * groups_here / f64::from(self.cfg.nr_groups.max(1));
+        self.send = Some(SendPlan {
+            start_ns,
+            measure_ns,
+            end_ns,
+            interval_ns: if rate > 0.0 {
+                1e9 / rate
+            } else {
+                f64::INFINITY
+            },
+            i: 0,
+        });
+    }
+
+    fn send_due(&mut self, now: u64) {
+        let Some(p) = &mut self.send else { return };
+        if self.owned.is_empty() || !p.interval_ns.is_finite() {
+            return;
+        }
+        loop {
+            let intended = p.start_ns + (p.i as f64 * p.interval_ns) as u64;
+            if intended > now || intended >= p.end_ns {
+                return;
+            }
+            let n = self.owned.len() as u64;
+            let og = &mut self.owned[(p.i % n) as usize];
+            let sender = og.senders[((p.i / n) % og.senders.len() as u64) as usize];
+            p.i += 1;
+            let c = &mut self.conns[sender];
+            if c.state != State::Ready {
+                self.stats.error("send_skipped_sender_not_ready");
+                continue;
+            }
+            let seq = og.seq;
+            og.seq += 1;
+            self.json.clear();
+            let gid = self.cfg.group_id(og.g);
+            let uid = self.cfg.user_id(c.user_idx);
+            use std::io::Write;
+            let _ = write!(
+                self.json,
+                r#"{{"groupId":{gid},"text":"cc:{}:{seq}:{intended}:"#,
+                og.g
+            );
+            let header_len = self.json.len() - br#"{"groupId":,"text":""#.len() - digits(gid);
+            for _ in header_len..self.cfg.args.msg_size {
+                self.json.push(b'x');
+            }
+            let _ = write!(
+                self.json,
+                r#"","attachments":[],"clientMsgId":"lg-{uid}-{}-{seq}"}}"#,
+                self.t0_ns
+            );
+            self.pkt.clear();
+            let ack = self
+                .cfg
+                .args
+                .ack
+                .then(|| ((intended - self.t0_ns) / 1000) * 1000 + seq % 1000);
+            packet::write_event(&mut self.pkt, ack, "sendMessage", &[&self.json]);
+            ws::encode_frame(Role::Client, ws::OP_TEXT, &self.pkt, &mut c.wbuf);
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(sender);
+            }
+            self.stats.sent += 1;
+            self.stats.iv_sent += 1;
+            if intended >= p.measure_ns {
+                self.stats.sent_measured += 1;
+            }
+        }
+    }
+
+    // ---- writing ----
+
+    fn mark_dirty(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(i);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            self.conns[i].dirty = false;
+            self.flush(i);
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Writes everything queued for connection `i` in one `send` when the socket takes it;
+    /// the rest waits for the next writable event.
+    fn flush(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(s) = &c.stream else { return };
+        while !c.wbuf.is_empty() {
+            // SAFETY: sends from an initialized buffer of the given length.
+            let n = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    c.wbuf.as_ptr().cast(),
+                    c.wbuf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                let _ = c.wbuf.split_to(n as usize);
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return,
+                io::ErrorKind::Interrupted => continue,
+                _ => return self.fail(i, &format!("io:{}", io_code(&e))),
+            }
+        }
+        // Give back a buffer that grew under a burst.
+        if c.wbuf.capacity() > 64 * 1024 {
+            c.wbuf = BytesMut::new();
+        }
+    }
+}
+
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+/// Parses `<digits>:` off the front of `rest`.
+fn take_num(rest: &mut &[u8]) -> Option<u64> {
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    if end == 0 || end > 19 || rest[end] != b':' {
+        return None;
+    }
+    let n = rest[..end]
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    *rest = &rest[end + 1..];
+    Some(n)
+}
+
+/// The string value after `key` (e.g. `"code":"`), if it has no escapes.
+fn json_str_field<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    let at = memmem::find(data, key)? + key.len();
+    let len = data[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+    std::str::from_utf8(&data[at..at + len]).ok()
+}
+
+fn io_code(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::ECONNRESET) => "reset".into(),
+        Some(libc::ETIMEDOUT) => "timeout".into(),
+        Some(libc::EADDRNOTAVAIL) => "no_local_port".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files".into(),
+        Some(libc::EPIPE) => "broken_pipe".into(),
+        _ => format!("{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// A Sec-WebSocket-Key: base64 of 16 bytes (not a secret; only has to be well formed).
+fn ws_key(seed: u32) -> String {
+    use base64::Engine as _;
+    let mut b = [0u8; 16];
+    let mut x = u64::from(seed) | 1;
+    for chunk in b.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loadgen_text_header_parses() {
+        let mut rest: &[u8] = b"12:345:678:xxxx";
+        assert_eq!(take_num(&mut rest), Some(12));
+        assert_eq!(take_num(&mut rest), Some(345));
+        assert_eq!(take_num(&mut rest), Some(678));
+        assert_eq!(take_num(&mut rest), None);
+    }
+
+    #[test]
+    fn error_code_is_found() {
+        let data = br#"["error",{"message":"slow down","code":"rate_limited"}]"#;
+        assert_eq!(json_str_field(data, b"\"code\":\""), Some("rate_limited"));
+    }
+}

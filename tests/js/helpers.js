@@ -1,0 +1,304 @@
+'use strict';
+// Harness for black-box tests of the corecast gateway with the official socket.io-client.
+// Same shape as tests/python: startGateway() runs `$CORECAST_BIN serve` on ephemeral loopback
+// ports with a fresh data dir and waits for its one `corecast listening ...` stdout line;
+// gw.admin() talks to the internal listener; gw.token() mints HS256 JWTs; connect() returns a
+// client that records every event so that tests await events (bounded), never sleep.
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const readline = require('node:readline');
+const jwt = require('jsonwebtoken');
+const { io } = require('socket.io-client');
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+const READY_RE = /^corecast listening public=(\S+) internal=(\S+) shards=(\d+) store=(\S+)\s*$/;
+const READY_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 10_000;
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+function gatewayBinary() {
+  const bin = process.env.CORECAST_BIN || path.join(REPO_ROOT, 'target/release/corecast');
+  try {
+    fs.accessSync(bin, fs.constants.X_OK);
+  } catch {
+    throw new Error(`gateway binary not found at ${bin}: build it with ` +
+      '`cargo build --release --bins` or set CORECAST_BIN (scripts/test.sh does both)');
+  }
+  return bin;
+}
+
+class Gateway {
+  constructor(env = {}) {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'corecast-js-'));
+    this.dataDir = path.join(this.dir, 'data');
+    this.logPath = path.join(this.dir, 'gateway.log');
+    this.env = {
+      CORECAST_LISTEN: '127.0.0.1:0',
+      CORECAST_INTERNAL_LISTEN: '127.0.0.1:0',
+      CORECAST_SHARDS: '4',
+      CORECAST_DATA_DIR: this.dataDir,
+      CORECAST_JWT_SECRET: 'corecast-test-secret-0123456789abcdef',
+      CORECAST_ADMIN_TOKEN: 'corecast-test-admin-token',
+      // Tests send faster than a person; tests of the limit itself set it explicitly.
+      CORECAST_RATE_LIMIT_PER_MIN: '0',
+      RUST_LOG: process.env.RUST_LOG || 'info',
+      ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
+    };
+    this.jwtSecret = this.env.CORECAST_JWT_SECRET;
+    this.adminToken = this.env.CORECAST_ADMIN_TOKEN;
+    this.proc = null;
+    this.public = null;
+    this.internal = null;
+  }
+
+  get url() {
+    return `http://${this.public}`;
+  }
+
+  get running() {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  async start(timeoutMs = READY_TIMEOUT_MS) {
+    if (this.running) throw new Error('gateway already running');
+    const bin = gatewayBinary();
+    fs.mkdirSync(this.dataDir, { recursive: true });
+    // Inherited CORECAST_* variables are dropped: a developer's shell must not change the test.
+    const env = Object.fromEntries(
+      Object.entries(process.env).filter(([k]) => !k.startsWith('CORECAST_')));
+    Object.assign(env, this.env);
+    if (this.public) { // a restart comes back on the same ports
+      env.CORECAST_LISTEN = this.public;
+      env.CORECAST_INTERNAL_LISTEN = this.internal;
+    }
+    const log = fs.createWriteStream(this.logPath, { flags: 'a' });
+    log.write(`=== start ${bin} serve ===\n`);
+    const proc = spawn(bin, ['serve'], { env, cwd: this.dataDir, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = proc;
+    this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => {
+      log.end(`=== exited code=${code} signal=${signal} ===\n`);
+      resolve({ code, signal });
+    }));
+    // Both pipes are drained into the log for the process's whole life.
+    proc.stderr.on('data', (chunk) => log.write(chunk));
+    const lines = readline.createInterface({ input: proc.stdout });
+    const ready = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`not ready within ${timeoutMs} ms`)), timeoutMs);
+      lines.on('line', (line) => {
+        log.write(line + '\n');
+        const m = READY_RE.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          resolve({ public: m[1], internal: m[2], shards: Number(m[3]), store: m[4] });
+        }
+      });
+      proc.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`exited (code=${code} signal=${signal})`));
+      });
+      proc.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+    try {
+      const found = await ready;
+      Object.assign(this, found);
+    } catch (err) {
+      await this.kill9();
+      throw new Error(`gateway ${err.message} (no 'corecast listening ...' line on stdout); ` +
+        `log ${this.logPath}:\n${this.logTail(40)}`);
+    }
+    return this;
+  }
+
+  /** SIGTERM, wait up to timeoutMs, then SIGKILL. */
+  async stop(timeoutMs = STOP_TIMEOUT_MS) {
+    if (!this.proc) return null;
+    if (this.running) {
+      this.proc.kill('SIGTERM');
+      let timer;
+      const timedOut = new Promise((resolve) => { timer = setTimeout(() => resolve('timeout'), timeoutMs); });
+      const result = await Promise.race([this.exited, timedOut]);
+      clearTimeout(timer);
+      if (result === 'timeout') {
+        this.proc.kill('SIGKILL');
+      }
+    }
+    return this.exited;
+  }
+
+  /** Kills the gateway abruptly, as a crash or power loss would. */
+  async kill9() {
+    if (!this.proc) return null;
+    if (this.running) this.proc.kill('SIGKILL');
+    return this.exited;
+  }
+
+  /** Stops (gracefully, if still running) and starts again on the same data dir and ports. */
+  async restart() {
+    await this.stop();
+    return this.start();
+  }
+
+  logTail(n = 40) {
+    try {
+      return fs.readFileSync(this.logPath, 'utf8').split('\n').slice(-n).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  /** An HS256 JWT for user `sub`, valid for an hour; `claims` add to or override it. */
+  token(sub, claims = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    return jwt.sign({ sub, iat: now, exp: now + 3600, ...claims }, this.jwtSecret, { algorithm: 'HS256' });
+  }
+
+  /** A request to the internal listener with the admin bearer token; returns { status, body, text }. */
+  async admin(method, urlPath, json, { token } = {}) {
+    const headers = { Authorization: `Bearer ${token ?? this.adminToken}` };
+    if (json !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await fetch(`http://${this.internal}${urlPath}`, {
+      method,
+      headers,
+      body: json === undefined ? undefined : JSON.stringify(json),
+      signal: AbortSignal.timeout(DEFAULT_TIMEOUT_MS),
+    });
+    const text = await res.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+    return { status: res.status, body, text };
+  }
+
+  async adminOk(method, urlPath, json) {
+    const r = await this.admin(method, urlPath, json);
+    if (r.status < 200 || r.status >= 300) {
+      throw new Error(`${method} ${urlPath} -> ${r.status}: ${r.text}`);
+    }
+    return r;
+  }
+
+  putUser(id, email = `user${id}@example.test`, name = `User ${id}`) {
+    return this.adminOk('PUT', `/api/users/${id}`, { email, name });
+  }
+
+  putGroup(id, members, name = `Group ${id}`) {
+    return this.adminOk('PUT', `/api/groups/${id}`, { name, members });
+  }
+
+  async history(groupId, { limit, before } = {}) {
+    const q = new URLSearchParams();
+    if (limit !== undefined) q.set('limit', String(limit));
+    if (before !== undefined) q.set('before', String(before));
+    const qs = q.toString() ? `?${q}` : '';
+    return (await this.adminOk('GET', `/api/groups/${groupId}/messages${qs}`)).body.messages;
+  }
+}
+
+/** Starts a gateway; `env` adds or overrides CORECAST_* settings. */
+async function startGateway(env = {}) {
+  return new Gateway(env).start();
+}
+
+/** A connected socket.io-client that records every event it receives. */
+class ChatClient {
+  constructor(name) {
+    this.name = name;
+    this.events = []; // { event, payload } in arrival order
+    this.taken = new Set();
+    this.waiters = new Set();
+    this.connectError = null;
+    this.socket = null;
+  }
+
+  record(event, payload) {
+    this.events.push({ event, payload });
+    for (const w of this.waiters) w();
+  }
+
+  /** Resolves with the first not-yet-taken `event` matching `predicate` (bounded wait). */
+  waitFor(event, predicate = () => true, timeoutMs = DEFAULT_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        for (let i = 0; i < this.events.length; i++) {
+          const e = this.events[i];
+          if (this.taken.has(i) || e.event !== event || !predicate(e.payload)) continue;
+          this.taken.add(i);
+          done();
+          resolve(e.payload);
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        done();
+        const seen = this.events.slice(-20).map((e) => e.event);
+        reject(new Error(`${this.name}: no matching '${event}' within ${timeoutMs} ms; ` +
+          `events seen: ${JSON.stringify(seen)}`));
+      }, timeoutMs);
+      const waiter = () => { check(); };
+      const done = () => { clearTimeout(timer); this.waiters.delete(waiter); };
+      if (!check()) this.waiters.add(waiter);
+    });
+  }
+
+  /** Emits `event` asking for an ack and resolves with the ack payload (bounded wait). */
+  call(event, data, timeoutMs = DEFAULT_TIMEOUT_MS) {
+    return this.socket.timeout(timeoutMs).emitWithAck(event, data);
+  }
+
+  /** Emits without an ack (failures then arrive as `error` events). */
+  emit(event, data) {
+    this.socket.emit(event, data);
+  }
+
+  close() {
+    if (this.socket) this.socket.disconnect();
+  }
+}
+
+/**
+ * connect(gw, userId) -> connected ChatClient. Options: { token } for a hand-made token,
+ * { expectFailure: true } to resolve with the client after a refused connect (its
+ * `connectError` holds the error), { timeoutMs }, and extra socket.io-client options in { io }.
+ */
+function connect(gw, userId, { token, expectFailure = false, timeoutMs = DEFAULT_TIMEOUT_MS, io: ioOpts = {} } = {}) {
+  const client = new ChatClient(userId == null ? 'client' : `user${userId}`);
+  const auth = { token: token ?? gw.token(userId) };
+  const socket = io(gw.url, {
+    path: '/socket.io/',
+    auth,
+    transports: ['websocket'],
+    reconnection: false,
+    timeout: timeoutMs,
+    forceNew: true,
+    ...ioOpts,
+  });
+  client.socket = socket;
+  socket.onAny((event, ...args) => client.record(event, args.length === 1 ? args[0] : args));
+  socket.on('disconnect', (reason) => client.record('disconnect', reason));
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => {
+      client.record('connect', null);
+      if (expectFailure) {
+        socket.disconnect();
+        reject(new Error(`${client.name}: connect was expected to be refused but succeeded`));
+      } else {
+        resolve(client);
+      }
+    });
+    socket.once('connect_error', (err) => {
+      client.connectError = err;
+      client.record('connect_error', { message: err.message, data: err.data });
+      socket.disconnect();
+      if (expectFailure) resolve(client);
+      else reject(new Error(`${client.name}: connect refused: ${err.message}`));
+    });
+  });
+}
+
+module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, REPO_ROOT };
