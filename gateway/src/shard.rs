@@ -554,9 +554,14 @@ impl Shard {
                         | ShardMsg::MarkRead { origin, .. } => {
                             self.reply(&origin, Err(err.clone()))
                         }
-                        ShardMsg::MembersChanged { done, .. } => {
-                            // The store already holds the change; the room reloads it next time.
-                            let _ = done.send(());
+                        ShardMsg::MembersChanged { done, change, .. } => {
+                            // The store already holds the change and the room reloads it next
+                            // time; release the admin caller, who waits for one answer per
+                            // shard and user.
+                            let n = self.shared.nr_shards() * (change.added.len() + change.removed.len());
+                            for _ in 0..n {
+                                let _ = done.send(());
+                            }
                         }
                         _ => {}
                     }
