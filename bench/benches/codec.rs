@@ -18,13 +18,22 @@ const SEND_MESSAGE: &[u8] = br#"{"groupId":7,"text":"hello everyone, this is a c
 /// Server side: one `newMessage` frame, built once per message and shared by recipients.
 #[divan::bench]
 fn event_frame_new_message() -> bytes::Bytes {
-    packet::event_frame(Role::Server, black_box("newMessage"), &[black_box(NEW_MESSAGE)])
+    packet::event_frame(
+        Role::Server,
+        black_box("newMessage"),
+        &[black_box(NEW_MESSAGE)],
+    )
 }
 
 /// Client side (what the loadgen does per send): event with ack id, masked.
 #[divan::bench]
 fn event_frame_send_message_client() -> bytes::Bytes {
-    packet::event_frame_with_ack(Role::Client, 17, black_box("sendMessage"), &[black_box(SEND_MESSAGE)])
+    packet::event_frame_with_ack(
+        Role::Client,
+        17,
+        black_box("sendMessage"),
+        &[black_box(SEND_MESSAGE)],
+    )
 }
 
 fn client_frame() -> BytesMut {
@@ -48,7 +57,7 @@ fn decoder_one_masked_frame(b: Bencher) {
 /// Engine.IO + Socket.IO packet parse of the decoded text (no JSON parse).
 #[divan::bench]
 fn parse_eio_sio(b: Bencher) {
-    let mut pkt = b"4".to_vec();
+    let mut pkt = Vec::new(); // write_event writes the Engine.IO "4" too
     packet::write_event(&mut pkt, Some(17), "sendMessage", &[SEND_MESSAGE]);
     b.bench(|| {
         let EioPacket::Message(m) = packet::parse_eio(black_box(&pkt)).expect("valid") else {
@@ -76,5 +85,7 @@ fn serde_json_send_message(b: Bencher) {
     let mut args = b"[\"sendMessage\",".to_vec();
     args.extend_from_slice(SEND_MESSAGE);
     args.push(b']');
-    b.bench(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&args)).expect("valid")));
+    b.bench(|| {
+        black_box(serde_json::from_slice::<serde_json::Value>(black_box(&args)).expect("valid"))
+    });
 }

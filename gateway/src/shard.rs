@@ -392,8 +392,9 @@ impl Shard {
                 }
                 self.handle(msg);
             }
-            // Give connection writers a turn between batches.
-            glommio::executor().yield_if_needed().await;
+            // Give the connection writers this batch woke a turn before the next batch, so
+            // queued frames go out while more arrive.
+            futures_lite::future::yield_now().await;
         }
     }
 
@@ -558,7 +559,8 @@ impl Shard {
                             // The store already holds the change and the room reloads it next
                             // time; release the admin caller, who waits for one answer per
                             // shard and user.
-                            let n = self.shared.nr_shards() * (change.added.len() + change.removed.len());
+                            let n = self.shared.nr_shards()
+                                * (change.added.len() + change.removed.len());
                             for _ in 0..n {
                                 let _ = done.send(());
                             }

@@ -113,6 +113,10 @@ pub struct Args {
     /// Ask for an ack on every send (counts ack errors, measures ack latency).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ack: bool,
+    /// Sleep this many microseconds after each event-loop batch, trading added latency
+    /// (at most this much) for fewer wake-ups per delivery. 0 (default): no coalescing.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_us: u64,
     /// The server's PID: its RSS and CPU time are sampled.
     #[arg(long)]
     pub server_pid: Option<u32>,

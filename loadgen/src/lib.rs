@@ -46,11 +46,17 @@ pub fn now_ns() -> u64 {
 
 /// This process's CPU time (user + system), and its waited-for children's, in seconds.
 pub fn cpu_seconds(who: libc::c_int) -> f64 {
+    let (user, sys) = cpu_split(who);
+    user + sys
+}
+
+/// (user, system) CPU seconds of this process (`RUSAGE_SELF`) or its children.
+pub fn cpu_split(who: libc::c_int) -> (f64, f64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
 /// Runs the scenario and writes the reports. Child processes (`--procs`) write their raw
@@ -188,6 +194,7 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
     server.mark("connected");
 
     let mut loadgen_cpu = 0.0;
+    let mut loadgen_user = 0.0;
     let mut send_wall = 0.0;
     if cfg.args.scenario == Scenario::Idle {
         pump.run_until(now_ns() + cfg.duration.as_nanos() as u64);
@@ -196,7 +203,7 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
         let start = go_start.unwrap_or_else(|| now_ns() + 20_000_000);
         let measure = start + cfg.warmup.as_nanos() as u64;
         let end = measure + cfg.duration.as_nanos() as u64;
-        let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+        let (user0, sys0) = cpu_split(libc::RUSAGE_SELF);
         server.mark("send_start");
         broadcast(&|| Cmd::Send {
             start_ns: start,
@@ -205,7 +212,9 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
         });
         pump.run_until(end + cfg.drain.as_nanos() as u64);
         server.mark("send_end");
-        loadgen_cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+        let (user1, sys1) = cpu_split(libc::RUSAGE_SELF);
+        loadgen_cpu = (user1 - user0) + (sys1 - sys0);
+        loadgen_user = user1 - user0;
         send_wall = (now_ns() - start) as f64 / 1e9;
     }
 
@@ -234,6 +243,7 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
     raw.connect_rounds = connect_rounds;
     raw.timeline = timeline;
     raw.loadgen_cpu_s = loadgen_cpu;
+    raw.loadgen_user_s = loadgen_user;
     raw.send_wall_s = send_wall;
     Ok((raw, cfg.duration.as_secs_f64()))
 }

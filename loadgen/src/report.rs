@@ -163,6 +163,8 @@ pub struct ServerSummary {
 pub struct LoadgenSummary {
     pub cpu_s_send: f64,
     pub cpu_us_per_delivery: Option<f64>,
+    /// User-space share of the above (the rest is kernel TCP work for our sockets).
+    pub user_us_per_delivery: Option<f64>,
     pub cpu_ms_per_100k_deliveries: Option<f64>,
 }
 
@@ -267,6 +269,8 @@ impl Report {
             loadgen: LoadgenSummary {
                 cpu_s_send: raw.loadgen_cpu_s,
                 cpu_us_per_delivery: per_delivery,
+                user_us_per_delivery: (raw.delivered > 0)
+                    .then(|| raw.loadgen_user_s * 1e6 / raw.delivered as f64),
                 cpu_ms_per_100k_deliveries: per_delivery.map(|us| us * 100.0),
             },
             timeline: raw.timeline.clone(),
@@ -332,11 +336,14 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "loadgen CPU {:.2}s during sends | {}",
+            "loadgen CPU {:.2}s during sends | {} ({} in user space)",
             self.loadgen.cpu_s_send,
             self.loadgen
                 .cpu_us_per_delivery
-                .map_or("-".into(), |u| format!("{:.2} µs/delivery", u))
+                .map_or("-".into(), |u| format!("{:.2} µs/delivery", u)),
+            self.loadgen
+                .user_us_per_delivery
+                .map_or("-".into(), |u| format!("{:.2} µs", u))
         );
         let _ = write!(s, "errors {}", self.errors_total);
         for (k, v) in &self.errors {

@@ -226,6 +226,9 @@ pub struct RawReport {
     pub timeline: Vec<Second>,
     /// The loadgen's own CPU time (user + system) during the send phase, seconds.
     pub loadgen_cpu_s: f64,
+    /// Of which in user space (the rest is the kernel's TCP work on our sockets).
+    #[serde(default)]
+    pub loadgen_user_s: f64,
     pub send_wall_s: f64,
 }
 
@@ -308,6 +311,7 @@ impl Merged {
         m.sent_measured += r.sent_measured;
         m.acks_ok += r.acks_ok;
         m.loadgen_cpu_s += r.loadgen_cpu_s;
+        m.loadgen_user_s += r.loadgen_user_s;
         m.send_wall_s = m.send_wall_s.max(r.send_wall_s);
         for (i, c) in r.connect_rounds.iter().enumerate() {
             if m.connect_rounds.len() <= i {

@@ -98,3 +98,67 @@ def connect():
     yield make
     for c in clients:
         c.close()
+
+
+# ----- shared by the topic files (test_protocol.py, test_events.py, ...) ----------------------
+
+import itertools  # noqa: E402
+
+from raw_client import RawClient, raw_connect  # noqa: E402
+
+_ids = itertools.count(1000)
+
+
+@pytest.fixture
+def new_id():
+    """Fresh ids for users and groups, unique across the session, so tests can share a
+    module-scoped gateway without seeing each other's rooms."""
+    return lambda: next(_ids)
+
+
+@pytest.fixture(scope="module")
+def module_gateway(request, tmp_path_factory):
+    """One gateway per test module (faster than one per test). Settings: the module's
+    `GATEWAY_ENV` dict, if any. Tests must use fresh ids (`new_id`)."""
+    env = getattr(request.module, "GATEWAY_ENV", {})
+    d = tmp_path_factory.mktemp("module-gateway")
+    gw = GatewayProcess(data_dir=d / "data", log_path=d / "gateway.log", env=env)
+    failed_before = request.session.testsfailed
+    gw.start()
+    yield gw
+    gw.stop()
+    if request.session.testsfailed > failed_before:
+        print(f"\n----- {gw.log_path} (last 60 lines) -----\n{gw.log_tail(60)}")
+
+
+@pytest.fixture
+def raw():
+    """Factory: raw(gateway, user_id=None, token=None, connect=True, **kw) -> RawClient.
+    With connect=False only the Engine.IO handshake is done. All are closed at teardown."""
+    clients = []
+
+    def make(gateway, user_id=None, token=None, connect=True, **kw):
+        if connect:
+            c = raw_connect(gateway, user_id, token, **kw)
+        else:
+            c = RawClient(gateway.public, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def make_group(new_id):
+    """Factory: make_group(gw, n, extra_members=()) creates n fresh users and a fresh group with
+    them (plus extra_members); returns (group_id, [user_ids])."""
+    def make(gw, n_members: int, extra_members=()):
+        uids = [new_id() for _ in range(n_members)]
+        for u in uids:
+            gw.put_user(u)
+        gid = new_id()
+        gw.put_group(gid, uids + list(extra_members))
+        return gid, uids
+    return make
