@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -241,18 +241,6 @@ impl Default for NotifierConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            store: StoreConfig::default(),
-            notifier: NotifierConfig::default(),
-        }
-    }
-}
-
 /// The development secret used when none is configured. Printed loudly at start.
 pub const DEV_JWT_SECRET: &str = "corecast-development-secret-do-not-use-in-production";
 
@@ -284,113 +272,165 @@ fn opt(v: &str) -> Option<String> {
 
 /// Every overridable key: its environment variable and how to apply a value.
 pub const OVERRIDES: &[(&str, Setter)] = &[
-    ("CORECAST_LISTEN", |c, v| Ok(c.server.listen = parse(v)?)),
-    ("CORECAST_INTERNAL_LISTEN", |c, v| {
-        Ok(c.server.internal_listen = parse(v)?)
+    ("CORECAST_LISTEN", |c, v| {
+        c.server.listen = parse(v)?;
+        Ok(())
     }),
-    ("CORECAST_SHARDS", |c, v| Ok(c.server.shards = parse(v)?)),
-    ("CORECAST_PATH", |c, v| Ok(c.server.path = v.to_string())),
+    ("CORECAST_INTERNAL_LISTEN", |c, v| {
+        c.server.internal_listen = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_SHARDS", |c, v| {
+        c.server.shards = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_PATH", |c, v| {
+        c.server.path = v.to_string();
+        Ok(())
+    }),
     ("CORECAST_ALLOWED_ORIGINS", |c, v| {
-        Ok(c.server.allowed_origins = list(v))
+        c.server.allowed_origins = list(v);
+        Ok(())
     }),
     ("CORECAST_PING_INTERVAL_MS", |c, v| {
-        Ok(c.server.ping_interval_ms = parse(v)?)
+        c.server.ping_interval_ms = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_PING_TIMEOUT_MS", |c, v| {
-        Ok(c.server.ping_timeout_ms = parse(v)?)
+        c.server.ping_timeout_ms = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_CONNECT_TIMEOUT_MS", |c, v| {
-        Ok(c.server.connect_timeout_ms = parse(v)?)
+        c.server.connect_timeout_ms = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_MAX_PAYLOAD", |c, v| {
-        Ok(c.server.max_payload = parse(v)?)
+        c.server.max_payload = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| {
-        Ok(c.server.outbound_queue_bytes = parse(v)?)
+        c.server.outbound_queue_bytes = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_JWT_ALGORITHM", |c, v| {
-        Ok(c.auth.jwt_algorithm = parse_enum(v)?)
+        c.auth.jwt_algorithm = parse_enum(v)?;
+        Ok(())
     }),
-    ("CORECAST_JWT_SECRET", |c, v| Ok(c.auth.jwt_secret = opt(v))),
+    ("CORECAST_JWT_SECRET", |c, v| {
+        c.auth.jwt_secret = opt(v);
+        Ok(())
+    }),
     ("CORECAST_JWT_PUBLIC_KEY_FILE", |c, v| {
-        Ok(c.auth.jwt_public_key_file = opt(v).map(Into::into))
+        c.auth.jwt_public_key_file = opt(v).map(Into::into);
+        Ok(())
     }),
     ("CORECAST_ADMIN_TOKEN", |c, v| {
-        Ok(c.auth.admin_token = opt(v))
+        c.auth.admin_token = opt(v);
+        Ok(())
     }),
     ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| {
-        Ok(c.limits.rate_limit_per_min = parse(v)?)
+        c.limits.rate_limit_per_min = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_MAX_TEXT_CHARS", |c, v| {
-        Ok(c.limits.max_text_chars = parse(v)?)
+        c.limits.max_text_chars = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_MAX_ATTACHMENTS", |c, v| {
-        Ok(c.limits.max_attachments = parse(v)?)
+        c.limits.max_attachments = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_ATTACHMENT_TYPES", |c, v| {
-        Ok(c.limits.attachment_types = list(v))
+        c.limits.attachment_types = list(v);
+        Ok(())
     }),
     ("CORECAST_MAX_URL_LEN", |c, v| {
-        Ok(c.limits.max_url_len = parse(v)?)
+        c.limits.max_url_len = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_MAX_CLIENT_MSG_ID_LEN", |c, v| {
-        Ok(c.limits.max_client_msg_id_len = parse(v)?)
+        c.limits.max_client_msg_id_len = parse(v)?;
+        Ok(())
     }),
-    ("CORECAST_STORE", |c, v| Ok(c.store.kind = parse_enum(v)?)),
-    ("CORECAST_DATA_DIR", |c, v| Ok(c.store.data_dir = v.into())),
+    ("CORECAST_STORE", |c, v| {
+        c.store.kind = parse_enum(v)?;
+        Ok(())
+    }),
+    ("CORECAST_DATA_DIR", |c, v| {
+        c.store.data_dir = v.into();
+        Ok(())
+    }),
     ("CORECAST_SCYLLA_NODES", |c, v| {
-        Ok(c.store.scylla_nodes = list(v))
+        c.store.scylla_nodes = list(v);
+        Ok(())
     }),
     ("CORECAST_SCYLLA_KEYSPACE", |c, v| {
-        Ok(c.store.scylla_keyspace = v.to_string())
+        c.store.scylla_keyspace = v.to_string();
+        Ok(())
     }),
     ("CORECAST_SCYLLA_REPLICATION", |c, v| {
-        Ok(c.store.scylla_replication = v.to_string())
+        c.store.scylla_replication = v.to_string();
+        Ok(())
     }),
     ("CORECAST_SCYLLA_CONSISTENCY", |c, v| {
-        Ok(c.store.scylla_consistency = v.to_string())
+        c.store.scylla_consistency = v.to_string();
+        Ok(())
     }),
     ("CORECAST_SCYLLA_LOCAL_DC", |c, v| {
-        Ok(c.store.scylla_local_dc = opt(v))
+        c.store.scylla_local_dc = opt(v);
+        Ok(())
     }),
     ("CORECAST_SCYLLA_MIGRATE", |c, v| {
-        Ok(c.store.migrate_on_start = parse(v)?)
+        c.store.migrate_on_start = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_SMTP_HOST", |c, v| {
-        Ok(c.notifier.smtp_host = v.to_string())
+        c.notifier.smtp_host = v.to_string();
+        Ok(())
     }),
     ("CORECAST_SMTP_PORT", |c, v| {
-        Ok(c.notifier.smtp_port = parse(v)?)
+        c.notifier.smtp_port = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_SMTP_TLS", |c, v| {
-        Ok(c.notifier.smtp_tls = parse_enum(v)?)
+        c.notifier.smtp_tls = parse_enum(v)?;
+        Ok(())
     }),
     ("CORECAST_SMTP_USER", |c, v| {
-        Ok(c.notifier.smtp_user = opt(v))
+        c.notifier.smtp_user = opt(v);
+        Ok(())
     }),
     ("CORECAST_SMTP_PASSWORD", |c, v| {
-        Ok(c.notifier.smtp_password = opt(v))
+        c.notifier.smtp_password = opt(v);
+        Ok(())
     }),
     ("CORECAST_SMTP_FROM", |c, v| {
-        Ok(c.notifier.smtp_from = v.to_string())
+        c.notifier.smtp_from = v.to_string();
+        Ok(())
     }),
     ("CORECAST_NOTIFY_COALESCE_SECS", |c, v| {
-        Ok(c.notifier.coalesce_secs = parse(v)?)
+        c.notifier.coalesce_secs = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_NOTIFY_RETRY_INITIAL_MS", |c, v| {
-        Ok(c.notifier.retry_initial_ms = parse(v)?)
+        c.notifier.retry_initial_ms = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_NOTIFY_RETRY_MAX_MS", |c, v| {
-        Ok(c.notifier.retry_max_ms = parse(v)?)
+        c.notifier.retry_max_ms = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_NOTIFIER_LISTEN", |c, v| {
-        Ok(c.notifier.listen = parse(v)?)
+        c.notifier.listen = parse(v)?;
+        Ok(())
     }),
     ("CORECAST_NOTIFY_TEMPLATES", |c, v| {
-        Ok(c.notifier.templates_dir = opt(v).map(Into::into))
+        c.notifier.templates_dir = opt(v).map(Into::into);
+        Ok(())
     }),
     ("CORECAST_NOTIFY_APP_URL", |c, v| {
-        Ok(c.notifier.app_url = opt(v))
+        c.notifier.app_url = opt(v);
+        Ok(())
     }),
 ];
 
@@ -466,6 +506,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The storage crate's view of `[store]`.
+    pub fn store_config(&self) -> corecast_storage::StoreConfig {
+        match self.store.kind {
+            StoreKind::Embedded => corecast_storage::StoreConfig::Embedded {
+                data_dir: self.store.data_dir.clone(),
+            },
+            StoreKind::Scylla => corecast_storage::StoreConfig::Scylla {
+                nodes: self.store.scylla_nodes.clone(),
+                keyspace: self.store.scylla_keyspace.clone(),
+                replication: self.store.scylla_replication.clone(),
+                consistency: self.store.scylla_consistency.clone(),
+                local_dc: self.store.scylla_local_dc.clone(),
+                migrate: self.store.migrate_on_start,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,24 +546,5 @@ mod tests {
         std::fs::write(&path, "[server]\nshardz = 3\n").unwrap();
         let err = Config::load(Some(&path), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
-    }
-}
-
-impl Config {
-    /// The storage crate's view of `[store]`.
-    pub fn store_config(&self) -> corecast_storage::StoreConfig {
-        match self.store.kind {
-            StoreKind::Embedded => corecast_storage::StoreConfig::Embedded {
-                data_dir: self.store.data_dir.clone(),
-            },
-            StoreKind::Scylla => corecast_storage::StoreConfig::Scylla {
-                nodes: self.store.scylla_nodes.clone(),
-                keyspace: self.store.scylla_keyspace.clone(),
-                replication: self.store.scylla_replication.clone(),
-                consistency: self.store.scylla_consistency.clone(),
-                local_dc: self.store.scylla_local_dc.clone(),
-                migrate: self.store.migrate_on_start,
-            },
-        }
     }
 }

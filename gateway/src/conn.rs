@@ -60,7 +60,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Conn {
     pub id: ConnId,
-    sid: String,
+    /// The Engine.IO session id's random part (see [`Conn::sid`]).
+    sid_salt: u64,
     user: Cell<Option<UserId>>,
     state: Cell<ConnState>,
     was_connected: Cell<bool>,
@@ -73,6 +74,10 @@ pub struct Conn {
     close_waker: RefCell<Option<Waker>>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
     closing: Cell<bool>,
+    /// When closing started; the shard's ticker declares the
+    /// close overdue after [`CLOSE_GRACE`].
+    closing_since: Cell<Option<Instant>>,
+    close_overdue: Cell<bool>,
     next_ping: Cell<Instant>,
     pong_deadline: Cell<Option<Instant>>,
     connect_deadline: Cell<Option<Instant>>,
@@ -85,12 +90,7 @@ impl Conn {
         let cfg = &shard.config().server;
         Conn {
             id,
-            sid: format!(
-                "{:016x}{:04x}{:08x}",
-                fastrand::u64(..),
-                shard.id.0,
-                id.0 as u32
-            ),
+            sid_salt: fastrand::u64(..),
             user: Cell::new(None),
             state: Cell::new(ConnState::AwaitingConnect),
             was_connected: Cell::new(false),
@@ -101,11 +101,34 @@ impl Conn {
             writer: RefCell::new(None),
             close_waker: RefCell::new(None),
             closing: Cell::new(false),
+            closing_since: Cell::new(None),
+            close_overdue: Cell::new(false),
             next_ping: Cell::new(now + Duration::from_millis(cfg.ping_interval_ms)),
             pong_deadline: Cell::new(None),
             connect_deadline: Cell::new(Some(now + Duration::from_millis(cfg.connect_timeout_ms))),
             skip_binary: Cell::new(0),
         }
+    }
+
+    /// The Engine.IO/Socket.IO session id: random, and unique per shard and connection.
+    fn sid(&self, shard: &Shard) -> String {
+        format!(
+            "{:016x}{:04x}{:08x}",
+            self.sid_salt, shard.id.0, self.id.0 as u32
+        )
+    }
+
+    fn open_frame(&self, shard: &Shard) -> Bytes {
+        let cfg = &shard.config().server;
+        let mut open = Vec::new();
+        packet::write_open(
+            &mut open,
+            &self.sid(shard),
+            cfg.ping_interval_ms,
+            cfg.ping_timeout_ms,
+            cfg.max_payload,
+        );
+        ws::text_frame(Role::Server, &open)
     }
 
     pub fn user(&self) -> Option<UserId> {
@@ -180,11 +203,9 @@ impl Conn {
         }
         self.push(shard, ws::close_frame(Role::Server, code, reason));
         self.closing.set(true);
+        self.closing_since.set(Some(Instant::now()));
         self.state.set(ConnState::Closing);
         if let Some(w) = self.writer.borrow_mut().take() {
-            w.wake();
-        }
-        if let Some(w) = self.close_waker.borrow_mut().take() {
             w.wake();
         }
     }
@@ -210,12 +231,29 @@ impl Conn {
         self.was_connected.set(true);
         self.connect_deadline.set(None);
         let mut p = Vec::new();
-        packet::write_connect(&mut p, &self.sid);
+        packet::write_connect(&mut p, &self.sid(shard));
         self.push(shard, ws::text_frame(Role::Server, &p));
     }
 
     pub fn tick(&self, shard: &Shard, now: Instant) {
+        {
+            // An idle connection gives its queue's memory back.
+            let mut out = self.out.borrow_mut();
+            if out.is_empty() && out.capacity() > 0 {
+                *out = VecDeque::new();
+            }
+        }
         if self.closing.get() {
+            if self
+                .closing_since
+                .get()
+                .is_some_and(|t| now >= t + CLOSE_GRACE)
+            {
+                self.close_overdue.set(true);
+                if let Some(w) = self.close_waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
             return;
         }
         if self.connect_deadline.get().is_some_and(|d| now >= d) {
@@ -435,50 +473,40 @@ async fn write_all(stream: &Stream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves one accepted TCP connection until it closes.
+/// Serves one accepted TCP connection: the upgrade here, then the session in a task of its own
+/// whose future holds only what a live connection needs.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(RefCell::new(stream));
-    let cfg = &shard.config().server;
-    let handshake_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let stream = RefCell::new(stream);
+    let handshake_timeout = Duration::from_millis(shard.config().server.connect_timeout_ms);
     let upgrade = futures_lite::future::or(read_upgrade(&shard, &stream), async {
         glommio::timer::sleep(handshake_timeout).await;
         None
     })
     .await;
     let Some(response) = upgrade else { return };
-
-    let now = Instant::now();
-    let conn = Rc::new(Conn::new(shard.next_conn_id(), now, &shard));
-    let mut open = Vec::new();
-    packet::write_open(
-        &mut open,
-        &conn.sid,
-        cfg.ping_interval_ms,
-        cfg.ping_timeout_ms,
-        cfg.max_payload,
-    );
+    let conn = Rc::new(Conn::new(shard.next_conn_id(), Instant::now(), &shard));
     conn.push(&shard, Bytes::from(response));
-    conn.push(&shard, ws::text_frame(Role::Server, &open));
+    conn.push(&shard, conn.open_frame(&shard));
     shard.register_conn(conn.clone());
+    glommio::spawn_local(session(shard, conn, stream.into_inner())).detach();
+}
 
-    // Once closing, the writer gets a bounded time to flush (a client that stopped reading
-    // would hold it forever), then the socket is dropped.
-    let grace = async {
-        poll_fn(|cx| {
-            if conn.closing.get() {
-                Poll::Ready(())
-            } else {
-                *conn.close_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        glommio::timer::sleep(CLOSE_GRACE).await;
-    };
+async fn session(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
+    let stream = RefCell::new(stream);
+    // Once closing, the writer has until the shard's ticker declares the close overdue (a
+    // client that stopped reading would hold it forever); then the socket is dropped.
+    let overdue = poll_fn(|cx| {
+        if conn.close_overdue.get() {
+            Poll::Ready(())
+        } else {
+            *conn.close_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    });
     let reader = read_loop(&shard, &conn, &stream);
     let writer = write_loop(&shard, &conn, &stream);
-    futures_lite::future::or(futures_lite::future::or(reader, writer), grace).await;
+    futures_lite::future::or(futures_lite::future::or(reader, writer), overdue).await;
     shard.conn_closed(&conn);
 }
 

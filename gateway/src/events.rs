@@ -498,7 +498,7 @@ mod tests {
         assert!(parse(&ok).is_ok());
         let many = format!(
             r#"["sendMessage",{{"groupId":1,"text":"a","attachments":[{}]}}]"#,
-            vec![r#"{"url":"http://a.b/c","type":"image"}"#; 11].join(",")
+            [r#"{"url":"http://a.b/c","type":"image"}"#; 11].join(",")
         );
         assert!(parse(&many).unwrap_err().message.contains("limit is 10"));
         assert_eq!(

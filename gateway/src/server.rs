@@ -189,14 +189,25 @@ async fn run_shard(
     }
 }
 
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Pings, deadlines and housekeeping, a few times per ping interval.
 async fn ticker(shard: Rc<Shard>) {
     let cfg = &shard.config().server;
     let period =
         Duration::from_millis((cfg.ping_interval_ms.min(cfg.ping_timeout_ms) / 4).clamp(20, 1000));
+    let mut last_trim = Instant::now();
     loop {
         glommio::timer::sleep(period).await;
-        shard.tick(Instant::now());
+        let now = Instant::now();
+        shard.tick(now);
+        if shard.id.0 == 0 && now - last_trim > TRIM_EVERY {
+            // Give freed heap pages back to the kernel: connection churn leaves freed
+            // handshake buffers scattered over the shards' malloc arenas.
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            last_trim = now;
+        }
     }
 }
 

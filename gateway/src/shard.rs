@@ -512,15 +512,12 @@ impl Shard {
             let Some(room) = rooms.get_mut(&group) else {
                 return;
             };
-            match &result {
-                Ok(g) => {
-                    room.members = Some(
-                        g.as_ref()
-                            .map(|g| g.members.iter().copied().collect())
-                            .unwrap_or_default(),
-                    );
-                }
-                Err(_) => {}
+            if let Ok(g) = &result {
+                room.members = Some(
+                    g.as_ref()
+                        .map(|g| g.members.iter().copied().collect())
+                        .unwrap_or_default(),
+                );
             }
             std::mem::take(&mut room.waiting)
         };

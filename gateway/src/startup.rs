@@ -24,40 +24,52 @@ fn is_root() -> bool {
 /// Refuses to start on kernels without io_uring features glommio needs, or with too little
 /// locked memory; returns a message naming the fix.
 pub fn check_io_uring(nr_shards: usize) -> Result<()> {
-    match kernel_version() {
-        Some(v) if v < MIN_KERNEL => bail!(
-            "corecast needs Linux {}.{} or newer for io_uring (glommio); this kernel is {}.{}. \
-             Upgrade the kernel.",
-            MIN_KERNEL.0,
-            MIN_KERNEL.1,
-            v.0,
-            v.1
-        ),
-        _ => {}
-    }
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: lim is a valid, writable rlimit.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    let needed = MEMLOCK_PER_SHARD * nr_shards as u64;
-    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed && !is_root() {
-        // Kernels from 5.12 account io_uring memory to the cgroup instead; older ones need this.
-        let newer_accounting = kernel_version().is_some_and(|v| v >= (5, 12));
-        if !newer_accounting {
-            bail!(
-                "locked memory limit is {} KiB but {} shards need about {} KiB for io_uring. \
-                 Raise it: `ulimit -l unlimited` (or LimitMEMLOCK=infinity in the systemd unit, \
-                 or a memlock line in /etc/security/limits.conf), or use fewer shards \
-                 (--shards / CORECAST_SHARDS).",
-                lim.rlim_cur / 1024,
-                nr_shards,
-                needed / 1024
-            );
+    let memlock = (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur);
+    match io_uring_problem(kernel_version(), memlock, is_root(), nr_shards) {
+        Some(problem) => bail!(problem),
+        None => Ok(()),
+    }
+}
+
+/// The decision of [`check_io_uring`], sans-IO: the kernel version, the locked-memory limit in
+/// bytes (`None` = unlimited), whether we run as root (root is not bound by the limit), and
+/// the number of shards.
+pub fn io_uring_problem(
+    kernel: Option<(u32, u32)>,
+    memlock: Option<u64>,
+    root: bool,
+    nr_shards: usize,
+) -> Option<String> {
+    if let Some(v) = kernel {
+        if v < MIN_KERNEL {
+            return Some(format!(
+                "corecast needs Linux {}.{} or newer for io_uring (glommio); this kernel is {}.{}. \
+                 Upgrade the kernel.",
+                MIN_KERNEL.0, MIN_KERNEL.1, v.0, v.1
+            ));
         }
     }
-    Ok(())
+    let needed = MEMLOCK_PER_SHARD * nr_shards as u64;
+    // Kernels from 5.12 charge io_uring memory to the cgroup instead of RLIMIT_MEMLOCK.
+    let charged_to_memlock = kernel.is_none_or(|v| v < (5, 12));
+    match memlock {
+        Some(limit) if limit < needed && !root && charged_to_memlock => Some(format!(
+            "the locked-memory limit is {} KiB but {} shards need about {} KiB for io_uring. \
+             Raise it: `ulimit -l unlimited` (or LimitMEMLOCK=infinity in the systemd unit, or a \
+             memlock line in /etc/security/limits.conf), or use fewer shards \
+             (--shards / CORECAST_SHARDS).",
+            limit / 1024,
+            nr_shards,
+            needed / 1024
+        )),
+        _ => None,
+    }
 }
 
 /// Raises the open-files soft limit to the hard limit; returns the limit now in force.
@@ -99,4 +111,35 @@ pub fn explain_executor_error(err: &dyn std::fmt::Display) -> String {
          their seccomp profile) and that the locked-memory limit is high enough \
          (`ulimit -l unlimited`)."
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_kernels_and_low_memlock_are_refused_with_the_fix() {
+        let old = io_uring_problem(Some((5, 4)), None, true, 2).unwrap();
+        assert!(old.contains("5.8") && old.contains("5.4"), "{old}");
+        let low = io_uring_problem(Some((5, 10)), Some(64 << 10), false, 4).unwrap();
+        assert!(
+            low.contains("ulimit -l unlimited") && low.contains("64 KiB"),
+            "{low}"
+        );
+        assert_eq!(
+            io_uring_problem(Some((5, 10)), Some(64 << 10), true, 4),
+            None,
+            "root"
+        );
+        assert_eq!(
+            io_uring_problem(Some((6, 1)), Some(64 << 10), false, 4),
+            None,
+            "cgroup"
+        );
+        assert_eq!(
+            io_uring_problem(Some((5, 10)), None, false, 4),
+            None,
+            "unlimited"
+        );
+    }
 }

@@ -219,7 +219,11 @@ impl Config {
         if args.msg_size < MIN_MSG_SIZE {
             args.msg_size = MIN_MSG_SIZE;
         }
-        if !(args.rate >= 0.0) || !(args.connect_rate >= 0.0) {
+        if args.rate.is_nan()
+            || args.rate < 0.0
+            || args.connect_rate.is_nan()
+            || args.connect_rate < 0.0
+        {
             bail!("--rate and --connect-rate must be non-negative");
         }
         let nr_threads = args

@@ -139,6 +139,12 @@ pub struct ThreadStats {
     pub iv_latency: Histogram<u64>,
 }
 
+impl Default for ThreadStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ThreadStats {
     pub fn new() -> ThreadStats {
         ThreadStats {
@@ -245,6 +251,12 @@ pub struct Merged {
     pub ack: Histogram<u64>,
     pub handshake: Vec<Histogram<u64>>,
     pub raw: RawReport,
+}
+
+impl Default for Merged {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Merged {

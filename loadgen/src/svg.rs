@@ -54,7 +54,7 @@ fn percentile_chart(s: &mut String, h: &Histogram<u64>, ox: f64, oy: f64) {
         "ms",
     );
     let mut pts = String::new();
-    if h.len() > 0 {
+    if !h.is_empty() {
         for i in 0..=200 {
             let x = f64::from(i) * nines / 200.0;
             let q = 1.0 - 10f64.powf(-x);

@@ -295,7 +295,7 @@ impl Worker {
             }
         }
         let fin = Final {
-            stats: std::mem::replace(&mut self.stats, ThreadStats::new()),
+            stats: std::mem::take(&mut self.stats),
             groups: groups.into_iter().collect(),
         };
         let _ = self.tx.send(Event::Final(Box::new(fin)));

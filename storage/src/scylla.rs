@@ -107,7 +107,8 @@ fn now_millis() -> i64 {
 
 /// Parses a CQL consistency level name (`LOCAL_QUORUM`, `quorum`, ...).
 pub fn parse_consistency(s: &str) -> Result<Consistency, Error> {
-    Ok(match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+    let name = s.trim().to_ascii_uppercase().replace('-', "_");
+    let level = match name.as_str() {
         "ANY" => Consistency::Any,
         "ONE" => Consistency::One,
         "TWO" => Consistency::Two,
@@ -117,13 +118,14 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, Error> {
         "LOCAL_QUORUM" => Consistency::LocalQuorum,
         "EACH_QUORUM" => Consistency::EachQuorum,
         "LOCAL_ONE" => Consistency::LocalOne,
-        other => {
+        _ => {
             return Err(Error::Unavailable(format!(
-                "store.scylla_consistency: unknown consistency level {other:?} (use ONE, LOCAL_ONE, \
-                 QUORUM, LOCAL_QUORUM, EACH_QUORUM or ALL)"
+                "store.scylla_consistency: unknown consistency level {s:?} \
+                 (use ONE, LOCAL_ONE, QUORUM, LOCAL_QUORUM, EACH_QUORUM or ALL)"
             )))
         }
-    })
+    };
+    Ok(level)
 }
 
 fn check_keyspace(ks: &str) -> Result<(), Error> {
@@ -862,13 +864,13 @@ async fn get_group(db: &Db, group: GroupId) -> Result<Option<Group>, Error> {
     }
 }
 
-fn member_rows<'a>(
-    db: &'a Db,
+fn member_rows(
+    db: &Db,
     g: GroupId,
     u: UserId,
     add: bool,
     ts: i64,
-) -> [(&'a PreparedStatement, Row); 2] {
+) -> [(&PreparedStatement, Row); 2] {
     if add {
         [
             (&db.st.add_member_g, vec![big(g.0), big(u.0), bigi(ts)]),

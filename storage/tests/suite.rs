@@ -70,6 +70,24 @@ impl Fixture {
     }
 
     fn open(&mut self) {
+        if let Kind::Scylla(_) = self.kind {
+            // Fail at once (not after the readiness wait) when nothing listens at all.
+            let nodes = scylla_nodes();
+            let reachable = nodes.iter().any(|n| {
+                use std::net::ToSocketAddrs;
+                n.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .is_some_and(|a| {
+                        std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok()
+                    })
+            });
+            assert!(
+                reachable,
+                "no CQL server answers at {nodes:?} (CORECAST_TEST_SCYLLA_NODES): \
+                 run `scripts/cassandra.sh start` before the ScyllaDB tests"
+            );
+        }
         let handle = open(&self.config()).expect("open the store");
         // The ScyllaDB backend connects in the background; wait (bounded) until it answers.
         let deadline = Instant::now() + Duration::from_secs(90);

@@ -272,20 +272,32 @@ def test_slow_consumer_is_disconnected(start_gateway, raw, connect, new_id):
     # A tiny receive buffer so the kernel cannot absorb the flood on the slow client's behalf.
     stalled = raw(gw, slow, rcvbuf=4096)
     watcher = connect(gw, healthy)
-    # The flooder is an official client: it reads its own echoes in the background, so it is
-    # never a slow consumer itself.
+    # The flooder is an official client that waits for each ack: the members that do read
+    # (flooder, watcher) never hold more than a message or two in flight, while the stalled
+    # client's queue grows. Its disconnection is observed by the watcher as presence going
+    # offline (the stalled user has no other connection), which ends the flood.
     flooder = connect(gw, sender)
     text = "f" * 3900
-    n = 600  # ~2.4 MB towards the stalled client, far past 20 kB plus socket buffers
-    for i in range(n - 1):
-        flooder.emit("sendMessage", {"groupId": gid, "text": f"{i} {text}", "attachments": []})
-    last = flooder.call("sendMessage", {"groupId": gid, "text": "last", "attachments": []},
-                        timeout=60)
-    assert last["ok"] is True, last
-    # The healthy member got everything: the gateway went on.
-    watcher.wait_for("newMessage", lambda m: m["id"] == last["id"], timeout=60)
+    max_messages = 3000  # ~12 MB: far past 20 kB plus any kernel socket buffers
+    sent = 0
+    gone = None
+    while sent < max_messages and gone is None:
+        ack = flooder.call("sendMessage", {"groupId": gid, "text": f"{sent} {text}", "attachments": []})
+        assert ack["ok"] is True, ack
+        sent += 1
+        if sent % 25 == 0:
+            gone = next((p for p in watcher.events("userOnline")
+                         if p == {"userId": slow, "isOnline": False}), None)
+    assert gone is not None, f"the stalled client was not disconnected after {sent} messages"
+    # The healthy members got everything: the gateway went on.
+    last = flooder.call("sendMessage", {"groupId": gid, "text": "after the flood", "attachments": []})
+    watcher.wait_for("newMessage", lambda m: m["id"] == last["id"], timeout=30)
+    assert [e for e in watcher.events("disconnect")] == []
     # Now the stalled client reads: after whatever was already queued it finds the close.
-    closed = stalled.wait_close(timeout=30)
-    assert closed.code == POLICY_VIOLATION and "slow consumer" in closed.reason, closed
-    received = len(stalled.events("newMessage"))
-    assert received < n, f"the stalled client was sent all {n} messages"
+    closed = stalled.wait_close(timeout=60)
+    # The close frame can only follow what already sits in the kernel buffers; when those are
+    # full the gateway drops the TCP connection without it (seen in about half the runs), which
+    # is still a disconnect. When a close frame does arrive it must carry the documented reason.
+    if closed.code is not None:
+        assert closed.code == POLICY_VIOLATION and "slow consumer" in closed.reason, closed
+    assert len(stalled.events("newMessage")) < sent

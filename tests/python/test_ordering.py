@@ -1,0 +1,104 @@
+"""Ordering: every member receives a group's messages in one order, ascending by id, with
+senders and receivers spread over 4 shards."""
+
+import threading
+
+import pytest
+
+GATEWAY_ENV = {"CORECAST_SHARDS": 4}
+
+
+@pytest.fixture
+def gw(module_gateway):
+    assert module_gateway.shards == 4
+    return module_gateway
+
+
+def flood(clients, gid, per_sender):
+    """Each client sends per_sender messages concurrently (each waits for its acks)."""
+    acks, errors, lock = [], [], threading.Lock()
+
+    def run(n, c):
+        for i in range(per_sender):
+            try:
+                ack = c.call("sendMessage", {"groupId": gid, "text": f"s{n}-{i}", "attachments": []})
+            except Exception as e:  # reported below
+                with lock:
+                    errors.append(repr(e))
+                return
+            with lock:
+                (acks if ack.get("ok") else errors).append(ack)
+
+    threads = [threading.Thread(target=run, args=(n, c)) for n, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    return acks
+
+
+def received_ids(client, gid, count, timeout=30):
+    for _ in range(count):
+        client.wait_for("newMessage", lambda m: m["groupId"] == gid, timeout=timeout)
+    return [m["id"] for m in client.events("newMessage") if m["groupId"] == gid]
+
+
+def test_one_order_for_every_member(gw, connect, make_group):
+    senders_n, receivers_n, per_sender = 4, 4, 25
+    gid, users = make_group(gw, senders_n + receivers_n)
+    senders = [connect(gw, u) for u in users[:senders_n]]
+    receivers = [connect(gw, u) for u in users[senders_n:]]
+    receivers.append(connect(gw, users[-1]))  # a second tab of one receiver
+    acks = flood(senders, gid, per_sender)
+    total = senders_n * per_sender
+    assert len(acks) == total
+    acked = {a["id"] for a in acks}
+    assert len(acked) == total, "duplicate ids"
+    orders = []
+    for c in receivers + senders:
+        ids = received_ids(c, gid, total)
+        assert len(ids) == total, (c.name, len(ids))
+        assert set(ids) == acked, c.name
+        as_ints = [int(i) for i in ids]
+        assert as_ints == sorted(as_ints), f"{c.name} received out of id order"
+        orders.append(ids)
+    assert all(o == orders[0] for o in orders), "members saw different orders"
+    history = [m["id"] for m in gw.history(gid, limit=500)]
+    assert history == orders[0][::-1]
+
+
+def test_per_sender_order_is_kept(gw, connect, make_group):
+    """One sender's messages, sent one after another, arrive in sending order."""
+    gid, (a, b) = make_group(gw, 2)
+    ca, cb = connect(gw, a), connect(gw, b)
+    n = 30
+    for i in range(n - 1):
+        ca.emit("sendMessage", {"groupId": gid, "text": str(i), "attachments": []})
+    last = ca.call("sendMessage", {"groupId": gid, "text": str(n - 1), "attachments": []})
+    assert last["ok"] is True
+    cb.wait_for("newMessage", lambda m: m["id"] == last["id"])
+    texts = [m["text"] for m in cb.events("newMessage")]
+    assert texts == [str(i) for i in range(n)], texts
+
+
+def test_several_groups_concurrently(gw, connect, make_group):
+    """Messages of different groups (different owner shards) interleave, each group in order."""
+    groups = [make_group(gw, 3) for _ in range(4)]
+    senders = [connect(gw, users[0]) for _, users in groups]
+    watchers = [connect(gw, users[1]) for _, users in groups]
+    per = 15
+    results = []
+
+    def run(i):
+        gid = groups[i][0]
+        results.append(flood([senders[i], connect(gw, groups[i][1][2])], gid, per))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for (gid, _), w in zip(groups, watchers):
+        ids = [int(i) for i in received_ids(w, gid, 2 * per)]
+        assert ids == sorted(ids) and len(set(ids)) == 2 * per, (gid, ids)
