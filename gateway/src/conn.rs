@@ -338,7 +338,9 @@ impl Conn {
                     Code::InvalidPayload,
                     format!("malformed Socket.IO packet: {e}"),
                 );
-                return self.report(shard, None, e);
+                // An event whose JSON is broken still names its ack id up front: answer it
+                // there, so a client waiting for that ack is not left hanging.
+                return self.report(shard, salvage_ack_id(msg), e);
             }
         };
         let nsp = packet::namespace(msg, &p).to_string();
@@ -418,11 +420,7 @@ impl Conn {
 
     fn on_command(self: &Rc<Self>, shard: &Shard, cmd: Command, ack: Option<u64>) {
         match cmd {
-            Command::SendMessage { .. } => {
-                if let Err(e) = shard.send_message(self, cmd, ack) {
-                    self.report(shard, ack, e);
-                }
-            }
+            Command::SendMessage { .. } => shard.send_message(self, cmd, ack),
             Command::JoinGroup { group } => shard.join(self, group, ack),
             Command::LeaveGroup { group } => {
                 shard.leave(self, group);
@@ -438,6 +436,36 @@ impl Conn {
             }
             Command::MarkAsRead { group, message } => shard.mark_read(self, group, message, ack),
         }
+    }
+}
+
+/// The ack id of an EVENT packet whose data could not be parsed (`2[/nsp,]<digits>[...`).
+fn salvage_ack_id(msg: &[u8]) -> Option<u64> {
+    let rest = msg.strip_prefix(b"2")?;
+    let rest = if rest.first() == Some(&b'/') {
+        let comma = rest.iter().position(|&b| b == b',')?;
+        &rest[comma + 1..]
+    } else {
+        rest
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > packet::MAX_ACK_ID_DIGITS || rest.get(digits) != Some(&b'[') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::salvage_ack_id;
+
+    #[test]
+    fn salvages_the_ack_id_of_a_broken_event() {
+        assert_eq!(salvage_ack_id(br#"25["sendMessage",{"text":"#), Some(5));
+        assert_eq!(salvage_ack_id(br#"2/x,17["a""#), Some(17));
+        assert_eq!(salvage_ack_id(br#"2["a""#), None);
+        assert_eq!(salvage_ack_id(br#"25{"#), None);
+        assert_eq!(salvage_ack_id(br#"35["#), None);
     }
 }
 

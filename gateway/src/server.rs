@@ -194,8 +194,11 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Pings, deadlines and housekeeping, a few times per ping interval.
 async fn ticker(shard: Rc<Shard>) {
     let cfg = &shard.config().server;
-    let period =
-        Duration::from_millis((cfg.ping_interval_ms.min(cfg.ping_timeout_ms) / 4).clamp(20, 1000));
+    let shortest = cfg
+        .ping_interval_ms
+        .min(cfg.ping_timeout_ms)
+        .min(cfg.connect_timeout_ms);
+    let period = Duration::from_millis((shortest / 4).clamp(20, 1000));
     let mut last_trim = Instant::now();
     loop {
         glommio::timer::sleep(period).await;

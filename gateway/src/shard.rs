@@ -96,6 +96,9 @@ pub enum ShardMsg {
         group: GroupId,
         shard: ShardId,
     },
+    /// A client's message. Goes first to the sender's presence owner, which holds the user's
+    /// rate limit across all their connections (`admitted: false`), then to the group's owner
+    /// (`admitted: true`). With the limit off it goes straight to the group's owner.
     SendMessage {
         group: GroupId,
         user: UserId,
@@ -103,6 +106,7 @@ pub enum ShardMsg {
         attachments: Vec<Attachment>,
         client_msg_id: Option<String>,
         origin: Origin,
+        admitted: bool,
     },
     MarkRead {
         group: GroupId,
@@ -400,6 +404,9 @@ impl Shard {
 
     fn handle(&self, msg: ShardMsg) {
         match msg {
+            ShardMsg::SendMessage {
+                admitted: false, ..
+            } => self.admit(msg),
             ShardMsg::Subscribe { group, .. }
             | ShardMsg::SendMessage { group, .. }
             | ShardMsg::MarkRead { group, .. }
@@ -625,6 +632,7 @@ impl Shard {
                 attachments,
                 client_msg_id,
                 origin,
+                ..
             } => self.room_send(group, user, text, attachments, client_msg_id, origin),
             ShardMsg::MarkRead {
                 group,
@@ -1115,13 +1123,8 @@ impl Shard {
         }
     }
 
-    /// Routes a client's `sendMessage` to the group's owner, after the rate limit.
-    pub fn send_message(
-        &self,
-        conn: &Rc<Conn>,
-        cmd: events::Command,
-        ack: Option<u64>,
-    ) -> Result<(), ClientError> {
+    /// Routes a client's `sendMessage`: through the user's rate limit to the group's owner.
+    pub fn send_message(&self, conn: &Rc<Conn>, cmd: events::Command, ack: Option<u64>) {
         let user = conn.user().expect("invariant: only connected clients send");
         let events::Command::SendMessage {
             group,
@@ -1132,23 +1135,59 @@ impl Shard {
         else {
             unreachable!("invariant: called with sendMessage only")
         };
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        let limited = self.config().limits.rate_limit_per_min > 0;
+        let (to, admitted) = if limited {
+            (owner_of_user(user, self.shared.nr_shards()), false)
+        } else {
+            (owner_of_group(group, self.shared.nr_shards()), true)
+        };
+        self.send(
+            to,
+            ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin,
+                admitted,
+            },
+        );
+    }
+
+    /// On the sender's presence owner: applies the user's rate limit, then passes the message
+    /// on to the group's owner.
+    fn admit(&self, msg: ShardMsg) {
+        let ShardMsg::SendMessage {
+            group,
+            user,
+            text,
+            attachments,
+            client_msg_id,
+            origin,
+            ..
+        } = msg
+        else {
+            unreachable!("invariant: admit is called with SendMessage only")
+        };
         let now = events::now_ms();
         if !self.limiter.borrow_mut().try_acquire(user, now) {
             let wait = self.limiter.borrow().retry_after_ms(user, now);
-            return Err(ClientError::new(
+            let e = ClientError::new(
                 Code::RateLimited,
                 format!(
                     "too many messages: the limit is {} per minute; retry in {} ms",
                     self.config().limits.rate_limit_per_min,
                     wait
                 ),
-            ));
+            );
+            return self.reply(&origin, Err(e));
         }
-        let origin = Origin {
-            shard: self.id,
-            conn: conn.id,
-            ack,
-        };
         let owner = owner_of_group(group, self.shared.nr_shards());
         self.send(
             owner,
@@ -1159,9 +1198,9 @@ impl Shard {
                 attachments,
                 client_msg_id,
                 origin,
+                admitted: true,
             },
         );
-        Ok(())
     }
 
     pub fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
