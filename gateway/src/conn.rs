@@ -455,20 +455,6 @@ fn salvage_ack_id(msg: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::salvage_ack_id;
-
-    #[test]
-    fn salvages_the_ack_id_of_a_broken_event() {
-        assert_eq!(salvage_ack_id(br#"25["sendMessage",{"text":"#), Some(5));
-        assert_eq!(salvage_ack_id(br#"2/x,17["a""#), Some(17));
-        assert_eq!(salvage_ack_id(br#"2["a""#), None);
-        assert_eq!(salvage_ack_id(br#"25{"#), None);
-        assert_eq!(salvage_ack_id(br#"35["#), None);
-    }
-}
-
 // ---- I/O ----
 
 type Stream = RefCell<TcpStream>;
@@ -594,7 +580,6 @@ async fn read_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
 }
 
 async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
-    let mut batch: Vec<u8> = Vec::new();
     loop {
         poll_fn(|cx| {
             if !conn.out.borrow().is_empty() || conn.closing.get() {
@@ -615,8 +600,8 @@ async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
             write_all(stream, &frames[0]).await
         } else {
             // Everything queued goes out in one send.
-            batch.clear();
-            batch.reserve(total);
+            // Allocated per write and freed after it: an idle connection keeps no buffer.
+            let mut batch = Vec::with_capacity(total);
             for f in &frames {
                 batch.extend_from_slice(f);
             }
@@ -629,11 +614,22 @@ async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
             .stats
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if batch.capacity() > 64 * 1024 {
-            batch = Vec::new();
-        }
         if result.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::salvage_ack_id;
+
+    #[test]
+    fn salvages_the_ack_id_of_a_broken_event() {
+        assert_eq!(salvage_ack_id(br#"25["sendMessage",{"text":"#), Some(5));
+        assert_eq!(salvage_ack_id(br#"2/x,17["a""#), Some(17));
+        assert_eq!(salvage_ack_id(br#"2["a""#), None);
+        assert_eq!(salvage_ack_id(br#"25{"#), None);
+        assert_eq!(salvage_ack_id(br#"35["#), None);
     }
 }

@@ -177,8 +177,11 @@ pub enum ShardMsg {
         user: UserId,
         groups: Arc<[GroupId]>,
     },
+    /// The user's connection closed; `groups` are the rooms it was in (whose co-members hear
+    /// of it if it was the user's last connection).
     PresenceDown {
         user: UserId,
+        groups: Arc<[GroupId]>,
     },
     // To every shard.
     PresenceChanged {
@@ -213,21 +216,16 @@ struct PendingSend {
     result: Option<Result<Appended, StoreError>>,
 }
 
-struct PresenceEntry {
-    count: u32,
-    groups: Arc<[GroupId]>,
-}
-
 pub struct Shard {
     pub id: ShardId,
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
-    conns_by_user: RefCell<HashMap<UserId, Vec<ConnId>>>,
     /// This shard's connections in each room.
     local_rooms: RefCell<HashMap<GroupId, Vec<Rc<Conn>>>>,
     rooms: RefCell<HashMap<GroupId, Room>>,
-    presence: RefCell<HashMap<UserId, PresenceEntry>>,
+    /// Connections of each user this shard owns the presence of, across all shards.
+    presence: RefCell<HashMap<UserId, u32>>,
     /// Every user online anywhere (a replica kept by `PresenceChanged`).
     online: RefCell<HashSet<UserId>>,
     limiter: RefCell<RateLimiter<UserId>>,
@@ -255,7 +253,6 @@ impl Shard {
             id,
             stats,
             conns: RefCell::new(HashMap::new()),
-            conns_by_user: RefCell::new(HashMap::new()),
             local_rooms: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
             presence: RefCell::new(HashMap::new()),
@@ -462,7 +459,7 @@ impl Shard {
             ShardMsg::Enroll { group, user, done } => self.enroll(group, user, done),
             ShardMsg::Evict { group, user, done } => self.evict(group, user, done),
             ShardMsg::PresenceUp { user, groups } => self.presence_up(user, groups),
-            ShardMsg::PresenceDown { user } => self.presence_down(user),
+            ShardMsg::PresenceDown { user, groups } => self.presence_down(user, groups),
             ShardMsg::PresenceChanged {
                 user,
                 online,
@@ -902,11 +899,6 @@ impl Shard {
 
     /// A client authenticated as `user`: look up its groups, then subscribe.
     pub fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
-        self.conns_by_user
-            .borrow_mut()
-            .entry(user)
-            .or_default()
-            .push(conn.id);
         let id = conn.id;
         self.store_to_inbox(
             |reply| Request::GroupsOfUser { user, reply },
@@ -1240,13 +1232,15 @@ impl Shard {
         self.stats.deliveries.fetch_add(n, Relaxed);
     }
 
+    /// This shard's connections of `user`. A scan: it serves only membership changes through
+    /// the admin API, and an index would cost every connection memory.
     fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
-        let by_user = self.conns_by_user.borrow();
-        let conns = self.conns.borrow();
-        by_user
-            .get(&user)
-            .map(|ids| ids.iter().filter_map(|id| conns.get(id).cloned()).collect())
-            .unwrap_or_default()
+        self.conns
+            .borrow()
+            .values()
+            .filter(|c| c.user() == Some(user))
+            .cloned()
+            .collect()
     }
 
     fn enroll(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
@@ -1273,24 +1267,15 @@ impl Shard {
             return;
         }
         self.stats.connections.fetch_sub(1, Relaxed);
-        for g in conn.groups() {
+        let groups: Arc<[GroupId]> = conn.groups().into();
+        for &g in groups.iter() {
             self.leave(conn, g);
         }
-        if let Some(user) = conn.user() {
-            let mut by_user = self.conns_by_user.borrow_mut();
-            if let Some(list) = by_user.get_mut(&user) {
-                list.retain(|id| *id != conn.id);
-                if list.is_empty() {
-                    by_user.remove(&user);
-                }
-            }
-            drop(by_user);
-            if conn.was_connected() {
-                self.send(
-                    owner_of_user(user, self.shared.nr_shards()),
-                    ShardMsg::PresenceDown { user },
-                );
-            }
+        if let (Some(user), true) = (conn.user(), conn.was_connected()) {
+            self.send(
+                owner_of_user(user, self.shared.nr_shards()),
+                ShardMsg::PresenceDown { user, groups },
+            );
         }
     }
 
@@ -1299,32 +1284,28 @@ impl Shard {
     fn presence_up(&self, user: UserId, groups: Arc<[GroupId]>) {
         let first = {
             let mut p = self.presence.borrow_mut();
-            let e = p.entry(user).or_insert(PresenceEntry {
-                count: 0,
-                groups: groups.clone(),
-            });
-            e.count += 1;
-            e.groups = groups.clone();
-            e.count == 1
+            let count = p.entry(user).or_insert(0);
+            *count += 1;
+            *count == 1
         };
         if first {
             self.presence_flip(user, true, groups);
         }
     }
 
-    fn presence_down(&self, user: UserId) {
+    fn presence_down(&self, user: UserId, groups: Arc<[GroupId]>) {
         let last = {
             let mut p = self.presence.borrow_mut();
             match p.get_mut(&user) {
-                Some(e) if e.count > 1 => {
-                    e.count -= 1;
-                    None
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
                 }
-                Some(_) => p.remove(&user).map(|e| e.groups),
-                None => None,
+                Some(_) => p.remove(&user).is_some(),
+                None => false,
             }
         };
-        if let Some(groups) = last {
+        if last {
             self.presence_flip(user, false, groups);
         }
     }
