@@ -56,7 +56,32 @@ pub enum SubState {
 static PING_FRAME: [u8; 3] = [0x81, 0x01, b'2'];
 
 /// How long a closing connection may take to flush before its socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const CLOSE_GRACE_MS: u64 = 2_000;
+
+/// A point in time as milliseconds since the shard started, in 32 bits to keep connections
+/// small. It wraps after 49 days; [`Tick::reached`] compares with wrapping arithmetic, so
+/// deadlines up to 24 days ahead stay correct across the wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick(u32);
+
+impl Tick {
+    pub fn now(shard: &Shard) -> Tick {
+        Tick::since(shard.epoch, Instant::now())
+    }
+
+    pub fn since(epoch: Instant, now: Instant) -> Tick {
+        Tick(now.saturating_duration_since(epoch).as_millis() as u32)
+    }
+
+    pub fn after(self, ms: u64) -> Tick {
+        Tick(self.0.wrapping_add(ms.min(i32::MAX as u64) as u32))
+    }
+
+    /// True once `self` is at or past `deadline`.
+    pub fn reached(self, deadline: Tick) -> bool {
+        self.0.wrapping_sub(deadline.0) as i32 >= 0
+    }
+}
 
 pub struct Conn {
     pub id: ConnId,
@@ -70,23 +95,23 @@ pub struct Conn {
     pub pending_subs: Cell<u32>,
     out: RefCell<VecDeque<Bytes>>,
     out_bytes: Cell<usize>,
-    writer: RefCell<Option<Waker>>,
-    close_waker: RefCell<Option<Waker>>,
+    /// The session task's waker: its writer and its close-overdue check both wait on it.
+    waker: RefCell<Option<Waker>>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
     closing: Cell<bool>,
     /// When closing started; the shard's ticker declares the
     /// close overdue after [`CLOSE_GRACE`].
-    closing_since: Cell<Option<Instant>>,
+    closing_since: Cell<Option<Tick>>,
     close_overdue: Cell<bool>,
-    next_ping: Cell<Instant>,
-    pong_deadline: Cell<Option<Instant>>,
-    connect_deadline: Cell<Option<Instant>>,
+    next_ping: Cell<Tick>,
+    pong_deadline: Cell<Option<Tick>>,
+    connect_deadline: Cell<Option<Tick>>,
     /// Binary attachments still to skip after a refused binary packet.
     skip_binary: Cell<u32>,
 }
 
 impl Conn {
-    fn new(id: ConnId, now: Instant, shard: &Shard) -> Conn {
+    fn new(id: ConnId, now: Tick, shard: &Shard) -> Conn {
         let cfg = &shard.config().server;
         Conn {
             id,
@@ -98,14 +123,13 @@ impl Conn {
             pending_subs: Cell::new(0),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
-            writer: RefCell::new(None),
-            close_waker: RefCell::new(None),
+            waker: RefCell::new(None),
             closing: Cell::new(false),
             closing_since: Cell::new(None),
             close_overdue: Cell::new(false),
-            next_ping: Cell::new(now + Duration::from_millis(cfg.ping_interval_ms)),
+            next_ping: Cell::new(now.after(cfg.ping_interval_ms)),
             pong_deadline: Cell::new(None),
-            connect_deadline: Cell::new(Some(now + Duration::from_millis(cfg.connect_timeout_ms))),
+            connect_deadline: Cell::new(Some(now.after(cfg.connect_timeout_ms))),
             skip_binary: Cell::new(0),
         }
     }
@@ -191,7 +215,7 @@ impl Conn {
         }
         self.out_bytes.set(self.out_bytes.get() + frame.len());
         self.out.borrow_mut().push_back(frame);
-        if let Some(w) = self.writer.borrow_mut().take() {
+        if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
@@ -203,9 +227,9 @@ impl Conn {
         }
         self.push(shard, ws::close_frame(Role::Server, code, reason));
         self.closing.set(true);
-        self.closing_since.set(Some(Instant::now()));
+        self.closing_since.set(Some(Tick::now(shard)));
         self.state.set(ConnState::Closing);
-        if let Some(w) = self.writer.borrow_mut().take() {
+        if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
@@ -235,7 +259,7 @@ impl Conn {
         self.push(shard, ws::text_frame(Role::Server, &p));
     }
 
-    pub fn tick(&self, shard: &Shard, now: Instant) {
+    pub fn tick(&self, shard: &Shard, now: Tick) {
         {
             // An idle connection gives its queue's memory back.
             let mut out = self.out.borrow_mut();
@@ -247,29 +271,27 @@ impl Conn {
             if self
                 .closing_since
                 .get()
-                .is_some_and(|t| now >= t + CLOSE_GRACE)
+                .is_some_and(|t| now.reached(t.after(CLOSE_GRACE_MS)))
             {
                 self.close_overdue.set(true);
-                if let Some(w) = self.close_waker.borrow_mut().take() {
+                if let Some(w) = self.waker.borrow_mut().take() {
                     w.wake();
                 }
             }
             return;
         }
-        if self.connect_deadline.get().is_some_and(|d| now >= d) {
+        if self.connect_deadline.get().is_some_and(|d| now.reached(d)) {
             self.close(shard, 1008, "connect timeout: no Socket.IO CONNECT in time");
             return;
         }
         match self.pong_deadline.get() {
-            Some(d) if now >= d => self.close(shard, 1008, "ping timeout: no pong in time"),
+            Some(d) if now.reached(d) => self.close(shard, 1008, "ping timeout: no pong in time"),
             Some(_) => {}
-            None if now >= self.next_ping.get() => {
+            None if now.reached(self.next_ping.get()) => {
                 let cfg = &shard.config().server;
                 self.push(shard, Bytes::from_static(&PING_FRAME));
-                self.pong_deadline
-                    .set(Some(now + Duration::from_millis(cfg.ping_timeout_ms)));
-                self.next_ping
-                    .set(now + Duration::from_millis(cfg.ping_interval_ms));
+                self.pong_deadline.set(Some(now.after(cfg.ping_timeout_ms)));
+                self.next_ping.set(now.after(cfg.ping_interval_ms));
             }
             None => {}
         }
@@ -499,7 +521,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     })
     .await;
     let Some(response) = upgrade else { return };
-    let conn = Rc::new(Conn::new(shard.next_conn_id(), Instant::now(), &shard));
+    let conn = Rc::new(Conn::new(shard.next_conn_id(), Tick::now(&shard), &shard));
     conn.push(&shard, Bytes::from(response));
     conn.push(&shard, conn.open_frame(&shard));
     shard.register_conn(conn.clone());
@@ -514,7 +536,7 @@ async fn session(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
         if conn.close_overdue.get() {
             Poll::Ready(())
         } else {
-            *conn.close_waker.borrow_mut() = Some(cx.waker().clone());
+            *conn.waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         }
     });
@@ -585,7 +607,7 @@ async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
             if !conn.out.borrow().is_empty() || conn.closing.get() {
                 Poll::Ready(())
             } else {
-                *conn.writer.borrow_mut() = Some(cx.waker().clone());
+                *conn.waker.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -622,7 +644,16 @@ async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
 
 #[cfg(test)]
 mod tests {
-    use super::salvage_ack_id;
+    use super::{salvage_ack_id, Tick};
+
+    #[test]
+    fn ticks_compare_across_the_wrap() {
+        let near_wrap = Tick(u32::MAX - 10);
+        let deadline = near_wrap.after(100);
+        assert!(!near_wrap.reached(deadline));
+        assert!(Tick(89).reached(deadline));
+        assert!(Tick(5).after(0).reached(Tick(5)));
+    }
 
     #[test]
     fn salvages_the_ack_id_of_a_broken_event() {

@@ -236,6 +236,8 @@ pub struct Shard {
     overflow_waker: RefCell<Option<Waker>>,
     next_conn: Cell<u64>,
     pub stopping: Cell<bool>,
+    /// When the shard started; connection deadlines count from here (see [`crate::conn::Tick`]).
+    pub epoch: Instant,
     pub stop_waker: RefCell<Option<Waker>>,
     /// A shard-wide read buffer: connections read into it and keep only partial frames, so an
     /// idle connection holds no read buffer of its own.
@@ -263,6 +265,7 @@ impl Shard {
             overflow_waker: RefCell::new(None),
             next_conn: Cell::new(1),
             stopping: Cell::new(false),
+            epoch: Instant::now(),
             stop_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             shared,
@@ -1359,6 +1362,7 @@ impl Shard {
 
     /// Periodic duties: pings, pong and connect deadlines, forgetting idle rate-limit buckets.
     pub fn tick(&self, now: Instant) {
+        let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             c.tick(self, now);
