@@ -242,10 +242,16 @@ impl Conn {
         self.close(shard, code, reason);
     }
 
-    /// Refuses the Socket.IO CONNECT with `message`, then closes.
-    pub fn connect_error(&self, shard: &Shard, message: &str) {
-        let mut p = Vec::new();
-        packet::write_connect_error(&mut p, "/", message);
+    /// Refuses the Socket.IO CONNECT, then closes. The packet carries the message and, as
+    /// Socket.IO servers do for middleware errors, `data: { code }` for programs:
+    /// `44{"message":"…","data":{"code":"unauthenticated"}}`.
+    pub fn connect_error(&self, shard: &Shard, code: Code, message: &str) {
+        shard.stats.error(code);
+        let mut p = b"44{\"message\":".to_vec();
+        packet::write_json_str(&mut p, message);
+        p.extend_from_slice(b",\"data\":{\"code\":\"");
+        p.extend_from_slice(code.as_str().as_bytes());
+        p.extend_from_slice(b"\"}}");
         self.push(shard, ws::text_frame(Role::Server, &p));
         self.close(shard, 1008, "connect refused");
     }
@@ -421,9 +427,9 @@ impl Conn {
             }
         };
         let Some(token) = token else {
-            shard.stats.error(Code::Unauthenticated);
             return self.connect_error(
                 shard,
+                Code::Unauthenticated,
                 "authentication token missing: send { token } in the Socket.IO auth payload",
             );
         };
@@ -433,10 +439,7 @@ impl Conn {
                 self.state.set(ConnState::Subscribing);
                 shard.authenticated(self, user);
             }
-            Err(e) => {
-                shard.stats.error(Code::Unauthenticated);
-                self.connect_error(shard, &e.to_string());
-            }
+            Err(e) => self.connect_error(shard, Code::Unauthenticated, &e.to_string()),
         }
     }
 

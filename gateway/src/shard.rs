@@ -928,7 +928,11 @@ impl Shard {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load the user's groups");
-                conn.connect_error(self, "storage unavailable; retry later");
+                conn.connect_error(
+                    self,
+                    Code::StorageUnavailable,
+                    "storage unavailable: cannot load your groups; retry later",
+                );
             }
         }
     }
