@@ -74,7 +74,8 @@ impl Gateway {
             sockets.push(listen_socket(public_addr)?);
         }
 
-        let (inboxes, handles) = mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY);
+        let (inboxes, handles) = mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY)
+            .context("cannot create the shards' doorbell sockets")?;
         let shared = Arc::new(Shared {
             verifier,
             store,

@@ -383,11 +383,28 @@ impl Shard {
 
     // ---- the inbox ----
 
-    pub async fn run_inbox(self: Rc<Self>, inbox: Inbox<ShardMsg>) {
+    /// Handles this shard's inbox until the process ends. With nothing to do it sleeps on the
+    /// inbox's doorbell inside the reactor (see [`corecast_shard_router::mesh`]).
+    pub async fn run_inbox(self: Rc<Self>, mut inbox: Inbox<ShardMsg>) {
+        use futures_lite::AsyncReadExt;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let bell = inbox
+            .take_doorbell()
+            .expect("invariant: each inbox's doorbell is taken once, here");
+        // SAFETY: the doorbell's socket is ours alone; its ownership moves to glommio.
+        let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
         let mut batch = Vec::with_capacity(256);
+        let mut rung = [0u8; 64];
         loop {
-            if inbox.recv_batch(&mut batch, 256).await == 0 {
-                return;
+            if inbox.drain(&mut batch, 256) == 0 {
+                if inbox.arm() {
+                    match bell.read(&mut rung).await {
+                        Ok(n) if n > 0 => {}
+                        // Every sender is gone: the process is ending.
+                        _ => return,
+                    }
+                }
+                continue;
             }
             for msg in batch.drain(..) {
                 if let ShardMsg::Shutdown = msg {

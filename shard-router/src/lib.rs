@@ -3,9 +3,9 @@
 //! - [`owner_of_group`] and [`owner_of_user`]: the one pure routing function per kind of state.
 //!   A group's room (its member list, its subscriber shards, the order of its messages) lives on
 //!   the group's owner shard; a user's presence count lives on the user's owner shard.
-//! - [`mesh`]: one bounded, lock-free inbox per shard (crossbeam-channel), with an
-//!   [`futures::task::AtomicWaker`] so that a shard waiting for work sleeps in its reactor and
-//!   is woken by the sender, never by spinning.
+//! - [`mesh`]: one bounded, lock-free inbox per shard (crossbeam-channel), with a doorbell so
+//!   that a shard waiting for work sleeps in its reactor and is woken by the sender, never by
+//!   spinning.
 //! - [`RateLimiter`]: a sans-IO token bucket.
 //!
 //! Nothing here does I/O or knows about sockets; it never blocks.
