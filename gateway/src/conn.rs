@@ -528,25 +528,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     conn.push(&shard, Bytes::from(response));
     conn.push(&shard, conn.open_frame(&shard));
     shard.register_conn(conn.clone());
-    glommio::spawn_local(session(shard, conn, stream.into_inner())).detach();
-}
-
-async fn session(shard: Rc<Shard>, conn: Rc<Conn>, stream: TcpStream) {
-    let stream = RefCell::new(stream);
-    // Once closing, the writer has until the shard's ticker declares the close overdue (a
-    // client that stopped reading would hold it forever); then the socket is dropped.
-    let overdue = poll_fn(|cx| {
-        if conn.close_overdue.get() {
-            Poll::Ready(())
-        } else {
-            *conn.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    });
-    let reader = read_loop(&shard, &conn, &stream);
-    let writer = write_loop(&shard, &conn, &stream);
-    futures_lite::future::or(futures_lite::future::or(reader, writer), overdue).await;
-    shard.conn_closed(&conn);
+    glommio::spawn_local(async move {
+        let session = Session {
+            decoder: Decoder::new(Role::Server, shard.config().server.max_payload),
+            shard: shard.clone(),
+            conn: conn.clone(),
+            stream: stream.into_inner(),
+            inbuf: BytesMut::new(),
+            writing: None,
+        };
+        session.await;
+        shard.conn_closed(&conn);
+    })
+    .detach();
 }
 
 /// Reads the HTTP upgrade request and answers it; returns the 101 response to send first.
@@ -570,78 +564,165 @@ async fn read_upgrade(shard: &Shard, stream: &Stream) -> Option<Vec<u8>> {
     }
 }
 
-async fn read_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
-    let mut decoder = Decoder::new(Role::Server, shard.config().server.max_payload);
-    let mut buf = BytesMut::new();
-    loop {
-        match read_some(shard, stream, &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+/// A live connection's I/O, as one small hand-written future (an `async fn` pair of reader
+/// and writer kept several hundred bytes more state per connection). Each poll:
+///
+/// 1. ends the session if the ticker declared a close overdue;
+/// 2. writes: everything queued goes out in one send (one frame as is, several copied into
+///    one buffer), until the queue is empty or the socket is full;
+/// 3. reads into the shard's scratch buffer and handles every complete packet at once,
+///    keeping only an unfinished frame in a buffer of its own;
+///
+/// and loops while a step made progress (handling packets may queue frames to write).
+struct Session {
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    decoder: Decoder,
+    /// An unfinished frame; empty, without an allocation, while idle.
+    inbuf: BytesMut,
+    /// The bytes being written, and how many have gone.
+    writing: Option<(Bytes, usize)>,
+}
+
+impl std::future::Future for Session {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        // A client that never stops sending must not keep the shard to itself: after this
+        // many turns the session yields (and asks to be polled again).
+        let mut budget = 16;
         loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(msg)) => {
-                    if conn.closing.get() {
-                        break;
-                    }
-                    conn.on_message(shard, msg);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    conn.close(shard, e.close_code(), &e.to_string());
-                    break;
+            budget -= 1;
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if this.conn.close_overdue.get() {
+                return Poll::Ready(());
+            }
+            let mut progress = false;
+            match this.poll_write(cx) {
+                Poll::Ready(true) => progress = true,
+                Poll::Ready(false) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            if !this.conn.closing.get() {
+                match this.poll_read(cx) {
+                    Poll::Ready(true) => progress = true,
+                    Poll::Ready(false) => return Poll::Ready(()),
+                    Poll::Pending => {}
                 }
             }
-        }
-        if conn.closing.get() {
-            // Let the writer flush the close; it ends the connection.
-            std::future::pending::<()>().await;
-        }
-        if buf.is_empty() {
-            // Release the buffer: an idle connection keeps none.
-            buf = BytesMut::new();
+            if !progress {
+                // Frames queued by other tasks, and the ticker's close deadline, wake us here.
+                *this.conn.waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
         }
     }
 }
 
-async fn write_loop(shard: &Shard, conn: &Rc<Conn>, stream: &Stream) {
-    loop {
-        poll_fn(|cx| {
-            if !conn.out.borrow().is_empty() || conn.closing.get() {
-                Poll::Ready(())
-            } else {
-                *conn.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
+impl Session {
+    /// Ready(true): wrote something; Ready(false): the session is over; Pending: nothing to
+    /// write or the socket is full.
+    fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let mut wrote = false;
+        loop {
+            if self.writing.is_none() {
+                let mut q = self.conn.out.borrow_mut();
+                let next = match q.len() {
+                    0 => None,
+                    1 => q.pop_front(),
+                    _ => {
+                        // Everything queued goes out in one send. The buffer lives only until
+                        // it is written: an idle connection keeps none.
+                        let total = q.iter().map(Bytes::len).sum();
+                        let mut batch = Vec::with_capacity(total);
+                        for f in q.drain(..) {
+                            batch.extend_from_slice(&f);
+                        }
+                        Some(Bytes::from(batch))
+                    }
+                };
+                drop(q);
+                match next {
+                    Some(b) => self.writing = Some((b, 0)),
+                    None if self.conn.closing.get() => {
+                        let _ = Pin::new(&mut self.stream).poll_close(cx);
+                        return Poll::Ready(false);
+                    }
+                    None => {
+                        return if wrote {
+                            Poll::Ready(true)
+                        } else {
+                            Poll::Pending
+                        }
+                    }
+                }
             }
-        })
-        .await;
-        let frames: Vec<Bytes> = conn.out.borrow_mut().drain(..).collect();
-        if frames.is_empty() && conn.closing.get() {
-            let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
-            return;
-        }
-        let total: usize = frames.iter().map(Bytes::len).sum();
-        let result = if frames.len() == 1 {
-            write_all(stream, &frames[0]).await
-        } else {
-            // Everything queued goes out in one send.
-            // Allocated per write and freed after it: an idle connection keeps no buffer.
-            let mut batch = Vec::with_capacity(total);
-            for f in &frames {
-                batch.extend_from_slice(f);
+            let (buf, pos) = self.writing.as_mut().expect("invariant: set just above");
+            match Pin::new(&mut self.stream).poll_write(cx, &buf[*pos..]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    *pos += n;
+                    if *pos == buf.len() {
+                        let len = buf.len();
+                        self.writing = None;
+                        self.conn
+                            .out_bytes
+                            .set(self.conn.out_bytes.get().saturating_sub(len));
+                        self.shard
+                            .stats
+                            .writes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    wrote = true;
+                }
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => {
+                    return if wrote {
+                        Poll::Ready(true)
+                    } else {
+                        Poll::Pending
+                    }
+                }
             }
-            write_all(stream, &batch).await
-        };
-        drop(frames);
-        conn.out_bytes
-            .set(conn.out_bytes.get().saturating_sub(total));
-        shard
-            .stats
-            .writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if result.is_err() {
-            return;
         }
+    }
+
+    /// Ready(true): read and handled something; Ready(false): the peer is gone; Pending:
+    /// nothing to read.
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let shard = &*self.shard;
+        {
+            let mut scratch = shard.scratch.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(n)) => self.inbuf.extend_from_slice(&scratch[..n]),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        loop {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(msg)) => {
+                    if self.conn.closing.get() {
+                        break;
+                    }
+                    self.conn.on_message(shard, msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.conn.close(shard, e.close_code(), &e.to_string());
+                    break;
+                }
+            }
+        }
+        if self.inbuf.is_empty() {
+            // Release the buffer: an idle connection keeps none.
+            self.inbuf = BytesMut::new();
+        }
+        Poll::Ready(true)
     }
 }
 

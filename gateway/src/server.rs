@@ -157,7 +157,7 @@ async fn run_shard(
 ) {
     glommio::spawn_local(shard.clone().run_inbox(inbox)).detach();
     glommio::spawn_local(ticker(shard.clone())).detach();
-    glommio::spawn_local(overflow_flusher(shard.clone())).detach();
+    glommio::spawn_local(flusher(shard.clone())).detach();
     let _ = ready.send(Ok(()));
     let stopped = poll_fn(|cx| {
         if shard.stopping.get() {
@@ -215,19 +215,19 @@ async fn ticker(shard: Rc<Shard>) {
     }
 }
 
-/// Retries messages parked because a destination inbox was full.
-async fn overflow_flusher(shard: Rc<Shard>) {
+/// Hands what the shard's tasks produced to other shards and to the store whenever a task
+/// yields (see [`Shard::flush`]), and retries messages parked because an inbox was full.
+async fn flusher(shard: Rc<Shard>) {
     loop {
         poll_fn(|cx| {
-            if shard.has_overflow() {
+            if shard.flush_ready(cx.waker()) {
                 Poll::Ready(())
             } else {
-                shard.set_overflow_waker(cx.waker().clone());
                 Poll::Pending
             }
         })
         .await;
-        while !shard.flush_overflow() {
+        while !shard.flush() {
             glommio::timer::sleep(Duration::from_micros(200)).await;
         }
     }

@@ -190,6 +190,9 @@ pub enum ShardMsg {
         groups: Arc<[GroupId]>,
         frame: Bytes,
     },
+    /// Several messages from one shard, handed over at once (one queue slot, at most one
+    /// wake-up); handled in order.
+    Batch(Vec<ShardMsg>),
     Shutdown,
 }
 
@@ -233,7 +236,15 @@ pub struct Shard {
     /// Per destination shard: messages that found its inbox full, in order. Once a destination
     /// has overflow, later messages to it queue behind it, so per-pair order holds.
     overflow: RefCell<Vec<VecDeque<ShardMsg>>>,
-    overflow_waker: RefCell<Option<Waker>>,
+    /// Per destination shard: messages the running task produced, handed over as one batch
+    /// when it yields (by the flusher task, see [`Shard::flush`]). Batching saves queue
+    /// operations and wake-ups: one per destination per task turn instead of one per message.
+    outgoing: RefCell<Vec<Vec<ShardMsg>>>,
+    /// Store requests the running task produced, submitted together the same way.
+    store_outgoing: RefCell<Vec<Request>>,
+    /// Set while something waits in `outgoing`, `store_outgoing` or `overflow`.
+    flush_pending: Cell<bool>,
+    flusher_waker: RefCell<Option<Waker>>,
     next_conn: Cell<u64>,
     pub stopping: Cell<bool>,
     /// When the shard started; connection deadlines count from here (see [`crate::conn::Tick`]).
@@ -262,7 +273,10 @@ impl Shard {
             limiter: RefCell::new(RateLimiter::new(rate)),
             ids: RefCell::new(IdGenerator::new(id.0 as u8)),
             overflow: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
-            overflow_waker: RefCell::new(None),
+            outgoing: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            store_outgoing: RefCell::new(Vec::new()),
+            flush_pending: Cell::new(false),
+            flusher_waker: RefCell::new(None),
             next_conn: Cell::new(1),
             stopping: Cell::new(false),
             epoch: Instant::now(),
@@ -285,21 +299,24 @@ impl Shard {
     // ---- sending between shards ----
 
     /// Sends `msg` to shard `to` (this shard included: it goes through the inbox too, which
-    /// keeps handling out of the caller's borrows). Never blocks, never drops.
+    /// keeps handling out of the caller's borrows). Never blocks, never drops. The message
+    /// leaves when the running task yields, batched with the others for the same shard.
     pub fn send(&self, to: ShardId, msg: ShardMsg) {
-        let mut overflow = self.overflow.borrow_mut();
-        let q = &mut overflow[to.index()];
-        if q.is_empty() {
-            match self.shared.inboxes[to.index()].try_send(msg) {
-                Ok(()) => return,
-                Err(m) => q.push_back(m),
+        self.outgoing.borrow_mut()[to.index()].push(msg);
+        self.schedule_flush();
+    }
+
+    /// Submits a store request when the running task yields, batched with the others.
+    fn submit(&self, req: Request) {
+        self.store_outgoing.borrow_mut().push(req);
+        self.schedule_flush();
+    }
+
+    fn schedule_flush(&self) {
+        if !self.flush_pending.replace(true) {
+            if let Some(w) = self.flusher_waker.borrow_mut().take() {
+                w.wake();
             }
-        } else {
-            q.push_back(msg);
-        }
-        self.stats.overflow_depth.fetch_add(1, Relaxed);
-        if let Some(w) = self.overflow_waker.borrow_mut().take() {
-            w.wake();
         }
     }
 
@@ -309,9 +326,39 @@ impl Shard {
         }
     }
 
-    /// Moves overflow into inboxes that have room again; true when nothing is left.
-    pub fn flush_overflow(&self) -> bool {
+    /// Hands everything produced since the last flush to its destinations, and retries the
+    /// overflow. Returns true when nothing is left waiting (no overflow).
+    pub fn flush(&self) -> bool {
+        self.flush_pending.set(false);
+        let reqs = std::mem::take(&mut *self.store_outgoing.borrow_mut());
+        match reqs.len() {
+            0 => {}
+            1 => self
+                .shared
+                .store
+                .submit(reqs.into_iter().next().expect("invariant: one")),
+            _ => self.shared.store.submit(Request::Batch(reqs)),
+        }
+        let mut outgoing = self.outgoing.borrow_mut();
         let mut overflow = self.overflow.borrow_mut();
+        for (to, out) in outgoing.iter_mut().enumerate() {
+            let msg = match out.len() {
+                0 => continue,
+                1 => out.pop().expect("invariant: one"),
+                _ => ShardMsg::Batch(std::mem::take(out)),
+            };
+            let q = &mut overflow[to];
+            if q.is_empty() {
+                match self.shared.inboxes[to].try_send(msg) {
+                    Ok(()) => continue,
+                    Err(m) => q.push_back(m),
+                }
+            } else {
+                q.push_back(msg);
+            }
+            self.stats.overflow_depth.fetch_add(1, Relaxed);
+        }
+        // Move overflow into inboxes that have room again, in order.
         let mut empty = true;
         for (to, q) in overflow.iter_mut().enumerate() {
             while let Some(m) = q.pop_front() {
@@ -330,12 +377,14 @@ impl Shard {
         empty
     }
 
-    pub fn set_overflow_waker(&self, w: Waker) {
-        *self.overflow_waker.borrow_mut() = Some(w);
-    }
-
-    pub fn has_overflow(&self) -> bool {
-        self.overflow.borrow().iter().any(|q| !q.is_empty())
+    /// True when there is something for [`Shard::flush`] to do; otherwise keeps `w` to be
+    /// woken when there is.
+    pub fn flush_ready(&self, w: &Waker) -> bool {
+        if self.flush_pending.get() {
+            return true;
+        }
+        *self.flusher_waker.borrow_mut() = Some(w.clone());
+        false
     }
 
     /// Answers a client request: an ack if it asked for one, else an `error` event on failure.
@@ -378,7 +427,7 @@ impl Shard {
         let shared = self.shared.clone();
         let me = self.id;
         let req = make_req(Box::new(move |r| shared.send_blocking(me, make_msg(r))));
-        self.shared.store.submit(req);
+        self.submit(req);
     }
 
     // ---- the inbox ----
@@ -486,6 +535,11 @@ impl Shard {
                 groups,
                 frame,
             } => self.presence_changed(user, online, &groups, &frame),
+            ShardMsg::Batch(msgs) => {
+                for m in msgs {
+                    self.handle(m);
+                }
+            }
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -1336,7 +1390,7 @@ impl Shard {
 
     fn presence_flip(&self, user: UserId, online: bool, groups: Arc<[GroupId]>) {
         let at = events::now_ms();
-        self.shared.store.submit(Request::SetPresence {
+        self.submit(Request::SetPresence {
             user,
             online,
             at,

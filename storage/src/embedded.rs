@@ -111,10 +111,10 @@ type Finish = Box<dyn FnOnce(bool) + Send>;
 fn writer(mut conn: Connection, rx: crossbeam_channel::Receiver<Request>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        first.flatten(&mut batch);
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => r.flatten(&mut batch),
                 Err(_) => break,
             }
         }
@@ -300,6 +300,9 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             }))
             .map(|n| n as u64);
             done(reply, false, r)
+        }
+        Request::Batch(_) => {
+            unreachable!("invariant: batches are flattened before they are applied")
         }
         Request::Ping { reply } => done(reply, false, sql(c.query_row("SELECT 1", [], |_| Ok(())))),
     }

@@ -106,6 +106,9 @@ pub enum Request {
     FailedNoticeCount { reply: Reply<u64> },
     /// Answers `Ok` when the backend can reach its storage (readiness).
     Ping { reply: Reply<()> },
+    /// Several requests handed over at once (one queue slot, one wake-up of the backend);
+    /// applied exactly as if submitted one by one in this order.
+    Batch(Vec<Request>),
 }
 
 impl Request {
@@ -130,11 +133,31 @@ impl Request {
             Request::FailNotices { reply, .. } => reply(Err(err)),
             Request::FailedNoticeCount { reply, .. } => reply(Err(err)),
             Request::Ping { reply, .. } => reply(Err(err)),
+            Request::Batch(reqs) => {
+                for r in reqs {
+                    r.fail(err.clone());
+                }
+            }
+        }
+    }
+
+    /// The requests this stands for, in order: itself, or a batch's contents.
+    pub fn flatten(self, out: &mut Vec<Request>) {
+        match self {
+            Request::Batch(reqs) => {
+                for r in reqs {
+                    r.flatten(out);
+                }
+            }
+            r => out.push(r),
         }
     }
 
     /// True for requests that change stored data.
     pub fn is_write(&self) -> bool {
+        if let Request::Batch(reqs) = self {
+            return reqs.iter().any(Request::is_write);
+        }
         !matches!(
             self,
             Request::GetUser { .. }

@@ -523,6 +523,81 @@ struct Stamp {
     notice_ids: Vec<NoticeId>,
 }
 
+/// Hands one request to the runtime, after the gates that keep its key's order.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_one(
+    rt: &tokio::runtime::Runtime,
+    shared: &Arc<Shared>,
+    in_flight: &Arc<Semaphore>,
+    gates: &mut Gates,
+    clock: &mut Clock,
+    notice_clock: &mut Clock,
+    tag: u64,
+    req: Request,
+) {
+    let Some(db) = shared.db.get().cloned() else {
+        let status = shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        req.fail(Error::Unavailable(status));
+        return;
+    };
+    let permit = rt
+        .block_on(in_flight.clone().acquire_owned())
+        .expect("invariant: the in-flight semaphore is never closed");
+    let mut stamp = Stamp {
+        ts: clock.next(),
+        after: None,
+        done: None,
+        reply_after: None,
+        reply_done: None,
+        notice_ids: Vec::new(),
+    };
+    let key = match &req {
+        Request::PutGroup { group, .. } => Some(Key::Group(group.id.0)),
+        Request::GetGroup { group, .. }
+        | Request::AddMember { group, .. }
+        | Request::RemoveMember { group, .. } => Some(Key::Group(group.0)),
+        Request::MarkRead {
+            group,
+            message,
+            user,
+            ..
+        } => Some(Key::Read(group.0, message.0, user.0)),
+        Request::AppendMessage {
+            message, notify, ..
+        } => {
+            let (after, done) = gates.chain(Key::Replies(message.group.0));
+            stamp.reply_after = after;
+            stamp.reply_done = Some(done);
+            stamp.notice_ids = notify
+                .iter()
+                .map(|_| {
+                    let t = (notice_clock.next() - ID_EPOCH_MS * 1000).max(0) as u64;
+                    NoticeId((t << NOTICE_TAG_BITS) | tag)
+                })
+                .collect();
+            message
+                .client_msg_id
+                .as_ref()
+                .map(|k| Key::Dedupe(message.group.0, message.sender.0, k.clone()))
+        }
+        _ => None,
+    };
+    if let Some(key) = key {
+        let (after, done) = gates.chain(key);
+        stamp.after = after;
+        stamp.done = Some(done);
+    }
+    rt.spawn(async move {
+        let _permit = permit;
+        pass(stamp.after.take()).await;
+        handle(&db, req, stamp).await;
+    });
+}
+
 fn dispatcher(
     rt: tokio::runtime::Runtime,
     rx: crossbeam_channel::Receiver<Request>,
@@ -533,68 +608,21 @@ fn dispatcher(
     let mut clock = Clock { last: 0 };
     let mut notice_clock = Clock { last: 0 };
     let tag = fastrand_tag();
-    while let Ok(req) = rx.recv() {
-        let Some(db) = shared.db.get().cloned() else {
-            let status = shared
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            req.fail(Error::Unavailable(status));
-            continue;
-        };
-        let permit = rt
-            .block_on(in_flight.clone().acquire_owned())
-            .expect("invariant: the in-flight semaphore is never closed");
-        let mut stamp = Stamp {
-            ts: clock.next(),
-            after: None,
-            done: None,
-            reply_after: None,
-            reply_done: None,
-            notice_ids: Vec::new(),
-        };
-        let key = match &req {
-            Request::PutGroup { group, .. } => Some(Key::Group(group.id.0)),
-            Request::GetGroup { group, .. }
-            | Request::AddMember { group, .. }
-            | Request::RemoveMember { group, .. } => Some(Key::Group(group.0)),
-            Request::MarkRead {
-                group,
-                message,
-                user,
-                ..
-            } => Some(Key::Read(group.0, message.0, user.0)),
-            Request::AppendMessage {
-                message, notify, ..
-            } => {
-                let (after, done) = gates.chain(Key::Replies(message.group.0));
-                stamp.reply_after = after;
-                stamp.reply_done = Some(done);
-                stamp.notice_ids = notify
-                    .iter()
-                    .map(|_| {
-                        let t = (notice_clock.next() - ID_EPOCH_MS * 1000).max(0) as u64;
-                        NoticeId((t << NOTICE_TAG_BITS) | tag)
-                    })
-                    .collect();
-                message
-                    .client_msg_id
-                    .as_ref()
-                    .map(|k| Key::Dedupe(message.group.0, message.sender.0, k.clone()))
-            }
-            _ => None,
-        };
-        if let Some(key) = key {
-            let (after, done) = gates.chain(key);
-            stamp.after = after;
-            stamp.done = Some(done);
+    let mut reqs = Vec::new();
+    while let Ok(first) = rx.recv() {
+        first.flatten(&mut reqs);
+        for req in reqs.drain(..) {
+            dispatch_one(
+                &rt,
+                &shared,
+                &in_flight,
+                &mut gates,
+                &mut clock,
+                &mut notice_clock,
+                tag,
+                req,
+            );
         }
-        rt.spawn(async move {
-            let _permit = permit;
-            pass(stamp.after.take()).await;
-            handle(&db, req, stamp).await;
-        });
     }
     // Every handle is gone: let the requests in flight finish (their replies must be called),
     // bounded, then stop the runtime.
@@ -801,6 +829,9 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
             }
             .await;
             reply(r)
+        }
+        Request::Batch(_) => {
+            unreachable!("invariant: batches are flattened before they are applied")
         }
         Request::Ping { reply } => {
             let r = db
