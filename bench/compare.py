@@ -5,10 +5,13 @@ Builds the release binaries, then for each server in turn (a fresh process per s
 corecast with the embedded store in a temporary data folder and the rate limit off, the
 baseline with `node`), runs the same corecast-loadgen scenarios against it, and writes
 bench/results/*.json, bench/results/summary.json and the "Benchmarks: gateway vs
-baseline" section of docs/benchmarks.md.
+baseline" section of docs/benchmarks.md. `--quick` (CI) writes its results to
+target/bench-quick/ instead and leaves docs/ and bench/results/ alone. The table goes to
+stdout, everything else to stderr.
 
-It fails (non-zero) only when corecast misbehaves: lost or duplicated messages, or errors
-reported by the loadgen. Never on speed: CI machines are noisy. Run via bench/compare.sh.
+It fails (non-zero) only when corecast misbehaves: lost, duplicated or out-of-order
+messages, errors reported by the loadgen, or a corecast that does not start. Never on
+speed (CI machines are noisy), and never because of the baseline. Run via bench/compare.sh.
 """
 
 import argparse
@@ -29,6 +32,7 @@ LOADGEN = os.path.join(ROOT, "target", "release", "corecast-loadgen")
 CORECAST = os.path.join(ROOT, "target", "release", "corecast")
 BASELINE_DIR = os.path.join(ROOT, "bench", "baseline")
 RESULTS = os.path.join(ROOT, "bench", "results")
+QUICK_RESULTS = os.path.join(ROOT, "target", "bench-quick")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 ADMIN = "bench-admin-token"
@@ -43,15 +47,18 @@ def log(msg):
 
 def sh(cmd, **kw):
     log("$ " + " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+    kw.setdefault("cwd", ROOT)
+    subprocess.run(cmd, check=True, **kw)
 
 
 class Server:
     """One server process, started fresh for one scenario and stopped after it."""
 
-    def __init__(self, kind, port):
+    def __init__(self, kind, port, name):
         self.kind = kind
         self.port = port
+        # The server's stderr (its log), kept beside the results for a failed run.
+        self.log_path = os.path.join(RESULTS, f"{kind}-{name}.server.log")
         self.proc = None
         self.data_dir = None
 
@@ -71,9 +78,10 @@ class Server:
             cmd = [CORECAST, "serve"]
         else:
             cmd = ["node", os.path.join(BASELINE_DIR, "server.js")]
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+        with open(self.log_path, "w") as log_file:
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True
+            )
         deadline = time.time() + 60
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -145,28 +153,36 @@ def plan(quick):
     )
 
 
+def scenario(kind, port, name, args):
+    """A fresh server, one loadgen run against it; notes a server that died during it."""
+    with Server(kind, port, name) as s:
+        rep = loadgen(s, name, args)
+        rep["listening"] = s.listening
+        code = s.proc.poll()
+    if code is not None:
+        rep["server_exited"] = code
+        log(f"{kind} exited with {code} during {name}; its log: {os.path.relpath(s.log_path, ROOT)}")
+    return rep
+
+
 def run_server(kind, p, port):
     res = {"kind": kind}
     common = ["--duration", p["duration"], "--warmup", p["warmup"]]
-    with Server(kind, port) as s:
-        res["listening"] = s.listening
-        res["idle"] = loadgen(s, "idle", ["--scenario", "idle", "--conns", p["idle_conns"], "--duration", 3,
-                                         "--connect-rate", 5000, "--src-addrs", 8])
-    with Server(kind, port) as s:
-        res["connect_storm"] = loadgen(s, "connect-storm", ["--scenario", "connect-storm",
-                                                            "--conns", p["storm_conns"], "--src-addrs", 8])
+    res["idle"] = scenario(kind, port, "idle", ["--scenario", "idle", "--conns", p["idle_conns"],
+                                                "--duration", 3, "--connect-rate", 5000, "--src-addrs", 8])
+    res["listening"] = res["idle"]["listening"]
+    res["connect_storm"] = scenario(kind, port, "connect-storm", ["--scenario", "connect-storm",
+                                                                  "--conns", p["storm_conns"], "--src-addrs", 8])
     res["sweep"] = []
     for rate in p["rates"]:
-        with Server(kind, port) as s:
-            rep = loadgen(s, f"fanout-{rate}", ["--scenario", "fanout", "--conns", p["fanout_conns"],
-                                                "--group-size", 10, "--rate", rate] + common)
+        rep = scenario(kind, port, f"fanout-{rate}", ["--scenario", "fanout", "--conns", p["fanout_conns"],
+                                                      "--group-size", 10, "--rate", rate] + common)
         res["sweep"].append(rep)
         if not held(rep):
             log(f"{kind} does not hold {rate} msgs/s (p99 < {P99_BOUND_MS} ms, nothing lost); sweep ends")
             break
-    with Server(kind, port) as s:
-        res["large_room"] = loadgen(s, "large-room", ["--scenario", "large-room", "--conns", p["room"],
-                                                      "--rate", p["room_rate"]] + common)
+    res["large_room"] = scenario(kind, port, "large-room", ["--scenario", "large-room", "--conns", p["room"],
+                                                            "--rate", p["room_rate"]] + common)
     return res
 
 
@@ -305,14 +321,16 @@ def misbehaviour(res):
             (f"fanout@{r.get('config', {}).get('rate')}", r) for r in res.get("sweep", [])]:
         if rep is None:
             continue
+        if "server_exited" in rep:
+            bad.append(f"{name}: the server exited with {rep['server_exited']} during the run")
         if "failed" in rep:
             bad.append(f"{name}: {rep['failed']}")
             continue
         s = rep.get("send") or {}
         if s.get("duplicated"):
             bad.append(f"{name}: {s['duplicated']} duplicated deliveries")
-        if s.get("reordered"):
-            bad.append(f"{name}: {s['reordered']} deliveries out of order")
+        if s.get("out_of_order"):
+            bad.append(f"{name}: {s['out_of_order']} deliveries out of order")
         if rep["errors_total"]:
             bad.append(f"{name}: errors {rep['errors']}")
         # Loss only counts at rates corecast is meant to hold: a rate sweep goes past what
@@ -325,13 +343,26 @@ def misbehaviour(res):
     return bad
 
 
+def npm_ci_if_needed():
+    """`npm ci` in bench/baseline unless node_modules already matches package-lock.json."""
+    stamp = os.path.join(BASELINE_DIR, "node_modules", ".package-lock.json")
+    lock = os.path.join(BASELINE_DIR, "package-lock.json")
+    if os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(lock):
+        return
+    sh(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BASELINE_DIR,
+       stdout=subprocess.DEVNULL)
+
+
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes, for CI")
     ap.add_argument("--only", choices=["corecast", "baseline"], help="measure one server")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     a = ap.parse_args()
+    if a.quick:
+        RESULTS = QUICK_RESULTS
     os.makedirs(RESULTS, exist_ok=True)
     if not a.no_build:
         sh(["cargo", "build", "--release", "-p", "corecast-loadgen"])
@@ -341,8 +372,11 @@ def main():
             log("the gateway did not build")
             if a.quick:
                 return 1
-    if not os.path.isdir(os.path.join(BASELINE_DIR, "node_modules")):
-        sh(["npm", "ci", "--no-audit", "--no-fund"], cwd=BASELINE_DIR)
+    if not os.path.exists(LOADGEN):
+        log(f"{LOADGEN} is missing (cargo build --release -p corecast-loadgen)")
+        return 1
+    if a.only != "corecast":
+        npm_ci_if_needed()
     meta = versions()
     meta["command"] = "bench/compare.sh" + (" --quick" if a.quick else "") + (f" --only {a.only}" if a.only else "")
     p = plan(a.quick)
@@ -354,12 +388,20 @@ def main():
             if a.quick:
                 return 1
             continue
-        results[kind] = run_server(kind, p, 4300 + 10 * i)
+        try:
+            results[kind] = run_server(kind, p, 4300 + 10 * i)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log(f"{kind}: {e}")
+            if kind == "corecast":
+                log("corecast misbehaved: it did not run the scenarios")
+                return 1
+            log("the baseline is left out of this run")
     rows, section = summarize(results, meta, a.quick)
     summary = {"meta": meta, "plan": p, "rows": rows, "results": results}
     with open(os.path.join(RESULTS, "summary" + ("-quick" if a.quick else "") + ".json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(section)
+    log(f"raw results in {os.path.relpath(RESULTS, ROOT)}/")
     if not a.no_doc and not a.quick:
         write_doc(section)
     if "corecast" in results:

@@ -11,6 +11,9 @@
 #   4. cargo test --workspace --release (Rust unit and integration tests)
 #   5. pytest tests/python (black-box tests with the official Python Socket.IO client)
 #   6. node --test tests/js/ (black-box tests with the official JavaScript client)
+#   7. bench/compare.sh --quick: a short corecast vs Node.js Socket.IO comparison with
+#      corecast-loadgen (about 3 minutes); prints the table, fails only when corecast
+#      misbehaves (errors, lost, duplicated or out-of-order messages), never on speed
 #
 # Environment exported to the tests:
 #   CORECAST_BIN, CORECAST_NOTIFIER_BIN      the release binaries
@@ -25,6 +28,7 @@
 #                                    saying so; use with an already running node)
 #   CORECAST_TEST_SKIP_CARGO_TEST=1  skip cargo test (black-box tests only)
 #   CORECAST_TEST_SKIP_JS=1          skip the JavaScript tests
+#   CORECAST_TEST_SKIP_BENCH=1       skip the quick benchmark comparison
 # Other knobs: CORECAST_CACHE (default ~/.cache/corecast: Cassandra jars, Python venv),
 # CORECAST_CASSANDRA_PORT (default 9042), PYTEST_ADDOPTS, CARGO_BUILD_JOBS.
 set -euo pipefail
@@ -126,6 +130,8 @@ if ! skip CORECAST_TEST_SKIP_JS; then
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   echo "node: $(node --version); tests/js packages installed (npm ci)"
 fi
+(cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+echo "bench/baseline packages installed (npm ci)"
 
 # ---------------------------------------------------------------------------------------------
 section "cargo fmt --check and clippy"
@@ -191,6 +197,20 @@ python -m pytest tests/python -q
 section "node --test tests/js/ (socket.io-client)"
 if ! skip CORECAST_TEST_SKIP_JS; then
   node --test tests/js/
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "bench/compare.sh --quick (corecast vs Node.js baseline; fails on misbehaviour, not speed)"
+if ! skip CORECAST_TEST_SKIP_BENCH; then
+  [[ -x target/release/corecast-loadgen ]] \
+    || die "cargo build did not produce target/release/corecast-loadgen"
+  if [[ "$CASSANDRA_STARTED" == 1 ]]; then # not needed any more: give its CPU to the bench
+    scripts/cassandra.sh stop
+    CASSANDRA_STARTED=0
+  fi
+  # Reuses the release binaries built above; the table goes to stdout, raw results to
+  # target/bench-quick/.
+  bench/compare.sh --quick --no-build
 fi
 
 echo "--- ${SECTION_NAME}: done in $((SECONDS - SECTION_T0)) s"

@@ -180,7 +180,8 @@ pub struct Config {
     pub src_addrs: Vec<Ipv4Addr>,
 }
 
-/// Text header `cc:<group>:<seq>:<intended send ns>:` plus padding; 64 bytes always fit it.
+/// Text header `cc:<group>:<seq>:<intended send ns>:<sender>:` plus padding (a longer
+/// header is sent unpadded).
 pub const MIN_MSG_SIZE: usize = 48;
 
 impl Config {

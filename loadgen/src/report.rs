@@ -139,7 +139,8 @@ pub struct SendSummary {
     pub expected: u64,
     pub lost: u64,
     pub duplicated: u64,
-    pub reordered: u64,
+    /// Deliveries out of id order, or out of their sender's send order.
+    pub out_of_order: u64,
     pub latency: Percentiles,
     pub ack: Percentiles,
     pub acks_ok: u64,
@@ -207,7 +208,7 @@ impl Report {
                 expected,
                 lost: expected.saturating_sub(unique),
                 duplicated: raw.groups.values().map(|t| t.duplicated).sum(),
-                reordered: raw.groups.values().map(|t| t.reordered).sum(),
+                out_of_order: raw.groups.values().map(|t| t.out_of_order).sum(),
                 latency: Percentiles::of(&m.latency),
                 ack: Percentiles::of(&m.ack),
                 acks_ok: raw.acks_ok,
@@ -305,7 +306,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "expected {} | lost {} | duplicated {} | out of order {} | acks ok {}",
-                x.expected, x.lost, x.duplicated, x.reordered, x.acks_ok
+                x.expected, x.lost, x.duplicated, x.out_of_order, x.acks_ok
             );
             let _ = writeln!(s, "latency ms    p50      p90      p99    p99.9      max");
             let _ = writeln!(

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::admin::TokenMinter;
 use crate::config::Config;
 use crate::now_ns;
-use crate::stats::{self, GroupTally, Interval, ThreadStats, Track};
+use crate::stats::{self, GroupTally, Interval, ThreadStats, Track, MAX_SENDERS_PER_GROUP};
 
 /// Orders from the main thread.
 #[derive(Debug)]
@@ -147,13 +147,19 @@ impl Worker {
             }
             let group = cfg.group_of(u);
             // Each group is sent to by the thread that holds its first member, from those of
-            // its members that live on that thread: one sender schedule and one sequence per
-            // group, so receivers can check order.
+            // its members that live on that thread (at most MAX_SENDERS_PER_GROUP): one
+            // sender schedule and one sequence per group, so receivers can tell lost from
+            // duplicated, and each message names its sender so that receivers can check
+            // that sender's order.
             if let Some(g) = group {
                 let first = g * cfg.group_size;
                 if cfg.proc_of(first) == me && cfg.thread_of(first) == id {
                     match owned.last_mut() {
-                        Some(og) if og.g == g => og.senders.push(conns.len()),
+                        Some(og) if og.g == g => {
+                            if og.senders.len() < MAX_SENDERS_PER_GROUP {
+                                og.senders.push(conns.len());
+                            }
+                        }
                         _ => owned.push(OwnedGroup {
                             g,
                             senders: vec![conns.len()],
@@ -291,7 +297,7 @@ impl Worker {
                 t.receivers += 1;
                 t.unique += c.track.unique;
                 t.duplicated += c.track.duplicated;
-                t.reordered += c.track.reordered;
+                t.out_of_order += c.track.out_of_order;
             }
         }
         let fin = Final {
@@ -660,24 +666,31 @@ impl Worker {
         }
     }
 
-    /// `["newMessage",{...,"text":"cc:<group>:<seq>:<intended ns>:...",...}]`
+    /// `["newMessage",{"id":"<id>",...,"text":"cc:<group>:<seq>:<intended ns>:<sender>:...",...}]`
     fn on_delivery(&mut self, i: usize, data: &[u8], now: u64) {
+        let Some(id) = message_id(data) else {
+            return self.stats.error("delivery_without_id");
+        };
         let Some(at) = self.text_finder.find(data) else {
             return self.stats.error("delivery_without_loadgen_text");
         };
         let mut rest = &data[at + self.text_finder.needle().len()..];
-        let (Some(g), Some(seq), Some(sent_ns)) = (
+        let (Some(g), Some(seq), Some(sent_ns), Some(sender)) = (
+            take_num(&mut rest),
             take_num(&mut rest),
             take_num(&mut rest),
             take_num(&mut rest),
         ) else {
             return self.stats.error("delivery_bad_text");
         };
+        if sender >= MAX_SENDERS_PER_GROUP as u64 {
+            return self.stats.error("delivery_bad_text");
+        }
         let c = &mut self.conns[i];
         if c.group != Some(g as u32) {
             return self.stats.error("delivery_wrong_group");
         }
-        c.track.on_seq(seq);
+        c.track.on_delivery(seq, sender as usize, id);
         let st = &mut self.stats;
         st.delivered += 1;
         st.iv_delivered += 1;
@@ -723,7 +736,8 @@ impl Worker {
             }
             let n = self.owned.len() as u64;
             let og = &mut self.owned[(p.i % n) as usize];
-            let sender = og.senders[((p.i / n) % og.senders.len() as u64) as usize];
+            let k = ((p.i / n) % og.senders.len() as u64) as usize;
+            let sender = og.senders[k];
             p.i += 1;
             let c = &mut self.conns[sender];
             if c.state != State::Ready {
@@ -738,7 +752,7 @@ impl Worker {
             use std::io::Write;
             let _ = write!(
                 self.json,
-                r#"{{"groupId":{gid},"text":"cc:{}:{seq}:{intended}:"#,
+                r#"{{"groupId":{gid},"text":"cc:{}:{seq}:{intended}:{k}:"#,
                 og.g
             );
             let header_len = self.json.len() - br#"{"groupId":,"text":""#.len() - digits(gid);
@@ -845,6 +859,25 @@ fn take_num(rest: &mut &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// The message id (a string of digits) of a `["newMessage",{"id":"<id>",...}]` event: both
+/// corecast and the baseline put it first; anywhere else, the first `"id":"` key.
+fn message_id(data: &[u8]) -> Option<u64> {
+    const FIRST: &[u8] = br#"["newMessage",{"id":""#;
+    let rest = if data.starts_with(FIRST) {
+        &data[FIRST.len()..]
+    } else {
+        &data[memmem::find(data, br#""id":""#)? + 6..]
+    };
+    let end = rest.iter().position(|&b| b == b'"')?;
+    if end == 0 || end > 20 {
+        return None;
+    }
+    rest[..end].iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// The string value after `key` (e.g. `"code":"`), if it has no escapes.
 fn json_str_field<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let at = memmem::find(data, key)? + key.len();
@@ -889,6 +922,20 @@ mod tests {
         assert_eq!(take_num(&mut rest), Some(345));
         assert_eq!(take_num(&mut rest), Some(678));
         assert_eq!(take_num(&mut rest), None);
+    }
+
+    #[test]
+    fn message_id_is_found() {
+        let d = br#"["newMessage",{"id":"7312345678901234567","senderId":1,"text":"cc:1:2:3:0:"}]"#;
+        assert_eq!(message_id(d), Some(7312345678901234567));
+        let d = br#"["newMessage",{"senderId":1,"id":"42","text":"x"}]"#;
+        assert_eq!(message_id(d), Some(42));
+        assert_eq!(message_id(br#"["newMessage",{"id":"4a2"}]"#), None);
+        assert_eq!(
+            message_id(br#"["newMessage",{"id":"99999999999999999999"}]"#),
+            None
+        );
+        assert_eq!(message_id(br#"["newMessage",{"text":"x"}]"#), None);
     }
 
     #[test]
