@@ -190,3 +190,75 @@ mod tests {
         assert_eq!(v.verify(""), Err(AuthError::Missing));
     }
 }
+
+#[cfg(test)]
+mod public_key_tests {
+    //! RS256 and ES256 with the test key pairs in `gateway/tests/keys/` (made with openssl for
+    //! these tests only).
+    use super::*;
+    use crate::config::JwtAlgorithm;
+
+    fn keys(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys")
+            .join(name)
+    }
+
+    fn verifier(alg: JwtAlgorithm, public: &str) -> Verifier {
+        let mut c = Config::default();
+        c.auth.jwt_algorithm = alg;
+        c.auth.jwt_public_key_file = Some(keys(public));
+        Verifier::from_config(&c).unwrap()
+    }
+
+    fn sign(alg: Algorithm, key: EncodingKey, sub: u64) -> String {
+        let claims = serde_json::json!({"sub": sub, "exp": 4_000_000_000u64});
+        encode(&Header::new(alg), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_their_public_keys_only() {
+        let rsa =
+            EncodingKey::from_rsa_pem(&std::fs::read(keys("rs256-private.pem")).unwrap()).unwrap();
+        let ec =
+            EncodingKey::from_ec_pem(&std::fs::read(keys("es256-private.pem")).unwrap()).unwrap();
+        let rs = verifier(JwtAlgorithm::RS256, "rs256-public.pem");
+        let es = verifier(JwtAlgorithm::ES256, "es256-public.pem");
+        assert_eq!(
+            rs.verify(&sign(Algorithm::RS256, rsa.clone(), 5)),
+            Ok(UserId(5))
+        );
+        assert_eq!(
+            es.verify(&sign(Algorithm::ES256, ec.clone(), 6)),
+            Ok(UserId(6))
+        );
+        // The algorithm is fixed by configuration: a token of another algorithm is refused,
+        // and so is an HS256 token signed with the public key as a secret.
+        assert!(matches!(
+            rs.verify(&sign(Algorithm::ES256, ec, 5)),
+            Err(AuthError::Invalid(_))
+        ));
+        let pem = std::fs::read(keys("rs256-public.pem")).unwrap();
+        let forged = sign(Algorithm::HS256, EncodingKey::from_secret(&pem), 5);
+        assert!(matches!(rs.verify(&forged), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            es.verify(&sign(Algorithm::RS256, rsa, 6)),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_wrong_key_file_fails_at_start_with_its_name() {
+        let mut c = Config::default();
+        c.auth.jwt_algorithm = JwtAlgorithm::RS256;
+        c.auth.jwt_public_key_file = Some(keys("nope.pem"));
+        let err = Verifier::from_config(&c).err().unwrap();
+        assert!(format!("{err:#}").contains("nope.pem"), "{err:#}");
+        c.auth.jwt_public_key_file = Some(keys("es256-public.pem"));
+        let err = Verifier::from_config(&c).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("not an RSA public key"),
+            "{err:#}"
+        );
+    }
+}
