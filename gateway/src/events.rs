@@ -310,26 +310,8 @@ fn is_http_url(url: &str) -> bool {
 /// Formats milliseconds since the epoch as ISO 8601 UTC with milliseconds, like JavaScript's
 /// `Date.prototype.toISOString`.
 pub fn iso8601(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let (y, m, d, h, mi, sec, milli) = corecast_storage::utc_fields(ms);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{milli:03}Z")
 }
 
 pub fn now_ms() -> Millis {
@@ -340,12 +322,8 @@ pub fn now_ms() -> Millis {
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
-    let mut buf = itoa_buf(n);
-    out.append(&mut buf);
-}
-
-fn itoa_buf(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
+    use std::io::Write;
+    let _ = write!(out, "{n}");
 }
 
 /// The `newMessage` payload.

@@ -403,21 +403,7 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
         params![group.id.0 as i64, group.name],
     ))?;
     let before = members_of(c, group.id)?;
-    let mut wanted = group.members.clone();
-    wanted.sort();
-    wanted.dedup();
-    let change = MembershipChange {
-        added: wanted
-            .iter()
-            .filter(|u| before.binary_search(u).is_err())
-            .copied()
-            .collect(),
-        removed: before
-            .iter()
-            .filter(|u| wanted.binary_search(u).is_err())
-            .copied()
-            .collect(),
-    };
+    let (change, _) = MembershipChange::between(&before, &group.members);
     for u in &change.removed {
         sql(c.execute(
             "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",

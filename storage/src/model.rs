@@ -200,6 +200,48 @@ pub struct MembershipChange {
     pub removed: Vec<UserId>,
 }
 
+impl MembershipChange {
+    /// The change from `before` (sorted, without duplicates) to `wanted` (any order); returns
+    /// it with `wanted` sorted and deduplicated.
+    pub fn between(before: &[UserId], wanted: &[UserId]) -> (MembershipChange, Vec<UserId>) {
+        let mut wanted = wanted.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let change = MembershipChange {
+            added: wanted
+                .iter()
+                .filter(|u| before.binary_search(u).is_err())
+                .copied()
+                .collect(),
+            removed: before
+                .iter()
+                .filter(|u| wanted.binary_search(u).is_err())
+                .copied()
+                .collect(),
+        };
+        (change, wanted)
+    }
+}
+
+/// A UTC time split into calendar fields: (year, month, day, hour, minute, second, millisecond).
+/// Howard Hinnant's days-to-civil algorithm; valid for every `Millis`.
+pub fn utc_fields(ms: Millis) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, sod / 3600, sod % 3600 / 60, sod % 60, millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +258,23 @@ mod tests {
         }
         let id = gen.next(now - 500);
         assert!(id > last);
+    }
+
+    #[test]
+    fn utc_fields_match_the_calendar() {
+        assert_eq!(utc_fields(0), (1970, 1, 1, 0, 0, 0, 0));
+        assert_eq!(utc_fields(951_782_400_000), (2000, 2, 29, 0, 0, 0, 0));
+        assert_eq!(utc_fields(1_764_115_200_123), (2025, 11, 26, 0, 0, 0, 123));
+        assert_eq!(utc_fields(-1), (1969, 12, 31, 23, 59, 59, 999));
+    }
+
+    #[test]
+    fn membership_change_between_lists() {
+        let (c, wanted) =
+            MembershipChange::between(&[UserId(1), UserId(2)], &[UserId(3), UserId(2), UserId(3)]);
+        assert_eq!(c.added, vec![UserId(3)]);
+        assert_eq!(c.removed, vec![UserId(1)]);
+        assert_eq!(wanted, vec![UserId(2), UserId(3)]);
     }
 
     #[test]

@@ -917,21 +917,7 @@ fn member_rows(
 
 async fn put_group(db: &Db, group: &Group, ts: i64) -> Result<MembershipChange, Error> {
     let before = members_of(db, group.id).await?;
-    let mut wanted = group.members.clone();
-    wanted.sort();
-    wanted.dedup();
-    let change = MembershipChange {
-        added: wanted
-            .iter()
-            .filter(|u| before.binary_search(u).is_err())
-            .copied()
-            .collect(),
-        removed: before
-            .iter()
-            .filter(|u| wanted.binary_search(u).is_err())
-            .copied()
-            .collect(),
-    };
+    let (change, _) = MembershipChange::between(&before, &group.members);
     // Both membership tables of one user change in one logged batch; a large change is split
     // into several batches (see docs/storage.md), all idempotent, the name last so that a
     // group only appears once its members are written.
