@@ -22,6 +22,7 @@ import pytest
 import socketio
 
 from cassandra_util import REPO_ROOT, require_cassandra, scylla_nodes
+from gateway_process import gateway_binary
 
 pytestmark = pytest.mark.cassandra
 
@@ -152,6 +153,30 @@ def test_basic_flow_on_cassandra_survives_restart(cassandra, start_gateway, conn
     ack3 = _send(ca, gid, "after restart")
     assert ack3.get("ok") is True, ack3
     assert gw.history(gid, limit=1)[0]["id"] == ack3["id"]
+
+
+def test_migrate_command_creates_the_schema_the_gateway_uses(cassandra, start_gateway, connect,
+                                                          new_id):
+    """`corecast migrate` creates keyspace and tables; a gateway started with the migration at
+    start turned off then works on them."""
+    keyspace = _keyspace()
+    env = dict(os.environ, CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
+               CORECAST_SCYLLA_KEYSPACE=keyspace)
+    r = subprocess.run([str(gateway_binary()), "migrate"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, f"corecast migrate failed:\n{r.stdout}\n{r.stderr}"
+    assert "schema is up to date" in r.stderr, r.stderr
+    gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
+                       CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_SCYLLA_MIGRATE="false")
+    _wait_ready(gw)
+    a = new_id()
+    gw.put_user(a, name="Ann")
+    gid = new_id()
+    gw.put_group(gid, [a], "Solo")
+    ca = connect(gw, a)
+    ack = _send(ca, gid, "on a migrated keyspace")
+    assert ack.get("ok") is True, ack
+    assert gw.history(gid)[0]["id"] == ack["id"]
 
 
 # ----- (b) database unreachable at start ---------------------------------------------------
