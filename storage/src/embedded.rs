@@ -160,16 +160,17 @@ fn writer(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
+        // Linger briefly for more work when there is something to commit: one commit (one
+        // fsync, each touched page written once) then carries several writes instead of one
+        // each. Reads alone need no fsync and are answered at once.
+        let linger_until = first.is_write().then(|| std::time::Instant::now() + linger);
         first.flatten(&mut batch);
-        // Linger briefly for more work: one commit (one fsync, each touched page written
-        // once) then carries several requests instead of one each.
-        let linger_until = std::time::Instant::now() + linger;
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(r) => r.flatten(&mut batch),
-                Err(_) => match rx.recv_deadline(linger_until) {
-                    Ok(r) => r.flatten(&mut batch),
-                    Err(_) => break,
+                Err(_) => match linger_until.map(|t| rx.recv_deadline(t)) {
+                    Some(Ok(r)) => r.flatten(&mut batch),
+                    _ => break,
                 },
             }
         }
