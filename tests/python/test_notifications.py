@@ -25,22 +25,14 @@ import pytest
 import requests
 
 from gateway_process import REPO_ROOT
+from polling import poll
 
 READY_RE = re.compile(r"^corecast-notifier ready internal=(?P<internal>\S+)\s*$")
 MAIL_TIMEOUT = 30.0
 
 
 def _poll(what: str, fn, timeout: float, interval: float = 0.05):
-    """Calls fn() until it returns a truthy value (returned) or `timeout` passes (fails)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-        time.sleep(interval)  # polling interval, not synchronisation
+    return poll(what, fn, timeout, interval)
 
 
 # ----- processes ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import socketio
 
 from cassandra_util import REPO_ROOT, require_cassandra, scylla_nodes
 from gateway_process import gateway_binary
+from polling import poll
 
 pytestmark = pytest.mark.cassandra
 
@@ -32,16 +33,7 @@ RECOVERY_TIMEOUT = 120.0
 
 
 def _poll(what: str, fn, timeout: float, interval: float = 0.1):
-    """Calls fn() until it returns a truthy value (returned) or `timeout` passes (fails)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-        time.sleep(interval)  # polling interval, not synchronisation
+    return poll(what, fn, timeout, interval)
 
 
 def _cassandra(cmd: str, keep_data: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
