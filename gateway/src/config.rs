@@ -525,6 +525,18 @@ impl Config {
     }
 }
 
+/// The logging both binaries install: `tracing` to stderr, filtered by `RUST_LOG`
+/// (default `info`). Only binaries call this; the libraries never install a subscriber.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

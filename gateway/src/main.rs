@@ -173,13 +173,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    corecast_gateway::config::init_logging();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Token { sub, ttl, common } => {
