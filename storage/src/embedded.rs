@@ -47,6 +47,18 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("corecast.sqlite3")
 }
 
+/// Messages are kept in arrival order (`seq`, the rowid), so a batch of new messages fills the
+/// last page of the table instead of one page per group, and the two indexes hold only short
+/// keys: each message adds one small entry to a page of each, and pages rarely split. (Clustering
+/// the rows by group, as the first layout did, split a 1 KiB page every few messages and wrote
+/// about six pages per message; docs/benchmarks.md.)
+const MESSAGES_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    group_id INTEGER NOT NULL, id INTEGER NOT NULL, sender INTEGER NOT NULL,
+    text TEXT NOT NULL, attachments TEXT NOT NULL, ts INTEGER NOT NULL, client_msg_id TEXT);
+";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY, email TEXT, name TEXT);
@@ -56,10 +68,7 @@ CREATE TABLE IF NOT EXISTS members (
     group_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
     PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, group_id);
-CREATE TABLE IF NOT EXISTS messages (
-    group_id INTEGER NOT NULL, id INTEGER NOT NULL, sender INTEGER NOT NULL,
-    text TEXT NOT NULL, attachments TEXT NOT NULL, ts INTEGER NOT NULL, client_msg_id TEXT,
-    PRIMARY KEY (group_id, id)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_group ON messages (group_id, id);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (group_id, sender, client_msg_id) WHERE client_msg_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS reads (
@@ -90,6 +99,8 @@ pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
         .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(unavailable)?;
+    // Room for every statement this module runs (about 30), so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(64);
     // Small pages: every commit writes each page it touched to the log in full, and a batch
     // of messages touches one page per group (and per index); 1 KiB pages write a quarter of
     // what the default 4 KiB pages do. Takes effect when the database is created.
@@ -102,16 +113,66 @@ pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
     // 64 MiB of page cache keeps the hot index pages in memory.
     conn.pragma_update(None, "cache_size", -65_536)
         .map_err(unavailable)?;
+    migrate_messages(&conn).map_err(unavailable)?;
+    conn.execute_batch(MESSAGES_TABLE).map_err(unavailable)?;
     conn.execute_batch(SCHEMA).map_err(unavailable)?;
     Ok(conn)
+}
+
+/// Converts a data folder written with the first layout (a `WITHOUT ROWID` messages table
+/// clustered by group) to [`MESSAGES_TABLE`], once, in one transaction. Whichever process
+/// (gateway or notifier) opens the folder first does it; the other finds it done.
+fn migrate_messages(conn: &Connection) -> rusqlite::Result<()> {
+    let old_layout = |c: &Connection| -> rusqlite::Result<bool> {
+        query_row(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')
+             AND NOT EXISTS (SELECT 1 FROM pragma_table_info('messages') WHERE name = 'seq')",
+            [],
+            |r| r.get(0),
+        )
+    };
+    if !old_layout(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let outcome = (|| {
+        if !old_layout(conn)? {
+            return Ok(());
+        }
+        conn.execute_batch(
+            "ALTER TABLE messages RENAME TO messages_by_group_v0;
+             DROP INDEX IF EXISTS messages_by_client_id;",
+        )?;
+        conn.execute_batch(MESSAGES_TABLE)?;
+        conn.execute_batch(
+            "INSERT INTO messages (group_id, id, sender, text, attachments, ts, client_msg_id)
+             SELECT group_id, id, sender, text, attachments, ts, client_msg_id
+             FROM messages_by_group_v0 ORDER BY id;
+             DROP TABLE messages_by_group_v0;",
+        )
+    })();
+    match outcome {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// Opens the store in `data_dir` and starts its writer thread.
 pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
     let conn = connect(data_dir)?;
     // Checkpoints (copying the write-ahead log into the database file) run on a thread of
-    // their own, so the writer never stalls on one while requests wait.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
+    // their own, so the writer seldom stalls on one while requests wait. But the log only
+    // starts over from its beginning when a write finds it entirely copied, which a checkpoint
+    // running beside a busy writer never achieves: under steady load the log grew without
+    // bound (370 MB after a minute at 10,000 messages/s) and every lookup in it slowed. So once
+    // the log passes WAL_RESET_PAGES the writer also checkpoints after its commit; the other
+    // thread has copied nearly everything by then, so this copies only the last few batches,
+    // and the next write starts the log over.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_RESET_PAGES)
         .map_err(unavailable)?;
     let checkpoints = connect(data_dir)?;
     let (tx, rx) = crossbeam_channel::bounded::<Request>(options.queue_capacity);
@@ -130,6 +191,10 @@ pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
         .map_err(|e| Error::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
     Ok(StoreHandle::new(tx, "embedded"))
 }
+
+/// Log size (in 1 KiB pages) past which the writer checkpoints after a commit, so the log
+/// starts over (see [`open`]).
+const WAL_RESET_PAGES: i64 = 16_384;
 
 /// How often the checkpoint thread copies the log into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -153,7 +218,7 @@ fn unavailable(e: rusqlite::Error) -> Error {
 type Finish = Box<dyn FnOnce(bool) + Send>;
 
 fn writer(
-    mut conn: Connection,
+    conn: Connection,
     rx: crossbeam_channel::Receiver<Request>,
     max_batch: usize,
     linger: Duration,
@@ -176,16 +241,23 @@ fn writer(
         }
         let any_write = batch.iter().any(Request::is_write);
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        // BEGIN, COMMIT and the savepoints run as cached statements: parsing them again for
+        // every batch and request was a visible share of the store's CPU.
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(if any_write {
-                rusqlite::TransactionBehavior::Immediate
+            run(if any_write {
+                "BEGIN IMMEDIATE"
             } else {
-                rusqlite::TransactionBehavior::Deferred
+                "BEGIN"
             })?;
             for req in batch.drain(..) {
-                finishes.push(apply_isolated(&tx, req));
+                finishes.push(apply_isolated(&conn, req));
             }
-            tx.commit()
+            if let Err(e) = run("COMMIT") {
+                let _ = run("ROLLBACK");
+                return Err(e);
+            }
+            Ok(())
         })();
         let committed = match outcome {
             Ok(()) => true,
@@ -247,6 +319,22 @@ fn done<T: Send + 'static>(
     )
 }
 
+/// `Connection::query_row` through the statement cache: the store runs the same few statements
+/// for every request, and parsing and planning them again each time was a tenth of its CPU.
+fn query_row<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `Connection::execute` through the statement cache (see [`query_row`]).
+fn execute<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
 fn sql<T>(r: rusqlite::Result<T>) -> Result<T, Error> {
     r.map_err(unavailable)
 }
@@ -259,7 +347,8 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
         Request::GetGroup { group, reply } => done(reply, false, get_group(c, group)),
         Request::AddMember { group, user, reply } => done(reply, true, add_member(c, group, user)),
         Request::RemoveMember { group, user, reply } => {
-            let r = sql(c.execute(
+            let r = sql(execute(
+                c,
                 "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
                 params![group.0 as i64, user.0 as i64],
             ))
@@ -295,7 +384,8 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             at,
             reply,
         } => {
-            let r = sql(c.execute(
+            let r = sql(execute(
+                c,
                 "INSERT INTO presence (user_id, online, last_seen) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id) DO UPDATE SET online = excluded.online,
                  last_seen = excluded.last_seen",
@@ -352,21 +442,27 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             done(reply, true, r)
         }
         Request::FailedNoticeCount { reply } => {
-            let r = sql(c.query_row("SELECT COUNT(*) FROM failed_notices", [], |r| {
-                r.get::<_, i64>(0)
-            }))
+            let r = sql(query_row(
+                c,
+                "SELECT COUNT(*) FROM failed_notices",
+                [],
+                |r| r.get::<_, i64>(0),
+            ))
             .map(|n| n as u64);
             done(reply, false, r)
         }
         Request::Batch(_) => {
             unreachable!("invariant: batches are flattened before they are applied")
         }
-        Request::Ping { reply } => done(reply, false, sql(c.query_row("SELECT 1", [], |_| Ok(())))),
+        Request::Ping { reply } => {
+            done(reply, false, sql(query_row(c, "SELECT 1", [], |_| Ok(()))))
+        }
     }
 }
 
 fn put_user(c: &Connection, user: &User) -> Result<(), Error> {
-    sql(c.execute(
+    sql(execute(
+        c,
         "INSERT INTO users (id, email, name) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name",
         params![user.id.0 as i64, user.email, user.name],
@@ -398,7 +494,8 @@ fn members_of(c: &Connection, group: GroupId) -> Result<Vec<UserId>, Error> {
 }
 
 fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
-    sql(c.execute(
+    sql(execute(
+        c,
         "INSERT INTO groups (id, name) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name",
         params![group.id.0 as i64, group.name],
@@ -406,13 +503,15 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
     let before = members_of(c, group.id)?;
     let (change, _) = MembershipChange::between(&before, &group.members);
     for u in &change.removed {
-        sql(c.execute(
+        sql(execute(
+            c,
             "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
             params![group.id.0 as i64, u.0 as i64],
         ))?;
     }
     for u in &change.added {
-        sql(c.execute(
+        sql(execute(
+            c,
             "INSERT INTO members (group_id, user_id) VALUES (?1, ?2)",
             params![group.id.0 as i64, u.0 as i64],
         ))?;
@@ -439,7 +538,8 @@ fn get_group(c: &Connection, id: GroupId) -> Result<Option<Group>, Error> {
 }
 
 fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Error> {
-    let exists: bool = sql(c.query_row(
+    let exists: bool = sql(query_row(
+        c,
         "SELECT EXISTS (SELECT 1 FROM groups WHERE id = ?1)",
         params![group.0 as i64],
         |r| r.get(0),
@@ -447,7 +547,8 @@ fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Erro
     if !exists {
         return Err(Error::NoSuchGroup(group));
     }
-    let n = sql(c.execute(
+    let n = sql(execute(
+        c,
         "INSERT OR IGNORE INTO members (group_id, user_id) VALUES (?1, ?2)",
         params![group.0 as i64, user.0 as i64],
     ))?;
@@ -515,7 +616,8 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
 }
 
 fn message_exists(c: &Connection, group: GroupId, message: MessageId) -> Result<bool, Error> {
-    sql(c.query_row(
+    sql(query_row(
+        c,
         "SELECT EXISTS (SELECT 1 FROM messages WHERE group_id = ?1 AND id = ?2)",
         params![group.0 as i64, message.0 as i64],
         |r| r.get(0),
@@ -531,7 +633,8 @@ fn mark_read(
     if !message_exists(c, group, message)? {
         return Err(Error::NoSuchMessage { group, message });
     }
-    let n = sql(c.execute(
+    let n = sql(execute(
+        c,
         "INSERT OR IGNORE INTO reads (group_id, message_id, user_id) VALUES (?1, ?2, ?3)",
         params![group.0 as i64, message.0 as i64, user.0 as i64],
     ))?;
