@@ -395,18 +395,18 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             done(reply, true, r)
         }
         Request::GetPresence { user, reply } => {
-            let r = sql(c
-                .query_row(
-                    "SELECT online, last_seen FROM presence WHERE user_id = ?1",
-                    params![user.0 as i64],
-                    |row| {
-                        Ok(Presence {
-                            online: row.get(0)?,
-                            last_seen: row.get(1)?,
-                        })
-                    },
-                )
-                .optional());
+            let r = sql(query_row(
+                c,
+                "SELECT online, last_seen FROM presence WHERE user_id = ?1",
+                params![user.0 as i64],
+                |row| {
+                    Ok(Presence {
+                        online: row.get(0)?,
+                        last_seen: row.get(1)?,
+                    })
+                },
+            )
+            .optional());
             done(reply, false, r)
         }
         Request::PendingNotices { limit, reply } => done(reply, false, pending_notices(c, limit)),
@@ -471,19 +471,19 @@ fn put_user(c: &Connection, user: &User) -> Result<(), Error> {
 }
 
 fn get_user(c: &Connection, id: UserId) -> Result<Option<User>, Error> {
-    sql(c
-        .query_row(
-            "SELECT email, name FROM users WHERE id = ?1",
-            params![id.0 as i64],
-            |row| {
-                Ok(User {
-                    id,
-                    email: row.get(0)?,
-                    name: row.get(1)?,
-                })
-            },
-        )
-        .optional())
+    sql(query_row(
+        c,
+        "SELECT email, name FROM users WHERE id = ?1",
+        params![id.0 as i64],
+        |row| {
+            Ok(User {
+                id,
+                email: row.get(0)?,
+                name: row.get(1)?,
+            })
+        },
+    )
+    .optional())
 }
 
 fn members_of(c: &Connection, group: GroupId) -> Result<Vec<UserId>, Error> {
@@ -520,13 +520,13 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
 }
 
 fn get_group(c: &Connection, id: GroupId) -> Result<Option<Group>, Error> {
-    let name: Option<String> = sql(c
-        .query_row(
-            "SELECT name FROM groups WHERE id = ?1",
-            params![id.0 as i64],
-            |r| r.get(0),
-        )
-        .optional())?;
+    let name: Option<String> = sql(query_row(
+        c,
+        "SELECT name FROM groups WHERE id = ?1",
+        params![id.0 as i64],
+        |r| r.get(0),
+    )
+    .optional())?;
     match name {
         None => Ok(None),
         Some(name) => Ok(Some(Group {
@@ -564,14 +564,14 @@ fn groups_of_user(c: &Connection, user: UserId) -> Result<Vec<GroupId>, Error> {
 
 fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Appended, Error> {
     if let Some(key) = &m.client_msg_id {
-        let existing: Option<i64> = sql(c
-            .query_row(
-                "SELECT id FROM messages
+        let existing: Option<i64> = sql(query_row(
+            c,
+            "SELECT id FROM messages
                  WHERE group_id = ?1 AND sender = ?2 AND client_msg_id = ?3",
-                params![m.group.0 as i64, m.sender.0 as i64, key],
-                |r| r.get(0),
-            )
-            .optional())?;
+            params![m.group.0 as i64, m.sender.0 as i64, key],
+            |r| r.get(0),
+        )
+        .optional())?;
         if let Some(id) = existing {
             let message = get_message(c, m.group, MessageId(id as u64))?
                 .expect("invariant: the id was just read from the messages table");
@@ -673,14 +673,14 @@ fn get_message(
     group: GroupId,
     message: MessageId,
 ) -> Result<Option<StoredMessage>, Error> {
-    let m = sql(c
-        .query_row(
-            "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
+    let m = sql(query_row(
+        c,
+        "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
              WHERE group_id = ?1 AND id = ?2",
-            params![group.0 as i64, message.0 as i64],
-            |row| row_to_message(group, row),
-        )
-        .optional())?;
+        params![group.0 as i64, message.0 as i64],
+        |row| row_to_message(group, row),
+    )
+    .optional())?;
     match m {
         None => Ok(None),
         Some(mut m) => {
