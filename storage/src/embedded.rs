@@ -95,8 +95,14 @@ pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
         ))
     })?;
     let path = db_path(data_dir);
-    let conn = Connection::open(&path)
-        .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // Through the layer that writes each commit's log pages with one call (wal_vfs.rs).
+    crate::wal_vfs::register().map_err(Error::Unavailable)?;
+    let conn = Connection::open_with_flags_and_vfs(
+        &path,
+        rusqlite::OpenFlags::default(),
+        crate::wal_vfs::NAME,
+    )
+    .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(unavailable)?;
     // Room for every statement this module runs (about 30), so none is parsed twice.

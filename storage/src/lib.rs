@@ -18,6 +18,7 @@ mod error;
 pub mod model;
 mod request;
 pub mod scylla;
+mod wal_vfs;
 
 pub use error::Error;
 pub use model::*;
