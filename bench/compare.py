@@ -16,6 +16,7 @@ speed (CI machines are noisy), and never because of the baseline. Run via bench/
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -422,6 +423,10 @@ def main():
             if a.quick:
                 return 1
             continue
+        # A sweep stops where a server stops holding, so an earlier run's files for higher
+        # rates would sit beside this run's as if they belonged to it.
+        for old in glob.glob(os.path.join(RESULTS, f"{kind}-*")):
+            os.remove(old)
         try:
             results[kind] = run_server(kind, p, 4300 + 10 * i)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
