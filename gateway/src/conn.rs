@@ -8,7 +8,7 @@
 //! - The writer sleeps until frames are queued, then writes everything queued in one send.
 //!   The queue is bounded in bytes; a client that does not keep up is disconnected
 //!   ("slow consumer") instead of growing memory.
-//! - Pings, pong deadlines and the connect deadline are checked by the shard's ticker
+//! - Pings, pong deadlines and the connect deadline are checked on the shard's tick
 //!   ([`Conn::tick`]), not by a timer per connection.
 
 use crate::events::{self, ClientError, Code, Command};
@@ -99,7 +99,7 @@ pub struct Conn {
     waker: RefCell<Option<Waker>>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
     closing: Cell<bool>,
-    /// When closing started; the shard's ticker declares the
+    /// When closing started; the shard's tick declares the
     /// close overdue after [`CLOSE_GRACE`].
     closing_since: Cell<Option<Tick>>,
     close_overdue: Cell<bool>,

@@ -193,6 +193,8 @@ pub enum ShardMsg {
     /// Several messages from one shard, handed over at once (one queue slot, at most one
     /// wake-up); handled in order.
     Batch(Vec<ShardMsg>),
+    /// Time for [`Shard::tick`], from the process's ticker thread (see server.rs).
+    Tick,
     Shutdown,
 }
 
@@ -540,6 +542,7 @@ impl Shard {
                     self.handle(m);
                 }
             }
+            ShardMsg::Tick => self.tick(Instant::now()),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
