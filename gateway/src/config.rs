@@ -47,6 +47,12 @@ pub struct ServerConfig {
     /// Bytes queued for one client before it is disconnected as too slow
     /// (`CORECAST_OUTBOUND_QUEUE_BYTES`).
     pub outbound_queue_bytes: usize,
+    /// Rooms with at least this many members connected to one shard are paced: their frames
+    /// gather for `pacing_window_ms` and go out several per send (`CORECAST_PACED_ROOM_MEMBERS`;
+    /// 0 turns pacing off).
+    pub paced_room_members: usize,
+    /// How long a paced room's frames gather (`CORECAST_PACING_WINDOW_MS`).
+    pub pacing_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -175,6 +181,8 @@ impl Default for ServerConfig {
             connect_timeout_ms: 45_000,
             max_payload: 1_000_000,
             outbound_queue_bytes: 4 << 20,
+            paced_room_members: 1_000,
+            pacing_window_ms: 50,
         }
     }
 }
@@ -310,6 +318,14 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| {
         c.server.outbound_queue_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_PACED_ROOM_MEMBERS", |c, v| {
+        c.server.paced_room_members = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_PACING_WINDOW_MS", |c, v| {
+        c.server.pacing_window_ms = parse(v)?;
         Ok(())
     }),
     ("CORECAST_JWT_ALGORITHM", |c, v| {
@@ -472,6 +488,9 @@ impl Config {
                 s.path
             );
         }
+        if s.paced_room_members > 0 && !(1..=1_000).contains(&s.pacing_window_ms) {
+            bail!("server.pacing_window_ms must be between 1 and 1000 while pacing is on");
+        }
         if s.ping_interval_ms == 0 || s.ping_timeout_ms == 0 {
             bail!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
         }
@@ -558,5 +577,32 @@ mod tests {
         std::fs::write(&path, "[server]\nshardz = 3\n").unwrap();
         let err = Config::load(Some(&path), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+    }
+
+    #[test]
+    fn pacing_window_out_of_range_is_refused_unless_pacing_is_off() {
+        let load = |members: &str, window: &str| {
+            Config::load(
+                None,
+                &[
+                    ("CORECAST_PACED_ROOM_MEMBERS", members.into()),
+                    ("CORECAST_PACING_WINDOW_MS", window.into()),
+                ],
+            )
+            .and_then(|c| c.validate().map(|_| c))
+        };
+        for window in ["0", "1001"] {
+            let err = load("1000", window).unwrap_err();
+            assert!(format!("{err:#}").contains("pacing_window_ms"), "{err:#}");
+        }
+        let c = load("1000", "20").unwrap();
+        assert_eq!(
+            (c.server.paced_room_members, c.server.pacing_window_ms),
+            (1000, 20)
+        );
+        assert!(
+            load("0", "0").is_ok(),
+            "pacing off: the window does not matter"
+        );
     }
 }

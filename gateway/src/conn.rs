@@ -97,6 +97,8 @@ pub struct Conn {
     out_bytes: Cell<usize>,
     /// The session task's waker: its writer and its close-overdue check both wait on it.
     waker: RefCell<Option<Waker>>,
+    /// Frames are queued for the shard's next paced flush (see `Shard::deliver`).
+    pub paced: Cell<bool>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
     closing: Cell<bool>,
     /// When closing started; the shard's tick declares the
@@ -124,6 +126,7 @@ impl Conn {
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
             waker: RefCell::new(None),
+            paced: Cell::new(false),
             closing: Cell::new(false),
             closing_since: Cell::new(None),
             close_overdue: Cell::new(false),
@@ -200,8 +203,16 @@ impl Conn {
     /// Queues a complete frame. A client whose queue would pass the configured bound is
     /// disconnected as a slow consumer.
     pub fn push(&self, shard: &Shard, frame: Bytes) {
+        if self.queue(shard, frame) {
+            self.wake();
+        }
+    }
+
+    /// Queues `frame` without waking the writer: it goes out with the next write, which the
+    /// shard's room pacing triggers (see `Shard::deliver`). False if nothing was queued.
+    pub fn queue(&self, shard: &Shard, frame: Bytes) -> bool {
         if self.closing.get() {
-            return;
+            return false;
         }
         let limit = shard.config().server.outbound_queue_bytes;
         if self.out_bytes.get() + frame.len() > limit {
@@ -211,10 +222,15 @@ impl Conn {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(conn = self.id.0, "disconnecting a slow consumer");
             self.abort(shard, 1008, "slow consumer: outbound queue full");
-            return;
+            return false;
         }
         self.out_bytes.set(self.out_bytes.get() + frame.len());
         self.out.borrow_mut().push_back(frame);
+        true
+    }
+
+    /// Lets the writer send what is queued.
+    pub fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }

@@ -161,6 +161,7 @@ async fn run_shard(
 ) {
     glommio::spawn_local(shard.clone().run_inbox(inbox)).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
+    glommio::spawn_local(pacer(shard.clone())).detach();
     let _ = ready.send(Ok(()));
     let stopped = poll_fn(|cx| {
         if shard.stopping.get() {
@@ -244,6 +245,29 @@ impl Ticker {
     fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();
+    }
+}
+
+/// Ends each room-pacing window when it is due (see `Shard::deliver`); waits without a timer
+/// while no window is open.
+async fn pacer(shard: Rc<Shard>) {
+    loop {
+        let until = poll_fn(|cx| {
+            let mut p = shard.pacing.borrow_mut();
+            match p.until {
+                Some(t) => Poll::Ready(t),
+                None => {
+                    p.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let now = Instant::now();
+        if until > now {
+            glommio::timer::sleep(until - now).await;
+        }
+        shard.end_pacing_window();
     }
 }
 
