@@ -1339,15 +1339,19 @@ impl Shard {
             }
         };
         let mut n = 0;
-        let mut pacing = self.pacing.borrow_mut();
+        // Borrowed only for a paced room: an unpaced delivery does no more than before.
+        let mut pacing = paced.then(|| self.pacing.borrow_mut());
         for c in list {
             if except_user.is_some() && c.user() == except_user {
                 continue;
             }
-            if !paced {
-                c.push(self, frame.clone());
-            } else if c.queue(self, frame.clone()) && !c.paced.replace(true) {
-                pacing.conns.push(c.clone());
+            match pacing.as_mut() {
+                None => c.push(self, frame.clone()),
+                Some(p) => {
+                    if c.queue(self, frame.clone()) && !c.paced.replace(true) {
+                        p.conns.push(c.clone());
+                    }
+                }
             }
             n += 1;
         }

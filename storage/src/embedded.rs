@@ -249,7 +249,7 @@ fn writer(
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
         // BEGIN, COMMIT and the savepoints run as cached statements: parsing them again for
         // every batch and request was a visible share of the store's CPU.
-        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
+        let run = |sql: &str| execute(&conn, sql, []);
         let outcome = (|| -> rusqlite::Result<()> {
             run(if any_write {
                 "BEGIN IMMEDIATE"
@@ -286,7 +286,7 @@ fn writer(
 
 /// Applies one request inside a savepoint so that its failure leaves the rest of the batch.
 fn apply_isolated(conn: &Connection, req: Request) -> Finish {
-    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
+    let savepoint = |sql: &str| execute(conn, sql, []);
     if let Err(e) = savepoint("SAVEPOINT req") {
         let msg = e.to_string();
         req.fail(Error::Unavailable(msg));
