@@ -95,6 +95,9 @@ pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
         ))
     })?;
     let path = db_path(data_dir);
+    // Before anything initializes SQLite in this process: the page cache without a whole-cache
+    // walk after b-tree splits (page_cache.rs).
+    crate::page_cache::install();
     // Through the layer that writes each commit's log pages with one call (wal_vfs.rs).
     crate::wal_vfs::register().map_err(Error::Unavailable)?;
     let conn = Connection::open_with_flags_and_vfs(

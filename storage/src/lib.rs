@@ -16,6 +16,7 @@
 pub mod embedded;
 mod error;
 pub mod model;
+pub mod page_cache;
 mod request;
 pub mod scylla;
 mod wal_vfs;
