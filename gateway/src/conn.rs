@@ -24,6 +24,7 @@ use simd_json::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -95,6 +96,13 @@ pub struct Conn {
     pub pending_subs: Cell<u32>,
     out: RefCell<VecDeque<Bytes>>,
     out_bytes: Cell<usize>,
+    /// A write the shard's sender could not finish (socket full, partial, failed) and the
+    /// session finishes: the bytes and how many have gone. Nothing else is written before it.
+    writing: RefCell<Option<(Bytes, usize)>>,
+    /// The socket, for the shard's sender; -1 once the session is over.
+    fd: Cell<i32>,
+    /// Listed for the shard's sender's next batch (see send.rs).
+    due: Cell<bool>,
     /// The session task's waker: its writer and its close-overdue check both wait on it.
     waker: RefCell<Option<Waker>>,
     /// Frames are queued for the shard's next paced flush (see `Shard::deliver`).
@@ -125,6 +133,9 @@ impl Conn {
             pending_subs: Cell::new(0),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
+            writing: RefCell::new(None),
+            fd: Cell::new(-1),
+            due: Cell::new(false),
             waker: RefCell::new(None),
             paced: Cell::new(false),
             closing: Cell::new(false),
@@ -204,7 +215,14 @@ impl Conn {
     /// disconnected as a slow consumer.
     pub fn push(&self, shard: &Shard, frame: Bytes) {
         if self.queue(shard, frame) {
-            self.wake();
+            self.schedule(shard);
+        }
+    }
+
+    /// Lists the connection for the shard's sender's next batch (send.rs).
+    pub fn schedule(&self, shard: &Shard) {
+        if !self.due.replace(true) {
+            shard.due.borrow_mut().add(self.id);
         }
     }
 
@@ -229,7 +247,50 @@ impl Conn {
         true
     }
 
-    /// Lets the writer send what is queued.
+    pub fn fd(&self) -> i32 {
+        self.fd.get()
+    }
+
+    pub fn set_due(&self, due: bool) {
+        self.due.set(due);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    pub fn has_unfinished_write(&self) -> bool {
+        self.writing.borrow().is_some()
+    }
+
+    pub fn set_unfinished_write(&self, buf: Bytes, written: usize) {
+        *self.writing.borrow_mut() = Some((buf, written));
+    }
+
+    /// `len` queued bytes are written.
+    pub fn wrote(&self, len: usize) {
+        self.out_bytes.set(self.out_bytes.get().saturating_sub(len));
+    }
+
+    /// Everything queued, as one buffer to write in one send (one frame as is, several copied
+    /// into one buffer that lives only until it is written: an idle connection keeps none).
+    pub fn take_queued(&self) -> Option<Bytes> {
+        let mut q = self.out.borrow_mut();
+        match q.len() {
+            0 => None,
+            1 => q.pop_front(),
+            _ => {
+                let total = q.iter().map(Bytes::len).sum();
+                let mut batch = Vec::with_capacity(total);
+                for f in q.drain(..) {
+                    batch.extend_from_slice(&f);
+                }
+                Some(Bytes::from(batch))
+            }
+        }
+    }
+
+    /// Lets the session run: to finish an unfinished write, or to close.
     pub fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -541,6 +602,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     .await;
     let Some(response) = upgrade else { return };
     let conn = Rc::new(Conn::new(shard.next_conn_id(), Tick::now(&shard), &shard));
+    conn.fd.set(stream.borrow().as_raw_fd());
     conn.push(&shard, Bytes::from(response));
     conn.push(&shard, conn.open_frame(&shard));
     shard.register_conn(conn.clone());
@@ -551,9 +613,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             conn: conn.clone(),
             stream: stream.into_inner(),
             inbuf: BytesMut::new(),
-            writing: None,
         };
         session.await;
+        // The socket closed with the session: the sender must not use its number again.
+        conn.fd.set(-1);
         shard.conn_closed(&conn);
     })
     .detach();
@@ -597,8 +660,6 @@ struct Session {
     decoder: Decoder,
     /// An unfinished frame; empty, without an allocation, while idle.
     inbuf: BytesMut,
-    /// The bytes being written, and how many have gone.
-    writing: Option<(Bytes, usize)>,
 }
 
 impl std::future::Future for Session {
@@ -643,51 +704,43 @@ impl std::future::Future for Session {
 impl Session {
     /// Ready(true): wrote something; Ready(false): the session is over; Pending: nothing to
     /// write or the socket is full.
+    ///
+    /// The shard's sender writes what is queued (send.rs); the session writes only what the
+    /// sender could not finish, and what was queued meanwhile, before the sender has it again.
     fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let conn = &*self.conn;
         let mut wrote = false;
+        let idle = |wrote: bool| {
+            if wrote {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        };
         loop {
-            if self.writing.is_none() {
-                let mut q = self.conn.out.borrow_mut();
-                let next = match q.len() {
-                    0 => None,
-                    1 => q.pop_front(),
-                    _ => {
-                        // Everything queued goes out in one send. The buffer lives only until
-                        // it is written: an idle connection keeps none.
-                        let total = q.iter().map(Bytes::len).sum();
-                        let mut batch = Vec::with_capacity(total);
-                        for f in q.drain(..) {
-                            batch.extend_from_slice(&f);
-                        }
-                        Some(Bytes::from(batch))
-                    }
-                };
-                drop(q);
-                match next {
-                    Some(b) => self.writing = Some((b, 0)),
-                    None if self.conn.closing.get() => {
+            let mut writing = conn.writing.borrow_mut();
+            if writing.is_none() {
+                if conn.due.get() {
+                    // The sender has it; it wakes this task if anything is left to do.
+                    return idle(wrote);
+                }
+                match conn.take_queued() {
+                    Some(b) => *writing = Some((b, 0)),
+                    None if conn.closing.get() => {
                         let _ = Pin::new(&mut self.stream).poll_close(cx);
                         return Poll::Ready(false);
                     }
-                    None => {
-                        return if wrote {
-                            Poll::Ready(true)
-                        } else {
-                            Poll::Pending
-                        }
-                    }
+                    None => return idle(wrote),
                 }
             }
-            let (buf, pos) = self.writing.as_mut().expect("invariant: set just above");
+            let (buf, pos) = writing.as_mut().expect("invariant: set just above");
             match Pin::new(&mut self.stream).poll_write(cx, &buf[*pos..]) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     *pos += n;
                     if *pos == buf.len() {
                         let len = buf.len();
-                        self.writing = None;
-                        self.conn
-                            .out_bytes
-                            .set(self.conn.out_bytes.get().saturating_sub(len));
+                        *writing = None;
+                        conn.wrote(len);
                         self.shard
                             .stats
                             .writes
@@ -696,13 +749,7 @@ impl Session {
                     wrote = true;
                 }
                 Poll::Ready(_) => return Poll::Ready(false),
-                Poll::Pending => {
-                    return if wrote {
-                        Poll::Ready(true)
-                    } else {
-                        Poll::Pending
-                    }
-                }
+                Poll::Pending => return idle(wrote),
             }
         }
     }

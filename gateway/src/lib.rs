@@ -6,6 +6,7 @@ pub mod conn;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod send;
 pub mod server;
 pub mod shard;
 pub mod startup;

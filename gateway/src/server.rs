@@ -162,6 +162,7 @@ async fn run_shard(
     glommio::spawn_local(shard.clone().run_inbox(inbox)).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
     glommio::spawn_local(pacer(shard.clone())).detach();
+    glommio::spawn_local(crate::send::sender(shard.clone())).detach();
     let _ = ready.send(Ok(()));
     let stopped = poll_fn(|cx| {
         if shard.stopping.get() {

@@ -257,6 +257,9 @@ pub struct Shard {
     pub scratch: RefCell<Vec<u8>>,
     /// Room pacing (see [`Shard::deliver`]).
     pub pacing: RefCell<Pacing>,
+    /// Connections with frames for the sender's next batch (send.rs).
+    pub due: RefCell<crate::send::Due>,
+    pub sender: RefCell<crate::send::Sender>,
 }
 
 pub const SCRATCH_BYTES: usize = 64 * 1024;
@@ -298,6 +301,8 @@ impl Shard {
             stop_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             pacing: RefCell::new(Pacing::default()),
+            due: RefCell::new(crate::send::Due::default()),
+            sender: RefCell::new(crate::send::Sender::open()),
             shared,
         })
     }
@@ -1378,7 +1383,7 @@ impl Shard {
         };
         for c in conns {
             c.paced.set(false);
-            c.wake();
+            c.schedule(self);
         }
     }
 

@@ -262,6 +262,31 @@ def test_client_disconnect_packet_ends_the_session_cleanly(gw, raw, make_group, 
 
 # ----- slow consumer ---------------------------------------------------------------------------------
 
+def test_a_client_that_stops_reading_for_a_while_gets_everything_in_order(start_gateway, raw, connect, new_id):
+    """Frames that do not fit the socket while a client is not reading (the shard's batched
+    send finds it full or takes only part) are finished by the connection's own writer: when
+    the client reads again it gets every message once, in order, and stays connected."""
+    gw = start_gateway(CORECAST_OUTBOUND_QUEUE_BYTES=32 << 20, CORECAST_RATE_LIMIT_PER_MIN=0)
+    sender, paused = new_id(), new_id()
+    for u in (sender, paused):
+        gw.put_user(u)
+    gid = new_id()
+    gw.put_group(gid, [sender, paused])
+    reader = raw(gw, paused, rcvbuf=4096)
+    flooder = connect(gw, sender)
+    text = "p" * 3000
+    count = 2000  # ~6 MB: more than the kernel's buffers for one socket hold
+    for i in range(count):
+        ack = flooder.call("sendMessage", {"groupId": gid, "text": f"{i} {text}", "attachments": []})
+        assert ack["ok"] is True, ack
+    got = [reader.wait_event("newMessage", lambda m: m["groupId"] == gid, timeout=30)["text"].split(" ")[0]
+           for _ in range(count)]
+    assert got == [str(i) for i in range(count)]
+    # Still connected and served.
+    last = flooder.call("sendMessage", {"groupId": gid, "text": "and one more", "attachments": []})
+    assert reader.wait_event("newMessage", lambda m: m["id"] == last["id"])["text"] == "and one more"
+
+
 def test_slow_consumer_is_disconnected(start_gateway, raw, connect, new_id):
     gw = start_gateway(CORECAST_OUTBOUND_QUEUE_BYTES=20000, CORECAST_RATE_LIMIT_PER_MIN=0)
     sender, slow, healthy = new_id(), new_id(), new_id()
