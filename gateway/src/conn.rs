@@ -5,9 +5,11 @@
 //!   buffer of its own, so an idle connection holds no read buffer. Each complete packet is
 //!   handled at once, without awaiting: requests go out as shard messages and answers come
 //!   back through the shard's inbox.
-//! - The writer sleeps until frames are queued, then writes everything queued in one send.
-//!   The queue is bounded in bytes; a client that does not keep up is disconnected
-//!   ("slow consumer") instead of growing memory.
+//! - Queued frames are written by the shard's sender (send.rs): everything queued for a
+//!   connection in one send, all connections of a turn in one io_uring submission. The
+//!   session finishes only what the sender could not (a full socket). The queue is bounded in
+//!   bytes; a client that does not keep up is disconnected ("slow consumer") instead of
+//!   growing memory.
 //! - Pings, pong deadlines and the connect deadline are checked on the shard's tick
 //!   ([`Conn::tick`]), not by a timer per connection.
 
@@ -647,8 +649,8 @@ async fn read_upgrade(shard: &Shard, stream: &Stream) -> Option<Vec<u8>> {
 /// and writer kept several hundred bytes more state per connection). Each poll:
 ///
 /// 1. ends the session if the ticker declared a close overdue;
-/// 2. writes: everything queued goes out in one send (one frame as is, several copied into
-///    one buffer), until the queue is empty or the socket is full;
+/// 2. finishes a write the shard's sender could not (and what was queued meanwhile), until
+///    nothing is left for it or the socket is full;
 /// 3. reads into the shard's scratch buffer and handles every complete packet at once,
 ///    keeping only an unfinished frame in a buffer of its own;
 ///
