@@ -135,6 +135,13 @@ fn send_due(shard: &Shard) {
     let mut failed = false;
     if let Some(ring) = sender.ring.as_mut() {
         for chunk in sender.batch.chunks(RING_ENTRIES as usize) {
+            if failed {
+                // Later chunks after a failure: each is left to its session.
+                for (conn, buf) in chunk {
+                    finish(shard, conn, buf, -libc::EAGAIN);
+                }
+                continue;
+            }
             done.clear();
             done.resize(chunk.len(), false);
             if let Err(e) = submit(shard, ring, chunk, &mut done) {
@@ -145,7 +152,6 @@ fn send_due(shard: &Shard) {
                     finish(shard, conn, buf, -libc::EAGAIN);
                 }
                 failed = true;
-                break;
             }
         }
     } else {
