@@ -236,16 +236,18 @@ fn writer(
     while let Ok(first) = rx.recv() {
         // Linger briefly for more work when there is something to commit: one commit (one
         // fsync, each touched page written once) then carries several writes instead of one
-        // each. Reads alone need no fsync and are answered at once.
-        let linger_until = first.is_write().then(|| std::time::Instant::now() + linger);
+        // each. Reads alone need no fsync and are answered at once. The thread sleeps through
+        // the linger rather than waiting on the queue: a request arriving meanwhile then
+        // wakes nobody (waking this thread, and the sender's wake call, cost more than the
+        // request's own work; docs/benchmarks.md), and the batch is collected afterwards.
+        if first.is_write() && !linger.is_zero() {
+            std::thread::sleep(linger);
+        }
         first.flatten(&mut batch);
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(r) => r.flatten(&mut batch),
-                Err(_) => match linger_until.map(|t| rx.recv_deadline(t)) {
-                    Some(Ok(r)) => r.flatten(&mut batch),
-                    _ => break,
-                },
+                Err(_) => break,
             }
         }
         let any_write = batch.iter().any(Request::is_write);
