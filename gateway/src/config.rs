@@ -53,6 +53,11 @@ pub struct ServerConfig {
     pub paced_room_members: usize,
     /// How long a paced room's frames gather (`CORECAST_PACING_WINDOW_MS`).
     pub pacing_window_ms: u64,
+    /// Each shard hands its batch of sends to the kernel in one io_uring submission
+    /// (`CORECAST_SEND_RING`). `false` sends the same batch with one `send(2)` per connection,
+    /// for a kernel or sandbox where io_uring sends misbehave; it costs about 1 µs of CPU more
+    /// per send (docs/benchmarks.md). Without io_uring for sends, that is what happens anyway.
+    pub send_ring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -183,6 +188,7 @@ impl Default for ServerConfig {
             outbound_queue_bytes: 4 << 20,
             paced_room_members: 1_000,
             pacing_window_ms: 50,
+            send_ring: true,
         }
     }
 }
@@ -326,6 +332,10 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_PACING_WINDOW_MS", |c, v| {
         c.server.pacing_window_ms = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_SEND_RING", |c, v| {
+        c.server.send_ring = parse(v)?;
         Ok(())
     }),
     ("CORECAST_JWT_ALGORITHM", |c, v| {

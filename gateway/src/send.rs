@@ -17,12 +17,14 @@
 //! an error, ends the session. While a connection has an unfinished write, the sender leaves
 //! the connection to its session, so bytes never go out of order.
 //!
-//! Where io_uring cannot be set up for this (an old kernel, a locked-down sandbox), the same
-//! batch goes out with one `send` system call per connection.
+//! Where io_uring cannot be set up for this (an old kernel, a locked-down sandbox), or with
+//! `server.send_ring = false`, the same batch goes out with one `send` system call per
+//! connection.
 
 use crate::conn::{Conn, ConnId};
 use crate::shard::Shard;
 use bytes::Bytes;
+use corecast_shard_router::ShardId;
 use io_uring::{opcode, types, IoUring};
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -62,20 +64,29 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn open() -> Sender {
-        // One thread submits (the shard's), and completions are only ever reaped right after
-        // the submission: no interrupt-style task work needed.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES));
-        let ring = match ring {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "no io_uring for sends; sending with one system call per connection");
-                None
+    /// The sender of `shard`; `use_ring` is the `server.send_ring` setting.
+    pub fn open(shard: ShardId, use_ring: bool) -> Sender {
+        let ring = if use_ring {
+            // One thread submits (the shard's), and completions are only ever reaped right
+            // after the submission: no interrupt-style task work needed.
+            let ring = IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(RING_ENTRIES)
+                .or_else(|_| IoUring::new(RING_ENTRIES));
+            match ring {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(shard = shard.0, error = %e, "no io_uring for sends; sending with one system call per connection");
+                    None
+                }
             }
+        } else {
+            tracing::info!(
+                shard = shard.0,
+                "sending with one system call per connection (server.send_ring = false)"
+            );
+            None
         };
         Sender {
             ring,

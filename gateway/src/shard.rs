@@ -302,7 +302,10 @@ impl Shard {
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             pacing: RefCell::new(Pacing::default()),
             due: RefCell::new(crate::send::Due::default()),
-            sender: RefCell::new(crate::send::Sender::open()),
+            sender: RefCell::new(crate::send::Sender::open(
+                id,
+                shared.config.server.send_ring,
+            )),
             shared,
         })
     }

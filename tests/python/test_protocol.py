@@ -262,11 +262,18 @@ def test_client_disconnect_packet_ends_the_session_cleanly(gw, raw, make_group, 
 
 # ----- slow consumer ---------------------------------------------------------------------------------
 
-def test_a_client_that_stops_reading_for_a_while_gets_everything_in_order(start_gateway, raw, connect, new_id):
+@pytest.mark.parametrize("send_ring", ["true", "false"])
+def test_a_client_that_stops_reading_for_a_while_gets_everything_in_order(start_gateway, raw, connect, new_id,
+                                                                           send_ring):
     """Frames that do not fit the socket while a client is not reading (the shard's batched
     send finds it full or takes only part) are finished by the connection's own writer: when
-    the client reads again it gets every message once, in order, and stays connected."""
-    gw = start_gateway(CORECAST_OUTBOUND_QUEUE_BYTES=32 << 20, CORECAST_RATE_LIMIT_PER_MIN=0)
+    the client reads again it gets every message once, in order, and stays connected. The
+    same with the batch sent by one system call per connection instead of through io_uring
+    (`CORECAST_SEND_RING=false`)."""
+    gw = start_gateway(CORECAST_OUTBOUND_QUEUE_BYTES=32 << 20, CORECAST_RATE_LIMIT_PER_MIN=0,
+                       CORECAST_SEND_RING=send_ring)
+    fallback_logged = "one system call per connection (server.send_ring = false)" in gw.log_tail(200)
+    assert fallback_logged == (send_ring == "false")
     sender, paused = new_id(), new_id()
     for u in (sender, paused):
         gw.put_user(u)
