@@ -269,9 +269,13 @@ impl Conn {
         *self.writing.borrow_mut() = Some((buf, written));
     }
 
-    /// `len` queued bytes are written.
-    pub fn wrote(&self, len: usize) {
+    /// `len` queued bytes are written, in one socket write (counted in the shard's stats).
+    pub fn wrote(&self, shard: &Shard, len: usize) {
         self.out_bytes.set(self.out_bytes.get().saturating_sub(len));
+        shard
+            .stats
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Everything queued, as one buffer to write in one send (one frame as is, several copied
@@ -742,11 +746,7 @@ impl Session {
                     if *pos == buf.len() {
                         let len = buf.len();
                         *writing = None;
-                        conn.wrote(len);
-                        self.shard
-                            .stats
-                            .writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        conn.wrote(&self.shard, len);
                     }
                     wrote = true;
                 }

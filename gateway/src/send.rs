@@ -28,7 +28,6 @@ use corecast_shard_router::ShardId;
 use io_uring::{opcode, types, IoUring};
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 
 /// Submission queue entries of a shard's send ring: a larger batch goes in several submissions.
@@ -232,8 +231,7 @@ fn submit(
 /// Books the outcome of one send: `n` bytes written, or a negative errno.
 fn finish(shard: &Shard, conn: &Conn, buf: &Bytes, n: i32) {
     if n >= 0 && n as usize == buf.len() {
-        conn.wrote(buf.len());
-        shard.stats.writes.fetch_add(1, Relaxed);
+        conn.wrote(shard, buf.len());
         if conn.is_closing() {
             conn.wake();
         }
