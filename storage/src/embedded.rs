@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::request::{Request, StoreHandle};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,43 +180,134 @@ pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
     // running beside a busy writer never achieves: under steady load the log grew without
     // bound (370 MB after a minute at 10,000 messages/s) and every lookup in it slowed. So once
     // the log passes WAL_RESET_PAGES the writer also checkpoints after its commit; the other
-    // thread has copied nearly everything by then, so this copies only the last few batches,
-    // and the next write starts the log over.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_RESET_PAGES)
-        .map_err(unavailable)?;
+    // thread, passing often as the log nears that size, has copied nearly everything by then,
+    // so this copies only the last few batches, and the next write starts the log over
+    // (`after_commit`).
+    let mut conn = conn;
+    let log = Arc::new(LogWatch {
+        pages: AtomicI64::new(0),
+        checkpointer: std::sync::OnceLock::new(),
+    });
+    // In place of SQLite's automatic checkpoint (also a write-ahead log hook).
+    let hook_log = log.clone();
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+        after_commit(&hook_log, wal, i64::from(pages));
+        Ok(())
+    }))
+    .map_err(unavailable)?;
     let checkpoints = connect(data_dir)?;
     let (tx, rx) = crossbeam_channel::bounded::<Request>(options.queue_capacity);
-    let alive = Arc::new(());
-    let watch = Arc::downgrade(&alive);
+    let watch = Arc::downgrade(&log);
     std::thread::Builder::new()
         .name("store-embedded".into())
         .spawn(move || {
-            let _alive = alive;
+            // The hook (holding `log`) goes with the connection when the writer ends, and
+            // with it the checkpoint thread.
             writer(conn, rx, options.max_batch, options.commit_linger)
         })
         .map_err(|e| Error::Unavailable(format!("cannot start the store thread: {e}")))?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
         .spawn(move || checkpointer(checkpoints, watch))
         .map_err(|e| Error::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+    let _ = log.checkpointer.set(thread.thread().clone());
+    drop(log);
     Ok(StoreHandle::new(tx, "embedded"))
 }
 
-/// Log size (in 1 KiB pages) past which the writer checkpoints after a commit, so the log
-/// starts over (see [`open`]).
+/// Log size (in 1 KiB pages) past which the writer checkpoints after a commit, so that the
+/// log starts over (see [`open`]).
 const WAL_RESET_PAGES: i64 = 16_384;
 
-/// How often the checkpoint thread copies the log into the database.
+/// Log size past which the checkpoint thread passes every [`CATCH_UP_EVERY`] instead of every
+/// [`CHECKPOINT_EVERY`], so that the writer's checkpoint at [`WAL_RESET_PAGES`] finds little
+/// left to copy.
+const CATCH_UP_PAGES: i64 = WAL_RESET_PAGES * 3 / 4;
+
+/// How often the checkpoint thread copies the log into the database while the log is short.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Copies the write-ahead log into the database file in the background (PASSIVE: never
-/// waits for, nor blocks, the writer), until the writer thread is gone.
-fn checkpointer(conn: Connection, writer_alive: std::sync::Weak<()>) {
-    while writer_alive.strong_count() > 0 {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "embedded store: checkpoint failed");
+/// How often it does while the log nears [`WAL_RESET_PAGES`].
+const CATCH_UP_EVERY: Duration = Duration::from_millis(5);
+
+/// The log's size after the writer's last commit, and the checkpoint thread to wake when it
+/// nears a reset.
+struct LogWatch {
+    pages: AtomicI64,
+    checkpointer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// What the writer's hook does after a commit (see [`LogWatch::committed`]).
+#[derive(Debug, PartialEq, Eq)]
+struct AfterCommit {
+    /// Wake the checkpoint thread: the log just crossed [`CATCH_UP_PAGES`].
+    wake: bool,
+    /// Checkpoint now, so that the next write starts the log over.
+    checkpoint: bool,
+}
+
+impl LogWatch {
+    /// Records the log's size after a commit (`pages`) and says what to do: wake the
+    /// checkpoint thread once as the log crosses [`CATCH_UP_PAGES`], and checkpoint after each
+    /// commit past [`WAL_RESET_PAGES`] until the log starts over.
+    fn committed(&self, pages: i64) -> AfterCommit {
+        let before = self.pages.swap(pages, Relaxed);
+        AfterCommit {
+            wake: pages >= CATCH_UP_PAGES && before < CATCH_UP_PAGES,
+            checkpoint: pages >= WAL_RESET_PAGES,
         }
+    }
+}
+
+/// The writer's write-ahead log hook, called after each of its commits with the log's size.
+///
+/// Its checkpoint is passive (it gives way to a pass already running; the next commit tries
+/// again). When the checkpoint thread passed only every 500 ms, it copied up to 500 ms of
+/// batches (thousands of pages) and synced them while requests waited: stalls of 10–20 ms
+/// several times a second at 10,000 messages/s, which set the gateway's p99
+/// (docs/benchmarks.md). Now the thread has passed within the last few milliseconds.
+fn after_commit(watch: &LogWatch, wal: &mut rusqlite::hooks::Wal, pages: i64) {
+    let next = watch.committed(pages);
+    if next.wake {
+        if let Some(t) = watch.checkpointer.get() {
+            t.unpark();
+        }
+    }
+    if next.checkpoint {
+        // An error returned from the hook would fail a commit that has already happened.
+        if let Err(e) = wal.checkpoint() {
+            tracing::debug!(error = %e, "embedded store: writer's checkpoint did not run");
+        }
+    }
+}
+
+/// Copies the write-ahead log into the database file in the background (PASSIVE: never
+/// waits for, nor blocks, the writer), until the writer thread is gone: every
+/// [`CHECKPOINT_EVERY`], and every [`CATCH_UP_EVERY`] while the log nears a reset.
+fn checkpointer(conn: Connection, watch: std::sync::Weak<LogWatch>) {
+    // Whether the last pass left pages uncopied: an idle writer's long log, once copied,
+    // needs no more passes until the writer writes again (and starts it over).
+    let mut behind = false;
+    loop {
+        let Some(w) = watch.upgrade() else { return };
+        let catching_up = behind && w.pages.load(Relaxed) >= CATCH_UP_PAGES;
+        drop(w);
+        if catching_up {
+            std::thread::sleep(CATCH_UP_EVERY);
+        } else {
+            std::thread::park_timeout(CHECKPOINT_EVERY);
+        }
+        // (busy, pages in the log, pages of it copied into the database)
+        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        behind = match pass {
+            Ok((log, copied)) => copied < log,
+            Err(e) => {
+                tracing::warn!(error = %e, "embedded store: checkpoint failed");
+                false
+            }
+        };
     }
 }
 
@@ -740,4 +832,46 @@ fn pending_notices(c: &Connection, limit: usize) -> Result<Vec<Notice>, Error> {
         })
     }))?;
     rows.map(sql).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checkpoint thread is woken once as the log nears a reset (not on every commit: each
+    /// wake is a system call), the writer checkpoints on every commit past the reset size, and
+    /// the cycle repeats once the log has started over.
+    #[test]
+    fn log_watch_wakes_once_per_reset_and_checkpoints_past_it() {
+        let watch = LogWatch {
+            pages: AtomicI64::new(0),
+            checkpointer: std::sync::OnceLock::new(),
+        };
+        let step = |wake, checkpoint| AfterCommit { wake, checkpoint };
+        let sizes = [
+            100,
+            CATCH_UP_PAGES - 1,
+            CATCH_UP_PAGES,
+            CATCH_UP_PAGES + 500,
+            WAL_RESET_PAGES,
+            WAL_RESET_PAGES + 40,
+            // started over
+            60,
+            CATCH_UP_PAGES + 3,
+        ];
+        let steps: Vec<AfterCommit> = sizes.iter().map(|&p| watch.committed(p)).collect();
+        assert_eq!(
+            steps,
+            vec![
+                step(false, false),
+                step(false, false),
+                step(true, false),
+                step(false, false),
+                step(false, true),
+                step(false, true),
+                step(false, false),
+                step(true, false),
+            ]
+        );
+    }
 }
