@@ -598,7 +598,7 @@ async fn write_all(stream: &Stream, mut data: &[u8]) -> std::io::Result<()> {
 /// Serves one accepted TCP connection: the upgrade here, then the session in a task of its own
 /// whose future holds only what a live connection needs.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (server.rs).
     let stream = RefCell::new(stream);
     let handshake_timeout = Duration::from_millis(shard.config().server.connect_timeout_ms);
     let upgrade = futures_lite::future::or(read_upgrade(&shard, &stream), async {
