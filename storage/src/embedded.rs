@@ -173,7 +173,7 @@ fn migrate_messages(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Opens the store in `data_dir` and starts its writer thread.
 pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
-    let conn = connect(data_dir)?;
+    let mut conn = connect(data_dir)?;
     // Checkpoints (copying the write-ahead log into the database file) run on a thread of
     // their own, so the writer seldom stalls on one while requests wait. But the log only
     // starts over from its beginning when a write finds it entirely copied, which a checkpoint
@@ -183,7 +183,6 @@ pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
     // thread, passing often as the log nears that size, has copied nearly everything by then,
     // so this copies only the last few batches, and the next write starts the log over
     // (`after_commit`).
-    let mut conn = conn;
     let log = Arc::new(LogWatch {
         pages: AtomicI64::new(0),
         checkpointer: std::sync::OnceLock::new(),
