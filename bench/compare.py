@@ -17,12 +17,14 @@ speed (CI machines are noisy), and never because of the baseline. Run via bench/
 import argparse
 import datetime
 import glob
+import hashlib
 import json
 import os
 import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -182,6 +184,55 @@ def plan(quick):
     )
 
 
+def machine_check():
+    """The same fixed work every run, to show how fast the VM was at the time: this VM's speed
+    drifts with its host's load, which the guest cannot see (no steal time), and the drift shows
+    in CPU time per delivery as much as in latency (docs/benchmarks.md). Two figures: sha256 of
+    256 MiB (plain computation) and the median of five batches of 2,000 round trips of 100
+    bytes over loopback TCP between two processes (system calls and wake-ups, where a slow
+    stretch shows most)."""
+    data = b"\0" * (1 << 20)
+    t = time.perf_counter()
+    h = hashlib.sha256()
+    for _ in range(256):
+        h.update(data)
+    sha = time.perf_counter() - t
+    rtts = []
+    for _ in range(5):
+        rtts.append(_round_trips(2000))
+    rtts.sort()
+    return {"sha256_256mib_s": round(sha, 3), "loopback_round_trip_us": round(rtts[2], 1)}
+
+
+def _round_trips(n):
+    """Microseconds per 100-byte round trip over loopback TCP to a forked echo process."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        c = socket.create_connection(srv.getsockname())
+        s, _ = srv.accept()
+        for x in (c, s):
+            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                c.close()
+                for _ in range(n):
+                    s.sendall(s.recv(100))
+            finally:
+                os._exit(0)
+        s.close()
+        msg = b"x" * 100
+        t = time.perf_counter()
+        for _ in range(n):
+            c.sendall(msg)
+            got = 0
+            while got < len(msg):
+                got += len(c.recv(100))
+        took = time.perf_counter() - t
+        c.close()
+        os.waitpid(pid, 0)
+    return took / n * 1e6
+
+
 def scenario(kind, port, name, args):
     """A fresh server, one loadgen run against it; notes a server that died during it."""
     with Server(kind, port, name) as s:
@@ -327,8 +378,18 @@ def summarize(results, meta, quick):
         f"{', '.join(str(r) for r in p['room_rates'])} messages/s (the first rate in the first two rows) "
         f"until p99 ≥ {ROOM_P99_BOUND_MS:.0f} ms, a loss, or an error. A rate that fails on p99 alone is "
         f"run once more and the second run counts (p99 on this VM varies by up to ~1.5× between runs). "
-        f"Raw results: `bench/results/*.json` (SVG plots beside them).",
+        f"Raw results: `{os.path.relpath(RESULTS, ROOT)}/*.json` (SVG plots beside them).",
     ]
+    checks = [(f"before {'the baseline' if k == 'baseline' else k}", g(results, k, "machine_check"))
+              for k in ("corecast", "baseline")]
+    checks.append(("at the end", meta.get("machine_check_end")))
+    checks = [(when, c) for when, c in checks if c]
+    if checks:
+        lines += ["", "Machine check (the same fixed work each run; larger is a slower stretch of the VM): "
+                  "sha256 of 256 MiB " + " / ".join(f"{c['sha256_256mib_s']:.3f}" for _, c in checks)
+                  + " s and a 100-byte loopback TCP round trip between two processes "
+                  + " / ".join(f"{c['loopback_round_trip_us']:.0f}" for _, c in checks) + " µs ("
+                  + " / ".join(when for when, _ in checks) + ")."]
     if not cc:
         lines.append("")
         lines.append("corecast was not measured in this run (its binary did not build or start); "
@@ -427,14 +488,19 @@ def main():
         # rates would sit beside this run's as if they belonged to it.
         for old in glob.glob(os.path.join(RESULTS, f"{kind}-*")):
             os.remove(old)
+        check = machine_check()
+        log(f"machine check before {kind}: {check}")
         try:
             results[kind] = run_server(kind, p, 4300 + 10 * i)
+            results[kind]["machine_check"] = check
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             log(f"{kind}: {e}")
             if kind == "corecast":
                 log("corecast misbehaved: it did not run the scenarios")
                 return 1
             log("the baseline is left out of this run")
+    meta["machine_check_end"] = machine_check()
+    log(f"machine check at the end: {meta['machine_check_end']}")
     rows, section = summarize(results, meta, a.quick)
     summary = {"meta": meta, "plan": p, "rows": rows, "results": results}
     with open(os.path.join(RESULTS, "summary" + ("-quick" if a.quick else "") + ".json"), "w") as f:
