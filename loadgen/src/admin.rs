@@ -101,8 +101,9 @@ pub fn set_up(cfg: &Config) -> anyhow::Result<()> {
     };
     let members_total = cfg.nr_groups * cfg.group_size;
     if !cfg.args.no_users {
-        for i in 0..cfg.args.conns {
-            let uid = cfg.user_id(i);
+        let offline = (0..cfg.nr_groups)
+            .flat_map(|g| (0..cfg.args.offline_members).map(move |k| cfg.offline_user_id(g, k)));
+        for uid in (0..cfg.args.conns).map(|i| cfg.user_id(i)).chain(offline) {
             let body =
                 format!(r#"{{"email":"bench{uid}@example.test","name":"bench user {uid}"}}"#);
             client
@@ -119,6 +120,10 @@ pub fn set_up(cfg: &Config) -> anyhow::Result<()> {
                 body.push(',');
             }
             body.push_str(&cfg.user_id(i).to_string());
+        }
+        for k in 0..cfg.args.offline_members {
+            body.push(',');
+            body.push_str(&cfg.offline_user_id(g, k).to_string());
         }
         body.push_str("]}");
         client

@@ -68,6 +68,10 @@ pub struct Args {
     /// Number of groups (default: conns / group-size). Users beyond groups*size join none.
     #[arg(long)]
     pub groups: Option<u32>,
+    /// Members per group who never connect (users created with an email address after the
+    /// connecting ones): every message then leaves that many notices for the notifier.
+    #[arg(long, default_value_t = 0)]
+    pub offline_members: u32,
     /// First user id; user i is `user-base + i`.
     #[arg(long, default_value_t = 1)]
     pub user_base: u64,
@@ -272,6 +276,14 @@ impl Config {
 
     pub fn user_id(&self, user_idx: u32) -> u64 {
         self.args.user_base + u64::from(user_idx)
+    }
+
+    /// The `k`th offline member of group `g`: numbered after every connecting user.
+    pub fn offline_user_id(&self, g: u32, k: u32) -> u64 {
+        self.args.user_base
+            + u64::from(self.args.conns)
+            + u64::from(g) * u64::from(self.args.offline_members)
+            + u64::from(k)
     }
 
     pub fn group_id(&self, g: u32) -> u64 {

@@ -105,6 +105,8 @@ pub struct RunConfig {
     pub conns: u32,
     pub group_size: u32,
     pub groups: u32,
+    /// Members per group who never connect (each message leaves that many notices).
+    pub offline_members: u32,
     pub rate: f64,
     pub msg_size: usize,
     pub duration_s: f64,
@@ -252,6 +254,7 @@ impl Report {
                 conns: cfg.args.conns,
                 group_size: cfg.group_size,
                 groups: cfg.nr_groups,
+                offline_members: cfg.args.offline_members,
                 rate: cfg.args.rate,
                 msg_size: cfg.args.msg_size,
                 duration_s: cfg.args.duration,
@@ -285,8 +288,18 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             s,
-            "== {} · {:?} · {} conns, {} groups of {}, {} threads x {} procs ==",
-            self.label, self.scenario, c.conns, c.groups, c.group_size, c.threads, c.procs
+            "== {} · {:?} · {} conns, {} groups of {}{}, {} threads x {} procs ==",
+            self.label,
+            self.scenario,
+            c.conns,
+            c.groups,
+            c.group_size,
+            match c.offline_members {
+                0 => String::new(),
+                n => format!(" (+{n} offline)"),
+            },
+            c.threads,
+            c.procs
         );
         for r in &self.connect {
             let h = &r.handshake;

@@ -427,3 +427,46 @@ def test_notifier_killed_mid_batch_still_sends_every_notice(start_gateway, smtp,
     for m in smtp.mails():
         by_rcpt.setdefault(m["meta"]["rcpt_tos"][0], set()).add(str(m["msg"]["Message-ID"]))
     assert all(len(ids) == 1 for ids in by_rcpt.values()), by_rcpt
+
+
+def loadgen_binary() -> Path:
+    path = Path(os.environ.get("CORECAST_LOADGEN_BIN")
+                or REPO_ROOT / "target/release/corecast-loadgen")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise AssertionError(
+            f"loadgen binary not found at {path}: build it with `cargo build --release --bins` "
+            "or set CORECAST_LOADGEN_BIN")
+    return path
+
+
+def test_loadgen_offline_members_get_every_notice_by_email(start_gateway, smtp, start_notifier,
+                                                           tmp_path):
+    """`corecast-loadgen --offline-members 1`: each group gets one member who never connects,
+    so every message the loadgen sends leaves one notice. With the notifier running, each
+    message reaches its group's offline member by email, and nobody else gets one."""
+    gw = start_gateway()
+    notifier = start_notifier(gw, smtp, coalesce_secs=1)
+    report_path = tmp_path / "loadgen.json"
+    conns, group_size = 20, 10
+    run = subprocess.run(
+        [str(loadgen_binary()), "--target", gw.public, "--admin", gw.internal,
+         "--admin-token", gw.admin_token, "--jwt-secret", gw.jwt_secret,
+         "--conns", str(conns), "--group-size", str(group_size), "--offline-members", "1",
+         "--rate", "10", "--duration", "2", "--warmup", "0.5", "--json", str(report_path),
+         "--quiet"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"loadgen failed:\n{run.stdout}\n{run.stderr}"
+    report = json.loads(report_path.read_text())
+    assert report["config"]["offline_members"] == 1, report["config"]
+    assert report["errors_total"] == 0, report["errors"]
+    assert report["send"]["lost"] == 0, report["send"]
+    sent = report["send"]["sent"]
+    assert sent > 0, report["send"]
+
+    m = wait_settled(notifier, notices_sent=sent)
+    assert m["corecast_notifier_notices_sent_total"] == sent, m
+    assert m["corecast_notifier_failed_total"] == 0, m
+    # The loadgen numbers its connecting users 1..conns and the offline ones after them.
+    offline = {f"bench{conns + 1 + g}@example.test" for g in range(conns // group_size)}
+    rcpts = {r for mail in smtp.mails() for r in mail["meta"]["rcpt_tos"]}
+    assert rcpts == offline, f"emails went to {sorted(rcpts)}, expected {sorted(offline)}"
