@@ -25,7 +25,7 @@ use corecast_storage::{
 };
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -1327,43 +1327,56 @@ impl Shard {
     /// while it is open are queued, and each connection writes all of them in one send when
     /// it ends. At low rates nothing waits; at high rates each send carries several frames,
     /// which is what a 5,000-member room needs (one send costs several microseconds of kernel
-    /// time; docs/benchmarks.md).
+    /// time; docs/benchmarks.md). `userOnline` frames to such rooms are paced the same way
+    /// ([`Shard::presence_changed`]).
     fn deliver(&self, group: GroupId, frame: &Bytes, except_user: Option<UserId>) {
         let rooms = self.local_rooms.borrow();
         let Some(list) = rooms.get(&group) else {
             return;
         };
-        let threshold = self.config().server.paced_room_members;
-        let paced = threshold > 0 && list.len() >= threshold && {
-            let mut p = self.pacing.borrow_mut();
-            if p.until.is_some() {
-                true
-            } else {
-                p.until = Some(Instant::now() + self.pacing_window());
-                if let Some(w) = p.waker.take() {
-                    w.wake();
-                }
-                false
-            }
-        };
+        let mut pacing = self.pacing_for(list.len());
         let mut n = 0;
-        // Borrowed only for a paced room: an unpaced delivery does no more than before.
-        let mut pacing = paced.then(|| self.pacing.borrow_mut());
         for c in list {
             if except_user.is_some() && c.user() == except_user {
                 continue;
             }
-            match pacing.as_mut() {
-                None => c.push(self, frame.clone()),
-                Some(p) => {
-                    if c.queue(self, frame.clone()) && !c.paced.replace(true) {
-                        p.conns.push(c.clone());
-                    }
-                }
-            }
+            self.write_or_queue(c, frame, pacing.as_deref_mut());
             n += 1;
         }
         self.stats.deliveries.fetch_add(n, Relaxed);
+    }
+
+    /// Whether a frame for a room with `members` connections on this shard waits for the
+    /// pacing window: `Some` (the window, to queue into) when the room is paced and a window is
+    /// open; `None` when the frame goes out now, as in a small room or when it is the frame
+    /// that opens a window. Borrows the pacing state only for a paced room.
+    fn pacing_for(&self, members: usize) -> Option<RefMut<'_, Pacing>> {
+        let threshold = self.config().server.paced_room_members;
+        if threshold == 0 || members < threshold {
+            return None;
+        }
+        let mut p = self.pacing.borrow_mut();
+        if p.until.is_some() {
+            return Some(p);
+        }
+        p.until = Some(Instant::now() + self.pacing_window());
+        if let Some(w) = p.waker.take() {
+            w.wake();
+        }
+        None
+    }
+
+    /// Writes `frame` to `c` with its next send or, inside an open pacing window, queues it
+    /// for the window's end.
+    fn write_or_queue(&self, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
+        match pacing {
+            None => c.push(self, frame.clone()),
+            Some(p) => {
+                if c.queue(self, frame.clone()) && !c.paced.replace(true) {
+                    p.conns.push(c.clone());
+                }
+            }
+        }
     }
 
     fn pacing_window(&self) -> Duration {
@@ -1505,9 +1518,13 @@ impl Shard {
         let mut n = 0;
         for g in groups {
             let Some(list) = rooms.get(g) else { continue };
+            // Large rooms pace presence like messages: a member coming online is news for
+            // every other member, so connecting a room of n costs n² frames, and without pacing
+            // as many sends.
+            let mut pacing = self.pacing_for(list.len());
             for c in list {
                 if c.user() != Some(user) && seen.insert(c.id) {
-                    c.push(self, frame.clone());
+                    self.write_or_queue(c, frame, pacing.as_deref_mut());
                     n += 1;
                 }
             }

@@ -49,3 +49,23 @@ def test_first_message_after_a_quiet_spell_is_not_held_back(gw, connect, make_gr
         elapsed_ms = (time.monotonic() - started) * 1000
         assert elapsed_ms < WINDOW_MS, (
             f"round {round_}: {elapsed_ms:.0f} ms: the first message waited for a window")
+
+
+def test_paced_room_presence_arrives_once_for_each_member(gw, connect, make_group):
+    """`userOnline` to a paced room waits for the window like a message does: each member
+    still hears of every member who came online after it, exactly once, and nothing of itself.
+    A message sent afterwards is the marker: it leaves each connection's queue after any
+    presence frame queued before it."""
+    gid, users = make_group(gw, 5)
+    clients = [connect(gw, u) for u in users]
+    for i, c in enumerate(clients):
+        for later in users[i + 1:]:
+            c.wait_for("userOnline", lambda p, u=later: p.get("userId") == u and p["isOnline"],
+                       timeout=10)
+    ack = clients[0].call("sendMessage", {"groupId": gid, "text": "marker", "attachments": []})
+    assert ack.get("ok"), ack
+    for i, c in enumerate(clients):
+        c.wait_for("newMessage", lambda m: m["text"] == "marker", timeout=10)
+        heard = sorted(p["userId"] for p in c.events("userOnline") if p["isOnline"])
+        assert heard == sorted(users[i + 1:]), (
+            f"member {i} heard userOnline for {heard}, expected {sorted(users[i + 1:])}")
