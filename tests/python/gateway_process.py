@@ -32,13 +32,18 @@ DEFAULT_JWT_SECRET = "corecast-test-secret-0123456789abcdef"
 DEFAULT_ADMIN_TOKEN = "corecast-test-admin-token"
 
 
-def gateway_binary() -> Path:
-    path = Path(os.environ.get("CORECAST_BIN") or REPO_ROOT / "target/release/corecast")
+def release_binary(name: str, env_var: str) -> Path:
+    """$env_var if set, else target/release/<name>; fails with what to do when it is missing."""
+    path = Path(os.environ.get(env_var) or REPO_ROOT / "target/release" / name)
     if not path.is_file() or not os.access(path, os.X_OK):
         raise AssertionError(
-            f"gateway binary not found at {path}: build it with "
-            "`cargo build --release --bins` or set CORECAST_BIN (scripts/test.sh does both)")
+            f"{name} binary not found at {path}: build it with "
+            f"`cargo build --release --bins` or set {env_var}")
     return path
+
+
+def gateway_binary() -> Path:
+    return release_binary("corecast", "CORECAST_BIN")
 
 
 class GatewayProcess:

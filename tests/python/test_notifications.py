@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway_process import REPO_ROOT
+from gateway_process import REPO_ROOT, release_binary
 from polling import poll
 
 READY_RE = re.compile(r"^corecast-notifier ready internal=(?P<internal>\S+)\s*$")
@@ -100,13 +100,7 @@ class SmtpServer:
 
 
 def notifier_binary() -> Path:
-    path = Path(os.environ.get("CORECAST_NOTIFIER_BIN")
-                or REPO_ROOT / "target/release/corecast-notifier")
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise AssertionError(
-            f"notifier binary not found at {path}: build it with `cargo build --release --bins` "
-            "or set CORECAST_NOTIFIER_BIN")
-    return path
+    return release_binary("corecast-notifier", "CORECAST_NOTIFIER_BIN")
 
 
 class NotifierProcess:
@@ -429,16 +423,6 @@ def test_notifier_killed_mid_batch_still_sends_every_notice(start_gateway, smtp,
     assert all(len(ids) == 1 for ids in by_rcpt.values()), by_rcpt
 
 
-def loadgen_binary() -> Path:
-    path = Path(os.environ.get("CORECAST_LOADGEN_BIN")
-                or REPO_ROOT / "target/release/corecast-loadgen")
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise AssertionError(
-            f"loadgen binary not found at {path}: build it with `cargo build --release --bins` "
-            "or set CORECAST_LOADGEN_BIN")
-    return path
-
-
 def test_loadgen_offline_members_get_every_notice_by_email(start_gateway, smtp, start_notifier,
                                                            tmp_path):
     """`corecast-loadgen --offline-members 1`: each group gets one member who never connects,
@@ -449,7 +433,7 @@ def test_loadgen_offline_members_get_every_notice_by_email(start_gateway, smtp, 
     report_path = tmp_path / "loadgen.json"
     conns, group_size = 20, 10
     run = subprocess.run(
-        [str(loadgen_binary()), "--target", gw.public, "--admin", gw.internal,
+        [str(release_binary("corecast-loadgen", "CORECAST_LOADGEN_BIN")), "--target", gw.public, "--admin", gw.internal,
          "--admin-token", gw.admin_token, "--jwt-secret", gw.jwt_secret,
          "--conns", str(conns), "--group-size", str(group_size), "--offline-members", "1",
          "--rate", "10", "--duration", "2", "--warmup", "0.5", "--json", str(report_path),
