@@ -432,8 +432,9 @@ def test_loadgen_offline_members_get_every_notice_by_email(start_gateway, smtp, 
     notifier = start_notifier(gw, smtp, coalesce_secs=1)
     report_path = tmp_path / "loadgen.json"
     conns, group_size = 20, 10
+    loadgen = release_binary("corecast-loadgen", "CORECAST_LOADGEN_BIN")
     run = subprocess.run(
-        [str(release_binary("corecast-loadgen", "CORECAST_LOADGEN_BIN")), "--target", gw.public, "--admin", gw.internal,
+        [str(loadgen), "--target", gw.public, "--admin", gw.internal,
          "--admin-token", gw.admin_token, "--jwt-secret", gw.jwt_secret,
          "--conns", str(conns), "--group-size", str(group_size), "--offline-members", "1",
          "--rate", "10", "--duration", "2", "--warmup", "0.5", "--json", str(report_path),
