@@ -31,9 +31,16 @@ pub struct ServerConfig {
     pub shards: usize,
     /// The Engine.IO path (`CORECAST_PATH`).
     pub path: String,
-    /// Origins allowed to open a WebSocket; empty allows any (`CORECAST_ALLOWED_ORIGINS`,
-    /// comma-separated).
+    /// Origins allowed to connect, on both transports; empty allows any
+    /// (`CORECAST_ALLOWED_ORIGINS`, comma-separated). A request without an `Origin` header
+    /// (native, mobile and server clients) is not cross-origin and always accepted.
     pub allowed_origins: Vec<String>,
+    /// The Engine.IO transports served: `polling`, `websocket` or both
+    /// (`CORECAST_TRANSPORTS`, comma-separated; default both, as the official server).
+    pub transports: Vec<String>,
+    /// How long an upgrade probe may take from the WebSocket request to the client's upgrade
+    /// packet (`CORECAST_UPGRADE_TIMEOUT_MS`; the reference server's `upgradeTimeout`).
+    pub upgrade_timeout_ms: u64,
     /// How often the server pings each client (`CORECAST_PING_INTERVAL_MS`).
     pub ping_interval_ms: u64,
     /// How long a client has to answer a ping (`CORECAST_PING_TIMEOUT_MS`).
@@ -169,6 +176,16 @@ pub struct NotifierConfig {
     pub app_url: Option<String>,
 }
 
+impl ServerConfig {
+    pub fn polling_enabled(&self) -> bool {
+        self.transports.iter().any(|t| t == "polling")
+    }
+
+    pub fn websocket_enabled(&self) -> bool {
+        self.transports.iter().any(|t| t == "websocket")
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -181,6 +198,8 @@ impl Default for ServerConfig {
             shards: 0,
             path: "/socket.io/".into(),
             allowed_origins: Vec::new(),
+            transports: vec!["polling".into(), "websocket".into()],
+            upgrade_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
@@ -304,6 +323,14 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_ALLOWED_ORIGINS", |c, v| {
         c.server.allowed_origins = list(v);
+        Ok(())
+    }),
+    ("CORECAST_TRANSPORTS", |c, v| {
+        c.server.transports = list(v);
+        Ok(())
+    }),
+    ("CORECAST_UPGRADE_TIMEOUT_MS", |c, v| {
+        c.server.upgrade_timeout_ms = parse(v)?;
         Ok(())
     }),
     ("CORECAST_PING_INTERVAL_MS", |c, v| {
@@ -503,6 +530,16 @@ impl Config {
         }
         if s.ping_interval_ms == 0 || s.ping_timeout_ms == 0 {
             bail!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
+        }
+        if s.transports.is_empty() {
+            bail!("server.transports (CORECAST_TRANSPORTS) must name at least one transport: polling, websocket");
+        }
+        if let Some(t) = s
+            .transports
+            .iter()
+            .find(|t| *t != "polling" && *t != "websocket")
+        {
+            bail!("server.transports (CORECAST_TRANSPORTS): unknown transport {t:?}; use polling, websocket or both");
         }
         if s.max_payload < 64 {
             bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");

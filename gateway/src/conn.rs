@@ -13,8 +13,9 @@
 //! - Pings, pong deadlines and the connect deadline are checked on the shard's tick
 //!   ([`Conn::tick`]), not by a timer per connection.
 
-use crate::events::{self, ClientError, Code, Command};
-use crate::http::{self, Upgrade};
+pub use crate::engine::Tick;
+use crate::engine::{Due, Engine, Outbox, Polled, Sid, Transport};
+use crate::events::{self, ClientError, Code, Command, EventError};
 use crate::shard::{Origin, Shard};
 use bytes::{Bytes, BytesMut};
 use corecast_storage::{GroupId, UserId};
@@ -25,12 +26,10 @@ use glommio::net::TcpStream;
 use simd_json::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
 /// A connection, unique within its shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,43 +60,19 @@ static PING_FRAME: [u8; 3] = [0x81, 0x01, b'2'];
 /// How long a closing connection may take to flush before its socket is dropped.
 const CLOSE_GRACE_MS: u64 = 2_000;
 
-/// A point in time as milliseconds since the shard started, in 32 bits to keep connections
-/// small. It wraps after 49 days; [`Tick::reached`] compares with wrapping arithmetic, so
-/// deadlines up to 24 days ahead stay correct across the wrap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tick(u32);
-
-impl Tick {
-    pub fn now(shard: &Shard) -> Tick {
-        Tick::since(shard.epoch, Instant::now())
-    }
-
-    pub fn since(epoch: Instant, now: Instant) -> Tick {
-        Tick(now.saturating_duration_since(epoch).as_millis() as u32)
-    }
-
-    pub fn after(self, ms: u64) -> Tick {
-        Tick(self.0.wrapping_add(ms.min(i32::MAX as u64) as u32))
-    }
-
-    /// True once `self` is at or past `deadline`.
-    pub fn reached(self, deadline: Tick) -> bool {
-        self.0.wrapping_sub(deadline.0) as i32 >= 0
-    }
-}
-
 pub struct Conn {
     pub id: ConnId,
     /// The Engine.IO session id's random part (see [`Conn::sid`]).
     sid_salt: u64,
+    /// Transport, upgrade and heartbeat (sans-IO, see engine.rs).
+    engine: RefCell<Engine>,
     user: Cell<Option<UserId>>,
     state: Cell<ConnState>,
     was_connected: Cell<bool>,
     groups: RefCell<Vec<(GroupId, SubState)>>,
     /// Connect-time subscriptions not yet answered (plus one while they are being sent).
     pub pending_subs: Cell<u32>,
-    out: RefCell<VecDeque<Bytes>>,
-    out_bytes: Cell<usize>,
+    out: RefCell<Outbox>,
     /// A write the shard's sender could not finish (socket full, partial, failed) and the
     /// session finishes: the bytes and how many have gone. Nothing else is written before it.
     writing: RefCell<Option<(Bytes, usize)>>,
@@ -105,8 +80,16 @@ pub struct Conn {
     fd: Cell<i32>,
     /// Listed for the shard's sender's next batch (see send.rs).
     due: Cell<bool>,
-    /// The session task's waker: its writer and its close-overdue check both wait on it.
+    /// The task that carries the session: the WebSocket session's writer and close-overdue
+    /// check, or on long-polling the GET waiting for packets.
     waker: RefCell<Option<Waker>>,
+    /// An upgrade probe's WebSocket task (see `Session`), while one is open.
+    probe_waker: RefCell<Option<Waker>>,
+    /// The probe must end (it timed out).
+    probe_abort: Cell<bool>,
+    /// The shard has forgotten this connection (`Shard::conn_closed`): tasks still holding it
+    /// end.
+    gone: Cell<bool>,
     /// Frames are queued for the shard's next paced flush (see `Shard::deliver`).
     pub paced: Cell<bool>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
@@ -115,60 +98,96 @@ pub struct Conn {
     /// close overdue after [`CLOSE_GRACE`].
     closing_since: Cell<Option<Tick>>,
     close_overdue: Cell<bool>,
-    next_ping: Cell<Tick>,
-    pong_deadline: Cell<Option<Tick>>,
     connect_deadline: Cell<Option<Tick>>,
     /// Binary attachments still to skip after a refused binary packet.
     skip_binary: Cell<u32>,
 }
 
 impl Conn {
-    fn new(id: ConnId, now: Tick, shard: &Shard) -> Conn {
+    pub fn new(id: ConnId, transport: Transport, now: Tick, shard: &Shard) -> Conn {
         let cfg = &shard.config().server;
         Conn {
             id,
             sid_salt: fastrand::u64(..),
+            engine: RefCell::new(Engine::new(transport, now, &shard.timing())),
             user: Cell::new(None),
             state: Cell::new(ConnState::AwaitingConnect),
             was_connected: Cell::new(false),
             groups: RefCell::new(Vec::new()),
             pending_subs: Cell::new(0),
-            out: RefCell::new(VecDeque::new()),
-            out_bytes: Cell::new(0),
+            out: RefCell::new(Outbox::default()),
             writing: RefCell::new(None),
             fd: Cell::new(-1),
             due: Cell::new(false),
             waker: RefCell::new(None),
+            probe_waker: RefCell::new(None),
+            probe_abort: Cell::new(false),
+            gone: Cell::new(false),
             paced: Cell::new(false),
             closing: Cell::new(false),
             closing_since: Cell::new(None),
             close_overdue: Cell::new(false),
-            next_ping: Cell::new(now.after(cfg.ping_interval_ms)),
-            pong_deadline: Cell::new(None),
             connect_deadline: Cell::new(Some(now.after(cfg.connect_timeout_ms))),
             skip_binary: Cell::new(0),
         }
     }
 
-    /// The Engine.IO/Socket.IO session id: random, and unique per shard and connection.
-    fn sid(&self, shard: &Shard) -> String {
-        format!(
-            "{:016x}{:04x}{:08x}",
-            self.sid_salt, shard.id.0, self.id.0 as u32
-        )
+    /// The Engine.IO/Socket.IO session id: random, names the shard, unique per connection.
+    pub fn sid(&self, shard: &Shard) -> Sid {
+        Sid {
+            salt: self.sid_salt,
+            shard: shard.id.0,
+            conn: self.id.0 as u32,
+        }
     }
 
-    fn open_frame(&self, shard: &Shard) -> Bytes {
+    /// Whether `sid` names this connection (its salt, not just its number).
+    pub fn has_sid(&self, sid: &Sid) -> bool {
+        sid.salt == self.sid_salt && sid.conn == self.id.0 as u32
+    }
+
+    /// The Engine.IO open packet. A long-polling session may upgrade to WebSocket (when that
+    /// transport is on); a WebSocket session has nothing to upgrade to.
+    pub fn open_packet(&self, shard: &Shard) -> Vec<u8> {
         let cfg = &shard.config().server;
+        let upgrades: &[&str] = if self.transport() == Transport::Polling && cfg.websocket_enabled()
+        {
+            &["websocket"]
+        } else {
+            &[]
+        };
         let mut open = Vec::new();
         packet::write_open(
             &mut open,
-            &self.sid(shard),
+            &self.sid(shard).to_string(),
+            upgrades,
             cfg.ping_interval_ms,
             cfg.ping_timeout_ms,
             cfg.max_payload,
         );
-        ws::text_frame(Role::Server, &open)
+        open
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.engine.borrow().transport()
+    }
+
+    /// The session's transport state, for the HTTP and upgrade code (borrowed briefly, never
+    /// across an await).
+    pub fn engine(&self) -> std::cell::RefMut<'_, Engine> {
+        self.engine.borrow_mut()
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.get()
+    }
+
+    pub fn set_gone(&self) {
+        self.gone.set(true);
+        self.wake();
+        if let Some(w) = self.probe_waker.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     pub fn user(&self) -> Option<UserId> {
@@ -185,6 +204,16 @@ impl Conn {
 
     pub fn was_connected(&self) -> bool {
         self.was_connected.get()
+    }
+
+    /// The client left the namespace (DISCONNECT) and its rooms were given back: the
+    /// Engine.IO session stays, waiting for another CONNECT.
+    pub fn reset_socket(&self) {
+        self.user.set(None);
+        self.state.set(ConnState::AwaitingConnect);
+        self.was_connected.set(false);
+        self.pending_subs.set(0);
+        self.groups.borrow_mut().clear();
     }
 
     pub fn sub_state(&self, group: GroupId) -> Option<SubState> {
@@ -221,9 +250,12 @@ impl Conn {
         }
     }
 
-    /// Lists the connection for the shard's sender's next batch (send.rs).
+    /// Lists the connection for the shard's sender's next batch (send.rs); on long-polling,
+    /// wakes the GET that waits for packets instead.
     pub fn schedule(&self, shard: &Shard) {
-        if !self.due.replace(true) {
+        if self.transport() == Transport::Polling {
+            self.wake();
+        } else if !self.due.replace(true) {
             shard.due.borrow_mut().add(self.id);
         }
     }
@@ -235,7 +267,7 @@ impl Conn {
             return false;
         }
         let limit = shard.config().server.outbound_queue_bytes;
-        if self.out_bytes.get() + frame.len() > limit {
+        if !self.out.borrow_mut().push(frame, limit) {
             shard
                 .stats
                 .slow_disconnects
@@ -244,8 +276,6 @@ impl Conn {
             self.abort(shard, 1008, "slow consumer: outbound queue full");
             return false;
         }
-        self.out_bytes.set(self.out_bytes.get() + frame.len());
-        self.out.borrow_mut().push_back(frame);
         true
     }
 
@@ -271,7 +301,7 @@ impl Conn {
 
     /// `len` queued bytes are written, in one socket write (counted in the shard's stats).
     pub fn wrote(&self, shard: &Shard, len: usize) {
-        self.out_bytes.set(self.out_bytes.get().saturating_sub(len));
+        self.out.borrow_mut().wrote(len);
         shard
             .stats
             .writes
@@ -281,19 +311,27 @@ impl Conn {
     /// Everything queued, as one buffer to write in one send (one frame as is, several copied
     /// into one buffer that lives only until it is written: an idle connection keeps none).
     pub fn take_queued(&self) -> Option<Bytes> {
-        let mut q = self.out.borrow_mut();
-        match q.len() {
-            0 => None,
-            1 => q.pop_front(),
-            _ => {
-                let total = q.iter().map(Bytes::len).sum();
-                let mut batch = Vec::with_capacity(total);
-                for f in q.drain(..) {
-                    batch.extend_from_slice(&f);
-                }
-                Some(Bytes::from(batch))
-            }
-        }
+        self.out.borrow_mut().take_ws()
+    }
+
+    /// Whether a long-polling GET has something to answer with now.
+    pub fn has_queued(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    /// Everything queued, as one long-polling answer's payload (counted as written).
+    pub fn take_polled(&self, shard: &Shard) -> Polled {
+        let polled = self.out.borrow_mut().take_polling();
+        shard
+            .stats
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+
+    /// The task to wake when the session has something to do (a long-polling GET's).
+    pub fn set_waker(&self, w: &std::task::Waker) {
+        *self.waker.borrow_mut() = Some(w.clone());
     }
 
     /// Lets the session run: to finish an unfinished write, or to close.
@@ -310,7 +348,7 @@ impl Conn {
         }
         self.push(shard, ws::close_frame(Role::Server, code, reason));
         self.closing.set(true);
-        self.closing_since.set(Some(Tick::now(shard)));
+        self.closing_since.set(Some(shard.tick_now()));
         self.state.set(ConnState::Closing);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -320,7 +358,6 @@ impl Conn {
     /// Closes now, dropping whatever is still queued.
     fn abort(&self, shard: &Shard, code: u16, reason: &str) {
         self.out.borrow_mut().clear();
-        self.out_bytes.set(0);
         self.closing.set(false);
         self.close(shard, code, reason);
     }
@@ -344,18 +381,19 @@ impl Conn {
         self.was_connected.set(true);
         self.connect_deadline.set(None);
         let mut p = Vec::new();
-        packet::write_connect(&mut p, &self.sid(shard));
+        packet::write_connect(&mut p, &self.sid(shard).to_string());
         self.push(shard, ws::text_frame(Role::Server, &p));
     }
 
+    /// Whether a closing long-polling session has had its grace period: nobody fetched the
+    /// close, so the shard forgets it now (a WebSocket session ends its own task instead).
+    pub fn polling_close_overdue(&self) -> bool {
+        self.close_overdue.get() && self.transport() == Transport::Polling
+    }
+
     pub fn tick(&self, shard: &Shard, now: Tick) {
-        {
-            // An idle connection gives its queue's memory back.
-            let mut out = self.out.borrow_mut();
-            if out.is_empty() && out.capacity() > 0 {
-                *out = VecDeque::new();
-            }
-        }
+        // An idle connection gives its queue's memory back.
+        self.out.borrow_mut().shrink_if_idle();
         if self.closing.get() {
             if self
                 .closing_since
@@ -373,22 +411,23 @@ impl Conn {
             self.close(shard, 1008, "connect timeout: no Socket.IO CONNECT in time");
             return;
         }
-        match self.pong_deadline.get() {
-            Some(d) if now.reached(d) => self.close(shard, 1008, "ping timeout: no pong in time"),
-            Some(_) => {}
-            None if now.reached(self.next_ping.get()) => {
-                let cfg = &shard.config().server;
-                self.push(shard, Bytes::from_static(&PING_FRAME));
-                self.pong_deadline.set(Some(now.after(cfg.ping_timeout_ms)));
-                self.next_ping.set(now.after(cfg.ping_interval_ms));
+        let due = self.engine.borrow_mut().tick(now, &shard.timing());
+        match due {
+            Due::Nothing => {}
+            Due::Ping => self.push(shard, Bytes::from_static(&PING_FRAME)),
+            Due::PingTimeout => self.close(shard, 1008, "ping timeout: no pong in time"),
+            Due::ProbeTimeout => {
+                self.probe_abort.set(true);
+                if let Some(w) = self.probe_waker.borrow_mut().take() {
+                    w.wake();
+                }
             }
-            None => {}
         }
     }
 
     // ---- incoming packets ----
 
-    fn on_message(self: &Rc<Self>, shard: &Shard, msg: Message) {
+    pub fn on_message(self: &Rc<Self>, shard: &Shard, msg: Message) {
         match msg {
             Message::Text(payload) => self.on_text(shard, payload),
             Message::Binary(_) => {
@@ -409,16 +448,24 @@ impl Conn {
         }
     }
 
-    fn on_text(self: &Rc<Self>, shard: &Shard, mut payload: BytesMut) {
+    /// One Engine.IO packet, from a WebSocket text frame or a long-polling POST.
+    pub fn on_text(self: &Rc<Self>, shard: &Shard, mut payload: BytesMut) {
         match packet::parse_eio(&payload) {
-            Ok(EioPacket::Pong(_)) => self.pong_deadline.set(None),
+            Ok(EioPacket::Pong(_)) => self.engine.borrow_mut().on_pong(),
             Ok(EioPacket::Ping(data)) => {
                 let mut p = b"3".to_vec();
                 p.extend_from_slice(data);
                 self.push(shard, ws::text_frame(Role::Server, &p));
             }
             Ok(EioPacket::Message(_)) => self.on_socket_io(shard, &mut payload[1..]),
-            Ok(EioPacket::Close) => self.close(shard, 1000, ""),
+            Ok(EioPacket::Close) => {
+                self.close(shard, 1000, "");
+                if self.transport() == Transport::Polling {
+                    // Nothing more will be fetched: the session ends now, as on the reference
+                    // server (a WebSocket ends once its close frame is out).
+                    shard.conn_closed(self);
+                }
+            }
             Ok(EioPacket::Noop) | Ok(EioPacket::Upgrade) => {}
             Ok(EioPacket::Open(_)) | Err(_) => {
                 self.close(shard, 1002, "protocol error: invalid Engine.IO packet")
@@ -441,18 +488,9 @@ impl Conn {
     fn on_socket_io(self: &Rc<Self>, shard: &Shard, msg: &mut [u8]) {
         let p = match packet::parse_sio(msg) {
             Ok(p) => p,
-            Err(e) => {
-                if self.state() == ConnState::AwaitingConnect {
-                    return self.close(shard, 1002, "protocol error: invalid Socket.IO packet");
-                }
-                let e = ClientError::new(
-                    Code::InvalidPayload,
-                    format!("malformed Socket.IO packet: {e}"),
-                );
-                // An event whose JSON is broken still names its ack id up front: answer it
-                // there, so a client waiting for that ack is not left hanging.
-                return self.report(shard, salvage_ack_id(msg), e);
-            }
+            // As the reference server does: a packet that cannot be decoded ends the
+            // connection (an event that decodes but fails validation is answered instead).
+            Err(_) => return self.close(shard, 1002, "protocol error: invalid Socket.IO packet"),
         };
         let nsp = packet::namespace(msg, &p).to_string();
         if nsp != "/" {
@@ -466,7 +504,9 @@ impl Conn {
         }
         match p.kind {
             SioKind::Connect => self.on_connect(shard, &mut msg[p.data.clone()]),
-            SioKind::Disconnect => self.close(shard, 1000, ""),
+            // The client leaves the namespace; the Engine.IO session stays open (and keeps
+            // pinging) as on the reference server, and may CONNECT again.
+            SioKind::Disconnect => shard.socket_disconnected(self),
             SioKind::Event => {
                 shard
                     .stats
@@ -479,7 +519,10 @@ impl Conn {
                 }
                 match events::parse_event(&mut msg[p.data.clone()], &shard.config().limits) {
                     Ok(cmd) => self.on_command(shard, cmd, p.ack_id),
-                    Err(e) => self.report(shard, p.ack_id, e),
+                    Err(EventError::Rejected(e)) => self.report(shard, p.ack_id, e),
+                    Err(EventError::Undecodable(_)) => {
+                        self.close(shard, 1002, "protocol error: invalid Socket.IO packet")
+                    }
                 }
             }
             SioKind::BinaryEvent | SioKind::BinaryAck => {
@@ -547,109 +590,89 @@ impl Conn {
     }
 }
 
-/// The ack id of an EVENT packet whose data could not be parsed (`2[/nsp,]<digits>[...`).
-fn salvage_ack_id(msg: &[u8]) -> Option<u64> {
-    let rest = msg.strip_prefix(b"2")?;
-    let rest = if rest.first() == Some(&b'/') {
-        let comma = rest.iter().position(|&b| b == b',')?;
-        &rest[comma + 1..]
-    } else {
-        rest
-    };
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > packet::MAX_ACK_ID_DIGITS || rest.get(digits) != Some(&b'[') {
-        return None;
-    }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
-}
-
 // ---- I/O ----
 
-type Stream = RefCell<TcpStream>;
-
-/// Reads whatever is available into `into`, through the shard's scratch buffer. The scratch
-/// buffer is borrowed only inside one poll, never across an await.
-async fn read_some(shard: &Shard, stream: &Stream, into: &mut BytesMut) -> std::io::Result<usize> {
-    poll_fn(|cx| {
-        let mut scratch = shard.scratch.borrow_mut();
-        let mut s = stream.borrow_mut();
-        match Pin::new(&mut *s).poll_read(cx, &mut scratch[..]) {
-            Poll::Ready(Ok(n)) => {
-                into.extend_from_slice(&scratch[..n]);
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
-    })
-    .await
-}
-
-async fn write_all(stream: &Stream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, data)).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
-}
-
-/// Serves one accepted TCP connection: the upgrade here, then the session in a task of its own
-/// whose future holds only what a live connection needs.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    // TCP_NODELAY comes from the listening socket (server.rs).
-    let stream = RefCell::new(stream);
-    let handshake_timeout = Duration::from_millis(shard.config().server.connect_timeout_ms);
-    let upgrade = futures_lite::future::or(read_upgrade(&shard, &stream), async {
-        glommio::timer::sleep(handshake_timeout).await;
-        None
-    })
-    .await;
-    let Some(response) = upgrade else { return };
-    let conn = Rc::new(Conn::new(shard.next_conn_id(), Tick::now(&shard), &shard));
-    conn.fd.set(stream.borrow().as_raw_fd());
+/// Starts a new WebSocket session on `stream`, whose upgrade request was answered with
+/// `response` (written first). `pipelined` holds bytes the client sent after its request
+/// without waiting for the 101: they are the session's first frames.
+pub fn start_websocket(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    response: Vec<u8>,
+    pipelined: BytesMut,
+) {
+    let conn = Rc::new(Conn::new(
+        shard.next_conn_id(),
+        Transport::WebSocket,
+        shard.tick_now(),
+        &shard,
+    ));
+    conn.fd.set(stream.as_raw_fd());
     conn.push(&shard, Bytes::from(response));
-    conn.push(&shard, conn.open_frame(&shard));
+    conn.push(
+        &shard,
+        ws::text_frame(Role::Server, &conn.open_packet(&shard)),
+    );
     shard.register_conn(conn.clone());
+    spawn_session(shard, conn, stream, pipelined, None);
+}
+
+/// Opens the upgrade probe of long-polling session `conn` on `stream` (its upgrade request
+/// already accepted by the session's engine): the 101, then `2probe` / `3probe`, then the
+/// client's `5` moves the session onto this socket.
+pub fn start_probe(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    response: Vec<u8>,
+    pipelined: BytesMut,
+) {
+    conn.probe_abort.set(false);
+    let mut out = VecDeque::new();
+    out.push_back(Bytes::from(response));
+    spawn_session(shard, conn, stream, pipelined, Some(Probe { out, pos: 0 }));
+}
+
+fn spawn_session(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    inbuf: BytesMut,
+    probe: Option<Probe>,
+) {
     glommio::spawn_local(async move {
         let session = Session {
             decoder: Decoder::new(Role::Server, shard.config().server.max_payload),
             shard: shard.clone(),
             conn: conn.clone(),
-            stream: stream.into_inner(),
-            inbuf: BytesMut::new(),
+            stream,
+            fresh: !inbuf.is_empty(),
+            inbuf,
+            probe,
         };
-        session.await;
-        // The socket closed with the session: the sender must not use its number again.
-        conn.fd.set(-1);
-        shard.conn_closed(&conn);
+        let carried_session = session.await;
+        if carried_session {
+            // The socket closed with the session: the sender must not use its number again.
+            conn.fd.set(-1);
+            shard.conn_closed(&conn);
+        } else {
+            // A probe that never upgraded: the session goes on over long-polling.
+            conn.engine.borrow_mut().probe_ended();
+            *conn.probe_waker.borrow_mut() = None;
+        }
     })
     .detach();
 }
 
-/// Reads the HTTP upgrade request and answers it; returns the 101 response to send first.
-async fn read_upgrade(shard: &Shard, stream: &Stream) -> Option<Vec<u8>> {
-    let cfg = &shard.config().server;
-    let mut buf = BytesMut::new();
-    loop {
-        match read_some(shard, stream, &mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        match http::parse(&buf, &cfg.path, &cfg.allowed_origins) {
-            None => continue,
-            Some(Upgrade::Accept { response }) => return Some(response),
-            Some(Upgrade::Refuse { response, status }) => {
-                tracing::debug!(status, "upgrade refused");
-                let _ = write_all(stream, &response).await;
-                return None;
-            }
-        }
-    }
+/// An upgrade probe in progress: what the probe socket still has to write (the 101, `3probe`)
+/// before the session is moved onto it.
+struct Probe {
+    out: VecDeque<Bytes>,
+    /// Bytes of the front buffer already written.
+    pos: usize,
 }
 
-/// A live connection's I/O, as one small hand-written future (an `async fn` pair of reader
+/// A live WebSocket's I/O, as one small hand-written future (an `async fn` pair of reader
 /// and writer kept several hundred bytes more state per connection). Each poll:
 ///
 /// 1. ends the session if the ticker declared a close overdue;
@@ -659,6 +682,10 @@ async fn read_upgrade(shard: &Shard, stream: &Stream) -> Option<Vec<u8>> {
 ///    keeping only an unfinished frame in a buffer of its own;
 ///
 /// and loops while a step made progress (handling packets may queue frames to write).
+///
+/// While `probe` is set the socket is an upgrade probe of a long-polling session: it answers
+/// `2probe` itself and carries nothing of the session until the client's `5`. Its output is
+/// whether it carried the session when it ended (a probe that never upgraded did not).
 struct Session {
     shard: Rc<Shard>,
     conn: Rc<Conn>,
@@ -666,12 +693,15 @@ struct Session {
     decoder: Decoder,
     /// An unfinished frame; empty, without an allocation, while idle.
     inbuf: BytesMut,
+    /// `inbuf` holds bytes pipelined behind the upgrade request, not yet decoded.
+    fresh: bool,
+    probe: Option<Probe>,
 }
 
 impl std::future::Future for Session {
-    type Output = ();
+    type Output = bool;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<bool> {
         let this = &mut *self;
         // A client that never stops sending must not keep the shard to itself: after this
         // many turns the session yields (and asks to be polled again).
@@ -682,25 +712,44 @@ impl std::future::Future for Session {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if this.conn.close_overdue.get() {
-                return Poll::Ready(());
+            if this.probe.is_some() {
+                if this.conn.gone.get() || this.conn.probe_abort.get() {
+                    return Poll::Ready(false);
+                }
+            } else if this.conn.close_overdue.get() {
+                return Poll::Ready(true);
             }
             let mut progress = false;
-            match this.poll_write(cx) {
+            let write = if this.probe.is_some() {
+                this.poll_probe_write(cx)
+            } else {
+                this.poll_write(cx)
+            };
+            match write {
                 Poll::Ready(true) => progress = true,
-                Poll::Ready(false) => return Poll::Ready(()),
+                Poll::Ready(false) => return Poll::Ready(this.probe.is_none()),
                 Poll::Pending => {}
             }
-            if !this.conn.closing.get() {
+            if this.fresh {
+                this.fresh = false;
+                this.decode_all();
+                progress = true;
+            }
+            if !this.conn.closing.get() || this.probe.is_some() {
                 match this.poll_read(cx) {
                     Poll::Ready(true) => progress = true,
-                    Poll::Ready(false) => return Poll::Ready(()),
+                    Poll::Ready(false) => return Poll::Ready(this.probe.is_none()),
                     Poll::Pending => {}
                 }
             }
             if !progress {
-                // Frames queued by other tasks, and the ticker's close deadline, wake us here.
-                *this.conn.waker.borrow_mut() = Some(cx.waker().clone());
+                // Frames queued by other tasks, and the ticker's deadlines, wake us here.
+                let slot = if this.probe.is_some() {
+                    &this.conn.probe_waker
+                } else {
+                    &this.conn.waker
+                };
+                *slot.borrow_mut() = Some(cx.waker().clone());
                 return Poll::Pending;
             }
         }
@@ -756,21 +805,64 @@ impl Session {
         }
     }
 
+    /// The probe's own writes (the 101 and `3probe`), straight to its socket.
+    fn poll_probe_write(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let probe = self
+            .probe
+            .as_mut()
+            .expect("invariant: called while probing");
+        let mut wrote = false;
+        while let Some(buf) = probe.out.front() {
+            match Pin::new(&mut self.stream).poll_write(cx, &buf[probe.pos..]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    probe.pos += n;
+                    if probe.pos == buf.len() {
+                        probe.out.pop_front();
+                        probe.pos = 0;
+                    }
+                    wrote = true;
+                }
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => break,
+            }
+        }
+        if wrote {
+            Poll::Ready(true)
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Ready(true): read and handled something; Ready(false): the peer is gone; Pending:
     /// nothing to read.
     fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
-        let shard = &*self.shard;
         {
-            let mut scratch = shard.scratch.borrow_mut();
+            let mut scratch = self.shard.scratch.borrow_mut();
             match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(n)) => self.inbuf.extend_from_slice(&scratch[..n]),
                 Poll::Pending => return Poll::Pending,
             }
         }
+        self.decode_all();
+        Poll::Ready(true)
+    }
+
+    /// Handles every complete frame in `inbuf`.
+    fn decode_all(&mut self) {
+        let shard = self.shard.clone();
+        let shard = &*shard;
         loop {
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(msg)) => {
+                    if self.probe.is_some() {
+                        if !self.on_probe_message(msg) {
+                            // Not a probe: give up the probe (the session stays on polling).
+                            self.conn.probe_abort.set(true);
+                            break;
+                        }
+                        continue;
+                    }
                     if self.conn.closing.get() {
                         break;
                     }
@@ -778,7 +870,11 @@ impl Session {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.conn.close(shard, e.close_code(), &e.to_string());
+                    if self.probe.is_some() {
+                        self.conn.probe_abort.set(true);
+                    } else {
+                        self.conn.close(shard, e.close_code(), &e.to_string());
+                    }
                     break;
                 }
             }
@@ -787,29 +883,47 @@ impl Session {
             // Release the buffer: an idle connection keeps none.
             self.inbuf = BytesMut::new();
         }
-        Poll::Ready(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{salvage_ack_id, Tick};
-
-    #[test]
-    fn ticks_compare_across_the_wrap() {
-        let near_wrap = Tick(u32::MAX - 10);
-        let deadline = near_wrap.after(100);
-        assert!(!near_wrap.reached(deadline));
-        assert!(Tick(89).reached(deadline));
-        assert!(Tick(5).after(0).reached(Tick(5)));
     }
 
-    #[test]
-    fn salvages_the_ack_id_of_a_broken_event() {
-        assert_eq!(salvage_ack_id(br#"25["sendMessage",{"text":"#), Some(5));
-        assert_eq!(salvage_ack_id(br#"2/x,17["a""#), Some(17));
-        assert_eq!(salvage_ack_id(br#"2["a""#), None);
-        assert_eq!(salvage_ack_id(br#"25{"#), None);
-        assert_eq!(salvage_ack_id(br#"35["#), None);
+    /// A frame on an upgrade probe. `2probe` is answered with `3probe` here, and the pending
+    /// long-polling GET gets a noop so that the client can pause polling; `5` moves the session
+    /// onto this socket. False for anything else, which ends the probe (the reference server
+    /// does the same).
+    fn on_probe_message(&mut self, msg: Message) -> bool {
+        let shard = &*self.shard;
+        let conn = &self.conn;
+        let probe = self
+            .probe
+            .as_mut()
+            .expect("invariant: called while probing");
+        match msg {
+            Message::Text(t) if &t[..] == b"2probe" => {
+                probe.out.push_back(ws::text_frame(Role::Server, b"3probe"));
+                conn.push(shard, ws::text_frame(Role::Server, packet::NOOP));
+                true
+            }
+            Message::Text(t) if &t[..] == b"5" => {
+                if !probe.out.is_empty() || !conn.engine.borrow_mut().upgraded() {
+                    return false;
+                }
+                self.probe = None;
+                conn.fd.set(self.stream.as_raw_fd());
+                *conn.probe_waker.borrow_mut() = None;
+                // A GET still waiting ends (with a noop); then what was queued meanwhile goes
+                // out on this socket, as the frames it already is.
+                conn.wake();
+                conn.due.set(false);
+                conn.schedule(shard);
+                true
+            }
+            Message::Ping(data) => {
+                let mut out = BytesMut::new();
+                ws::encode_frame(Role::Server, ws::OP_PONG, &data, &mut out);
+                probe.out.push_back(out.freeze());
+                true
+            }
+            Message::Pong(_) => true,
+            _ => false,
+        }
     }
 }

@@ -130,19 +130,59 @@ impl Command {
     }
 }
 
+/// Why an EVENT was not turned into a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    /// The packet cannot be decoded as a Socket.IO event at all (broken JSON, not an array,
+    /// no event name, a reserved name): the reference server closes the connection for this.
+    Undecodable(String),
+    /// A well-formed event that fails a check: the client is told (negative ack or `error`).
+    Rejected(ClientError),
+}
+
+impl From<ClientError> for EventError {
+    fn from(e: ClientError) -> Self {
+        EventError::Rejected(e)
+    }
+}
+
+/// Event names a client may not send (socket.io-parser refuses them as undecodable).
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// Parses the JSON data of an EVENT packet (`["name", payload, ...]`), in place.
-/// On failure returns the error and, when it could be read, the event name.
-pub fn parse_event(data: &mut [u8], limits: &LimitsConfig) -> Result<Command, ClientError> {
+pub fn parse_event(data: &mut [u8], limits: &LimitsConfig) -> Result<Command, EventError> {
     let value = simd_json::to_borrowed_value(data)
-        .map_err(|e| ClientError::invalid(format!("event is not valid JSON: {e}")))?;
+        .map_err(|e| EventError::Undecodable(format!("event is not valid JSON: {e}")))?;
     let args = value
         .as_array()
-        .ok_or_else(|| ClientError::invalid("event must be a JSON array [name, payload]"))?;
-    let name = args
-        .first()
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| ClientError::invalid("event name must be a string"))?;
-    let payload = args.get(1);
+        .ok_or_else(|| EventError::Undecodable("event must be a JSON array".into()))?;
+    let name = match args.first() {
+        Some(v) if v.is_number() => {
+            // Decodable (socket.io-parser allows numeric names), but no event of ours.
+            return Err(ClientError::invalid("event name must be a string").into());
+        }
+        Some(v) => v
+            .as_str()
+            .filter(|n| !RESERVED_EVENTS.contains(n))
+            .ok_or_else(|| EventError::Undecodable("event name must be a string".into()))?,
+        None => return Err(EventError::Undecodable("event must name an event".into())),
+    };
+    command(name, args.get(1), limits).map_err(EventError::Rejected)
+}
+
+/// The checks of one event's payload.
+fn command(
+    name: &str,
+    payload: Option<&BorrowedValue<'_>>,
+    limits: &LimitsConfig,
+) -> Result<Command, ClientError> {
     let obj = |name: &str| -> Result<&BorrowedValue<'_>, ClientError> {
         match payload {
             Some(p) if p.is_object() => Ok(p),
@@ -396,7 +436,33 @@ mod tests {
 
     fn parse(s: &str) -> Result<Command, ClientError> {
         let mut b = s.as_bytes().to_vec();
-        parse_event(&mut b, &LimitsConfig::default())
+        match parse_event(&mut b, &LimitsConfig::default()) {
+            Ok(c) => Ok(c),
+            Err(EventError::Rejected(e)) => Err(e),
+            Err(EventError::Undecodable(m)) => panic!("{s} is undecodable: {m}"),
+        }
+    }
+
+    #[test]
+    fn undecodable_events_are_told_apart_from_rejected_ones() {
+        for s in [
+            r#"["sendMessage",{"#,
+            "{}",
+            "[]",
+            "[null]",
+            r#"["disconnect"]"#,
+        ] {
+            let mut b = s.as_bytes().to_vec();
+            assert!(
+                matches!(
+                    parse_event(&mut b, &LimitsConfig::default()),
+                    Err(EventError::Undecodable(_))
+                ),
+                "{s}"
+            );
+        }
+        assert_eq!(code(r#"["sendMessage",{}]"#), Code::InvalidPayload);
+        assert_eq!(code(r#"["dance",{}]"#), Code::UnknownEvent);
     }
 
     fn code(s: &str) -> Code {
@@ -438,8 +504,6 @@ mod tests {
 
     #[test]
     fn every_bad_input_has_a_code() {
-        assert_eq!(code("[\"sendMessage\","), Code::InvalidPayload);
-        assert_eq!(code(r#"{"a":1}"#), Code::InvalidPayload);
         assert_eq!(code(r#"["nope",{}]"#), Code::UnknownEvent);
         assert_eq!(
             code(r#"["sendMessage",{"groupId":1}]"#),

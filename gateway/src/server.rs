@@ -179,7 +179,12 @@ async fn run_shard(
         loop {
             match listener.accept().await {
                 Ok(stream) => {
-                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                    glommio::spawn_local(crate::polling::serve(
+                        shard.clone(),
+                        stream,
+                        bytes::BytesMut::new(),
+                    ))
+                    .detach();
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: say so, pause, go on.

@@ -193,6 +193,12 @@ pub enum ShardMsg {
     /// Several messages from one shard, handed over at once (one queue slot, at most one
     /// wake-up); handled in order.
     Batch(Vec<ShardMsg>),
+    /// An HTTP connection whose request names a session of this shard (see polling.rs): its
+    /// socket and the bytes already read from it.
+    AdoptHttp {
+        fd: std::os::fd::OwnedFd,
+        buffered: Vec<u8>,
+    },
     /// Time for [`Shard::tick`], from the process's ticker thread (see server.rs).
     Tick,
     Shutdown,
@@ -223,6 +229,8 @@ struct PendingSend {
 
 pub struct Shard {
     pub id: ShardId,
+    /// This shard itself, for spawning tasks from a message handler.
+    me: std::rc::Weak<Shard>,
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
@@ -280,8 +288,9 @@ impl Shard {
         let n = shared.nr_shards();
         let stats = shared.stats[id.index()].clone();
         let rate = shared.config.limits.rate_limit_per_min;
-        Rc::new(Shard {
+        Rc::new_cyclic(|me| Shard {
             id,
+            me: me.clone(),
             stats,
             conns: RefCell::new(HashMap::new()),
             local_rooms: RefCell::new(HashMap::new()),
@@ -314,10 +323,39 @@ impl Shard {
         &self.shared.config
     }
 
+    /// A connection number for a new connection. Numbers stay within 32 bits (the session id
+    /// carries 32; see [`crate::engine::Sid`]) and wrap after four billion connections.
     pub fn next_conn_id(&self) -> ConnId {
         let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
+        self.next_conn
+            .set(if id >= u64::from(u32::MAX) { 1 } else { id + 1 });
         ConnId(id)
+    }
+
+    /// Now, as connection deadlines count it.
+    pub fn tick_now(&self) -> crate::engine::Tick {
+        crate::engine::Tick::since(self.epoch, Instant::now())
+    }
+
+    /// The Engine.IO heartbeat and upgrade timings.
+    pub fn timing(&self) -> crate::engine::Timing {
+        let s = &self.config().server;
+        crate::engine::Timing {
+            ping_interval_ms: s.ping_interval_ms,
+            ping_timeout_ms: s.ping_timeout_ms,
+            upgrade_timeout_ms: s.upgrade_timeout_ms,
+        }
+    }
+
+    /// What the public port accepts.
+    pub fn policy(&self) -> crate::http::Policy<'_> {
+        let s = &self.config().server;
+        crate::http::Policy {
+            path: &s.path,
+            allowed_origins: &s.allowed_origins,
+            polling: s.polling_enabled(),
+            websocket: s.websocket_enabled(),
+        }
     }
 
     // ---- sending between shards ----
@@ -564,9 +602,22 @@ impl Shard {
                     self.handle(m);
                 }
             }
+            ShardMsg::AdoptHttp { fd, buffered } => self.adopt_http(fd, buffered),
             ShardMsg::Tick => self.tick(Instant::now()),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
+    }
+
+    fn adopt_http(&self, fd: std::os::fd::OwnedFd, buffered: Vec<u8>) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let Some(me) = self.me.upgrade() else { return };
+        if self.stopping.get() {
+            return; // dropping the descriptor closes the connection
+        }
+        // SAFETY: a connected TCP socket whose ownership moves here.
+        let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let buf = bytes::BytesMut::from(&buffered[..]);
+        glommio::spawn_local(crate::polling::serve(me, stream, buf)).detach();
     }
 
     fn begin_shutdown(&self) {
@@ -1011,11 +1062,12 @@ impl Shard {
 
     fn user_groups(&self, id: ConnId, result: Result<Vec<GroupId>, StoreError>) {
         let Some(conn) = self.conn(id) else { return };
+        // The client may have left the namespace (DISCONNECT) while its groups loaded.
+        let (Some(user), ConnState::Subscribing) = (conn.user(), conn.state()) else {
+            return;
+        };
         match result {
             Ok(groups) => {
-                let user = conn
-                    .user()
-                    .expect("invariant: authenticated before its groups load");
                 conn.pending_subs.set(conn.pending_subs.get() + 1);
                 for g in groups {
                     self.subscribe(&conn, user, g, SubReason::Connect, None);
@@ -1438,6 +1490,18 @@ impl Shard {
             return;
         }
         self.stats.connections.fetch_sub(1, Relaxed);
+        self.leave_all(conn);
+        conn.set_gone();
+    }
+
+    /// The client sent DISCONNECT for the namespace: it leaves its rooms and gives back its
+    /// presence, and the Engine.IO session stays open for another CONNECT.
+    pub fn socket_disconnected(&self, conn: &Rc<Conn>) {
+        self.leave_all(conn);
+        conn.reset_socket();
+    }
+
+    fn leave_all(&self, conn: &Rc<Conn>) {
         let groups: Arc<[GroupId]> = conn.groups().into();
         for &g in groups.iter() {
             self.leave(conn, g);
@@ -1538,6 +1602,10 @@ impl Shard {
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             c.tick(self, now);
+            if c.polling_close_overdue() {
+                // Nobody fetched the close of this long-polling session in time.
+                self.conn_closed(&c);
+            }
         }
         self.limiter.borrow_mut().sweep(events::now_ms());
     }

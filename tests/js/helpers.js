@@ -272,7 +272,6 @@ function connect(gw, userId, { token, expectFailure = false, timeoutMs = DEFAULT
   const socket = io(gw.url, {
     path: '/socket.io/',
     auth,
-    transports: ['websocket'],
     reconnection: false,
     timeout: timeoutMs,
     forceNew: true,

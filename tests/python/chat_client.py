@@ -48,11 +48,11 @@ class ChatClient:
             self._events.append((event, payload))
             self._cond.notify_all()
 
-    def connect(self, url: str, token, transports=("websocket",), timeout: float = 10.0,
+    def connect(self, url: str, token, transports=None, timeout: float = 10.0,
                 headers: dict | None = None) -> "ChatClient":
         auth = {"token": token} if token is not None else None
         try:
-            self.sio.connect(url, transports=list(transports), auth=auth,
+            self.sio.connect(url, transports=list(transports) if transports else None, auth=auth,
                              socketio_path="/socket.io/", wait_timeout=timeout,
                              headers=headers or {})
         except socketio.exceptions.ConnectionError as e:

@@ -61,32 +61,36 @@ def msg(gid, **over):
     return {k: v for k, v in m.items() if v is not ...}
 
 
-# ----- invalid JSON and wrong shapes (raw frames) ------------------------------------------------
-
-def test_invalid_json_without_ack(gw, room):
-    r = room["raw"]
-    r.send('42["sendMessage",{"groupId":%d,"text":' % room["gid"])
-    assert_error(r.wait_event("error"), "invalid_payload")
-    assert_sessions_go_on(gw, room)
-
-
-def test_invalid_json_with_ack(gw, room):
-    """The ack id precedes the JSON, so the client asking for an ack should get its answer."""
-    r = room["raw"]
-    r.send('425["sendMessage",{"groupId":%d,"text":' % room["gid"])
-    assert_error(r.wait_ack(5, timeout=5), "invalid_payload")
-    assert_sessions_go_on(gw, room)
-
+# ----- undecodable packets (raw frames): the connection closes, as on the reference server -------
 
 @pytest.mark.parametrize("frame", [
+    '42["sendMessage",{"groupId":1,"text":',  # broken JSON
+    '425["sendMessage",{"groupId":1,"text":',  # broken JSON, with an ack id
     '42{"not":"an array"}',
+    '42{}',
     '42[]',
-    '42[5,{"groupId":1}]',
     '42"sendMessage"',
+    '4abc',  # unknown Socket.IO packet type
+    '42abc["sendMessage",{}]',  # bad ack id
+    '42["disconnect"]',  # a reserved event name
 ])
-def test_malformed_event_packet(gw, room, frame):
+def test_undecodable_packet_closes_the_connection(gw, room, frame):
     r = room["raw"]
     r.send(frame)
+    closed = r.wait_close(timeout=5)
+    assert closed.code == 1002, closed
+    assert r.events("error") == []
+    # The same user's other connection and the bystander go on; nothing was stored.
+    gid = room["gid"]
+    ack = room["bystander"].call("sendMessage", {"groupId": gid, "text": "still here", "attachments": []})
+    assert ack["ok"] is True, ack
+    room["client"].wait_for("newMessage", lambda m: m["id"] == ack["id"])
+    assert [m["text"] for m in gw.history(gid)] == ["still here"]
+
+
+def test_an_event_named_by_a_number_decodes_and_is_rejected(gw, room):
+    r = room["raw"]
+    r.send('42[5,{"groupId":1}]')
     assert_error(r.wait_event("error"), "invalid_payload")
     assert_sessions_go_on(gw, room)
 
@@ -235,7 +239,7 @@ def test_client_msg_id_too_long(gw, room):
 
 def test_many_bad_inputs_in_a_row_do_not_break_the_session(gw, room):
     r = room["raw"]
-    frames = ['42["sendMessage",{', '42[]', '42["nope",{}]', '42["sendMessage",{"groupId":"x"}]',
+    frames = ['42[5,{}]', '42["nope",{}]', '42["sendMessage",{"groupId":true}]',
               '42["sendMessage",{"groupId":%d,"text":"","attachments":[]}]' % room["gid"]] * 10
     for f in frames:
         r.send(f)

@@ -20,6 +20,8 @@ pub const PING: &[u8] = b"2";
 pub const PONG: &[u8] = b"3";
 /// Engine.IO close.
 pub const EIO_CLOSE: &[u8] = b"1";
+/// Engine.IO noop: answers a pending long-polling GET during an upgrade.
+pub const NOOP: &[u8] = b"6";
 /// Socket.IO DISCONNECT for the default namespace, inside an Engine.IO message.
 pub const SIO_DISCONNECT: &[u8] = b"41";
 
@@ -234,23 +236,53 @@ pub fn namespace<'a>(msg: &'a [u8], p: &SioPacket) -> &'a str {
     }
 }
 
-/// `0{"sid":..,"upgrades":[],"pingInterval":..,"pingTimeout":..,"maxPayload":..}`
+/// `0{"sid":..,"upgrades":[..],"pingInterval":..,"pingTimeout":..,"maxPayload":..}`;
+/// `upgrades` names the transports a polling session may upgrade to (`["websocket"]`), and is
+/// empty on a WebSocket session.
 pub fn write_open(
     out: &mut Vec<u8>,
     sid: &str,
+    upgrades: &[&str],
     ping_interval_ms: u64,
     ping_timeout_ms: u64,
     max_payload: usize,
 ) {
     out.extend_from_slice(b"0{\"sid\":");
     put_json_str(out, sid);
-    out.extend_from_slice(b",\"upgrades\":[],\"pingInterval\":");
+    out.extend_from_slice(b",\"upgrades\":[");
+    for (i, u) in upgrades.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put_json_str(out, u);
+    }
+    out.extend_from_slice(b"],\"pingInterval\":");
     put_u64(out, ping_interval_ms);
     out.extend_from_slice(b",\"pingTimeout\":");
     put_u64(out, ping_timeout_ms);
     out.extend_from_slice(b",\"maxPayload\":");
     put_u64(out, max_payload as u64);
     out.push(b'}');
+}
+
+/// Separates the packets of an HTTP long-polling payload (Engine.IO v4: the record separator).
+pub const POLLING_SEPARATOR: u8 = 0x1e;
+
+/// The packets of a long-polling payload (a POST body or a GET answer), in order. An empty
+/// payload has none; an empty packet between two separators is yielded as empty (and then
+/// refused by [`parse_eio`]).
+pub fn polling_packets(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut parts = payload.split(|&b| b == POLLING_SEPARATOR);
+    let empty = payload.is_empty();
+    std::iter::from_fn(move || if empty { None } else { parts.next() })
+}
+
+/// Appends `packet` to a long-polling payload being built in `out`.
+pub fn push_polling_packet(out: &mut Vec<u8>, packet: &[u8]) {
+    if !out.is_empty() {
+        out.push(POLLING_SEPARATOR);
+    }
+    out.extend_from_slice(packet);
 }
 
 /// `40{"sid":"..."}`: CONNECT accepted on the default namespace.
@@ -438,6 +470,22 @@ fn put_json_str<S: Sink>(out: &mut S, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn polling_payloads_split_and_join_on_the_record_separator() {
+        let mut out = Vec::new();
+        push_polling_packet(&mut out, b"2");
+        push_polling_packet(&mut out, b"42[\"a\"]");
+        assert_eq!(out, b"2\x1e42[\"a\"]");
+        let packets: Vec<_> = polling_packets(&out).collect();
+        assert_eq!(packets, vec![&b"2"[..], &b"42[\"a\"]"[..]]);
+        assert_eq!(polling_packets(b"").count(), 0);
+        assert_eq!(polling_packets(b"3").collect::<Vec<_>>(), vec![&b"3"[..]]);
+        assert_eq!(
+            polling_packets(b"3\x1e").collect::<Vec<_>>(),
+            vec![&b"3"[..], &b""[..]]
+        );
+    }
+
     use super::*;
     use crate::ws::{Decoder, Message};
     use bytes::BytesMut;
@@ -607,7 +655,7 @@ mod tests {
     #[test]
     fn encoders_round_trip_through_the_parsers() {
         let mut out = Vec::new();
-        write_open(&mut out, "abc", 25_000, 20_000, 1_000_000);
+        write_open(&mut out, "abc", &[], 25_000, 20_000, 1_000_000);
         let EioPacket::Open(open) = parse_eio(&out).unwrap() else {
             panic!("not open")
         };

@@ -385,6 +385,39 @@ pub fn encode_frame(role: Role, opcode: u8, payload: &[u8], out: &mut BytesMut) 
     append_frame(role, opcode, &payload, out);
 }
 
+/// The frames in `buf`, a run of complete, unmasked, unfragmented frames as this crate encodes
+/// them for the server side, as `(opcode, payload)`. This is how a frame encoded once for
+/// WebSocket clients is given to a long-polling client too: its payload is the Engine.IO packet.
+/// Stops at the first byte that does not start a complete frame (never the case for frames
+/// built here).
+pub fn server_frames(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let (&b0, after) = rest.split_first()?;
+        let (&b1, after) = after.split_first()?;
+        if b1 & 0x80 != 0 {
+            return None; // masked: not a server frame
+        }
+        let (len, after) = match b1 & 0x7F {
+            126 => {
+                let (n, after) = after.split_first_chunk::<2>()?;
+                (u16::from_be_bytes(*n) as usize, after)
+            }
+            127 => {
+                let (n, after) = after.split_first_chunk::<8>()?;
+                (usize::try_from(u64::from_be_bytes(*n)).ok()?, after)
+            }
+            n => (n as usize, after),
+        };
+        if after.len() < len {
+            return None;
+        }
+        let (payload, next) = after.split_at(len);
+        rest = next;
+        Some((b0 & 0x0F, payload))
+    })
+}
+
 /// One complete text frame.
 pub fn text_frame(role: Role, payload: &[u8]) -> Bytes {
     frame(role, OP_TEXT, &payload)
@@ -423,6 +456,26 @@ impl Payload for ClosePayload<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_frames_give_back_what_was_framed() {
+        let long = vec![b'x'; 70_000];
+        let mid = vec![b'y'; 300];
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&super::text_frame(super::Role::Server, b"42[\"a\"]"));
+        buf.extend_from_slice(&super::text_frame(super::Role::Server, &mid));
+        buf.extend_from_slice(&super::text_frame(super::Role::Server, &long));
+        buf.extend_from_slice(&super::close_frame(super::Role::Server, 1000, "bye"));
+        let frames: Vec<_> = super::server_frames(&buf).collect();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[0], (super::OP_TEXT, &b"42[\"a\"]"[..]));
+        assert_eq!(frames[1], (super::OP_TEXT, &mid[..]));
+        assert_eq!(frames[2], (super::OP_TEXT, &long[..]));
+        assert_eq!(frames[3].0, super::OP_CLOSE);
+        // A truncated frame ends the run instead of reading past the buffer.
+        assert_eq!(super::server_frames(&buf[..buf.len() - 1]).count(), 3);
+        assert_eq!(super::server_frames(&[0x81]).count(), 0);
+    }
+
     use super::*;
 
     const MAX: usize = 1 << 20;

@@ -1,0 +1,407 @@
+//! Every TCP connection accepted on the public port starts here, as HTTP: requests are read
+//! one after another (keep-alive) until one becomes a WebSocket. Engine.IO long-polling is
+//! served here: the handshake, the GET that waits for packets, the POST that brings them.
+//!
+//! - **Routing by sid.** A session's requests may reach any shard: SO_REUSEPORT spreads TCP
+//!   connections, and a browser sends its POST on a second keep-alive connection while its GET
+//!   waits on the first. The sid names the session's shard ([`crate::engine::Sid`]); a request
+//!   for another shard's session hands the whole TCP connection over (its socket, duplicated,
+//!   and the bytes read so far) through that shard's inbox, which serves it from then on. No
+//!   table is shared between shards. (A later cluster mode can do the same for a sid that
+//!   names another node.)
+//! - **The GET** waits, without a timer, until the session has packets: the session's waker is
+//!   the GET's while it waits, so a queued frame, a ping from the shard's tick or a close wakes
+//!   it, and it answers with everything queued. While it waits it watches its socket: a client
+//!   that went away ends the session at once, as on the reference server.
+//! - **The POST**'s body (at most `maxPayload` bytes) is split on the record separator and each
+//!   packet is handled exactly as a WebSocket text frame would be.
+//! - Nothing here holds a `RefCell` borrow across an `.await`.
+
+use crate::conn::{self, Conn, ConnId};
+use crate::engine::{Polled, Refusal, Request, Sid, Transport};
+use crate::http::{self, Cors, EioError, Route};
+use crate::shard::{Shard, ShardMsg};
+use bytes::BytesMut;
+use corecast_shard_router::ShardId;
+use corecast_wire::packet;
+use corecast_wire::ws::Message;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+/// Serves the HTTP requests of one TCP connection; `buf` holds bytes already read from it
+/// (by the shard that handed it over).
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut) {
+    let timeout = Duration::from_millis(shard.config().server.connect_timeout_ms);
+    loop {
+        let head = futures_lite::future::or(read_head(&shard, &mut stream, &mut buf), async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        let Some((route, head_len)) = head else {
+            return;
+        };
+        if let Some(sid) = route.sid() {
+            let owner = sid.shard as usize;
+            if owner != shard.id.index() && owner < shard.shared.nr_shards() {
+                return hand_over(&shard, stream, buf, ShardId(sid.shard));
+            }
+        }
+        let _ = buf.split_to(head_len);
+        let keep_alive = match route {
+            Route::Respond {
+                response,
+                status,
+                close,
+            } => {
+                tracing::debug!(status, "request refused");
+                write_all(&mut stream, &response).await.is_ok() && !close
+            }
+            Route::WebSocket {
+                sid: None,
+                response,
+            } => {
+                conn::start_websocket(shard, stream, response, buf);
+                return;
+            }
+            Route::WebSocket {
+                sid: Some(sid),
+                response,
+            } => {
+                let Some(conn) = session(&shard, &sid) else {
+                    let _ = write_all(&mut stream, &EioError::UnknownSid.response(&None)).await;
+                    return;
+                };
+                let begun =
+                    conn.engine()
+                        .begin(Request::Upgrade, shard.tick_now(), &shard.timing());
+                match begun {
+                    Ok(()) => conn::start_probe(shard, conn, stream, response, buf),
+                    Err(_) => {
+                        let _ = write_all(&mut stream, &EioError::BadRequest.response(&None)).await;
+                    }
+                }
+                return;
+            }
+            Route::PollOpen { cors, close } => {
+                let conn = Rc::new(Conn::new(
+                    shard.next_conn_id(),
+                    Transport::Polling,
+                    shard.tick_now(),
+                    &shard,
+                ));
+                shard.register_conn(conn.clone());
+                let open = conn.open_packet(&shard);
+                write_all(&mut stream, &http::polling_response(&cors, close, &open))
+                    .await
+                    .is_ok()
+                    && !close
+            }
+            Route::PollGet { sid, cors, close } => {
+                poll_get(&shard, &mut stream, &mut buf, &sid, &cors, close).await
+            }
+            Route::PollPost {
+                sid,
+                cors,
+                close,
+                content_length,
+            } => {
+                poll_post(
+                    &shard,
+                    &mut stream,
+                    &mut buf,
+                    &sid,
+                    &cors,
+                    close,
+                    content_length,
+                )
+                .await
+            }
+        };
+        if !keep_alive {
+            return;
+        }
+    }
+}
+
+/// The live session `sid` names on this shard.
+fn session(shard: &Shard, sid: &Sid) -> Option<Rc<Conn>> {
+    shard
+        .conns
+        .borrow()
+        .get(&ConnId(u64::from(sid.conn)))
+        .filter(|c| c.has_sid(sid))
+        .cloned()
+}
+
+/// Checks a polling request against its session; answers the refusals. `None` when the
+/// request was refused (the connection then closes).
+async fn begin(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    sid: &Sid,
+    cors: &Cors,
+    req: Request,
+) -> Option<Rc<Conn>> {
+    let Some(conn) = session(shard, sid) else {
+        let _ = write_all(stream, &EioError::UnknownSid.response(cors)).await;
+        return None;
+    };
+    let begun = conn.engine().begin(req, shard.tick_now(), &shard.timing());
+    match begun {
+        Ok(()) => Some(conn),
+        Err(refusal) => {
+            let _ = write_all(stream, &EioError::BadRequest.response(cors)).await;
+            if refusal == Refusal::Overlap {
+                // As the reference server does: overlapping requests end the session.
+                end_session(
+                    shard,
+                    &conn,
+                    1002,
+                    "protocol error: overlapping long-polling requests",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Ends a long-polling session: a GET that waits gets the close packet (and the session is
+/// forgotten after it); with none waiting it is forgotten now, so its next request finds no
+/// session, as on the reference server.
+fn end_session(shard: &Shard, conn: &Rc<Conn>, code: u16, reason: &str) {
+    conn.close(shard, code, reason);
+    if !conn.engine().get_open() {
+        shard.conn_closed(conn);
+    }
+}
+
+/// A long-polling GET: waits for packets, answers with all of them. Returns whether the TCP
+/// connection stays open for another request.
+async fn poll_get(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sid: &Sid,
+    cors: &Cors,
+    close: bool,
+) -> bool {
+    let Some(conn) = begin(shard, stream, sid, cors, Request::Get).await else {
+        return false;
+    };
+    let waited = wait_for_packets(shard, &conn, stream, buf).await;
+    conn.engine().end(Request::Get);
+    if waited == Waited::ClientGone {
+        tracing::debug!(conn = conn.id.0, "long-polling client went away");
+        shard.conn_closed(&conn);
+        return false;
+    }
+    let polled = if conn.transport() != Transport::Polling {
+        // Upgraded while this GET waited: it ends with a noop, as the client expects.
+        Polled {
+            payload: packet::NOOP.to_vec(),
+            closed: false,
+        }
+    } else if conn.is_gone() && !conn.has_queued() {
+        Polled {
+            payload: packet::EIO_CLOSE.to_vec(),
+            closed: true,
+        }
+    } else {
+        conn.take_polled(shard)
+    };
+    let ok = write_all(
+        stream,
+        &http::polling_response(cors, close, &polled.payload),
+    )
+    .await
+    .is_ok();
+    if polled.closed || !ok {
+        // The close went out (or nothing more can): the session is over.
+        shard.conn_closed(&conn);
+    }
+    ok && !close
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Ready,
+    ClientGone,
+}
+
+/// Until the session has something for the GET (or is over, or was upgraded), watching the
+/// socket for a client that goes away. Bytes that arrive meanwhile (a pipelined request) are
+/// kept in `buf`, and the watch stops there.
+async fn wait_for_packets(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Waited {
+    let mut watch = buf.is_empty();
+    poll_fn(|cx| {
+        if conn.has_queued() || conn.is_gone() || conn.transport() != Transport::Polling {
+            return Poll::Ready(Waited::Ready);
+        }
+        if watch {
+            let mut scratch = shard.scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Waited::ClientGone),
+                Poll::Ready(Ok(n)) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    watch = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        conn.set_waker(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+/// A long-polling POST: reads the body, handles its packets, answers `ok`. Returns whether
+/// the TCP connection stays open for another request.
+async fn poll_post(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sid: &Sid,
+    cors: &Cors,
+    close: bool,
+    content_length: usize,
+) -> bool {
+    let max = shard.config().server.max_payload;
+    if content_length > max {
+        if let Some(conn) = session(shard, sid) {
+            // The reference server ends the session for this too.
+            end_session(shard, &conn, 1009, "payload too large");
+        }
+        let body =
+            format!("{{\"code\":3,\"message\":\"payload too large: the limit is {max} bytes\"}}");
+        let response = http::response(
+            413,
+            "Payload Too Large",
+            "application/json",
+            cors,
+            true,
+            body.as_bytes(),
+        );
+        let _ = write_all(stream, &response).await;
+        return false;
+    }
+    let Some(conn) = begin(shard, stream, sid, cors, Request::Post).await else {
+        return false;
+    };
+    let timeout = Duration::from_millis(shard.config().server.ping_timeout_ms);
+    let read = futures_lite::future::or(read_body(shard, stream, buf, content_length), async {
+        glommio::timer::sleep(timeout).await;
+        false
+    })
+    .await;
+    conn.engine().end(Request::Post);
+    if !read {
+        return false;
+    }
+    let body = buf.split_to(content_length);
+    for p in packet::polling_packets(&body) {
+        if conn.is_closing() || conn.is_gone() {
+            break;
+        }
+        if p.first() == Some(&b'b') {
+            // A base64 binary packet: binary payloads are refused as on WebSocket.
+            conn.on_message(shard, Message::Binary(BytesMut::new()));
+        } else {
+            conn.on_text(shard, BytesMut::from(p));
+        }
+    }
+    write_all(stream, &http::post_ok(cors, close)).await.is_ok() && !close
+}
+
+/// Reads until `buf` holds `len` bytes; false if the client went away first.
+async fn read_body(shard: &Shard, stream: &mut TcpStream, buf: &mut BytesMut, len: usize) -> bool {
+    while buf.len() < len {
+        match read_some(shard, stream, buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    true
+}
+
+/// Reads until `buf` holds a complete request head; `None` if the client went away first.
+async fn read_head(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Option<(Route, usize)> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(parsed) = http::parse(buf, &shard.policy()) {
+                return Some(parsed);
+            }
+        }
+        match read_some(shard, stream, buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Passes the connection to the shard that owns the session its request names: the socket
+/// (duplicated, as glommio gives no way to release one) and every byte read so far.
+fn hand_over(shard: &Shard, stream: TcpStream, buf: BytesMut, to: ShardId) {
+    // SAFETY: fcntl on a descriptor we own; the duplicate is owned by the OwnedFd below.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    drop(stream);
+    if fd < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot hand a connection over");
+        return;
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    shard.send(
+        to,
+        ShardMsg::AdoptHttp {
+            fd,
+            buffered: buf.to_vec(),
+        },
+    );
+}
+
+/// Reads whatever is available into `into`, through the shard's scratch buffer. The scratch
+/// buffer is borrowed only inside one poll, never across an await.
+async fn read_some(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    into: &mut BytesMut,
+) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        let mut scratch = shard.scratch.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(n)) => {
+                into.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+    .await
+}
+
+async fn write_all(stream: &mut TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, data)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
