@@ -3,6 +3,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod events;
 pub mod http;
 pub mod metrics;
