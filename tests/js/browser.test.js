@@ -16,7 +16,7 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const puppeteer = require('puppeteer-core');
-const { Gateway, connect } = require('./helpers');
+const { Gateway, connect, startGateway } = require('./helpers');
 
 const TIMEOUT_MS = 10_000;
 const LAUNCH_TIMEOUT_MS = 60_000;
@@ -113,10 +113,10 @@ describe('the demo page in headless Chromium', () => {
   });
 
   // Prints what the browser and the gateway said, for a test that failed.
-  function report(t) {
+  function report(t, gateway = gw) {
     if (t.passed !== false) return;
     for (const { url, log } of pages) console.error(`--- browser log of ${url}\n${log.join('\n')}`);
-    if (gw) console.error(`--- ${gw.logPath}\n${gw.logTail(60)}`);
+    if (gateway) console.error(`--- ${gateway.logPath}\n${gateway.logTail(60)}`);
   }
 
   /** Opens the demo page at `origin` in a fresh browser context (its own storage). */
@@ -234,6 +234,22 @@ describe('the demo page in headless Chromium', () => {
     bob.close();
     await until(page, 'user 2 shown offline',
       () => document.querySelector('#people li[data-user="2"]')?.dataset.online === 'false');
+    assert.deepEqual(errors, [], 'no script errors on the page');
+  });
+
+  // The README's "Try it" sets no allowlist: any origin is allowed, the page's included.
+  test('with no allowlist (the default) it connects from the internal origin', { skip }, async (t) => {
+    const open = await startGateway();
+    t.after(async () => {
+      report(t, open);
+      await open.stop();
+    });
+    await open.putUser(1, 'ann@example.test', 'Ann');
+    const { page, errors } = await openDemo(`http://${open.internal}`);
+    await logIn(page, open.token(1));
+    await until(page, 'connected', () => document.getElementById('status').dataset.state === 'connected');
+    await until(page, 'the transport upgraded to websocket',
+      () => document.getElementById('transport').textContent === 'websocket');
     assert.deepEqual(errors, [], 'no script errors on the page');
   });
 
