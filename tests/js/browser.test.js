@@ -119,9 +119,11 @@ describe('the demo page in headless Chromium', () => {
     if (gateway) console.error(`--- ${gateway.logPath}\n${gateway.logTail(60)}`);
   }
 
-  /** Opens the demo page at `origin` in a fresh browser context (its own storage). */
-  async function openDemo(origin) {
+  /** Opens the demo page at `origin` in a fresh browser context (its own storage), closed
+   * when test `t` ends. */
+  async function openDemo(t, origin) {
     const context = await browser.createBrowserContext();
+    t.after(() => context.close());
     const page = await context.newPage();
     const url = `${origin}/demo/`;
     const entry = { url, log: [], errors: [] };
@@ -163,7 +165,7 @@ describe('the demo page in headless Chromium', () => {
     await gw.putGroup(GROUP, [1, 2], 'Berlin');
     await gw.putGroup(OTHER_GROUP, [2], 'Paris');
 
-    const { page, errors } = await openDemo(`http://${gw.internal}`);
+    const { page, errors } = await openDemo(t, `http://${gw.internal}`);
     assert.equal(await page.$eval('#url', (e) => e.value), gw.url, 'the gateway filled in its public URL');
 
     // A bad token: the page says why and offers the login again.
@@ -245,7 +247,7 @@ describe('the demo page in headless Chromium', () => {
       await open.stop();
     });
     await open.putUser(1, 'ann@example.test', 'Ann');
-    const { page, errors } = await openDemo(`http://${open.internal}`);
+    const { page, errors } = await openDemo(t, `http://${open.internal}`);
     await logIn(page, open.token(1));
     await until(page, 'connected', () => document.getElementById('status').dataset.state === 'connected');
     await until(page, 'the transport upgraded to websocket',
@@ -258,7 +260,7 @@ describe('the demo page in headless Chromium', () => {
     await gw.putUser(3, 'cy@example.test', 'Cy');
     foreign = await startForeignSite(gw.internal);
     const origin = `http://127.0.0.1:${foreign.address().port}`;
-    const { page, errors } = await openDemo(origin);
+    const { page, errors } = await openDemo(t, origin);
     assert.equal(await page.$eval('#url', (e) => e.value), gw.url, 'the same page, the same gateway');
 
     await logIn(page, gw.token(3));
