@@ -10,7 +10,8 @@
 #      stopped again on exit
 #   4. cargo test --workspace --release (Rust unit and integration tests)
 #   5. pytest tests/python (black-box tests with the official Python Socket.IO client)
-#   6. node --test tests/js/ (black-box tests with the official JavaScript client)
+#   6. node --test tests/js/ (black-box tests with the official JavaScript client, and the demo
+#      page in headless Chromium: Debian's `chromium`, installed here when missing)
 #   7. bench/compare.sh --quick: a short corecast vs Node.js Socket.IO comparison with
 #      corecast-loadgen (about 3 minutes); prints the table, fails only when corecast
 #      misbehaves (errors, lost, duplicated or out-of-order messages), never on speed
@@ -30,7 +31,8 @@
 #   CORECAST_TEST_SKIP_JS=1          skip the JavaScript tests
 #   CORECAST_TEST_SKIP_BENCH=1       skip the quick benchmark comparison
 # Other knobs: CORECAST_CACHE (default ~/.cache/corecast: Cassandra jars, Python venv),
-# CORECAST_CASSANDRA_PORT (default 9042), PYTEST_ADDOPTS, CARGO_BUILD_JOBS.
+# CORECAST_CASSANDRA_PORT (default 9042), CORECAST_TEST_CHROMIUM (a Chromium binary other than
+# `chromium` on PATH), PYTEST_ADDOPTS, CARGO_BUILD_JOBS.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -102,14 +104,23 @@ for tool in cargo python3 node npm; do
 done
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
   || die "Node.js 20 or newer is needed for node --test (found $(node --version))"
-if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+APT_UPDATED=0
+apt_install() { # apt_install WHAT PACKAGE...: Debian packages, as root, lists updated once per run
+  local what="$1"
+  shift
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "installing Java 17 and Maven (for Cassandra) with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+    echo "installing $what with apt-get"
+    if [[ "$APT_UPDATED" == 0 ]]; then
+      apt-get update -qq
+      APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    die "Java 17 and Maven are needed to run Cassandra for the tests"
+    die "the tests need $what (on Debian, as root: apt-get install $*)"
   fi
+}
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  apt_install "Java 17 and Maven (to run Cassandra)" openjdk-17-jre-headless maven
 fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   command -v rustup >/dev/null && rustup component add rustfmt clippy
@@ -129,6 +140,12 @@ echo "python: $(python --version) in $VENV; test packages installed"
 if ! skip CORECAST_TEST_SKIP_JS; then
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   echo "node: $(node --version); tests/js packages installed (npm ci)"
+  # tests/js/browser.test.js drives the demo page in headless Chromium (puppeteer-core brings
+  # no browser of its own).
+  if [[ -z "${CORECAST_TEST_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null; then
+    apt_install "Chromium (for tests/js/browser.test.js)" chromium
+  fi
+  echo "chromium: $("${CORECAST_TEST_CHROMIUM:-chromium}" --version 2>/dev/null)"
 fi
 (cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 echo "bench/baseline packages installed (npm ci)"

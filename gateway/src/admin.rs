@@ -196,6 +196,15 @@ fn parse_id(s: &str) -> Option<u64> {
 }
 
 fn route(shared: &Shared, req: &Request) -> Response {
+    // The demo page's static files, before the token check: they hold no data.
+    let server = &shared.config.server;
+    if let Some(page) = crate::demo::respond(server, shared.public_addr, &req.method, &req.path) {
+        return Response {
+            status: page.status,
+            content_type: page.content_type,
+            body: page.body,
+        };
+    }
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["healthz"]) => return json(200, r#"{"status":"ok"}"#),

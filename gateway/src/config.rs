@@ -65,6 +65,8 @@ pub struct ServerConfig {
     /// for a kernel or sandbox where io_uring sends misbehave; it costs about 1 µs of CPU more
     /// per send (docs/benchmarks.md). Without io_uring for sends, that is what happens anyway.
     pub send_ring: bool,
+    /// Serve the demo chat page at `/demo/` on the internal listener (`CORECAST_DEMO`).
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -208,6 +210,7 @@ impl Default for ServerConfig {
             paced_room_members: 1_000,
             pacing_window_ms: 50,
             send_ring: true,
+            demo: true,
         }
     }
 }
@@ -363,6 +366,10 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_SEND_RING", |c, v| {
         c.server.send_ring = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_DEMO", |c, v| {
+        c.server.demo = parse(v)?;
         Ok(())
     }),
     ("CORECAST_JWT_ALGORITHM", |c, v| {

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod http;

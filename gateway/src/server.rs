@@ -81,6 +81,7 @@ impl Gateway {
         let (inboxes, handles) = mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY)
             .context("cannot create the shards' doorbell sockets")?;
         let shared = Arc::new(Shared {
+            public_addr,
             verifier,
             store,
             inboxes: handles,

@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 /// Read-only state shared by every shard and the internal listener.
 pub struct Shared {
     pub config: Config,
+    /// The address the public listener is bound to (the configured port may be 0).
+    pub public_addr: std::net::SocketAddr,
     pub verifier: crate::auth::Verifier,
     pub store: StoreHandle,
     pub inboxes: Vec<InboxHandle<ShardMsg>>,
