@@ -141,7 +141,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     if config.server.allowed_origins.is_empty() {
-        eprintln!("note: CORECAST_ALLOWED_ORIGINS is not set; WebSocket upgrades from any origin are accepted");
+        eprintln!("note: CORECAST_ALLOWED_ORIGINS is not set; requests from any origin are accepted (set it to the web app's origins)");
     }
     if config.auth.admin_token.is_none() {
         eprintln!("note: CORECAST_ADMIN_TOKEN is not set; the admin API is disabled");
@@ -153,7 +153,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let signals = block_signals();
     let gateway = Gateway::start(config.clone())?;
     eprintln!(
-        "corecast: Socket.IO on ws://{}{} , admin/metrics on http://{} , {} shards, store {store}",
+        "corecast: Socket.IO on http://{}{} (polling and WebSocket), admin/metrics on http://{} , {} shards, store {store}",
         gateway.public_addr, config.server.path, gateway.internal_addr, gateway.nr_shards
     );
     println!(
