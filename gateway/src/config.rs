@@ -41,6 +41,20 @@ pub struct ServerConfig {
     /// How long an upgrade probe may take from the WebSocket request to the client's upgrade
     /// packet (`CORECAST_UPGRADE_TIMEOUT_MS`; the reference server's `upgradeTimeout`).
     pub upgrade_timeout_ms: u64,
+    /// How long a TCP connection may take to send a complete HTTP request head, the first one
+    /// and each one after on a kept-alive connection (`CORECAST_HANDSHAKE_TIMEOUT_MS`).
+    pub handshake_timeout_ms: u64,
+    /// Connections that have not logged in yet (waiting for a request head or for CONNECT),
+    /// at most, over all shards; at the cap a new one evicts the oldest
+    /// (`CORECAST_MAX_PENDING_CONNECTIONS`; see gateway/src/admission.rs).
+    pub max_pending_connections: usize,
+    /// Of those, at most this many from one client IP; more are refused with 503
+    /// (`CORECAST_MAX_PENDING_PER_IP`; 0 = no per-address cap, e.g. behind a proxy that
+    /// hides client addresses).
+    pub max_pending_per_ip: u32,
+    /// Accepted TCP connections per second at most, over all shards; more wait in the kernel's
+    /// backlog (`CORECAST_ACCEPT_RATE`; 0 = no limit).
+    pub accept_rate: u32,
     /// How often the server pings each client (`CORECAST_PING_INTERVAL_MS`).
     pub ping_interval_ms: u64,
     /// How long a client has to answer a ping (`CORECAST_PING_TIMEOUT_MS`).
@@ -202,6 +216,10 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             transports: vec!["polling".into(), "websocket".into()],
             upgrade_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            max_pending_connections: 10_000,
+            max_pending_per_ip: 1_000,
+            accept_rate: 20_000,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
@@ -334,6 +352,22 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_UPGRADE_TIMEOUT_MS", |c, v| {
         c.server.upgrade_timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_HANDSHAKE_TIMEOUT_MS", |c, v| {
+        c.server.handshake_timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_MAX_PENDING_CONNECTIONS", |c, v| {
+        c.server.max_pending_connections = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_MAX_PENDING_PER_IP", |c, v| {
+        c.server.max_pending_per_ip = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_ACCEPT_RATE", |c, v| {
+        c.server.accept_rate = parse(v)?;
         Ok(())
     }),
     ("CORECAST_PING_INTERVAL_MS", |c, v| {
@@ -547,6 +581,12 @@ impl Config {
             .find(|t| *t != "polling" && *t != "websocket")
         {
             bail!("server.transports (CORECAST_TRANSPORTS): unknown transport {t:?}; use polling, websocket or both");
+        }
+        if s.max_pending_connections == 0 {
+            bail!("server.max_pending_connections (CORECAST_MAX_PENDING_CONNECTIONS) must be at least 1");
+        }
+        if s.handshake_timeout_ms == 0 {
+            bail!("server.handshake_timeout_ms (CORECAST_HANDSHAKE_TIMEOUT_MS) must be at least 1");
         }
         if s.max_payload < 64 {
             bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");

@@ -99,6 +99,8 @@ pub struct Conn {
     closing_since: Cell<Option<Tick>>,
     close_overdue: Cell<bool>,
     connect_deadline: Cell<Option<Tick>>,
+    /// Its place among the connections waiting to log in (see admission.rs), until CONNECT.
+    ticket: Cell<Option<crate::admission::Ticket>>,
     /// Binary attachments still to skip after a refused binary packet.
     skip_binary: Cell<u32>,
 }
@@ -128,6 +130,7 @@ impl Conn {
             closing_since: Cell::new(None),
             close_overdue: Cell::new(false),
             connect_deadline: Cell::new(Some(now.after(cfg.connect_timeout_ms))),
+            ticket: Cell::new(None),
             skip_binary: Cell::new(0),
         }
     }
@@ -176,6 +179,14 @@ impl Conn {
     /// across an await).
     pub fn engine(&self) -> std::cell::RefMut<'_, Engine> {
         self.engine.borrow_mut()
+    }
+
+    pub fn set_ticket(&self, t: crate::admission::Ticket) {
+        self.ticket.set(Some(t));
+    }
+
+    pub fn take_ticket(&self) -> Option<crate::admission::Ticket> {
+        self.ticket.take()
     }
 
     pub fn is_gone(&self) -> bool {
@@ -299,9 +310,20 @@ impl Conn {
         *self.writing.borrow_mut() = Some((buf, written));
     }
 
+    /// Whether the session should stop reading: its queue holds more than half its cap, so a
+    /// client that sends requests without reading the answers is slowed down to its own pace
+    /// (what it sends waits in its socket, not in our memory).
+    pub fn read_paused(&self, shard: &Shard) -> bool {
+        self.out.borrow().cost() > shard.config().server.outbound_queue_bytes / 2
+    }
+
     /// `len` queued bytes are written, in one socket write (counted in the shard's stats).
     pub fn wrote(&self, shard: &Shard, len: usize) {
+        let was_paused = self.read_paused(shard);
         self.out.borrow_mut().wrote(len);
+        if was_paused && !self.read_paused(shard) {
+            self.wake(); // the session reads again
+        }
         shard
             .stats
             .writes
@@ -441,7 +463,16 @@ impl Conn {
             Message::Ping(data) => {
                 let mut out = BytesMut::new();
                 ws::encode_frame(Role::Server, ws::OP_PONG, &data, &mut out);
-                self.push(shard, out.freeze());
+                let limit = shard.config().server.outbound_queue_bytes;
+                if self.closing.get() {
+                    return;
+                }
+                let queued = self.out.borrow_mut().set_pong(out.freeze(), limit);
+                if queued {
+                    self.schedule(shard);
+                } else {
+                    self.abort(shard, 1008, "slow consumer: outbound queue full");
+                }
             }
             Message::Pong(_) => {}
             Message::Close(_) => self.close(shard, 1000, ""),
@@ -600,6 +631,7 @@ pub fn start_websocket(
     stream: TcpStream,
     response: Vec<u8>,
     pipelined: BytesMut,
+    ticket: Option<crate::admission::Ticket>,
 ) {
     let conn = Rc::new(Conn::new(
         shard.next_conn_id(),
@@ -614,6 +646,9 @@ pub fn start_websocket(
         ws::text_frame(Role::Server, &conn.open_packet(&shard)),
     );
     shard.register_conn(conn.clone());
+    if let Some(t) = ticket {
+        shard.transfer_ticket(t, &conn);
+    }
     spawn_session(shard, conn, stream, pipelined, None);
 }
 
@@ -641,8 +676,18 @@ fn spawn_session(
     probe: Option<Probe>,
 ) {
     glommio::spawn_local(async move {
+        let max_payload = shard.config().server.max_payload;
+        let logged_in = conn.was_connected();
         let session = Session {
-            decoder: Decoder::new(Role::Server, shard.config().server.max_payload),
+            decoder: Decoder::new(
+                Role::Server,
+                if logged_in {
+                    max_payload
+                } else {
+                    pre_connect_max(max_payload)
+                },
+            ),
+            logged_in,
             shard: shard.clone(),
             conn: conn.clone(),
             stream,
@@ -696,6 +741,18 @@ struct Session {
     /// `inbuf` holds bytes pipelined behind the upgrade request, not yet decoded.
     fresh: bool,
     probe: Option<Probe>,
+    /// The decoder's bound was raised to `maxPayload` after CONNECT (see [`pre_connect_max`]).
+    logged_in: bool,
+}
+
+/// The largest message a connection may send before its CONNECT succeeds: the CONNECT packet
+/// with a large token fits, and a connection that never logs in cannot make the shard hold
+/// `maxPayload` for it.
+pub const PRE_CONNECT_MAX_BYTES: usize = 32 * 1024;
+
+/// The bound on a connection's messages before CONNECT.
+pub fn pre_connect_max(max_payload: usize) -> usize {
+    max_payload.min(PRE_CONNECT_MAX_BYTES)
 }
 
 impl std::future::Future for Session {
@@ -735,7 +792,13 @@ impl std::future::Future for Session {
                 this.decode_all();
                 progress = true;
             }
-            if !this.conn.closing.get() || this.probe.is_some() {
+            if !this.logged_in && this.conn.was_connected() {
+                this.logged_in = true;
+                this.decoder
+                    .set_max_message(this.shard.config().server.max_payload);
+            }
+            let paused = this.probe.is_none() && this.conn.read_paused(&this.shard);
+            if (!this.conn.closing.get() || this.probe.is_some()) && !paused {
                 match this.poll_read(cx) {
                     Poll::Ready(true) => progress = true,
                     Poll::Ready(false) => return Poll::Ready(this.probe.is_none()),

@@ -258,32 +258,64 @@ pub struct Polled {
     pub closed: bool,
 }
 
-/// Frames waiting for the client, bounded in bytes by the caller's limit.
+/// What a queued frame costs beyond its bytes: its slot in the queue and, for a frame of its
+/// own, the allocation around it. Measured before this was charged: 2-byte pongs queued by a
+/// client that never read cost about 66 bytes each, so a cap counted in payload bytes held 30
+/// times its size.
+pub const FRAME_OVERHEAD: usize = 64;
+
+fn cost(frame: &Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
+/// Frames waiting for the client, bounded by the caller's limit on what they cost in memory
+/// (bytes plus [`FRAME_OVERHEAD`] each). A pong to the client's WebSocket ping waits in a slot
+/// of its own: a newer ping replaces an unsent pong (RFC 6455 §5.5.3 allows answering only the
+/// latest), so pings alone can never fill the queue.
 #[derive(Debug, Default)]
 pub struct Outbox {
     frames: VecDeque<Bytes>,
-    /// Bytes queued and not yet written (a taken WebSocket batch counts until [`Outbox::wrote`]).
+    pong: Option<Bytes>,
+    /// What is queued and not yet written costs (a taken WebSocket batch counts its bytes
+    /// until [`Outbox::wrote`]).
     bytes: usize,
 }
 
 impl Outbox {
-    /// Queues a frame; false (and nothing queued) if that would pass `limit` bytes.
+    /// Queues a frame; false (and nothing queued) if that would pass `limit`.
     pub fn push(&mut self, frame: Bytes, limit: usize) -> bool {
-        if self.bytes + frame.len() > limit {
+        if self.bytes + cost(&frame) > limit {
             return false;
         }
-        self.bytes += frame.len();
+        self.bytes += cost(&frame);
         self.frames.push_back(frame);
         true
     }
 
+    /// Queues the pong to the latest ping, replacing one not yet sent. False if over `limit`.
+    pub fn set_pong(&mut self, frame: Bytes, limit: usize) -> bool {
+        let old = self.pong.as_ref().map_or(0, cost);
+        if self.bytes - old + cost(&frame) > limit {
+            return false;
+        }
+        self.bytes = self.bytes - old + cost(&frame);
+        self.pong = Some(frame);
+        true
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.is_empty() && self.pong.is_none()
+    }
+
+    /// What is queued costs, as charged against the limit.
+    pub fn cost(&self) -> usize {
+        self.bytes
     }
 
     /// Drops everything queued.
     pub fn clear(&mut self) {
         self.frames.clear();
+        self.pong = None;
         self.bytes = 0;
     }
 
@@ -298,6 +330,13 @@ impl Outbox {
     /// copied into one buffer that lives only until it is written). Counted until
     /// [`Outbox::wrote`].
     pub fn take_ws(&mut self) -> Option<Bytes> {
+        if let Some(p) = self.pong.take() {
+            self.frames.push_back(p);
+        }
+        // The frames' overhead is freed now; their bytes when written.
+        self.bytes = self
+            .bytes
+            .saturating_sub(self.frames.len() * FRAME_OVERHEAD);
         match self.frames.len() {
             0 => None,
             1 => self.frames.pop_front(),
@@ -322,8 +361,9 @@ impl Outbox {
     /// taken). WebSocket control frames other than close mean nothing to a polling client.
     pub fn take_polling(&mut self) -> Polled {
         let mut out = Polled::default();
+        self.pong = None; // WebSocket control frames mean nothing on polling
         while let Some(f) = self.frames.pop_front() {
-            self.bytes = self.bytes.saturating_sub(f.len());
+            self.bytes = self.bytes.saturating_sub(cost(&f));
             for (opcode, payload) in ws::server_frames(&f) {
                 match opcode {
                     ws::OP_TEXT => packet::push_polling_packet(&mut out.payload, payload),
@@ -447,29 +487,58 @@ mod tests {
         let mut o = Outbox::default();
         let a = ws::text_frame(Role::Server, b"2");
         let b = ws::text_frame(Role::Server, b"42[\"newMessage\",{}]");
-        assert!(o.push(a.clone(), 100));
-        assert!(o.push(b.clone(), 100));
+        let tight = 3 * FRAME_OVERHEAD + 40;
+        assert!(o.push(a.clone(), tight));
+        assert!(o.push(b.clone(), tight));
         assert!(
-            !o.push(ws::text_frame(Role::Server, &[b'x'; 80]), 100),
-            "over the bound"
+            !o.push(ws::text_frame(Role::Server, &[b'x'; 80]), tight),
+            "over the bound: frames cost their overhead too"
         );
         let p = o.take_polling();
         assert_eq!(p.payload, b"2\x1e42[\"newMessage\",{}]");
         assert!(!p.closed);
         assert!(o.is_empty());
-        assert!(o.push(a.clone(), 100), "taking gave the bytes back");
+        assert_eq!(o.cost(), 0, "taking gave the cost back");
 
-        o.push(b.clone(), 100);
+        let limit = 1000;
+        o.push(a.clone(), limit);
+        o.push(b.clone(), limit);
         let batch = o.take_ws().unwrap();
         assert_eq!(&batch[..], &[&a[..], &b[..]].concat()[..]);
+        assert_eq!(o.cost(), batch.len(), "bytes count until written");
         o.wrote(batch.len());
+        assert_eq!(o.cost(), 0);
 
-        o.push(a.clone(), 100);
-        o.push(ws::close_frame(Role::Server, 1000, ""), 100);
-        o.push(b, 100);
+        o.push(a.clone(), limit);
+        o.push(ws::close_frame(Role::Server, 1000, ""), limit);
+        o.push(b, limit);
         let p = o.take_polling();
         assert_eq!(p.payload, b"2\x1e1");
         assert!(p.closed);
         assert!(o.is_empty(), "nothing follows the close");
+    }
+
+    #[test]
+    fn pings_are_answered_once_however_many_wait() {
+        let mut o = Outbox::default();
+        let pong = |d: &[u8]| {
+            let mut b = bytes::BytesMut::new();
+            ws::encode_frame(Role::Server, ws::OP_PONG, d, &mut b);
+            b.freeze()
+        };
+        let limit = 10 * FRAME_OVERHEAD;
+        for i in 0..10_000u32 {
+            assert!(o.set_pong(pong(&i.to_be_bytes()), limit));
+        }
+        assert_eq!(
+            o.cost(),
+            6 + FRAME_OVERHEAD,
+            "one pong queued, whatever came"
+        );
+        let text = ws::text_frame(Role::Server, b"42[\"a\"]");
+        o.push(text.clone(), limit);
+        let batch = o.take_ws().unwrap();
+        let last = pong(&9_999u32.to_be_bytes());
+        assert_eq!(&batch[..], &[&text[..], &last[..]].concat()[..]);
     }
 }

@@ -1,5 +1,6 @@
 //! corecast's gateway: the Socket.IO server, one glommio shard per core.
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn;

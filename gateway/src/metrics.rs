@@ -43,6 +43,10 @@ pub struct ShardStats {
     pub deliveries: AtomicU64,
     pub writes: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// Connections not yet logged in that were closed to admit newer ones (admission.rs).
+    pub admission_evictions: AtomicU64,
+    /// Connections refused because their address had too many waiting to log in.
+    pub admission_refusals: AtomicU64,
     pub errors: [AtomicU64; Code::ALL.len()],
     pub overflow_depth: AtomicI64,
     pub delivery_latency: Histogram,
@@ -145,6 +149,16 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
             "corecast_slow_disconnects_total",
             "Clients disconnected because their outbound queue was full.",
             |s| s.slow_disconnects.load(Relaxed),
+        ),
+        (
+            "corecast_admission_evictions_total",
+            "Connections not yet logged in, closed to admit newer ones (the pending cap was reached).",
+            |s| s.admission_evictions.load(Relaxed),
+        ),
+        (
+            "corecast_admission_refusals_total",
+            "Connections refused because their address had too many waiting to log in.",
+            |s| s.admission_refusals.load(Relaxed),
         ),
     ] {
         counter(&mut out, name, help, "counter");

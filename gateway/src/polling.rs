@@ -17,10 +17,11 @@
 //!   packet is handled exactly as a WebSocket text frame would be.
 //! - Nothing here holds a `RefCell` borrow across an `.await`.
 
+use crate::admission::Holder;
 use crate::conn::{self, Conn, ConnId};
 use crate::engine::{Polled, Refusal, Request, Sid, Transport};
 use crate::http::{self, Cors, EioError, Route};
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::{HttpWaiting, Shard, ShardMsg};
 use bytes::BytesMut;
 use corecast_shard_router::ShardId;
 use corecast_wire::packet;
@@ -31,28 +32,97 @@ use std::future::poll_fn;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Duration;
 
 /// Serves the HTTP requests of one TCP connection; `buf` holds bytes already read from it
 /// (by the shard that handed it over).
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut) {
-    let timeout = Duration::from_millis(shard.config().server.connect_timeout_ms);
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, buf: BytesMut) {
+    let waiting = shard.http_task();
+    serve_requests(&shard, stream, buf, &waiting).await;
+    shard.http_task_done(&waiting);
+}
+
+/// Whether an HTTP task waiting for a request head was evicted to admit a newer connection.
+async fn evicted(waiting: &HttpWaiting) {
+    poll_fn(|cx| {
+        if waiting.evicted.get() {
+            Poll::Ready(())
+        } else {
+            *waiting.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn serve_requests(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    waiting: &HttpWaiting,
+) {
+    let shard = shard.clone();
+    let timeout = Duration::from_millis(shard.config().server.handshake_timeout_ms);
+    let ip = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     loop {
-        let head = futures_lite::future::or(read_head(&shard, &mut stream, &mut buf), async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
-        let Some((route, head_len)) = head else {
+        // Waiting for a request head is waiting to log in: it holds a place in admission.
+        let Some(ticket) = shard.admit_pending(ip, Holder::Http(waiting.id)) else {
+            shard.stats.admission_refusals.fetch_add(1, Relaxed);
+            let body = b"{\"code\":3,\"message\":\"too many connections waiting to log in from this address; retry later\"}";
+            let response = http::response(
+                503,
+                "Service Unavailable",
+                "application/json",
+                &None,
+                true,
+                body,
+            );
+            let _ = write_all(&mut stream, &response).await;
             return;
         };
+        let read = futures_lite::future::or(
+            async { Some(read_head(&shard, &mut stream, &mut buf).await) },
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                },
+                async {
+                    evicted(waiting).await;
+                    None
+                },
+            ),
+        )
+        .await;
+        let head = match read {
+            Some(Some(head)) => head,
+            // The client went away, took too long, or was evicted for a newer connection.
+            _ => {
+                shard.release_ticket(Some(ticket));
+                return;
+            }
+        };
+        let (route, head_len) = head;
+        // A new session keeps the place until its CONNECT; any other request gives it back.
+        let mut ticket = Some(ticket);
+        if !matches!(
+            route,
+            Route::PollOpen { .. } | Route::WebSocket { sid: None, .. }
+        ) {
+            shard.release_ticket(ticket.take());
+        }
         if let Some(sid) = route.sid() {
             let owner = sid.shard as usize;
             if owner != shard.id.index() && owner < shard.shared.nr_shards() {
                 return hand_over(&shard, stream, buf, ShardId(sid.shard));
             }
         }
+        let ticket = ticket;
         let _ = buf.split_to(head_len);
         let keep_alive = match route {
             Route::Respond {
@@ -67,7 +137,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut) {
                 sid: None,
                 response,
             } => {
-                conn::start_websocket(shard, stream, response, buf);
+                conn::start_websocket(shard, stream, response, buf, ticket);
                 return;
             }
             Route::WebSocket {
@@ -97,6 +167,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, mut buf: BytesMut) {
                     &shard,
                 ));
                 shard.register_conn(conn.clone());
+                if let Some(t) = ticket {
+                    shard.transfer_ticket(t, &conn);
+                }
                 let open = conn.open_packet(&shard);
                 write_all(&mut stream, &http::polling_response(&cors, close, &open))
                     .await
@@ -277,7 +350,12 @@ async fn poll_post(
     close: bool,
     content_length: usize,
 ) -> bool {
-    let max = shard.config().server.max_payload;
+    let mut max = shard.config().server.max_payload;
+    if let Some(conn) = session(shard, sid) {
+        if !conn.was_connected() {
+            max = conn::pre_connect_max(max); // as on WebSocket
+        }
+    }
     if content_length > max {
         if let Some(conn) = session(shard, sid) {
             // The reference server ends the session for this too.

@@ -178,6 +178,11 @@ async fn run_shard(
     });
     let accept_loop = async {
         loop {
+            let wait = shard.accept_rate.borrow_mut().take(Instant::now());
+            if let Some(wait) = wait {
+                // Over CORECAST_ACCEPT_RATE: the next connection waits in the kernel's backlog.
+                glommio::timer::sleep(wait).await;
+            }
             match listener.accept().await {
                 Ok(stream) => {
                     glommio::spawn_local(crate::polling::serve(

@@ -269,10 +269,25 @@ pub struct Shard {
     pub pacing: RefCell<Pacing>,
     /// Connections with frames for the sender's next batch (send.rs).
     pub due: RefCell<crate::send::Due>,
+    /// Connections that have not logged in yet (see admission.rs).
+    admission: RefCell<crate::admission::Admission>,
+    pub accept_rate: RefCell<crate::admission::AcceptRate>,
+    /// HTTP tasks waiting for a request head, by task number: an eviction sets the flag and
+    /// wakes the task.
+    http_waiting: RefCell<HashMap<u64, Rc<HttpWaiting>>>,
+    next_http: Cell<u64>,
     pub sender: RefCell<crate::send::Sender>,
 }
 
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// An HTTP task waiting for a request head; evicted when too many connections wait to log in.
+#[derive(Default)]
+pub struct HttpWaiting {
+    pub id: u64,
+    pub evicted: Cell<bool>,
+    pub waker: RefCell<Option<Waker>>,
+}
 
 /// Frames of large rooms that wait for the end of the current pacing window.
 #[derive(Default)]
@@ -313,6 +328,19 @@ impl Shard {
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             pacing: RefCell::new(Pacing::default()),
             due: RefCell::new(crate::send::Due::default()),
+            admission: RefCell::new(crate::admission::Admission::new(
+                shared.config.server.max_pending_connections.div_ceil(n),
+                match shared.config.server.max_pending_per_ip {
+                    0 => u32::MAX,
+                    per_ip => per_ip.div_ceil(n as u32),
+                },
+            )),
+            accept_rate: RefCell::new(crate::admission::AcceptRate::new(
+                shared.config.server.accept_rate.div_ceil(n as u32),
+                Instant::now(),
+            )),
+            http_waiting: RefCell::new(HashMap::new()),
+            next_http: Cell::new(0),
             sender: RefCell::new(crate::send::Sender::open(
                 id,
                 shared.config.server.send_ring,
@@ -346,6 +374,69 @@ impl Shard {
             ping_interval_ms: s.ping_interval_ms,
             ping_timeout_ms: s.ping_timeout_ms,
             upgrade_timeout_ms: s.upgrade_timeout_ms,
+        }
+    }
+
+    /// Registers an HTTP task that will wait for request heads (see [`Shard::admit_pending`]).
+    pub fn http_task(&self) -> Rc<HttpWaiting> {
+        let id = self.next_http.get();
+        self.next_http.set(id + 1);
+        let w = Rc::new(HttpWaiting {
+            id,
+            ..Default::default()
+        });
+        self.http_waiting.borrow_mut().insert(id, w.clone());
+        w
+    }
+
+    pub fn http_task_done(&self, w: &HttpWaiting) {
+        self.http_waiting.borrow_mut().remove(&w.id);
+    }
+
+    /// Admits a connection that has not logged in yet; `None` when its address already has too
+    /// many. At the total cap the oldest such connection is evicted here.
+    pub fn admit_pending(
+        &self,
+        ip: std::net::IpAddr,
+        holder: crate::admission::Holder,
+    ) -> Option<crate::admission::Ticket> {
+        use crate::admission::Holder;
+        let admitted = self.admission.borrow_mut().admit(ip, holder);
+        let (ticket, evicted) = admitted.ok()?;
+        match evicted {
+            Some(Holder::Http(id)) => {
+                let w = self.http_waiting.borrow().get(&id).cloned();
+                if let Some(w) = w {
+                    w.evicted.set(true);
+                    if let Some(wk) = w.waker.borrow_mut().take() {
+                        wk.wake();
+                    }
+                }
+            }
+            Some(Holder::Session(conn)) => {
+                if let Some(c) = self.conn(ConnId(conn)) {
+                    c.take_ticket();
+                    c.close(self, 1008, "too many connections waiting to log in");
+                }
+            }
+            None => {}
+        }
+        if evicted.is_some() {
+            self.stats.admission_evictions.fetch_add(1, Relaxed);
+        }
+        Some(ticket)
+    }
+
+    pub fn transfer_ticket(&self, ticket: crate::admission::Ticket, conn: &Conn) {
+        self.admission
+            .borrow_mut()
+            .transfer(ticket, crate::admission::Holder::Session(conn.id.0));
+        conn.set_ticket(ticket);
+    }
+
+    pub fn release_ticket(&self, ticket: Option<crate::admission::Ticket>) {
+        if let Some(t) = ticket {
+            self.admission.borrow_mut().release(t);
         }
     }
 
@@ -1212,6 +1303,7 @@ impl Shard {
         if left == 0 && conn.state() == ConnState::Subscribing {
             conn.set_state(ConnState::Connected);
             conn.connected(self);
+            self.release_ticket(conn.take_ticket());
             let user = conn
                 .user()
                 .expect("invariant: connected connections have a user");
@@ -1492,6 +1584,7 @@ impl Shard {
             return;
         }
         self.stats.connections.fetch_sub(1, Relaxed);
+        self.release_ticket(conn.take_ticket());
         self.leave_all(conn);
         conn.set_gone();
     }

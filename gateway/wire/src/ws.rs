@@ -117,6 +117,11 @@ impl Decoder {
         self.role
     }
 
+    /// Changes the bound on data messages (a server raises it once a client has logged in).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
     /// Whether a fragmented message is being reassembled (the decoder holds a buffer).
     pub fn has_partial(&self) -> bool {
         self.partial.is_some()
