@@ -209,13 +209,16 @@ fn route(shared: &Shared, req: &Request) -> Response {
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["healthz"]) => return json(200, r#"{"status":"ok"}"#),
         ("GET", ["readyz"]) => {
+            if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                return json(503, r#"{"ready":false,"reason":"draining"}"#);
+            }
             return match shared.store.blocking().ping() {
                 Ok(()) => json(200, r#"{"ready":true}"#),
                 Err(e) => json(
                     503,
                     serde_json::json!({"ready": false, "reason": e.to_string()}).to_string(),
                 ),
-            }
+            };
         }
         ("GET", ["metrics"]) => {
             let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
@@ -254,6 +257,17 @@ fn route(shared: &Shared, req: &Request) -> Response {
     }
     let store = shared.store.blocking();
     match (req.method.as_str(), &parts[1..]) {
+        ("POST", ["drain"]) => {
+            // A graceful drain without stopping the process: `/readyz` false, no more accepts,
+            // connections closed over the configured window. SIGTERM still stops it after.
+            let window = std::time::Duration::from_secs(shared.config.server.drain_secs);
+            crate::server::begin_drain(shared, window);
+            json(
+                202,
+                serde_json::json!({"ok": true, "draining": true, "window_secs": window.as_secs()})
+                    .to_string(),
+            )
+        }
         ("PUT", ["users", id]) => {
             let Some(id) = parse_id(id) else {
                 return error(400, "user id must be a number");

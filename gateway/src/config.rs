@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// Accepted TCP connections per second at most, over all shards; more wait in the kernel's
     /// backlog (`CORECAST_ACCEPT_RATE`; 0 = no limit).
     pub accept_rate: u32,
+    /// On SIGTERM (or `POST /api/drain`), connections close spread over this many seconds, so
+    /// their clients reconnect spread out (`CORECAST_DRAIN_SECS`; 0 closes all at once).
+    pub drain_secs: u64,
     /// How often the server pings each client (`CORECAST_PING_INTERVAL_MS`).
     pub ping_interval_ms: u64,
     /// How long a client has to answer a ping (`CORECAST_PING_TIMEOUT_MS`).
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
             max_pending_connections: 10_000,
             max_pending_per_ip: 1_000,
             accept_rate: 20_000,
+            drain_secs: 10,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
@@ -368,6 +372,10 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_ACCEPT_RATE", |c, v| {
         c.server.accept_rate = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_DRAIN_SECS", |c, v| {
+        c.server.drain_secs = parse(v)?;
         Ok(())
     }),
     ("CORECAST_PING_INTERVAL_MS", |c, v| {

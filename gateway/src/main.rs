@@ -168,7 +168,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     );
     let sig = wait_for_signal(&signals);
     eprintln!("corecast: signal {sig}, shutting down");
-    gateway.stop();
+    let window = std::time::Duration::from_secs(config.server.drain_secs);
+    if !window.is_zero() {
+        eprintln!(
+            "corecast: draining: connections close over {} s",
+            window.as_secs()
+        );
+    }
+    gateway.drain_and_stop(window);
     Ok(())
 }
 

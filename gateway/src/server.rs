@@ -88,6 +88,7 @@ impl Gateway {
             stats: (0..nr_shards)
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             config,
         });
 
@@ -138,22 +139,37 @@ impl Gateway {
         })
     }
 
-    /// Closes every connection (close code 1001) and stops the shards and the listener.
+    /// Closes every connection (close code 1001) at once and stops the shards and the listener.
     pub fn stop(self) {
-        self.ticker.stop();
-        for s in 0..self.nr_shards {
-            self.shared
-                .send_blocking(ShardId(s as u16), ShardMsg::Shutdown);
-        }
+        self.drain_and_stop(Duration::ZERO);
+    }
+
+    /// A graceful stop: `/readyz` turns false, the shards stop accepting and close their
+    /// connections spread over `window` (1001), then everything stops. Every message a client
+    /// was told is stored already is; the store closes after the shards.
+    pub fn drain_and_stop(self, window: Duration) {
+        begin_drain(&self.shared, window);
         for h in self.shards {
             let _ = h.join();
         }
+        self.ticker.stop();
         self.admin.stop();
     }
 
     /// The store handle (for tests and tools).
     pub fn store(&self) -> &corecast_storage::StoreHandle {
         &self.shared.store
+    }
+}
+
+/// Starts a drain on every shard (see [`Gateway::drain_and_stop`]); also what the admin API's
+/// `POST /api/drain` does, without stopping the process.
+pub fn begin_drain(shared: &Shared, window: Duration) {
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for s in 0..shared.nr_shards() {
+        shared.send_blocking(ShardId(s as u16), ShardMsg::Drain { window });
     }
 }
 
@@ -202,9 +218,10 @@ async fn run_shard(
     };
     futures_lite::future::or(accept_loop, stopped).await;
     drop(listener);
-    // Connections were told to close; give them a bounded time to flush.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+    // Connections close as the drain goes (over its window, on the shard's ticks); then they
+    // get a bounded time to flush.
+    let deadline = Instant::now() + shard.drain_window() + Duration::from_secs(3);
+    while !shard.drained() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -42,6 +42,8 @@ pub struct Shared {
     pub store: StoreHandle,
     pub inboxes: Vec<InboxHandle<ShardMsg>>,
     pub stats: Vec<Arc<ShardStats>>,
+    /// Set when a drain begins (SIGTERM or the admin API): `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -203,6 +205,10 @@ pub enum ShardMsg {
     },
     /// Time for [`Shard::tick`], from the process's ticker thread (see server.rs).
     Tick,
+    /// Stop accepting and close every connection, spread over `window` (a graceful drain).
+    Drain {
+        window: Duration,
+    },
     Shutdown,
 }
 
@@ -272,6 +278,8 @@ pub struct Shard {
     /// Connections that have not logged in yet (see admission.rs).
     admission: RefCell<crate::admission::Admission>,
     pub accept_rate: RefCell<crate::admission::AcceptRate>,
+    /// The drain in progress, if any (see [`Shard::begin_drain`]).
+    drain: RefCell<Option<Drain>>,
     /// HTTP tasks waiting for a request head, by task number: an eviction sets the flag and
     /// wakes the task.
     http_waiting: RefCell<HashMap<u64, Rc<HttpWaiting>>>,
@@ -280,6 +288,15 @@ pub struct Shard {
 }
 
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// A drain in progress: connections close in `order`, spread over `window` from `started`.
+struct Drain {
+    started: Instant,
+    window: Duration,
+    order: Vec<ConnId>,
+    /// How many of `order` have been closed.
+    closed: usize,
+}
 
 /// An HTTP task waiting for a request head; evicted when too many connections wait to log in.
 #[derive(Default)]
@@ -339,6 +356,7 @@ impl Shard {
                 shared.config.server.accept_rate.div_ceil(n as u32),
                 Instant::now(),
             )),
+            drain: RefCell::new(None),
             http_waiting: RefCell::new(HashMap::new()),
             next_http: Cell::new(0),
             sender: RefCell::new(crate::send::Sender::open(
@@ -697,6 +715,7 @@ impl Shard {
             }
             ShardMsg::AdoptHttp { fd, buffered } => self.adopt_http(fd, buffered),
             ShardMsg::Tick => self.tick(Instant::now()),
+            ShardMsg::Drain { window } => self.begin_drain(window),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -714,14 +733,70 @@ impl Shard {
     }
 
     fn begin_shutdown(&self) {
+        self.begin_drain(Duration::ZERO);
+    }
+
+    /// Stops accepting, then closes every connection (1001) spread evenly over `window` in a
+    /// random order, so their clients reconnect spread out too (see [`Shard::drain_step`]).
+    fn begin_drain(&self, window: Duration) {
         self.stopping.set(true);
         if let Some(w) = self.stop_waker.borrow_mut().take() {
             w.wake();
         }
-        let conns: Vec<_> = self.conns.borrow().values().cloned().collect();
-        for c in conns {
-            c.close(self, 1001, "server shutting down");
+        let mut order: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        fastrand::shuffle(&mut order);
+        let mut drain = self.drain.borrow_mut();
+        match drain.as_mut() {
+            // A second request (SIGTERM after an admin drain) only ever shortens the window.
+            Some(d) if d.started + d.window <= Instant::now() + window => {}
+            _ => {
+                *drain = Some(Drain {
+                    started: Instant::now(),
+                    window,
+                    order,
+                    closed: 0,
+                })
+            }
         }
+        drop(drain);
+        self.drain_step(Instant::now());
+    }
+
+    /// Closes the connections whose turn in the drain has come by `now`.
+    fn drain_step(&self, now: Instant) {
+        let due = {
+            let mut drain = self.drain.borrow_mut();
+            let Some(d) = drain.as_mut() else { return };
+            let total = d.order.len();
+            let want = if d.window.is_zero() || now >= d.started + d.window {
+                total
+            } else {
+                let part =
+                    now.saturating_duration_since(d.started).as_secs_f64() / d.window.as_secs_f64();
+                ((total as f64 * part).ceil() as usize).min(total)
+            };
+            let due: Vec<ConnId> = d.order[d.closed..want.max(d.closed)].to_vec();
+            d.closed = want.max(d.closed);
+            due
+        };
+        for id in due {
+            if let Some(c) = self.conn(id) {
+                c.close(self, 1001, "server shutting down");
+            }
+        }
+    }
+
+    /// The window of the drain in progress (zero when none).
+    pub fn drain_window(&self) -> Duration {
+        self.drain
+            .borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.window)
+    }
+
+    /// Whether the shard has stopped accepting and every connection is gone.
+    pub fn drained(&self) -> bool {
+        self.stopping.get() && self.conns.borrow().is_empty()
     }
 
     // ---- rooms (on the group's owner shard) ----
@@ -1691,8 +1766,10 @@ impl Shard {
         self.stats.deliveries.fetch_add(n, Relaxed);
     }
 
-    /// Periodic duties: pings, pong and connect deadlines, forgetting idle rate-limit buckets.
+    /// Periodic duties: pings, pong and connect deadlines, forgetting idle rate-limit buckets,
+    /// the drain's next closes.
     pub fn tick(&self, now: Instant) {
+        self.drain_step(now);
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {

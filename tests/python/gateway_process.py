@@ -63,6 +63,8 @@ class GatewayProcess:
             "CORECAST_ADMIN_TOKEN": self.admin_token,
             # Tests send faster than a person; tests of the limit itself set it explicitly.
             "CORECAST_RATE_LIMIT_PER_MIN": "0",
+            # Stops at once on SIGTERM (a test of the drain sets its window).
+            "CORECAST_DRAIN_SECS": "0",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         }
         self.env.update({k: str(v) for k, v in (env or {}).items()})

@@ -235,3 +235,47 @@ def test_a_flood_of_connections_that_never_log_in_does_not_lock_out_real_clients
     assert_real_client_gets_in(gw, connect, new_id)
     for s in flood:
         s.close()
+
+
+# ----- graceful drain --------------------------------------------------------------------------------
+
+def test_sigterm_drains_connections_spread_over_the_window(start_gateway, raw, connect, new_id):
+    """SIGTERM: /readyz turns false at once, no new connection is accepted, and the open ones
+    are closed with 1001 spread over CORECAST_DRAIN_SECS instead of all at once; every message
+    acknowledged before is in the store after a restart."""
+    window = 3.0
+    gw = start_gateway(CORECAST_DRAIN_SECS=int(window), CORECAST_SHARDS=2)
+    gid = new_id()
+    users = [new_id() for _ in range(20)]
+    for u in users:
+        gw.put_user(u)
+    gw.put_group(gid, users)
+    clients = [raw(gw, u) for u in users]
+    ack = clients[0].call("sendMessage", {"groupId": gid, "text": "before the drain", "attachments": []})
+    assert ack["ok"] is True, ack
+    gw.proc.send_signal(15)
+    t0 = time.monotonic()
+    ready = None
+    while time.monotonic() - t0 < 2:
+        try:
+            ready = requests.get(f"http://{gw.internal}/readyz", timeout=2)
+        except requests.ConnectionError:
+            break
+        if ready.status_code == 503:
+            break
+    assert ready is not None and ready.status_code == 503, ready
+    assert ready.json()["reason"] == "draining"
+    with pytest.raises(Exception):
+        RawClient(gw.public, timeout=2)  # the listener is gone
+    closed_at = []
+    for c in clients:
+        closed = c.wait_close(timeout=window + 5)
+        assert closed.code == 1001 and closed.reason == "server shutting down", closed
+        closed_at.append(time.monotonic() - t0)
+    # wait_close returns as soon as each one is closed, in client order: the latest close
+    # tells how long the drain took, the spread how evenly it went.
+    assert max(closed_at) > window * 0.5, f"all closed within {max(closed_at):.2f} s: not spread"
+    assert max(closed_at) < window + 4, closed_at
+    assert gw.proc.wait(timeout=10) == 0
+    gw.start()
+    assert [m["text"] for m in gw.history(gid)] == ["before the drain"]
