@@ -3,7 +3,9 @@
 // Same wire semantics as corecast for what the load generator exercises: a JWT (HS256,
 // `sub` = user id) in the CONNECT auth payload, a room per group joined at connect,
 // `sendMessage` broadcast as `newMessage` to the group's room (sender included) with a
-// string id and an ISO timestamp, the `{ ok, id, timestamp }` ack, and `error` events.
+// string id, the group id echoed as the string it was created with (a number in input is
+// taken as its decimal string), `readBy: [senderId]` and an ISO timestamp, the
+// `{ ok, id, timestamp }` ack, and `error` events.
 // No database: groups live in memory and are set up through the same admin API as
 // corecast's internal listener (`PUT /api/users/{id}`, `PUT /api/groups/{id}`), so the
 // load generator has one code path for both servers.
@@ -27,13 +29,24 @@ const internal = splitAddr(process.env.CORECAST_INTERNAL_LISTEN, '127.0.0.1:3001
 const secret = process.env.CORECAST_JWT_SECRET || 'dev-secret';
 const adminToken = process.env.CORECAST_ADMIN_TOKEN || 'dev-admin';
 
-/** groupId (number) -> { name, members: Set<number> } */
+/** groupId (string) -> { name, members: Set<number> } */
 const groups = new Map();
 /** userId (number) -> Set<groupId> */
 const groupsOf = new Map();
 /** userId -> { email, name } */
 const users = new Map();
 let nextMessageId = 1;
+
+/** The group id of a payload as corecast reads it: a string of 1 to 128 bytes without control
+ * characters, or a non-negative integer taken as its decimal string; otherwise null. */
+function groupIdOf(v) {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return String(v);
+  if (typeof v !== 'string') return null;
+  const bytes = Buffer.byteLength(v, 'utf8');
+  // eslint-disable-next-line no-control-regex
+  if (bytes < 1 || bytes > 128 || /[\u0000-\u001f\u007f-\u009f]/.test(v)) return null;
+  return v;
+}
 
 function setGroup(id, name, members) {
   const old = groups.get(id);
@@ -82,9 +95,9 @@ io.on('connection', (socket) => {
       else socket.emit('error', { message, code });
     };
     if (!payload || typeof payload !== 'object') return fail('invalid_payload', 'payload must be an object');
-    const groupId = Number(payload.groupId);
+    const groupId = groupIdOf(payload.groupId);
     const text = payload.text;
-    if (!Number.isSafeInteger(groupId) || typeof text !== 'string') {
+    if (groupId === null || typeof text !== 'string') {
       return fail('invalid_payload', 'groupId and text are required');
     }
     const group = groups.get(groupId);
@@ -97,7 +110,7 @@ io.on('connection', (socket) => {
       text,
       attachments: Array.isArray(payload.attachments) ? payload.attachments : [],
       timestamp: new Date().toISOString(),
-      readBy: [],
+      readBy: [uid],
     };
     io.to('g:' + groupId).emit('newMessage', msg);
     if (typeof ack === 'function') ack({ ok: true, id: msg.id, timestamp: msg.timestamp });
@@ -122,9 +135,12 @@ const admin = http.createServer((req, res) => {
       users.set(Number(m[1]), { email: json.email, name: json.name });
       return reply(200, { ok: true });
     }
-    if (req.method === 'PUT' && (m = /^\/api\/groups\/(\d+)$/.exec(req.url))) {
+    if (req.method === 'PUT' && (m = /^\/api\/groups\/([^/?]+)$/.exec(req.url))) {
       if (!Array.isArray(json.members)) return reply(400, { error: 'members must be an array' });
-      setGroup(Number(m[1]), json.name || '', json.members);
+      let id;
+      try { id = groupIdOf(decodeURIComponent(m[1])); } catch { id = null; }
+      if (id === null) return reply(400, { error: 'invalid group id in the path' });
+      setGroup(id, json.name || '', json.members);
       return reply(200, { ok: true });
     }
     reply(404, { error: 'not found' });

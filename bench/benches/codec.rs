@@ -12,8 +12,8 @@ fn main() {
     divan::main();
 }
 
-const NEW_MESSAGE: &[u8] = br#"{"id":"01JD6Y0G8Z5R3K2B1N0M9P8Q7R","senderId":42,"groupId":7,"text":"hello everyone, this is a chat message of ordinary length","attachments":[],"timestamp":"2025-11-26T00:00:00.000Z","readBy":[]}"#;
-const SEND_MESSAGE: &[u8] = br#"{"groupId":7,"text":"hello everyone, this is a chat message of ordinary length","attachments":[{"url":"https://example.test/a.png","type":"image"}],"clientMsgId":"c-42-1"}"#;
+const NEW_MESSAGE: &[u8] = br#"{"id":"01JD6Y0G8Z5R3K2B1N0M9P8Q7R","senderId":42,"groupId":"team-7","text":"hello everyone, this is a chat message of ordinary length","attachments":[],"timestamp":"2025-11-26T00:00:00.000Z","readBy":[42]}"#;
+const SEND_MESSAGE: &[u8] = br#"{"groupId":"team-7","text":"hello everyone, this is a chat message of ordinary length","attachments":[{"url":"https://example.test/a.png","type":"image"}],"clientMsgId":"c-42-1"}"#;
 
 /// Server side: one `newMessage` frame, built once per message and shared by recipients.
 #[divan::bench]

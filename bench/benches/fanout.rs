@@ -28,7 +28,7 @@ fn main() {
     divan::main();
 }
 
-const NEW_MESSAGE: &[u8] = br#"{"id":"7301264578127134720","senderId":42,"groupId":7,"text":"hello everyone, this is a chat message of ordinary length","attachments":[],"timestamp":"2025-11-26T00:00:00.000Z","readBy":[]}"#;
+const NEW_MESSAGE: &[u8] = br#"{"id":"7301264578127134720","senderId":42,"groupId":"team-7","text":"hello everyone, this is a chat message of ordinary length","attachments":[],"timestamp":"2025-11-26T00:00:00.000Z","readBy":[42]}"#;
 
 /// The receiving shard's members of the room.
 const LOCAL_MEMBERS: usize = 5;
@@ -98,9 +98,11 @@ impl Pair {
     fn flush(&self, n: usize) {
         let target = self.handled.load(Ordering::Acquire) + n as u64;
         let stored_at = Instant::now();
+        // One id, cloned per message (a reference count), as the owner shard does.
+        let group = GroupId::new("team-7");
         let msgs: Vec<ShardMsg> = (0..n)
             .map(|_| ShardMsg::Deliver {
-                group: GroupId(7),
+                group: group.clone(),
                 frame: packet::event_frame(Role::Server, "newMessage", &[black_box(NEW_MESSAGE)]),
                 except_user: None,
                 stored_at,

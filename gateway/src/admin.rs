@@ -183,7 +183,7 @@ fn handle_conn(shared: &Shared, mut stream: TcpStream) {
 
 fn store_error(e: StoreError) -> Response {
     match e {
-        StoreError::NoSuchGroup(g) => error(404, &format!("group {g} does not exist")),
+        StoreError::NoSuchGroup(g) => error(404, &format!("group {:?} does not exist", g.as_str())),
         StoreError::NoSuchMessage { .. } => error(404, &e.to_string()),
         e => error(503, &format!("store unavailable: {e}")),
     }
@@ -193,6 +193,22 @@ fn parse_id(s: &str) -> Option<u64> {
     (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
         .flatten()
+}
+
+/// A group id from a path segment: percent-decoded (`team%20berlin`, `Z%C3%BCrich`; a `+` is a
+/// plus sign, as in any path), then held to the same rules as a client's `groupId`. The path
+/// is split at `/` before decoding, so an id may hold an encoded `%2F`.
+fn parse_group(segment: &str, shared: &Shared) -> Result<GroupId, Response> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| {
+            error(
+                400,
+                "invalid group id in the path: not UTF-8 once percent-decoded",
+            )
+        })?;
+    GroupId::parse(&decoded, shared.config.limits.max_group_id_bytes)
+        .map_err(|e| error(400, &format!("invalid group id in the path: {e}")))
 }
 
 fn route(shared: &Shared, req: &Request) -> Response {
@@ -319,8 +335,9 @@ fn route(shared: &Shared, req: &Request) -> Response {
             }
         }
         ("PUT", ["groups", id]) => {
-            let Some(id) = parse_id(id) else {
-                return error(400, "group id must be a number");
+            let id = match parse_group(id, shared) {
+                Ok(id) => id,
+                Err(r) => return r,
             };
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -338,23 +355,24 @@ fn route(shared: &Shared, req: &Request) -> Response {
                 }
             };
             let group = Group {
-                id: GroupId(id),
+                id: id.clone(),
                 name: b.name,
                 members: b.members.into_iter().map(UserId).collect(),
             };
             match store.put_group(group) {
                 Ok(change) => {
-                    apply_membership(shared, GroupId(id), change.clone());
+                    apply_membership(shared, id, change.clone());
                     json(200, serde_json::json!({"ok": true, "added": change.added, "removed": change.removed}).to_string())
                 }
                 Err(e) => store_error(e),
             }
         }
         ("GET", ["groups", id]) => {
-            let Some(id) = parse_id(id) else {
-                return error(400, "group id must be a number");
+            let id = match parse_group(id, shared) {
+                Ok(id) => id,
+                Err(r) => return r,
             };
-            match store.get_group(GroupId(id)) {
+            match store.get_group(id) {
                 Ok(Some(g)) => json(
                     200,
                     serde_json::json!({"id": g.id, "name": g.name, "members": g.members})
@@ -365,15 +383,19 @@ fn route(shared: &Shared, req: &Request) -> Response {
             }
         }
         (method @ ("PUT" | "DELETE"), ["groups", gid, "members", uid]) => {
-            let (Some(gid), Some(uid)) = (parse_id(gid), parse_id(uid)) else {
-                return error(400, "group and user ids must be numbers");
+            let group = match parse_group(gid, shared) {
+                Ok(g) => g,
+                Err(r) => return r,
             };
-            let (group, user) = (GroupId(gid), UserId(uid));
+            let Some(uid) = parse_id(uid) else {
+                return error(400, "user id must be a number");
+            };
+            let user = UserId(uid);
             let adding = method == "PUT";
             let result = if adding {
-                store.add_member(group, user)
+                store.add_member(group.clone(), user)
             } else {
-                store.remove_member(group, user)
+                store.remove_member(group.clone(), user)
             };
             match result {
                 Ok(changed) => {
@@ -400,8 +422,9 @@ fn route(shared: &Shared, req: &Request) -> Response {
             }
         }
         ("GET", ["groups", gid, "messages"]) => {
-            let Some(gid) = parse_id(gid) else {
-                return error(400, "group id must be a number");
+            let gid = match parse_group(gid, shared) {
+                Ok(g) => g,
+                Err(r) => return r,
             };
             let mut limit = 50usize;
             let mut before = None;
@@ -419,7 +442,7 @@ fn route(shared: &Shared, req: &Request) -> Response {
                     _ => {}
                 }
             }
-            match store.history(GroupId(gid), limit, before) {
+            match store.history(gid, limit, before) {
                 Ok(msgs) => {
                     let mut body = b"{\"messages\":[".to_vec();
                     for (i, m) in msgs.iter().enumerate() {
@@ -445,11 +468,11 @@ fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
         return;
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let owner: ShardId = owner_of_group(group, shared.nr_shards());
+    let owner: ShardId = owner_of_group(&group, shared.nr_shards());
     shared.send_blocking(
         owner,
         ShardMsg::MembersChanged {
-            group,
+            group: group.clone(),
             change,
             done: tx,
         },

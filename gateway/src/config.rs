@@ -123,6 +123,9 @@ pub struct LimitsConfig {
     pub max_url_len: usize,
     /// Longest `clientMsgId` in bytes (`CORECAST_MAX_CLIENT_MSG_ID_LEN`).
     pub max_client_msg_id_len: usize,
+    /// Longest group id in bytes of UTF-8, in events and in admin URLs
+    /// (`CORECAST_MAX_GROUP_ID_BYTES`); 1 to 1024.
+    pub max_group_id_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -259,6 +262,7 @@ impl Default for LimitsConfig {
                 .to_vec(),
             max_url_len: 2048,
             max_client_msg_id_len: 128,
+            max_group_id_bytes: corecast_storage::GroupId::MAX_BYTES,
         }
     }
 }
@@ -454,6 +458,10 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
         c.limits.max_client_msg_id_len = parse(v)?;
         Ok(())
     }),
+    ("CORECAST_MAX_GROUP_ID_BYTES", |c, v| {
+        c.limits.max_group_id_bytes = parse(v)?;
+        Ok(())
+    }),
     ("CORECAST_STORE", |c, v| {
         c.store.kind = parse_enum(v)?;
         Ok(())
@@ -612,6 +620,14 @@ impl Config {
                 self.auth.jwt_algorithm
             );
         }
+        let limit = corecast_storage::GroupId::LIMIT_BYTES;
+        if !(1..=limit).contains(&self.limits.max_group_id_bytes) {
+            bail!(
+                "limits.max_group_id_bytes (CORECAST_MAX_GROUP_ID_BYTES) must be between 1 and \
+                 {limit}, got {}",
+                self.limits.max_group_id_bytes
+            );
+        }
         if self.store.kind == StoreKind::Scylla && self.store.scylla_nodes.is_empty() {
             bail!("store.scylla_nodes (CORECAST_SCYLLA_NODES) is empty but store.kind is scylla");
         }
@@ -706,5 +722,22 @@ mod tests {
             load("0", "0").is_ok(),
             "pacing off: the window does not matter"
         );
+    }
+
+    #[test]
+    fn group_id_limit_is_read_and_bounded() {
+        let load = |v: &str| {
+            Config::load(None, &[("CORECAST_MAX_GROUP_ID_BYTES", v.into())])
+                .and_then(|c| c.validate().map(|_| c))
+        };
+        assert_eq!(Config::default().limits.max_group_id_bytes, 128);
+        assert_eq!(load("64").unwrap().limits.max_group_id_bytes, 64);
+        for bad in ["0", "1025"] {
+            let err = load(bad).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("CORECAST_MAX_GROUP_ID_BYTES"),
+                "{err:#}"
+            );
+        }
     }
 }

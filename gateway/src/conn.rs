@@ -227,30 +227,34 @@ impl Conn {
         self.groups.borrow_mut().clear();
     }
 
-    pub fn sub_state(&self, group: GroupId) -> Option<SubState> {
+    pub fn sub_state(&self, group: &GroupId) -> Option<SubState> {
         self.groups
             .borrow()
             .iter()
-            .find(|(g, _)| *g == group)
+            .find(|(g, _)| g == group)
             .map(|(_, s)| *s)
     }
 
-    pub fn set_sub_state(&self, group: GroupId, state: Option<SubState>) {
+    pub fn set_sub_state(&self, group: &GroupId, state: Option<SubState>) {
         let mut groups = self.groups.borrow_mut();
-        let pos = groups.iter().position(|(g, _)| *g == group);
+        let pos = groups.iter().position(|(g, _)| g == group);
         match (pos, state) {
             (Some(i), Some(s)) => groups[i].1 = s,
             (Some(i), None) => {
                 groups.swap_remove(i);
             }
-            (None, Some(s)) => groups.push((group, s)),
+            (None, Some(s)) => groups.push((group.clone(), s)),
             (None, None) => {}
         }
     }
 
     /// The groups this connection is in or joining.
     pub fn groups(&self) -> Vec<GroupId> {
-        self.groups.borrow().iter().map(|(g, _)| *g).collect()
+        self.groups
+            .borrow()
+            .iter()
+            .map(|(g, _)| g.clone())
+            .collect()
     }
 
     /// Queues a complete frame. A client whose queue would pass the configured bound is
@@ -605,16 +609,13 @@ impl Conn {
             Command::SendMessage { .. } => shard.send_message(self, cmd, ack),
             Command::JoinGroup { group } => shard.join(self, group, ack),
             Command::LeaveGroup { group } => {
-                shard.leave(self, group);
+                shard.leave(self, &group);
                 let origin = Origin {
                     shard: shard.id,
                     conn: self.id,
                     ack,
                 };
-                shard.reply(
-                    &origin,
-                    Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
-                );
+                shard.reply(&origin, Ok(events::group_ack_json(&group)));
             }
             Command::MarkAsRead { group, message } => shard.mark_read(self, group, message, ack),
         }

@@ -194,7 +194,7 @@ fn command(
     match name {
         "sendMessage" => {
             let p = obj(name)?;
-            let group = group_id(p)?;
+            let group = group_id(p, limits)?;
             let text = match p.get("text") {
                 Some(t) => t
                     .as_str()
@@ -236,14 +236,14 @@ fn command(
             })
         }
         "joinGroup" => Ok(Command::JoinGroup {
-            group: group_id(obj(name)?)?,
+            group: group_id(obj(name)?, limits)?,
         }),
         "leaveGroup" => Ok(Command::LeaveGroup {
-            group: group_id(obj(name)?)?,
+            group: group_id(obj(name)?, limits)?,
         }),
         "markAsRead" => {
             let p = obj(name)?;
-            let group = group_id(p)?;
+            let group = group_id(p, limits)?;
             let message = match p.get("messageId") {
                 Some(v) => id_value(v).map(MessageId).ok_or_else(|| {
                     ClientError::invalid("messageId must be a message id (a string of digits)")
@@ -274,12 +274,43 @@ fn id_value(v: &BorrowedValue<'_>) -> Option<u64> {
     s.parse().ok()
 }
 
-fn group_id(p: &BorrowedValue<'_>) -> Result<GroupId, ClientError> {
-    match p.get("groupId") {
-        Some(v) => id_value(v)
-            .map(GroupId)
-            .ok_or_else(|| ClientError::invalid("groupId must be a non-negative integer")),
-        None => Err(ClientError::invalid("groupId is required")),
+/// The payload's `groupId`: a string that [`GroupId::parse`] accepts, or a non-negative
+/// integer, taken as its decimal string (the Node.js app's rooms are strings, and a client
+/// that sends the number 10 means the room "10").
+fn group_id(p: &BorrowedValue<'_>, limits: &LimitsConfig) -> Result<GroupId, ClientError> {
+    let Some(v) = p.get("groupId") else {
+        return Err(ClientError::invalid("groupId is required"));
+    };
+    let parsed = if let Some(s) = v.as_str() {
+        GroupId::parse(s, limits.max_group_id_bytes)
+    } else if let Some(n) = v.as_u64().filter(|_| v.is_integer()) {
+        GroupId::parse(&n.to_string(), limits.max_group_id_bytes)
+    } else {
+        return Err(ClientError::invalid(format!(
+            "groupId must be a string (1 to {} bytes) or a non-negative integer, not {}",
+            limits.max_group_id_bytes,
+            json_kind(v)
+        )));
+    };
+    parsed.map_err(|e| ClientError::invalid(e.to_string()))
+}
+
+/// What a JSON value is, for error messages.
+fn json_kind(v: &BorrowedValue<'_>) -> &'static str {
+    if v.is_null() {
+        "null"
+    } else if v.is_bool() {
+        "a boolean"
+    } else if v.is_object() {
+        "an object"
+    } else if v.is_array() {
+        "an array"
+    } else if v.as_i64().is_some_and(|n| n < 0) {
+        "a negative number"
+    } else if v.is_number() {
+        "a fractional or too large number"
+    } else {
+        "this value"
     }
 }
 
@@ -374,7 +405,7 @@ pub fn message_json(m: &StoredMessage) -> Vec<u8> {
     out.extend_from_slice(b"\",\"senderId\":");
     push_u64(&mut out, m.sender.0);
     out.extend_from_slice(b",\"groupId\":");
-    push_u64(&mut out, m.group.0);
+    write_json_str(&mut out, m.group.as_str());
     out.extend_from_slice(b",\"text\":");
     write_json_str(&mut out, &m.text);
     out.extend_from_slice(b",\"attachments\":[");
@@ -416,18 +447,30 @@ pub fn ok_ack_json(extra: &str) -> Vec<u8> {
     format!("{{\"ok\":true{extra}}}").into_bytes()
 }
 
+/// The positive `joinGroup` / `leaveGroup` ack: `{"ok":true,"groupId":"..."}`.
+pub fn group_ack_json(group: &GroupId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(group.as_str().len() + 24);
+    out.extend_from_slice(b"{\"ok\":true,\"groupId\":");
+    write_json_str(&mut out, group.as_str());
+    out.push(b'}');
+    out
+}
+
 /// The `userOnline` payload.
 pub fn user_online_json(user: UserId, online: bool) -> Vec<u8> {
     format!("{{\"userId\":{},\"isOnline\":{online}}}", user.0).into_bytes()
 }
 
 /// The `messageRead` payload.
-pub fn message_read_json(message: MessageId, user: UserId, group: GroupId) -> Vec<u8> {
-    format!(
-        "{{\"messageId\":\"{}\",\"userId\":{},\"groupId\":{}}}",
-        message.0, user.0, group.0
+pub fn message_read_json(message: MessageId, user: UserId, group: &GroupId) -> Vec<u8> {
+    let mut out = format!(
+        "{{\"messageId\":\"{}\",\"userId\":{},\"groupId\":",
+        message.0, user.0
     )
-    .into_bytes()
+    .into_bytes();
+    write_json_str(&mut out, group.as_str());
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]
@@ -476,7 +519,7 @@ mod tests {
                 r#"["sendMessage",{"groupId":"10","text":"hi","attachments":[{"url":"https://x.io/a.png","type":"image"}],"clientMsgId":"c1"}]"#
             ),
             Ok(Command::SendMessage {
-                group: GroupId(10),
+                group: GroupId::new("10"),
                 text: "hi".into(),
                 attachments: vec![Attachment {
                     url: "https://x.io/a.png".into(),
@@ -487,16 +530,20 @@ mod tests {
         );
         assert_eq!(
             parse(r#"["joinGroup",{"groupId":3}]"#),
-            Ok(Command::JoinGroup { group: GroupId(3) })
+            Ok(Command::JoinGroup {
+                group: GroupId::new("3")
+            })
         );
         assert_eq!(
             parse(r#"["leaveGroup",{"groupId":3}]"#),
-            Ok(Command::LeaveGroup { group: GroupId(3) })
+            Ok(Command::LeaveGroup {
+                group: GroupId::new("3")
+            })
         );
         assert_eq!(
             parse(r#"["markAsRead",{"groupId":3,"messageId":"99"}]"#),
             Ok(Command::MarkAsRead {
-                group: GroupId(3),
+                group: GroupId::new("3"),
                 message: MessageId(99)
             })
         );
@@ -511,10 +558,6 @@ mod tests {
         );
         assert_eq!(
             code(r#"["sendMessage",{"groupId":1,"text":"  "}]"#),
-            Code::InvalidPayload
-        );
-        assert_eq!(
-            code(r#"["sendMessage",{"groupId":"x","text":"a"}]"#),
             Code::InvalidPayload
         );
         assert_eq!(
@@ -561,6 +604,103 @@ mod tests {
         assert_eq!(code(r#"[42,{}]"#), Code::InvalidPayload);
     }
 
+    fn group_of(payload: &str) -> Result<GroupId, ClientError> {
+        match parse(&format!(r#"["joinGroup",{payload}]"#))? {
+            Command::JoinGroup { group } => Ok(group),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_ids_are_strings_and_numbers_become_their_decimal_string() {
+        let ok = |p: &str, want: &str| assert_eq!(group_of(p).unwrap().as_str(), want, "{p}");
+        ok(r#"{"groupId":"team-berlin"}"#, "team-berlin");
+        ok(r#"{"groupId":"team berlin"}"#, "team berlin");
+        ok(r#"{"groupId":"Zürich \u2615"}"#, "Zürich ☕");
+        ok(r#"{"groupId":"007"}"#, "007");
+        ok(r#"{"groupId":10}"#, "10");
+        ok(r#"{"groupId":0}"#, "0");
+        ok(
+            r#"{"groupId":18446744073709551615}"#,
+            "18446744073709551615",
+        );
+        ok(r#"{"groupId":"a\"b\\c"}"#, "a\"b\\c");
+        let long = "x".repeat(128);
+        ok(&format!(r#"{{"groupId":"{long}"}}"#), &long);
+        // The same bound for every event that names a group.
+        for event in ["sendMessage", "joinGroup", "leaveGroup", "markAsRead"] {
+            let e = parse(&format!(
+                r#"["{event}",{{"groupId":"{long}x","text":"a","messageId":"1"}}]"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.code, Code::InvalidPayload);
+            assert_eq!(
+                e.message, "groupId is 129 bytes; the limit is 128",
+                "{event}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_group_ids_are_invalid_payloads_with_a_clear_message() {
+        let bad = |p: &str, says: &str| {
+            let e = group_of(p).unwrap_err();
+            assert_eq!(e.code, Code::InvalidPayload, "{p}");
+            assert!(e.message.contains(says), "{p}: {}", e.message);
+        };
+        bad(r#"{"groupId":""}"#, "must not be empty");
+        bad(
+            r#"{"groupId":"a\nb"}"#,
+            "control characters (U+000A at byte 1)",
+        );
+        bad(r#"{"groupId":"\u0000"}"#, "control characters");
+        bad(r#"{"groupId":"\u007f"}"#, "control characters");
+        bad(r#"{"groupId":{"id":1}}"#, "not an object");
+        bad(r#"{"groupId":[1]}"#, "not an array");
+        bad(r#"{"groupId":true}"#, "not a boolean");
+        bad(r#"{"groupId":null}"#, "not null");
+        bad(r#"{"groupId":-1}"#, "not a negative number");
+        bad(r#"{"groupId":1.5}"#, "not a fractional");
+        bad(r#"{"groupId":10.0}"#, "not a fractional");
+        bad(r#"{"groupId":1e3}"#, "not a fractional");
+        bad(r#"{}"#, "groupId is required");
+        bad(
+            r#"{"groupId":false}"#,
+            "groupId must be a string (1 to 128 bytes) or a non-negative integer",
+        );
+        // The configured bound, in bytes of UTF-8.
+        let limits = LimitsConfig {
+            max_group_id_bytes: 4,
+            ..LimitsConfig::default()
+        };
+        let mut b = r#"["joinGroup",{"groupId":"☕☕"}]"#.as_bytes().to_vec();
+        let Err(EventError::Rejected(e)) = parse_event(&mut b, &limits) else {
+            panic!("an over-long groupId is rejected");
+        };
+        assert_eq!(e.message, "groupId is 6 bytes; the limit is 4");
+        let mut b = r#"["joinGroup",{"groupId":12345}]"#.as_bytes().to_vec();
+        assert!(parse_event(&mut b, &limits).is_err());
+    }
+
+    #[test]
+    fn group_ids_go_out_as_json_strings() {
+        let g = GroupId::new("team \"berlin\" ☕");
+        let v: serde_json::Value = serde_json::from_slice(&group_ack_json(&g)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": true, "groupId": "team \"berlin\" ☕"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&message_read_json(MessageId(9), UserId(2), &g)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"messageId": "9", "userId": 2, "groupId": "team \"berlin\" ☕"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&group_ack_json(&GroupId::new("007"))).unwrap();
+        assert_eq!(v["groupId"], "007");
+    }
+
     #[test]
     fn iso8601_matches_javascript() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
@@ -572,7 +712,7 @@ mod tests {
     fn encoded_payloads_are_valid_json() {
         let m = StoredMessage {
             id: MessageId(5),
-            group: GroupId(2),
+            group: GroupId::new("2"),
             sender: UserId(1),
             text: "a \"quoted\"\n line".into(),
             attachments: vec![Attachment {
@@ -587,6 +727,7 @@ mod tests {
         assert_eq!(v["text"], "a \"quoted\"\n line");
         assert_eq!(v["id"], "5");
         assert_eq!(v["readBy"][0], 3);
+        assert_eq!(v["groupId"], "2");
         let e = ClientError::new(Code::NotMember, "x \"y\"");
         let v: serde_json::Value = serde_json::from_slice(&e.to_ack_json()).unwrap();
         assert_eq!(v["error"]["code"], "not_member");

@@ -646,11 +646,11 @@ impl Shard {
             ShardMsg::SendMessage {
                 admitted: false, ..
             } => self.admit(msg),
-            ShardMsg::Subscribe { group, .. }
-            | ShardMsg::SendMessage { group, .. }
-            | ShardMsg::MarkRead { group, .. }
-            | ShardMsg::MembersChanged { group, .. } => {
-                if let Some(msg) = self.room_ready_or_wait(group, msg) {
+            ShardMsg::Subscribe { ref group, .. }
+            | ShardMsg::SendMessage { ref group, .. }
+            | ShardMsg::MarkRead { ref group, .. }
+            | ShardMsg::MembersChanged { ref group, .. } => {
+                if let Some(msg) = self.room_ready_or_wait(group.clone(), msg) {
                     self.room_op(msg);
                 }
             }
@@ -695,7 +695,7 @@ impl Shard {
                 except_user,
                 stored_at,
             } => {
-                self.deliver(group, &frame, except_user);
+                self.deliver(&group, &frame, except_user);
                 self.stats.delivery_latency.observe(stored_at.elapsed());
             }
             ShardMsg::Enroll { group, user, done } => self.enroll(group, user, done),
@@ -806,7 +806,7 @@ impl Shard {
     fn room_ready_or_wait(&self, group: GroupId, msg: ShardMsg) -> Option<ShardMsg> {
         let mut rooms = self.rooms.borrow_mut();
         let n = self.shared.nr_shards();
-        let room = rooms.entry(group).or_insert_with(|| Room {
+        let room = rooms.entry(group.clone()).or_insert_with(|| Room {
             members: None,
             waiting: Vec::new(),
             subscribers: vec![0; n],
@@ -820,9 +820,13 @@ impl Shard {
         room.waiting.push(msg);
         drop(rooms);
         if first {
+            let loaded = group.clone();
             self.store_to_inbox(
                 |reply| Request::GetGroup { group, reply },
-                move |result| ShardMsg::RoomLoaded { group, result },
+                move |result| ShardMsg::RoomLoaded {
+                    group: loaded,
+                    result,
+                },
             );
         }
         None
@@ -898,18 +902,18 @@ impl Shard {
         }
     }
 
-    fn is_member(&self, group: GroupId, user: UserId) -> bool {
+    fn is_member(&self, group: &GroupId, user: UserId) -> bool {
         self.rooms
             .borrow()
-            .get(&group)
+            .get(group)
             .and_then(|r| r.members.as_ref())
             .is_some_and(|m| m.contains(&user))
     }
 
-    fn not_member(group: GroupId) -> ClientError {
+    fn not_member(group: &GroupId) -> ClientError {
         ClientError::new(
             Code::NotMember,
-            format!("you are not a member of group {group}"),
+            format!("you are not a member of group {:?}", group.as_str()),
         )
     }
 
@@ -921,13 +925,13 @@ impl Shard {
                 origin,
                 reason,
             } => {
-                let result = if self.is_member(group, user) {
+                let result = if self.is_member(&group, user) {
                     if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
                         room.subscribers[origin.shard.index()] += 1;
                     }
                     Ok(())
                 } else {
-                    Err(Self::not_member(group))
+                    Err(Self::not_member(&group))
                 };
                 self.send(
                     origin.shard,
@@ -955,9 +959,10 @@ impl Shard {
                 user,
                 origin,
             } => {
-                if !self.is_member(group, user) {
-                    return self.reply(&origin, Err(Self::not_member(group)));
+                if !self.is_member(&group, user) {
+                    return self.reply(&origin, Err(Self::not_member(&group)));
                 }
+                let stored = group.clone();
                 self.store_to_inbox(
                     |reply| Request::MarkRead {
                         group,
@@ -966,7 +971,7 @@ impl Shard {
                         reply,
                     },
                     move |result| ShardMsg::ReadStored {
-                        group,
+                        group: stored,
                         message,
                         user,
                         origin,
@@ -992,14 +997,14 @@ impl Shard {
                 // the admin caller.
                 for &user in &change.added {
                     self.broadcast(|| ShardMsg::Enroll {
-                        group,
+                        group: group.clone(),
                         user,
                         done: done.clone(),
                     });
                 }
                 for &user in &change.removed {
                     self.broadcast(|| ShardMsg::Evict {
-                        group,
+                        group: group.clone(),
                         user,
                         done: done.clone(),
                     });
@@ -1028,7 +1033,7 @@ impl Shard {
             .expect("invariant: room loaded before room_op");
         if !members.contains(&user) {
             drop(rooms);
-            return self.reply(&origin, Err(Self::not_member(group)));
+            return self.reply(&origin, Err(Self::not_member(&group)));
         }
         let key = client_msg_id.clone().map(|k| (user, k));
         if let Some(k) = &key {
@@ -1061,7 +1066,7 @@ impl Shard {
         drop(rooms);
         let message = NewMessage {
             id,
-            group,
+            group: group.clone(),
             sender: user,
             text,
             attachments,
@@ -1120,7 +1125,7 @@ impl Shard {
                                 self.send(
                                     ShardId(s as u16),
                                     ShardMsg::Deliver {
-                                        group,
+                                        group: group.clone(),
                                         frame: frame.clone(),
                                         except_user: None,
                                         stored_at,
@@ -1162,7 +1167,7 @@ impl Shard {
                     let frame = event_frame(
                         Role::Server,
                         "messageRead",
-                        &[&events::message_read_json(message, user, group)],
+                        &[&events::message_read_json(message, user, &group)],
                     );
                     let subscribers = self
                         .rooms
@@ -1176,7 +1181,7 @@ impl Shard {
                             self.send(
                                 ShardId(s as u16),
                                 ShardMsg::Deliver {
-                                    group,
+                                    group: group.clone(),
                                     frame: frame.clone(),
                                     except_user: None,
                                     stored_at,
@@ -1191,7 +1196,7 @@ impl Shard {
                 &origin,
                 Err(ClientError::new(
                     Code::NotFound,
-                    format!("message {message} not found in group {group}"),
+                    format!("message {message} not found in group {:?}", group.as_str()),
                 )),
             ),
             Err(e) => {
@@ -1263,24 +1268,24 @@ impl Shard {
         reason: SubReason,
         ack: Option<u64>,
     ) -> bool {
-        if conn.sub_state(group).is_some() {
+        if conn.sub_state(&group).is_some() {
             return false;
         }
-        conn.set_sub_state(group, Some(SubState::Pending));
+        conn.set_sub_state(&group, Some(SubState::Pending));
         if reason == SubReason::Connect {
             conn.pending_subs.set(conn.pending_subs.get() + 1);
         }
         if reason == SubReason::Enroll {
             // Take the connection into the local room at once, so that the admin call that
             // added the member returns only once deliveries reach it.
-            conn.set_sub_state(group, Some(SubState::Active));
+            conn.set_sub_state(&group, Some(SubState::Active));
             self.local_rooms
                 .borrow_mut()
-                .entry(group)
+                .entry(group.clone())
                 .or_default()
                 .push(conn.clone());
         }
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         let origin = Origin {
             shard: self.id,
             conn: conn.id,
@@ -1306,7 +1311,7 @@ impl Shard {
         ack: Option<u64>,
         result: Result<(), ClientError>,
     ) {
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         let Some(conn) = self.conn(id) else {
             if result.is_ok() {
                 // The connection closed meanwhile: give the count back.
@@ -1322,19 +1327,19 @@ impl Shard {
         };
         match result {
             Ok(()) => {
-                if conn.sub_state(group) == Some(SubState::Pending) {
-                    conn.set_sub_state(group, Some(SubState::Active));
+                if conn.sub_state(&group) == Some(SubState::Pending) {
+                    conn.set_sub_state(&group, Some(SubState::Active));
                     self.local_rooms
                         .borrow_mut()
-                        .entry(group)
+                        .entry(group.clone())
                         .or_default()
                         .push(conn.clone());
-                } else if conn.sub_state(group).is_none() {
+                } else if conn.sub_state(&group).is_none() {
                     // Left (or evicted) while joining.
                     self.send(
                         owner,
                         ShardMsg::Unsubscribe {
-                            group,
+                            group: group.clone(),
                             shard: self.id,
                         },
                     );
@@ -1345,16 +1350,13 @@ impl Shard {
                         conn: id,
                         ack,
                     };
-                    self.reply(
-                        &origin,
-                        Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
-                    );
+                    self.reply(&origin, Ok(events::group_ack_json(&group)));
                 }
             }
             Err(e) => {
-                if conn.sub_state(group).is_some() {
-                    conn.set_sub_state(group, None);
-                    self.remove_local(group, id);
+                if conn.sub_state(&group).is_some() {
+                    conn.set_sub_state(&group, None);
+                    self.remove_local(&group, id);
                 }
                 if reason == SubReason::Join {
                     let origin = Origin {
@@ -1390,12 +1392,12 @@ impl Shard {
         }
     }
 
-    fn remove_local(&self, group: GroupId, id: ConnId) {
+    fn remove_local(&self, group: &GroupId, id: ConnId) {
         let mut rooms = self.local_rooms.borrow_mut();
-        if let Some(list) = rooms.get_mut(&group) {
+        if let Some(list) = rooms.get_mut(group) {
             list.retain(|c| c.id != id);
             if list.is_empty() {
-                rooms.remove(&group);
+                rooms.remove(group);
             }
         }
     }
@@ -1403,21 +1405,18 @@ impl Shard {
     /// The client's `joinGroup`.
     pub fn join(&self, conn: &Rc<Conn>, group: GroupId, ack: Option<u64>) {
         let user = conn.user().expect("invariant: only connected clients join");
-        if !self.subscribe(conn, user, group, SubReason::Join, ack) {
+        if !self.subscribe(conn, user, group.clone(), SubReason::Join, ack) {
             let origin = Origin {
                 shard: self.id,
                 conn: conn.id,
                 ack,
             };
-            self.reply(
-                &origin,
-                Ok(events::ok_ack_json(&format!(",\"groupId\":{}", group.0))),
-            );
+            self.reply(&origin, Ok(events::group_ack_json(&group)));
         }
     }
 
     /// The client's `leaveGroup`, an eviction, or a closing connection.
-    pub fn leave(&self, conn: &Rc<Conn>, group: GroupId) {
+    pub fn leave(&self, conn: &Rc<Conn>, group: &GroupId) {
         match conn.sub_state(group) {
             Some(SubState::Active) => {
                 conn.set_sub_state(group, None);
@@ -1426,7 +1425,7 @@ impl Shard {
                 self.send(
                     owner,
                     ShardMsg::Unsubscribe {
-                        group,
+                        group: group.clone(),
                         shard: self.id,
                     },
                 );
@@ -1460,7 +1459,7 @@ impl Shard {
         let (to, admitted) = if limited {
             (owner_of_user(user, self.shared.nr_shards()), false)
         } else {
-            (owner_of_group(group, self.shared.nr_shards()), true)
+            (owner_of_group(&group, self.shared.nr_shards()), true)
         };
         self.send(
             to,
@@ -1504,7 +1503,7 @@ impl Shard {
             );
             return self.reply(&origin, Err(e));
         }
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(
             owner,
             ShardMsg::SendMessage {
@@ -1528,7 +1527,7 @@ impl Shard {
             conn: conn.id,
             ack,
         };
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(
             owner,
             ShardMsg::MarkRead {
@@ -1550,9 +1549,9 @@ impl Shard {
     /// which is what a 5,000-member room needs (one send costs several microseconds of kernel
     /// time; docs/benchmarks.md). `userOnline` frames to such rooms are paced the same way
     /// ([`Shard::presence_changed`]).
-    fn deliver(&self, group: GroupId, frame: &Bytes, except_user: Option<UserId>) {
+    fn deliver(&self, group: &GroupId, frame: &Bytes, except_user: Option<UserId>) {
         let rooms = self.local_rooms.borrow();
-        let Some(list) = rooms.get(&group) else {
+        let Some(list) = rooms.get(group) else {
             return;
         };
         let mut pacing = self.pacing_for(list.len());
@@ -1638,18 +1637,18 @@ impl Shard {
     fn enroll(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
         for c in self.user_conns(user) {
             if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
-                self.subscribe(&c, user, group, SubReason::Enroll, None);
+                self.subscribe(&c, user, group.clone(), SubReason::Enroll, None);
             }
         }
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(owner, ShardMsg::MembershipApplied { done });
     }
 
     fn evict(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
         for c in self.user_conns(user) {
-            self.leave(&c, group);
+            self.leave(&c, &group);
         }
-        let owner = owner_of_group(group, self.shared.nr_shards());
+        let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(owner, ShardMsg::MembershipApplied { done });
     }
 
@@ -1673,7 +1672,7 @@ impl Shard {
 
     fn leave_all(&self, conn: &Rc<Conn>) {
         let groups: Arc<[GroupId]> = conn.groups().into();
-        for &g in groups.iter() {
+        for g in groups.iter() {
             self.leave(conn, g);
         }
         if let (Some(user), true) = (conn.user(), conn.was_connected()) {

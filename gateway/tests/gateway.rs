@@ -130,7 +130,7 @@ fn messages_cross_shards_in_one_order_for_every_member() {
     gw.store()
         .blocking()
         .put_group(Group {
-            id: GroupId(7),
+            id: GroupId::new("7"),
             name: "g".into(),
             members: members.clone(),
         })
@@ -174,7 +174,7 @@ fn messages_cross_shards_in_one_order_for_every_member() {
     let history = gw
         .store()
         .blocking()
-        .history(GroupId(7), 500, None)
+        .history(GroupId::new("7"), 500, None)
         .unwrap();
     assert_eq!(history.len(), 3 * per_sender);
     gw.stop();
@@ -187,7 +187,7 @@ fn a_non_member_is_refused_and_the_session_goes_on() {
     gw.store()
         .blocking()
         .put_group(Group {
-            id: GroupId(1),
+            id: GroupId::new("1"),
             name: "g".into(),
             members: vec![UserId(1)],
         })

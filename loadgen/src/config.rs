@@ -75,9 +75,14 @@ pub struct Args {
     /// First user id; user i is `user-base + i`.
     #[arg(long, default_value_t = 1)]
     pub user_base: u64,
-    /// First group id.
+    /// First group id; group g is `<group-prefix><group-base + g>`, sent as a JSON string
+    /// (group ids are strings, as the Node.js app's room names are).
     #[arg(long, default_value_t = 1)]
     pub group_base: u64,
+    /// Text before each group's number, e.g. `team-` or a 20-character stand-in for the Node.js
+    /// app's 24-character ObjectId strings: letters, digits and `-._~` only (no URL encoding).
+    #[arg(long, default_value = "")]
+    pub group_prefix: String,
     /// Total messages per second (open loop), spread evenly over the groups.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -221,6 +226,14 @@ impl Config {
         if u64::from(nr_groups) * u64::from(group_size) > u64::from(args.conns) {
             bail!("--groups {nr_groups} of --group-size {group_size} need more than --conns");
         }
+        let p = &args.group_prefix;
+        if p.len() > 100
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            bail!("--group-prefix must be at most 100 letters, digits or -._~, got {p:?}");
+        }
         if args.msg_size < MIN_MSG_SIZE {
             args.msg_size = MIN_MSG_SIZE;
         }
@@ -286,7 +299,13 @@ impl Config {
             + u64::from(k)
     }
 
-    pub fn group_id(&self, g: u32) -> u64 {
-        self.args.group_base + u64::from(g)
+    /// Group `g`'s id, as sent and as the admin API's path segment (no character in it needs
+    /// encoding).
+    pub fn group_id(&self, g: u32) -> String {
+        format!(
+            "{}{}",
+            self.args.group_prefix,
+            self.args.group_base + u64::from(g)
+        )
     }
 }

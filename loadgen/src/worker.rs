@@ -90,6 +90,8 @@ struct Conn {
 /// A group whose messages this thread sends (its first member lives here).
 struct OwnedGroup {
     g: u32,
+    /// The group's id (`Config::group_id`), made once: it goes into every message.
+    gid: String,
     senders: Vec<usize>,
     seq: u64,
 }
@@ -162,6 +164,7 @@ impl Worker {
                         }
                         _ => owned.push(OwnedGroup {
                             g,
+                            gid: cfg.group_id(g),
                             senders: vec![conns.len()],
                             seq: 0,
                         }),
@@ -747,15 +750,12 @@ impl Worker {
             let seq = og.seq;
             og.seq += 1;
             self.json.clear();
-            let gid = self.cfg.group_id(og.g);
             let uid = self.cfg.user_id(c.user_idx);
             use std::io::Write;
-            let _ = write!(
-                self.json,
-                r#"{{"groupId":{gid},"text":"cc:{}:{seq}:{intended}:{k}:"#,
-                og.g
-            );
-            let header_len = self.json.len() - br#"{"groupId":,"text":""#.len() - digits(gid);
+            let _ = write!(self.json, r#"{{"groupId":"{}","text":""#, og.gid);
+            let text_from = self.json.len();
+            let _ = write!(self.json, "cc:{}:{seq}:{intended}:{k}:", og.g);
+            let header_len = self.json.len() - text_from;
             for _ in header_len..self.cfg.args.msg_size {
                 self.json.push(b'x');
             }
@@ -835,15 +835,6 @@ impl Worker {
             c.wbuf = BytesMut::new();
         }
     }
-}
-
-fn digits(mut n: u64) -> usize {
-    let mut d = 1;
-    while n >= 10 {
-        n /= 10;
-        d += 1;
-    }
-    d
 }
 
 /// Parses `<digits>:` off the front of `rest`.

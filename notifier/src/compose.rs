@@ -26,7 +26,10 @@ pub struct Quote {
 #[derive(Debug, Clone)]
 pub struct Digest<'a> {
     pub recipient: Option<&'a str>,
+    /// The group's name.
     pub group: &'a str,
+    /// The group's id, exactly as clients name it (for links in templates: `{{group_id}}`).
+    pub group_id: &'a str,
     pub quotes: &'a [Quote],
     pub app_url: Option<&'a str>,
 }
@@ -40,9 +43,10 @@ pub struct Content {
 }
 
 /// Optional replacements for the built-in wording, loaded once at start. Placeholders:
-/// `{{recipient}}`, `{{group}}`, `{{senders}}`, `{{count}}`, `{{messages}}` (the quoted list,
-/// as text in `subject.txt`/`body.txt` and as HTML in `body.html`), `{{app_url}}`. In
-/// `body.html` every value is HTML-escaped.
+/// `{{recipient}}`, `{{group}}` (the name), `{{group_id}}`, `{{senders}}`, `{{count}}`,
+/// `{{messages}}` (the quoted list, as text in `subject.txt`/`body.txt` and as HTML in
+/// `body.html`), `{{app_url}}`. In `body.html` every value is HTML-escaped. (`{{group_id}}` is
+/// the id as it is; a template that puts it in a URL must expect spaces and unicode in it.)
 #[derive(Debug, Clone, Default)]
 pub struct Templates {
     pub subject: Option<String>,
@@ -190,9 +194,10 @@ pub fn compose(d: &Digest<'_>, templates: &Templates) -> Content {
     let count_s = count.to_string();
     let recipient = d.recipient.unwrap_or("");
     let app_url = d.app_url.unwrap_or("");
-    let vars_text: [(&str, &str); 6] = [
+    let vars_text: [(&str, &str); 7] = [
         ("recipient", recipient),
         ("group", d.group),
+        ("group_id", d.group_id),
         ("senders", &senders),
         ("count", &count_s),
         ("messages", &text_list),
@@ -222,14 +227,20 @@ pub fn compose(d: &Digest<'_>, templates: &Templates) -> Content {
         }
     };
     let esc = |s: &str| html_escape(s);
-    let (e_recipient, e_group, e_senders, e_url) =
-        (esc(recipient), esc(d.group), esc(&senders), esc(app_url));
+    let (e_recipient, e_group, e_group_id, e_senders, e_url) = (
+        esc(recipient),
+        esc(d.group),
+        esc(d.group_id),
+        esc(&senders),
+        esc(app_url),
+    );
     let html = match &templates.html {
         Some(t) => fill(
             t,
             &[
                 ("recipient", &e_recipient),
                 ("group", &e_group),
+                ("group_id", &e_group_id),
                 ("senders", &e_senders),
                 ("count", &count_s),
                 ("messages", &html_list),
@@ -281,6 +292,7 @@ mod tests {
         let d = Digest {
             recipient: Some("Carol"),
             group: "Team",
+            group_id: "team-1",
             quotes: &quotes,
             app_url: None,
         };
@@ -312,6 +324,7 @@ mod tests {
         let d = Digest {
             recipient: None,
             group: "a<b",
+            group_id: "a<b",
             quotes: &quotes,
             app_url: Some("https://chat/?a=1&b=2"),
         };
@@ -341,21 +354,28 @@ mod tests {
     fn templates_fill_placeholders_and_escape_in_html() {
         let t = Templates {
             subject: Some("[{{group}}] {{count}} from {{senders}}\n".into()),
-            text: Some("{{messages}}--".into()),
-            html: Some("<h1>{{group}}</h1>{{messages}}".into()),
+            text: Some("{{messages}}-- {{group_id}}".into()),
+            html: Some("<h1>{{group}}</h1><a href=\"/g/{{group_id}}\">{{messages}}".into()),
         };
         let quotes = [q("A", "hi")];
         let c = compose(
             &Digest {
                 recipient: None,
                 group: "x&y",
+                group_id: "team berlin & co",
                 quotes: &quotes,
                 app_url: None,
             },
             &t,
         );
         assert_eq!(c.subject, "[x&y] 1 from A");
-        assert!(c.text.ends_with("> hi\n\n--"));
-        assert!(c.html.starts_with("<h1>x&amp;y</h1><ul"));
+        assert!(
+            c.text.ends_with("> hi\n\n-- team berlin & co"),
+            "{}",
+            c.text
+        );
+        assert!(c
+            .html
+            .starts_with("<h1>x&amp;y</h1><a href=\"/g/team berlin &amp; co\"><ul"));
     }
 }

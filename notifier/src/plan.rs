@@ -23,7 +23,7 @@ pub type BatchKey = (UserId, GroupId, NoticeId);
 
 impl Batch {
     pub fn key(&self) -> BatchKey {
-        (self.user, self.group, self.notices[0].id)
+        (self.user, self.group.clone(), self.notices[0].id)
     }
 
     pub fn ids(&self) -> Vec<NoticeId> {
@@ -34,11 +34,31 @@ impl Batch {
 /// The email's Message-ID. It depends only on which notices the email carries, so an email sent
 /// again after a crash (SMTP accepted, notices not yet deleted) carries the same Message-ID and
 /// mail systems and readers can recognise the duplicate.
-pub fn message_id(user: UserId, group: GroupId, ids: &[NoticeId]) -> String {
+///
+/// The group id appears percent-encoded (every byte but ASCII letters, digits, `-` and `_`), so
+/// that spaces, `<`, `>`, `@` or unicode in it keep the header valid (RFC 5322 `dot-atom`), and
+/// is cut after [`MESSAGE_ID_GROUP_CHARS`] characters: it is there for people reading headers,
+/// while the notice ids (unique in the store) make the Message-ID unique.
+pub fn message_id(user: UserId, group: &GroupId, ids: &[NoticeId]) -> String {
     let min = ids.iter().min().map_or(0, |i| i.0);
     let max = ids.iter().max().map_or(0, |i| i.0);
-    format!("<notice-{user}-{group}-{min}-{max}@corecast>")
+    let mut g = String::new();
+    for &b in group.as_str().as_bytes() {
+        let piece = if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            (b as char).to_string()
+        } else {
+            format!("%{b:02X}")
+        };
+        if g.len() + piece.len() > MESSAGE_ID_GROUP_CHARS {
+            break;
+        }
+        g.push_str(&piece);
+    }
+    format!("<notice-{user}-{g}-{min}-{max}@corecast>")
 }
+
+/// Most characters of the encoded group id in a Message-ID (see [`message_id`]).
+pub const MESSAGE_ID_GROUP_CHARS: usize = 64;
 
 /// Splits `pending` (oldest first, as the store returns them) into the batches that are due at
 /// `now`.
@@ -56,7 +76,10 @@ pub fn due_batches(pending: &[Notice], truncated: bool, now: Millis, window_ms: 
     let last_seen_created = pending.last().map(|n| n.created);
     let mut pairs: BTreeMap<(UserId, GroupId), Vec<Notice>> = BTreeMap::new();
     for n in pending {
-        pairs.entry((n.user, n.group)).or_default().push(n.clone());
+        pairs
+            .entry((n.user, n.group.clone()))
+            .or_default()
+            .push(n.clone());
     }
     let mut out = Vec::new();
     for ((user, group), mut notices) in pairs {
@@ -119,7 +142,7 @@ mod tests {
         Notice {
             id: NoticeId(id),
             user: UserId(user),
-            group: GroupId(group),
+            group: GroupId::new(group.to_string()),
             message: corecast_storage::MessageId(id * 10),
             created,
         }
@@ -149,9 +172,29 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].ids(), vec![NoticeId(1)]);
         assert_eq!(
-            message_id(UserId(7), GroupId(1), &due[0].ids()),
+            message_id(UserId(7), &GroupId::new("1"), &due[0].ids()),
             "<notice-7-1-1-1@corecast>"
         );
+    }
+
+    #[test]
+    fn message_ids_stay_valid_headers_whatever_the_group_id() {
+        let id = |g: &str| message_id(UserId(7), &GroupId::new(g), &[NoticeId(3), NoticeId(9)]);
+        assert_eq!(id("team-berlin"), "<notice-7-team-berlin-3-9@corecast>");
+        assert_eq!(id("007"), "<notice-7-007-3-9@corecast>");
+        assert_eq!(
+            id("team berlin <x@y>"),
+            "<notice-7-team%20berlin%20%3Cx%40y%3E-3-9@corecast>"
+        );
+        assert_eq!(id("Zürich"), "<notice-7-Z%C3%BCrich-3-9@corecast>");
+        let long = id(&"☕".repeat(40));
+        // 64 characters of the group: seven whole characters of nine bytes each, none cut.
+        assert_eq!(
+            long,
+            format!("<notice-7-{}-3-9@corecast>", "%E2%98%95".repeat(7))
+        );
+        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.@<>".contains(c);
+        assert!(long.chars().all(atext));
     }
 
     #[test]

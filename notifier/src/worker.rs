@@ -176,7 +176,7 @@ impl Worker {
 
     /// Returns whether the SMTP server was unreachable.
     fn screen_and_send(&mut self, batch: Batch) -> Result<bool, StoreError> {
-        let (user, group_id) = (batch.user, batch.group);
+        let (user, group_id) = (batch.user, batch.group.clone());
         let db = self.store.blocking();
         let Some(recipient) = db.get_user(user)? else {
             let ids = batch.ids();
@@ -206,7 +206,7 @@ impl Worker {
             return Ok(false);
         }
         let ids: Vec<NoticeId> = unseen.iter().map(|n| n.id).collect();
-        let group = match db.get_group(group_id)? {
+        let group = match db.get_group(group_id.clone())? {
             Some(g) if g.members.binary_search(&user).is_ok() => g,
             _ => {
                 // The group is gone or the member left it: the messages are none of their
@@ -220,7 +220,7 @@ impl Worker {
         let mut names: HashMap<UserId, String> = HashMap::new();
         let mut quotes = Vec::with_capacity(unseen.len());
         for n in &unseen {
-            let Some(m) = db.get_message(group_id, n.message)? else {
+            let Some(m) = db.get_message(group_id.clone(), n.message)? else {
                 self.metrics.skipped_gone.fetch_add(1, Relaxed);
                 continue;
             };
@@ -246,6 +246,7 @@ impl Worker {
             &Digest {
                 recipient: recipient.name.as_deref(),
                 group: &group.name,
+                group_id: group_id.as_str(),
                 quotes: &quotes,
                 app_url: self.config.app_url.as_deref(),
             },
@@ -254,7 +255,7 @@ impl Worker {
         let email = Email {
             to: address,
             to_name: recipient.name.clone(),
-            message_id: plan::message_id(user, group_id, &ids),
+            message_id: plan::message_id(user, &group_id, &ids),
             content,
         };
         let key = batch.key();

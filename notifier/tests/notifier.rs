@@ -230,20 +230,20 @@ impl Chat {
         UserId(id)
     }
 
-    fn group(&self, id: u64, name: &str, members: &[UserId]) -> GroupId {
+    fn group(&self, id: &str, name: &str, members: &[UserId]) -> GroupId {
         self.store
             .blocking()
             .put_group(Group {
-                id: GroupId(id),
+                id: GroupId::new(id),
                 name: name.into(),
                 members: members.to_vec(),
             })
             .expect("put_group");
-        GroupId(id)
+        GroupId::new(id)
     }
 
     /// Stores a message sent at `at` with notices for `notify`, as the gateway does.
-    fn message(&mut self, group: GroupId, sender: UserId, text: &str, at: i64, notify: &[UserId]) {
+    fn message(&mut self, group: &GroupId, sender: UserId, text: &str, at: i64, notify: &[UserId]) {
         let id = MessageId::new(at, 1, (self.next_id % 16_000) as u16);
         self.next_id += 1;
         self.store
@@ -251,7 +251,7 @@ impl Chat {
             .append_message(
                 NewMessage {
                     id,
-                    group,
+                    group: group.clone(),
                     sender,
                     text: text.into(),
                     attachments: Vec::<Attachment>::new(),
@@ -319,13 +319,14 @@ fn a_burst_becomes_one_email_naming_group_and_sender_with_escaped_shortened_quot
     let carol = chat.user(3, "Carol", None); // no address: skipped and counted
     let dave = chat.user(4, "Dave", Some("dave@example.com")); // comes online: no email
     let erin = chat.user(5, "Erin", Some("erin@example.com")); // visited and left again: no email
-    let team = chat.group(10, "Team <dev>", &[alice, bob, carol, dave, erin]);
+                                                               // A group id with a space and unicode: the Message-ID carries it percent-encoded.
+    let team = chat.group("team 10 ☕", "Team <dev>", &[alice, bob, carol, dave, erin]);
     let t0 = now_ms();
     let long = format!("start {} end", "y".repeat(600));
     let offline = [bob, carol, dave, erin];
-    chat.message(team, alice, "hello <b>bold</b> & 'quoted'", t0, &offline);
-    chat.message(team, alice, "<script>alert(1)</script>", t0 + 10, &offline);
-    chat.message(team, alice, &long, t0 + 20, &offline);
+    chat.message(&team, alice, "hello <b>bold</b> & 'quoted'", t0, &offline);
+    chat.message(&team, alice, "<script>alert(1)</script>", t0 + 10, &offline);
+    chat.message(&team, alice, &long, t0 + 20, &offline);
     let s = chat.store.blocking();
     s.set_presence(dave, true, t0 + 30).expect("presence");
     s.set_presence(erin, true, t0 + 30).expect("presence");
@@ -359,7 +360,8 @@ fn a_burst_becomes_one_email_naming_group_and_sender_with_escaped_shortened_quot
         mail.raw
     );
     assert!(
-        mail.message_id.starts_with("notice-2-10-"),
+        mail.message_id
+            .starts_with("notice-2-team%2010%20%E2%98%95-"),
         "{}",
         mail.message_id
     );
@@ -427,12 +429,12 @@ fn messages_after_the_window_go_in_the_next_email_and_senders_are_listed() {
     let alice = chat.user(1, "Alice", Some("alice@example.com"));
     let bob = chat.user(2, "Bob", Some("bob@example.com"));
     let carol = chat.user(3, "Carol", Some("carol@example.com"));
-    let g = chat.group(7, "Ops", &[alice, bob, carol]);
+    let g = chat.group("7", "Ops", &[alice, bob, carol]);
     // Written while the notifier was down: two within one 2 s window, one later.
     let t0 = now_ms() - 60_000;
-    chat.message(g, alice, "first", t0, &[carol]);
-    chat.message(g, bob, "second", t0 + 1_500, &[carol]);
-    chat.message(g, alice, "third", t0 + 10_000, &[carol]);
+    chat.message(&g, alice, "first", t0, &[carol]);
+    chat.message(&g, bob, "second", t0 + 1_500, &[carol]);
+    chat.message(&g, alice, "third", t0 + 10_000, &[carol]);
     let running = corecast_notifier::start(&chat.config(smtp.port, 2)).expect("start notifier");
     let mails = wait_for("two emails", TIMEOUT, || {
         let m = smtp.mails();
@@ -457,8 +459,8 @@ fn temporary_failures_are_retried_with_backoff_until_the_server_accepts() {
     let mut chat = Chat::new();
     let alice = chat.user(1, "Alice", Some("alice@example.com"));
     let bob = chat.user(2, "Bob", Some("bob@example.com"));
-    let g = chat.group(1, "G", &[alice, bob]);
-    chat.message(g, alice, "are you there?", now_ms() - 5_000, &[bob]);
+    let g = chat.group("1", "G", &[alice, bob]);
+    chat.message(&g, alice, "are you there?", now_ms() - 5_000, &[bob]);
     let running = corecast_notifier::start(&chat.config(smtp.port, 1)).expect("start notifier");
     wait_for("two retries", TIMEOUT, || {
         (running.metrics().retries.load(Relaxed) >= 2).then_some(())
@@ -489,8 +491,8 @@ fn an_unreachable_server_keeps_the_notices_until_it_comes_up() {
     let mut chat = Chat::new();
     let alice = chat.user(1, "Alice", Some("alice@example.com"));
     let bob = chat.user(2, "Bob", Some("bob@example.com"));
-    let g = chat.group(1, "G", &[alice, bob]);
-    chat.message(g, alice, "ping", now_ms() - 5_000, &[bob]);
+    let g = chat.group("1", "G", &[alice, bob]);
+    chat.message(&g, alice, "ping", now_ms() - 5_000, &[bob]);
     let running = corecast_notifier::start(&chat.config(port, 1)).expect("start notifier");
     wait_for("two retries", TIMEOUT, || {
         (running.metrics().retries.load(Relaxed) >= 2).then_some(())
@@ -510,9 +512,9 @@ fn permanent_failures_are_recorded_with_the_reason_and_not_retried() {
     let mut chat = Chat::new();
     let alice = chat.user(1, "Alice", Some("alice@example.com"));
     let bob = chat.user(2, "Bob", Some("bob@example.com"));
-    let g = chat.group(1, "G", &[alice, bob]);
-    chat.message(g, alice, "one", now_ms() - 5_000, &[bob]);
-    chat.message(g, alice, "two", now_ms() - 4_900, &[bob]);
+    let g = chat.group("1", "G", &[alice, bob]);
+    chat.message(&g, alice, "one", now_ms() - 5_000, &[bob]);
+    chat.message(&g, alice, "two", now_ms() - 4_900, &[bob]);
     let running = corecast_notifier::start(&chat.config(smtp.port, 1)).expect("start notifier");
     wait_for("the notices to be recorded as failed", TIMEOUT, || {
         (chat.store.blocking().failed_notice_count().expect("count") == 2).then_some(())
@@ -605,9 +607,9 @@ fn a_notifier_killed_mid_batch_and_restarted_still_sends_every_pending_notice() 
         .collect();
     let mut all = members.clone();
     all.push(alice);
-    let g = chat.group(1, "Everyone", &all);
+    let g = chat.group("1", "Everyone", &all);
     chat.message(
-        g,
+        &g,
         alice,
         "all hands in five minutes",
         now_ms() - 5_000,

@@ -41,9 +41,23 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The shard that owns a group's room. Pure: every shard computes the same answer.
-pub fn owner_of_group(group: GroupId, nr_shards: usize) -> ShardId {
-    ShardId((mix(group.0) % nr_shards.max(1) as u64) as u16)
+/// FNV-1a (64-bit) of `bytes`: a fixed function of the bytes alone, unlike std's hashers,
+/// whose keys are random per process and whose algorithm may change between Rust versions.
+/// Every process, version and (later) gateway node computes the same value.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The shard that owns a group's room. Pure and stable: a hash of the id's bytes ([`fnv1a`],
+/// then [`mix`] so that ids differing only in their last character, `team-1`, `team-2`, spread
+/// over every shard count), so every shard, process and gateway node computes the same answer.
+pub fn owner_of_group(group: &GroupId, nr_shards: usize) -> ShardId {
+    ShardId((mix(fnv1a(group.as_str().as_bytes())) % nr_shards.max(1) as u64) as u16)
 }
 
 /// The shard that owns a user's presence count.
@@ -58,14 +72,37 @@ mod tests {
 
     #[test]
     fn owners_are_stable_and_spread() {
-        let n = 4;
-        let mut counts = [0usize; 4];
-        for g in 0..4000 {
-            let s = owner_of_group(GroupId(g), n);
-            assert_eq!(s, owner_of_group(GroupId(g), n));
-            counts[s.index()] += 1;
+        for n in [2usize, 3, 4, 7] {
+            let mut counts = vec![0usize; n];
+            for g in 0..4000 {
+                let id = GroupId::new(format!("team-{g}"));
+                let s = owner_of_group(&id, n);
+                assert_eq!(s, owner_of_group(&GroupId::new(id.to_string()), n));
+                counts[s.index()] += 1;
+            }
+            let fair = 4000 / n;
+            assert!(counts.iter().all(|&c| c > fair * 8 / 10), "{n}: {counts:?}");
         }
-        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
         assert_eq!(owner_of_user(UserId(7), 1), ShardId(0));
+        assert_eq!(owner_of_group(&GroupId::new("x"), 1), ShardId(0));
+        assert_eq!(owner_of_group(&GroupId::new("x"), 0), ShardId(0));
     }
+
+    /// The owner of a group must never change between processes, builds or versions (nodes of
+    /// a cluster must agree, and a rolling upgrade runs two versions side by side): these values
+    /// are pinned. FNV-1a's published test vectors, then owners computed once.
+    #[test]
+    fn owners_are_pinned_across_versions() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        let owners: Vec<u16> = ["team-berlin", "team berlin", "007", "7", "Zürich ☕"]
+            .iter()
+            .map(|g| owner_of_group(&GroupId::new(*g), 16).0)
+            .collect();
+        assert_eq!(owners, PINNED_OWNERS_OF_16);
+    }
+
+    // Computed by an independent implementation (Python) of the same two functions.
+    const PINNED_OWNERS_OF_16: [u16; 5] = [1, 1, 15, 7, 3];
 }

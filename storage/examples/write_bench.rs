@@ -70,7 +70,7 @@ fn main() {
             let g = sent % groups;
             let message = NewMessage {
                 id: ids.next(now_ms),
-                group: GroupId(g),
+                group: GroupId::new(g.to_string()),
                 sender: UserId(sent % 1000),
                 text: "a typical chat message of about sixty bytes, give or take".into(),
                 attachments: vec![],

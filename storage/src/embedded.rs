@@ -53,37 +53,67 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 /// keys: each message adds one small entry to a page of each, and pages rarely split. (Clustering
 /// the rows by group, as the first layout did, split a 1 KiB page every few messages and wrote
 /// about six pages per message; docs/benchmarks.md.)
+///
+/// Group ids are `TEXT` everywhere: with `INTEGER` affinity SQLite would turn the text `"007"`
+/// into the number 7.
 const MESSAGES_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY,
-    group_id INTEGER NOT NULL, id INTEGER NOT NULL, sender INTEGER NOT NULL,
+    group_id TEXT NOT NULL, id INTEGER NOT NULL, sender INTEGER NOT NULL,
     text TEXT NOT NULL, attachments TEXT NOT NULL, ts INTEGER NOT NULL, client_msg_id TEXT);
 ";
 
+/// The tables that hold a group id, each with its `CREATE` statement and the column; the
+/// migration from integer ids ([`migrate_group_ids`]) rebuilds each from its statement here.
+const GROUP_TABLES: [(&str, &str, &str); 6] = [
+    (
+        "groups",
+        "id",
+        "CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, name TEXT NOT NULL)",
+    ),
+    (
+        "members",
+        "group_id",
+        "CREATE TABLE IF NOT EXISTS members (
+            group_id TEXT NOT NULL, user_id INTEGER NOT NULL,
+            PRIMARY KEY (group_id, user_id)) WITHOUT ROWID",
+    ),
+    ("messages", "group_id", MESSAGES_TABLE),
+    (
+        "reads",
+        "group_id",
+        "CREATE TABLE IF NOT EXISTS reads (
+            group_id TEXT NOT NULL, message_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
+            PRIMARY KEY (group_id, message_id, user_id)) WITHOUT ROWID",
+    ),
+    (
+        "notices",
+        "group_id",
+        "CREATE TABLE IF NOT EXISTS notices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, group_id TEXT NOT NULL,
+            message_id INTEGER NOT NULL, created INTEGER NOT NULL)",
+    ),
+    (
+        "failed_notices",
+        "group_id",
+        "CREATE TABLE IF NOT EXISTS failed_notices (
+            id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, group_id TEXT NOT NULL,
+            message_id INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL,
+            failed_at INTEGER NOT NULL)",
+    ),
+];
+
+/// Everything else: the tables without a group id, and the indexes (created after the tables
+/// they index, and after a migration has dropped the old ones).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY, email TEXT, name TEXT);
-CREATE TABLE IF NOT EXISTS groups (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS members (
-    group_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
-    PRIMARY KEY (group_id, user_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, group_id);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_group ON messages (group_id, id);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (group_id, sender, client_msg_id) WHERE client_msg_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS reads (
-    group_id INTEGER NOT NULL, message_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
-    PRIMARY KEY (group_id, message_id, user_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS presence (
     user_id INTEGER PRIMARY KEY, online INTEGER NOT NULL, last_seen INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS notices (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, group_id INTEGER NOT NULL,
-    message_id INTEGER NOT NULL, created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS failed_notices (
-    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, group_id INTEGER NOT NULL,
-    message_id INTEGER NOT NULL, created INTEGER NOT NULL, reason TEXT NOT NULL,
-    failed_at INTEGER NOT NULL);
 ";
 
 /// Opens (creating if needed) the database in `data_dir` with the schema applied.
@@ -124,9 +154,86 @@ pub fn connect(data_dir: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "cache_size", -65_536)
         .map_err(unavailable)?;
     migrate_messages(&conn).map_err(unavailable)?;
-    conn.execute_batch(MESSAGES_TABLE).map_err(unavailable)?;
+    migrate_group_ids(&conn).map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot convert the data folder {} to string group ids: {e}; nothing was changed. \
+             Back the folder up, free disk space if that was the cause, and start again",
+            data_dir.display()
+        ))
+    })?;
+    for (_, _, create) in GROUP_TABLES {
+        conn.execute_batch(create).map_err(unavailable)?;
+    }
     conn.execute_batch(SCHEMA).map_err(unavailable)?;
     Ok(conn)
+}
+
+/// Converts a data folder written while group ids were integers to string ids, once, in one
+/// transaction: each table whose group id column is declared `INTEGER` is rebuilt with a `TEXT`
+/// column, and every id becomes its decimal string (group 7 becomes `"7"`; clients that sent
+/// the number 7 or the string "7" find it). Whichever process opens the folder first does it;
+/// the other finds it done. Notice ids go on from where they were, so that no email reuses the
+/// Message-ID of one already sent.
+fn migrate_group_ids(conn: &Connection) -> rusqlite::Result<()> {
+    let integer_tables = |c: &Connection| -> rusqlite::Result<Vec<usize>> {
+        let mut out = Vec::new();
+        for (i, (table, column, _)) in GROUP_TABLES.iter().enumerate() {
+            let integer: bool = query_row(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1)
+                 WHERE name = ?2 AND upper(type) = 'INTEGER')",
+                params![table, column],
+                |r| r.get(0),
+            )?;
+            if integer {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    };
+    if integer_tables(conn)?.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let outcome = (|| {
+        for i in integer_tables(conn)? {
+            let (table, _, create) = GROUP_TABLES[i];
+            let old = format!("{table}_integer_ids");
+            // The old table's indexes go with it when it is dropped; SCHEMA then creates them
+            // on the new one.
+            conn.execute_batch(&format!("ALTER TABLE {table} RENAME TO {old}"))?;
+            conn.execute_batch(create)?;
+            let columns: Vec<String> = {
+                let mut st =
+                    conn.prepare(&format!("SELECT name FROM pragma_table_info('{old}')"))?;
+                let names = st.query_map([], |r| r.get::<_, String>(0))?;
+                names.collect::<rusqlite::Result<_>>()?
+            };
+            let columns = columns.join(", ");
+            // TEXT affinity stores each integer id as its decimal string.
+            conn.execute_batch(&format!(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {old}"
+            ))?;
+            if table == "notices" {
+                conn.execute_batch(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT 'notices', 0
+                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'notices');
+                     UPDATE sqlite_sequence SET seq = max(seq, coalesce(
+                         (SELECT seq FROM sqlite_sequence WHERE name = 'notices_integer_ids'), 0))
+                     WHERE name = 'notices';",
+                )?;
+            }
+            conn.execute_batch(&format!("DROP TABLE {old}"))?;
+        }
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// Converts a data folder written with the first layout (a `WITHOUT ROWID` messages table
@@ -452,7 +559,7 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             let r = sql(execute(
                 c,
                 "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
-                params![group.0 as i64, user.0 as i64],
+                params![group.as_str(), user.0 as i64],
             ))
             .map(|n| n > 0);
             done(reply, true, r)
@@ -473,13 +580,13 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             group,
             message,
             reply,
-        } => done(reply, false, get_message(c, group, message)),
+        } => done(reply, false, get_message(c, &group, message)),
         Request::History {
             group,
             limit,
             before,
             reply,
-        } => done(reply, false, history(c, group, limit, before)),
+        } => done(reply, false, history(c, &group, limit, before)),
         Request::SetPresence {
             user,
             online,
@@ -588,10 +695,10 @@ fn get_user(c: &Connection, id: UserId) -> Result<Option<User>, Error> {
     .optional())
 }
 
-fn members_of(c: &Connection, group: GroupId) -> Result<Vec<UserId>, Error> {
+fn members_of(c: &Connection, group: &GroupId) -> Result<Vec<UserId>, Error> {
     let mut st =
         sql(c.prepare_cached("SELECT user_id FROM members WHERE group_id = ?1 ORDER BY user_id"))?;
-    let rows = sql(st.query_map(params![group.0 as i64], |r| r.get::<_, i64>(0)))?;
+    let rows = sql(st.query_map(params![group.as_str()], |r| r.get::<_, i64>(0)))?;
     rows.map(|r| sql(r).map(|v| UserId(v as u64))).collect()
 }
 
@@ -600,22 +707,22 @@ fn put_group(c: &Connection, group: &Group) -> Result<MembershipChange, Error> {
         c,
         "INSERT INTO groups (id, name) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-        params![group.id.0 as i64, group.name],
+        params![group.id.as_str(), group.name],
     ))?;
-    let before = members_of(c, group.id)?;
+    let before = members_of(c, &group.id)?;
     let (change, _) = MembershipChange::between(&before, &group.members);
     for u in &change.removed {
         sql(execute(
             c,
             "DELETE FROM members WHERE group_id = ?1 AND user_id = ?2",
-            params![group.id.0 as i64, u.0 as i64],
+            params![group.id.as_str(), u.0 as i64],
         ))?;
     }
     for u in &change.added {
         sql(execute(
             c,
             "INSERT INTO members (group_id, user_id) VALUES (?1, ?2)",
-            params![group.id.0 as i64, u.0 as i64],
+            params![group.id.as_str(), u.0 as i64],
         ))?;
     }
     Ok(change)
@@ -625,16 +732,16 @@ fn get_group(c: &Connection, id: GroupId) -> Result<Option<Group>, Error> {
     let name: Option<String> = sql(query_row(
         c,
         "SELECT name FROM groups WHERE id = ?1",
-        params![id.0 as i64],
+        params![id.as_str()],
         |r| r.get(0),
     )
     .optional())?;
     match name {
         None => Ok(None),
         Some(name) => Ok(Some(Group {
+            members: members_of(c, &id)?,
             id,
             name,
-            members: members_of(c, id)?,
         })),
     }
 }
@@ -643,7 +750,7 @@ fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Erro
     let exists: bool = sql(query_row(
         c,
         "SELECT EXISTS (SELECT 1 FROM groups WHERE id = ?1)",
-        params![group.0 as i64],
+        params![group.as_str()],
         |r| r.get(0),
     ))?;
     if !exists {
@@ -652,7 +759,7 @@ fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Erro
     let n = sql(execute(
         c,
         "INSERT OR IGNORE INTO members (group_id, user_id) VALUES (?1, ?2)",
-        params![group.0 as i64, user.0 as i64],
+        params![group.as_str(), user.0 as i64],
     ))?;
     Ok(n > 0)
 }
@@ -660,8 +767,8 @@ fn add_member(c: &Connection, group: GroupId, user: UserId) -> Result<bool, Erro
 fn groups_of_user(c: &Connection, user: UserId) -> Result<Vec<GroupId>, Error> {
     let mut st =
         sql(c.prepare_cached("SELECT group_id FROM members WHERE user_id = ?1 ORDER BY group_id"))?;
-    let rows = sql(st.query_map(params![user.0 as i64], |r| r.get::<_, i64>(0)))?;
-    rows.map(|r| sql(r).map(|v| GroupId(v as u64))).collect()
+    let rows = sql(st.query_map(params![user.0 as i64], |r| r.get::<_, String>(0)))?;
+    rows.map(|r| sql(r).map(GroupId::new)).collect()
 }
 
 fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Appended, Error> {
@@ -670,12 +777,12 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
             c,
             "SELECT id FROM messages
                  WHERE group_id = ?1 AND sender = ?2 AND client_msg_id = ?3",
-            params![m.group.0 as i64, m.sender.0 as i64, key],
+            params![m.group.as_str(), m.sender.0 as i64, key],
             |r| r.get(0),
         )
         .optional())?;
         if let Some(id) = existing {
-            let message = get_message(c, m.group, MessageId(id as u64))?
+            let message = get_message(c, &m.group, MessageId(id as u64))?
                 .expect("invariant: the id was just read from the messages table");
             return Ok(Appended {
                 message,
@@ -690,7 +797,7 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     ))?;
     sql(st.execute(params![
-        m.group.0 as i64,
+        m.group.as_str(),
         m.id.0 as i64,
         m.sender.0 as i64,
         m.text,
@@ -705,7 +812,7 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
         for u in notify {
             sql(st.execute(params![
                 u.0 as i64,
-                m.group.0 as i64,
+                m.group.as_str(),
                 m.id.0 as i64,
                 m.timestamp
             ]))?;
@@ -717,13 +824,20 @@ fn append_message(c: &Connection, m: NewMessage, notify: &[UserId]) -> Result<Ap
     })
 }
 
-fn message_exists(c: &Connection, group: GroupId, message: MessageId) -> Result<bool, Error> {
+/// The sender of a message, if the group has it.
+fn message_sender(
+    c: &Connection,
+    group: &GroupId,
+    message: MessageId,
+) -> Result<Option<UserId>, Error> {
     sql(query_row(
         c,
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE group_id = ?1 AND id = ?2)",
-        params![group.0 as i64, message.0 as i64],
-        |r| r.get(0),
-    ))
+        "SELECT sender FROM messages WHERE group_id = ?1 AND id = ?2",
+        params![group.as_str(), message.0 as i64],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional())
+    .map(|s| s.map(|s| UserId(s as u64)))
 }
 
 fn mark_read(
@@ -732,34 +846,37 @@ fn mark_read(
     message: MessageId,
     user: UserId,
 ) -> Result<bool, Error> {
-    if !message_exists(c, group, message)? {
-        return Err(Error::NoSuchMessage { group, message });
+    match message_sender(c, &group, message)? {
+        None => return Err(Error::NoSuchMessage { group, message }),
+        // The sender has read it from the start (see `with_sender`): nothing to add.
+        Some(sender) if sender == user => return Ok(false),
+        Some(_) => {}
     }
     let n = sql(execute(
         c,
         "INSERT OR IGNORE INTO reads (group_id, message_id, user_id) VALUES (?1, ?2, ?3)",
-        params![group.0 as i64, message.0 as i64, user.0 as i64],
+        params![group.as_str(), message.0 as i64, user.0 as i64],
     ))?;
     Ok(n > 0)
 }
 
-fn readers(c: &Connection, group: GroupId, message: MessageId) -> Result<Vec<UserId>, Error> {
+fn readers(c: &Connection, group: &GroupId, message: MessageId) -> Result<Vec<UserId>, Error> {
     let mut st = sql(c.prepare_cached(
         "SELECT user_id FROM reads WHERE group_id = ?1 AND message_id = ?2 ORDER BY user_id",
     ))?;
     let rows = sql(
-        st.query_map(params![group.0 as i64, message.0 as i64], |r| {
+        st.query_map(params![group.as_str(), message.0 as i64], |r| {
             r.get::<_, i64>(0)
         }),
     )?;
     rows.map(|r| sql(r).map(|v| UserId(v as u64))).collect()
 }
 
-fn row_to_message(group: GroupId, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+fn row_to_message(group: &GroupId, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     let attachments: String = row.get(3)?;
     Ok(StoredMessage {
         id: MessageId(row.get::<_, i64>(0)? as u64),
-        group,
+        group: group.clone(),
         sender: UserId(row.get::<_, i64>(1)? as u64),
         text: row.get(2)?,
         // Written by this module from valid JSON; a corrupt row reads as no attachments.
@@ -772,21 +889,21 @@ fn row_to_message(group: GroupId, row: &rusqlite::Row<'_>) -> rusqlite::Result<S
 
 fn get_message(
     c: &Connection,
-    group: GroupId,
+    group: &GroupId,
     message: MessageId,
 ) -> Result<Option<StoredMessage>, Error> {
     let m = sql(query_row(
         c,
         "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
              WHERE group_id = ?1 AND id = ?2",
-        params![group.0 as i64, message.0 as i64],
+        params![group.as_str(), message.0 as i64],
         |row| row_to_message(group, row),
     )
     .optional())?;
     match m {
         None => Ok(None),
         Some(mut m) => {
-            m.read_by = readers(c, group, m.id)?;
+            m.read_by = with_sender(m.sender, readers(c, group, m.id)?);
             Ok(Some(m))
         }
     }
@@ -794,7 +911,7 @@ fn get_message(
 
 fn history(
     c: &Connection,
-    group: GroupId,
+    group: &GroupId,
     limit: usize,
     before: Option<MessageId>,
 ) -> Result<Vec<StoredMessage>, Error> {
@@ -804,14 +921,14 @@ fn history(
     ))?;
     let before = before.map(|m| m.0 as i64).unwrap_or(i64::MAX);
     let rows = sql(
-        st.query_map(params![group.0 as i64, before, limit as i64], |row| {
+        st.query_map(params![group.as_str(), before, limit as i64], |row| {
             row_to_message(group, row)
         }),
     )?;
     let mut out = Vec::new();
     for r in rows {
         let mut m = sql(r)?;
-        m.read_by = readers(c, group, m.id)?;
+        m.read_by = with_sender(m.sender, readers(c, group, m.id)?);
         out.push(m);
     }
     Ok(out)
@@ -825,7 +942,7 @@ fn pending_notices(c: &Connection, limit: usize) -> Result<Vec<Notice>, Error> {
         Ok(Notice {
             id: NoticeId(r.get::<_, i64>(0)? as u64),
             user: UserId(r.get::<_, i64>(1)? as u64),
-            group: GroupId(r.get::<_, i64>(2)? as u64),
+            group: GroupId::new(r.get::<_, String>(2)?),
             message: MessageId(r.get::<_, i64>(3)? as u64),
             created: r.get(4)?,
         })

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident) => {
@@ -24,10 +25,6 @@ id_newtype!(
     UserId
 );
 id_newtype!(
-    /// A group chat; each has one room on its owner shard.
-    GroupId
-);
-id_newtype!(
     /// A message id: unique and time-ordered (see [`MessageId::new`]). Travels as a decimal
     /// string on the wire because JavaScript numbers cannot hold 64 bits.
     MessageId
@@ -36,6 +33,91 @@ id_newtype!(
     /// One entry of the notification outbox.
     NoticeId
 );
+
+/// A group chat; each has one room on its owner shard. The id is a string, as the Socket.IO
+/// room names of the Node.js app that corecast replaces are: 1 to [`GroupId::MAX_BYTES`] bytes
+/// of UTF-8 (configurable up to [`GroupId::LIMIT_BYTES`]) without control characters, compared
+/// and echoed byte for byte (`"007"` and `"7"` are two groups).
+///
+/// An `Arc<str>`: it travels in every message between shards and sits in every room's map, so a
+/// clone is a reference count, not a copy. Its `Hash` is std's (for in-process maps only); the
+/// owner of a group is decided by `corecast_shard_router::owner_of_group`, a fixed hash of the
+/// bytes that every process and version agrees on.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(Arc<str>);
+
+/// Why a string is not a group id (see [`GroupId::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupIdError {
+    #[error("groupId must not be empty")]
+    Empty,
+    #[error("groupId is {len} bytes; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("groupId must not contain control characters (U+{code:04X} at byte {at})")]
+    Control { code: u32, at: usize },
+}
+
+impl GroupId {
+    /// The default longest group id, in bytes of UTF-8.
+    pub const MAX_BYTES: usize = 128;
+    /// The most that the limit may be configured to: a group id is part of every message's key
+    /// in both stores and of admin URLs, so it stays small.
+    pub const LIMIT_BYTES: usize = 1024;
+
+    /// Checks `s` against the rules (1 to `max_bytes` bytes, no control characters) and makes
+    /// it a group id. For input from clients and operators.
+    pub fn parse(s: &str, max_bytes: usize) -> Result<GroupId, GroupIdError> {
+        if s.is_empty() {
+            return Err(GroupIdError::Empty);
+        }
+        if s.len() > max_bytes {
+            return Err(GroupIdError::TooLong {
+                len: s.len(),
+                max: max_bytes,
+            });
+        }
+        if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(GroupIdError::Control { code: c as u32, at });
+        }
+        Ok(GroupId(Arc::from(s)))
+    }
+
+    /// A group id without checks: for ids read back from a store (checked when they were first
+    /// written) and for tests.
+    pub fn new(s: impl Into<Arc<str>>) -> GroupId {
+        GroupId(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A JSON string (unchecked on the way in, like [`GroupId::new`]: input from clients and
+/// operators goes through [`GroupId::parse`]).
+impl Serialize for GroupId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(GroupId::new)
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId({:?})", &*self.0)
+    }
+}
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
@@ -138,7 +220,8 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
 }
 
-/// A message as stored, with the readers that marked it read (sorted).
+/// A message as stored, with the readers that marked it read (sorted). The sender is always
+/// one of them: a message starts as read by its sender (see [`with_sender`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub id: MessageId,
@@ -161,9 +244,20 @@ impl From<NewMessage> for StoredMessage {
             attachments: m.attachments,
             timestamp: m.timestamp,
             client_msg_id: m.client_msg_id,
-            read_by: Vec::new(),
+            read_by: vec![m.sender],
         }
     }
+}
+
+/// The readers of a message from `sender`: `readers` (any order) with the sender added, sorted
+/// and without duplicates. Backends store only the readers who marked the message read and
+/// count its sender among them when they read it back, so no extra row is written per message
+/// and messages stored before this rule read the same way.
+pub fn with_sender(sender: UserId, mut readers: Vec<UserId>) -> Vec<UserId> {
+    readers.push(sender);
+    readers.sort();
+    readers.dedup();
+    readers
 }
 
 /// The outcome of appending a message.
@@ -275,6 +369,54 @@ mod tests {
         assert_eq!(c.added, vec![UserId(3)]);
         assert_eq!(c.removed, vec![UserId(1)]);
         assert_eq!(wanted, vec![UserId(2), UserId(3)]);
+    }
+
+    #[test]
+    fn group_ids_are_strings_of_1_to_max_bytes_without_control_characters() {
+        for ok in [
+            "team-berlin",
+            "team berlin",
+            "007",
+            "7",
+            "Zürich ☕",
+            "65f1c0de4a2b",
+            "a/b?c",
+        ] {
+            assert_eq!(GroupId::parse(ok, 128).unwrap().as_str(), ok);
+        }
+        assert_ne!(GroupId::parse("007", 128), GroupId::parse("7", 128));
+        assert_eq!(GroupId::parse("", 128), Err(GroupIdError::Empty));
+        assert!(GroupId::parse(&"x".repeat(128), 128).is_ok());
+        assert_eq!(
+            GroupId::parse(&"x".repeat(129), 128),
+            Err(GroupIdError::TooLong { len: 129, max: 128 })
+        );
+        // Bytes, not characters: 43 three-byte characters are 129 bytes.
+        assert!(GroupId::parse(&"☕".repeat(42), 128).is_ok());
+        assert!(GroupId::parse(&"☕".repeat(43), 128).is_err());
+        assert_eq!(
+            GroupId::parse("a\nb", 128),
+            Err(GroupIdError::Control { code: 0x0a, at: 1 })
+        );
+        assert!(GroupId::parse("\u{0}", 128).is_err());
+        assert!(GroupId::parse("x\u{7f}", 128).is_err());
+        assert!(GroupId::parse("x\u{9b}", 128).is_err());
+        assert_eq!(
+            GroupIdError::TooLong { len: 129, max: 128 }.to_string(),
+            "groupId is 129 bytes; the limit is 128"
+        );
+        let g = GroupId::new("team berlin");
+        assert_eq!(g.to_string(), "team berlin");
+        assert_eq!(serde_json::to_string(&g).unwrap(), "\"team berlin\"");
+    }
+
+    #[test]
+    fn the_sender_is_a_reader() {
+        assert_eq!(with_sender(UserId(5), vec![]), vec![UserId(5)]);
+        assert_eq!(
+            with_sender(UserId(5), vec![UserId(9), UserId(5), UserId(2)]),
+            vec![UserId(2), UserId(5), UserId(9)]
+        );
     }
 
     #[test]

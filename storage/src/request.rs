@@ -40,7 +40,7 @@ pub enum Request {
         user: UserId,
         reply: Reply<bool>,
     },
-    /// The groups `user` is a member of, ascending.
+    /// The groups `user` is a member of, ascending (byte order of the ids' UTF-8).
     GroupsOfUser {
         user: UserId,
         reply: Reply<Vec<GroupId>>,
@@ -54,8 +54,8 @@ pub enum Request {
         reply: Reply<Appended>,
     },
     /// Adds `user` to the message's readers (no read-modify-write of a list);
-    /// `Ok(true)` when added, `Ok(false)` when already there, `Err(NoSuchMessage)` when the
-    /// message is not in that group.
+    /// `Ok(true)` when added, `Ok(false)` when already there (the message's sender always is,
+    /// see [`crate::with_sender`]), `Err(NoSuchMessage)` when the message is not in that group.
     MarkRead {
         group: GroupId,
         message: MessageId,

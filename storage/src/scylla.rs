@@ -149,27 +149,27 @@ pub fn schema(keyspace: &str, replication: &str) -> Vec<String> {
     vec![
         format!("CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{ {replication} }}"),
         format!("CREATE TABLE IF NOT EXISTS {k}.users (user_id bigint PRIMARY KEY, email text, name text)"),
-        format!("CREATE TABLE IF NOT EXISTS {k}.groups (group_id bigint PRIMARY KEY, name text)"),
+        format!("CREATE TABLE IF NOT EXISTS {k}.groups (group_id text PRIMARY KEY, name text)"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.members_by_group (group_id bigint, user_id bigint, \
+            "CREATE TABLE IF NOT EXISTS {k}.members_by_group (group_id text, user_id bigint, \
              PRIMARY KEY (group_id, user_id))"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.groups_by_user (user_id bigint, group_id bigint, \
+            "CREATE TABLE IF NOT EXISTS {k}.groups_by_user (user_id bigint, group_id text, \
              PRIMARY KEY (user_id, group_id))"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.messages (group_id bigint, bucket int, id bigint, \
+            "CREATE TABLE IF NOT EXISTS {k}.messages (group_id text, bucket int, id bigint, \
              sender bigint, text text, attachments text, ts bigint, client_msg_id text, \
              read_by set<bigint>, PRIMARY KEY ((group_id, bucket), id)) \
              WITH CLUSTERING ORDER BY (id DESC)"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.group_buckets (group_id bigint, bucket int, \
+            "CREATE TABLE IF NOT EXISTS {k}.group_buckets (group_id text, bucket int, \
              PRIMARY KEY (group_id, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.message_keys (group_id bigint, sender bigint, \
+            "CREATE TABLE IF NOT EXISTS {k}.message_keys (group_id text, sender bigint, \
              client_msg_id text, message_id bigint, PRIMARY KEY ((group_id, sender, client_msg_id)))"
         ),
         format!(
@@ -178,7 +178,7 @@ pub fn schema(keyspace: &str, replication: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.notices (bucket bigint, id bigint, user_id bigint, \
-             group_id bigint, message_id bigint, created bigint, PRIMARY KEY (bucket, id)) \
+             group_id text, message_id bigint, created bigint, PRIMARY KEY (bucket, id)) \
              WITH gc_grace_seconds = 10800"
         ),
         format!(
@@ -187,7 +187,7 @@ pub fn schema(keyspace: &str, replication: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.failed_notices (p int, id bigint, user_id bigint, \
-             group_id bigint, message_id bigint, created bigint, reason text, failed_at bigint, \
+             group_id text, message_id bigint, created bigint, reason text, failed_at bigint, \
              PRIMARY KEY (p, id))"
         ),
     ]
@@ -234,6 +234,29 @@ async fn run_migration(session: &Session, config: &ScyllaConfig) -> Result<(), E
     Ok(())
 }
 
+/// Refuses a keyspace whose tables were created while group ids were integers (`group_id
+/// bigint`): a CQL column's type cannot change in place, and every statement here binds text.
+/// The operator's way forward is in docs/storage.md ("A keyspace with integer group ids").
+async fn check_group_id_type(session: &Session, keyspace: &str) -> Result<(), Error> {
+    let qr = session
+        .query_unpaged(
+            "SELECT type FROM system_schema.columns WHERE keyspace_name = ? \
+             AND table_name = 'groups' AND column_name = 'group_id'",
+            (keyspace,),
+        )
+        .await
+        .map_err(unavailable)?;
+    match first::<(String,)>(qr)? {
+        Some((t,)) if t != "text" => Err(Error::Unavailable(format!(
+            "keyspace {keyspace} holds group ids as {t} (written by a corecast from before \
+             string group ids); this version stores them as text and cannot use it. Point \
+             CORECAST_SCYLLA_KEYSPACE at a new keyspace (created at start), and copy the old \
+             data over if it is needed: docs/storage.md, \"A keyspace with integer group ids\""
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the keyspace and tables (`corecast migrate`). Blocks; retries an unreachable
 /// database for about a minute, then gives up with the last error.
 pub fn migrate(config: &ScyllaConfig) -> Result<(), Error> {
@@ -258,7 +281,8 @@ pub fn migrate(config: &ScyllaConfig) -> Result<(), Error> {
                 Err(e) => return Err(e),
             }
         };
-        run_migration(&session, config).await
+        run_migration(&session, config).await?;
+        check_group_id_type(&session, &config.keyspace).await
     })
 }
 
@@ -414,6 +438,7 @@ async fn connector(config: ScyllaConfig, consistency: Consistency, shared: Arc<S
             if config.migrate {
                 run_migration(&session, &config).await?;
             }
+            check_group_id_type(&session, &config.keyspace).await?;
             let st = Statements::prepare(&session, &config.keyspace)
                 .await
                 .map_err(|e| {
@@ -448,13 +473,13 @@ async fn connector(config: ScyllaConfig, consistency: Consistency, shared: Arc<S
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     /// Membership reads-then-writes of one group.
-    Group(u64),
+    Group(GroupId),
     /// One idempotency key: (group, sender, client_msg_id).
-    Dedupe(u64, u64, String),
+    Dedupe(GroupId, u64, String),
     /// One reader of one message.
-    Read(u64, u64, u64),
+    Read(GroupId, u64, u64),
     /// The order of `AppendMessage` replies of one group.
-    Replies(u64),
+    Replies(GroupId),
 }
 
 /// A gate is a zero-permit semaphore that its owner closes when done (also when dropped by a
@@ -556,20 +581,20 @@ fn dispatch_one(
         notice_ids: Vec::new(),
     };
     let key = match &req {
-        Request::PutGroup { group, .. } => Some(Key::Group(group.id.0)),
+        Request::PutGroup { group, .. } => Some(Key::Group(group.id.clone())),
         Request::GetGroup { group, .. }
         | Request::AddMember { group, .. }
-        | Request::RemoveMember { group, .. } => Some(Key::Group(group.0)),
+        | Request::RemoveMember { group, .. } => Some(Key::Group(group.clone())),
         Request::MarkRead {
             group,
             message,
             user,
             ..
-        } => Some(Key::Read(group.0, message.0, user.0)),
+        } => Some(Key::Read(group.clone(), message.0, user.0)),
         Request::AppendMessage {
             message, notify, ..
         } => {
-            let (after, done) = gates.chain(Key::Replies(message.group.0));
+            let (after, done) = gates.chain(Key::Replies(message.group.clone()));
             stamp.reply_after = after;
             stamp.reply_done = Some(done);
             stamp.notice_ids = notify
@@ -582,7 +607,7 @@ fn dispatch_one(
             message
                 .client_msg_id
                 .as_ref()
-                .map(|k| Key::Dedupe(message.group.0, message.sender.0, k.clone()))
+                .map(|k| Key::Dedupe(message.group.clone(), message.sender.0, k.clone()))
         }
         _ => None,
     };
@@ -731,10 +756,15 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
                     .execute_unpaged(&db.st.groups_of_user, (user.0 as i64,))
                     .await
                     .map_err(unavailable)?;
-                Ok(rows::<(i64,)>(qr)?
+                let mut groups: Vec<GroupId> = rows::<(String,)>(qr)?
                     .into_iter()
-                    .map(|(g,)| GroupId(g as u64))
-                    .collect())
+                    .map(|(g,)| GroupId::new(g))
+                    .collect();
+                // The clustering order is the database's (bytes of UTF-8); the embedded store
+                // answers in Rust's order of strings, which is the same. Sorted here all the
+                // same, so that both backends agree whatever the database.
+                groups.sort();
+                Ok(groups)
             }
             .await;
             reply(r)
@@ -761,13 +791,13 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
             group,
             message,
             reply,
-        } => reply(get_message(db, group, message).await),
+        } => reply(get_message(db, &group, message).await),
         Request::History {
             group,
             limit,
             before,
             reply,
-        } => reply(history(db, group, limit, before).await),
+        } => reply(history(db, &group, limit, before).await),
         Request::SetPresence {
             user,
             online,
@@ -861,10 +891,10 @@ async fn get_user(db: &Db, user: UserId) -> Result<Option<User>, Error> {
     )
 }
 
-async fn members_of(db: &Db, group: GroupId) -> Result<Vec<UserId>, Error> {
+async fn members_of(db: &Db, group: &GroupId) -> Result<Vec<UserId>, Error> {
     let qr = db
         .session
-        .execute_unpaged(&db.st.members_of, (group.0 as i64,))
+        .execute_unpaged(&db.st.members_of, (group.as_str(),))
         .await
         .map_err(unavailable)?;
     let mut v: Vec<UserId> = rows::<(i64,)>(qr)?
@@ -875,58 +905,59 @@ async fn members_of(db: &Db, group: GroupId) -> Result<Vec<UserId>, Error> {
     Ok(v)
 }
 
-async fn group_name(db: &Db, group: GroupId) -> Result<Option<String>, Error> {
+async fn group_name(db: &Db, group: &GroupId) -> Result<Option<String>, Error> {
     let qr = db
         .session
-        .execute_unpaged(&db.st.get_group, (group.0 as i64,))
+        .execute_unpaged(&db.st.get_group, (group.as_str(),))
         .await
         .map_err(unavailable)?;
     Ok(first::<(Option<String>,)>(qr)?.map(|(n,)| n.unwrap_or_default()))
 }
 
 async fn get_group(db: &Db, group: GroupId) -> Result<Option<Group>, Error> {
-    match group_name(db, group).await? {
+    match group_name(db, &group).await? {
         None => Ok(None),
         Some(name) => Ok(Some(Group {
+            members: members_of(db, &group).await?,
             id: group,
             name,
-            members: members_of(db, group).await?,
         })),
     }
 }
 
-fn member_rows(
-    db: &Db,
-    g: GroupId,
+fn member_rows<'a>(
+    db: &'a Db,
+    g: &GroupId,
     u: UserId,
     add: bool,
     ts: i64,
-) -> [(&PreparedStatement, Row); 2] {
+) -> [(&'a PreparedStatement, Row); 2] {
+    let g = text(g.as_str());
     if add {
         [
-            (&db.st.add_member_g, vec![big(g.0), big(u.0), bigi(ts)]),
-            (&db.st.add_member_u, vec![big(u.0), big(g.0), bigi(ts)]),
+            (&db.st.add_member_g, vec![g.clone(), big(u.0), bigi(ts)]),
+            (&db.st.add_member_u, vec![big(u.0), g, bigi(ts)]),
         ]
     } else {
         [
-            (&db.st.del_member_g, vec![bigi(ts), big(g.0), big(u.0)]),
-            (&db.st.del_member_u, vec![bigi(ts), big(u.0), big(g.0)]),
+            (&db.st.del_member_g, vec![bigi(ts), g.clone(), big(u.0)]),
+            (&db.st.del_member_u, vec![bigi(ts), big(u.0), g]),
         ]
     }
 }
 
 async fn put_group(db: &Db, group: &Group, ts: i64) -> Result<MembershipChange, Error> {
-    let before = members_of(db, group.id).await?;
+    let before = members_of(db, &group.id).await?;
     let (change, _) = MembershipChange::between(&before, &group.members);
     // Both membership tables of one user change in one logged batch; a large change is split
     // into several batches (see docs/storage.md), all idempotent, the name last so that a
     // group only appears once its members are written.
     let mut items: Vec<(&PreparedStatement, Row)> = Vec::new();
     for u in &change.removed {
-        items.extend(member_rows(db, group.id, *u, false, ts));
+        items.extend(member_rows(db, &group.id, *u, false, ts));
     }
     for u in &change.added {
-        items.extend(member_rows(db, group.id, *u, true, ts));
+        items.extend(member_rows(db, &group.id, *u, true, ts));
     }
     let mut chunks: Vec<Vec<_>> = Vec::new();
     while !items.is_empty() {
@@ -935,7 +966,7 @@ async fn put_group(db: &Db, group: &Group, ts: i64) -> Result<MembershipChange, 
     }
     let name = (
         &db.st.put_group,
-        vec![big(group.id.0), text(&group.name), bigi(ts)],
+        vec![text(group.id.as_str()), text(&group.name), bigi(ts)],
     );
     match chunks.pop() {
         Some(mut last) => {
@@ -948,31 +979,31 @@ async fn put_group(db: &Db, group: &Group, ts: i64) -> Result<MembershipChange, 
     Ok(change)
 }
 
-async fn is_member(db: &Db, group: GroupId, user: UserId) -> Result<bool, Error> {
+async fn is_member(db: &Db, group: &GroupId, user: UserId) -> Result<bool, Error> {
     let qr = db
         .session
-        .execute_unpaged(&db.st.is_member, (group.0 as i64, user.0 as i64))
+        .execute_unpaged(&db.st.is_member, (group.as_str(), user.0 as i64))
         .await
         .map_err(unavailable)?;
     Ok(first::<(i64,)>(qr)?.is_some())
 }
 
 async fn add_member(db: &Db, group: GroupId, user: UserId, ts: i64) -> Result<bool, Error> {
-    if group_name(db, group).await?.is_none() {
+    if group_name(db, &group).await?.is_none() {
         return Err(Error::NoSuchGroup(group));
     }
-    if is_member(db, group, user).await? {
+    if is_member(db, &group, user).await? {
         return Ok(false);
     }
-    logged_batch(db, member_rows(db, group, user, true, ts).into()).await?;
+    logged_batch(db, member_rows(db, &group, user, true, ts).into()).await?;
     Ok(true)
 }
 
 async fn remove_member(db: &Db, group: GroupId, user: UserId, ts: i64) -> Result<bool, Error> {
-    if !is_member(db, group, user).await? {
+    if !is_member(db, &group, user).await? {
         return Ok(false);
     }
-    logged_batch(db, member_rows(db, group, user, false, ts).into()).await?;
+    logged_batch(db, member_rows(db, &group, user, false, ts).into()).await?;
     Ok(true)
 }
 
@@ -986,17 +1017,17 @@ type MessageRow = (
     Option<Vec<i64>>,
 );
 
-fn to_message(group: GroupId, r: MessageRow) -> StoredMessage {
+fn to_message(group: &GroupId, r: MessageRow) -> StoredMessage {
     let (id, sender, text, attachments, ts, client_msg_id, read_by) = r;
-    let mut read_by: Vec<UserId> = read_by
+    let read_by: Vec<UserId> = read_by
         .unwrap_or_default()
         .into_iter()
         .map(|u| UserId(u as u64))
         .collect();
-    read_by.sort();
+    let read_by = with_sender(UserId(sender as u64), read_by);
     StoredMessage {
         id: MessageId(id as u64),
-        group,
+        group: group.clone(),
         sender: UserId(sender as u64),
         text,
         // Written by this module from valid JSON; a corrupt row reads as no attachments.
@@ -1009,14 +1040,14 @@ fn to_message(group: GroupId, r: MessageRow) -> StoredMessage {
 
 async fn get_message(
     db: &Db,
-    group: GroupId,
+    group: &GroupId,
     message: MessageId,
 ) -> Result<Option<StoredMessage>, Error> {
     let qr = db
         .session
         .execute_unpaged(
             &db.st.get_message,
-            (group.0 as i64, message_bucket(message), message.0 as i64),
+            (group.as_str(), message_bucket(message), message.0 as i64),
         )
         .await
         .map_err(unavailable)?;
@@ -1035,13 +1066,13 @@ async fn append_message(
             .session
             .execute_unpaged(
                 &db.st.get_key,
-                (m.group.0 as i64, m.sender.0 as i64, key.as_str()),
+                (m.group.as_str(), m.sender.0 as i64, key.as_str()),
             )
             .await
             .map_err(unavailable)?;
         if let Some((Some(id),)) = first::<(Option<i64>,)>(qr)? {
             // The key and its message are written in one logged batch, so the message is there.
-            if let Some(message) = get_message(db, m.group, MessageId(id as u64)).await? {
+            if let Some(message) = get_message(db, &m.group, MessageId(id as u64)).await? {
                 return Ok(Appended {
                     message,
                     duplicate: true,
@@ -1052,10 +1083,10 @@ async fn append_message(
     let attachments = serde_json::to_string(&m.attachments)
         .expect("invariant: attachments are plain strings and always serialize");
     let bucket = message_bucket(m.id);
-    let g = m.group.0;
+    let g = text(m.group.as_str());
     let mut main: Vec<(&PreparedStatement, Row)> = Vec::with_capacity(4 + CHUNK);
     let mut row = vec![
-        big(g),
+        g.clone(),
         Some(CqlValue::Int(bucket)),
         big(m.id.0),
         big(m.sender.0),
@@ -1070,7 +1101,7 @@ async fn append_message(
             main.push((&db.st.insert_message_keyed, row));
             main.push((
                 &db.st.insert_key,
-                vec![big(g), big(m.sender.0), text(key), big(m.id.0), bigi(ts)],
+                vec![g.clone(), big(m.sender.0), text(key), big(m.id.0), bigi(ts)],
             ));
         }
         None => {
@@ -1080,7 +1111,7 @@ async fn append_message(
     }
     main.push((
         &db.st.insert_group_bucket,
-        vec![big(g), Some(CqlValue::Int(bucket)), bigi(ts)],
+        vec![g.clone(), Some(CqlValue::Int(bucket)), bigi(ts)],
     ));
     let mut notices: Vec<(&PreparedStatement, Row)> = Vec::with_capacity(notify.len() + 2);
     let mut buckets: Vec<i64> = notice_ids.iter().map(|id| notice_bucket(*id)).collect();
@@ -1095,7 +1126,7 @@ async fn append_message(
                 bigi(notice_bucket(*id)),
                 big(id.0),
                 big(u.0),
-                big(g),
+                g.clone(),
                 big(m.id.0),
                 bigi(m.timestamp),
                 bigi(ts),
@@ -1135,14 +1166,15 @@ async fn mark_read(
         .session
         .execute_unpaged(
             &db.st.message_readers,
-            (group.0 as i64, bucket, message.0 as i64),
+            (group.as_str(), bucket, message.0 as i64),
         )
         .await
         .map_err(unavailable)?;
-    let Some((_sender, readers)) = first::<(Option<i64>, Option<Vec<i64>>)>(qr)? else {
+    let Some((sender, readers)) = first::<(Option<i64>, Option<Vec<i64>>)>(qr)? else {
         return Err(Error::NoSuchMessage { group, message });
     };
-    if readers.unwrap_or_default().contains(&(user.0 as i64)) {
+    // The sender has read it from the start (see `with_sender`): nothing to add.
+    if sender == Some(user.0 as i64) || readers.unwrap_or_default().contains(&(user.0 as i64)) {
         return Ok(false);
     }
     // A set addition: concurrent readers merge, no read-modify-write of the list.
@@ -1152,7 +1184,7 @@ async fn mark_read(
             (
                 ts,
                 vec![user.0 as i64],
-                group.0 as i64,
+                group.as_str(),
                 bucket,
                 message.0 as i64,
             ),
@@ -1164,7 +1196,7 @@ async fn mark_read(
 
 async fn history(
     db: &Db,
-    group: GroupId,
+    group: &GroupId,
     limit: usize,
     before: Option<MessageId>,
 ) -> Result<Vec<StoredMessage>, Error> {
@@ -1183,7 +1215,7 @@ async fn history(
             .session
             .execute_unpaged(
                 &db.st.history_buckets,
-                (group.0 as i64, from_bucket, BUCKET_PAGE),
+                (group.as_str(), from_bucket, BUCKET_PAGE),
             )
             .await
             .map_err(unavailable)?;
@@ -1192,7 +1224,7 @@ async fn history(
             let want = (limit - out.len()).min(i32::MAX as usize) as i32;
             let qr = db
                 .session
-                .execute_unpaged(&db.st.history_page, (group.0 as i64, b, bound, want))
+                .execute_unpaged(&db.st.history_page, (group.as_str(), b, bound, want))
                 .await
                 .map_err(unavailable)?;
             out.extend(
@@ -1233,7 +1265,7 @@ async fn pending_notices(db: &Db, limit: usize, ts: i64) -> Result<Vec<Notice>, 
             .execute_unpaged(&db.st.notices_in, (b, want))
             .await
             .map_err(unavailable)?;
-        let found = rows::<(i64, i64, i64, i64, i64)>(qr)?;
+        let found = rows::<(i64, i64, String, i64, i64)>(qr)?;
         if found.is_empty() && b + grace_buckets < now_bucket {
             // Drained, and no write stamped inside it can still arrive: drop it from the index
             // so later polls skip its tombstones.
@@ -1248,7 +1280,7 @@ async fn pending_notices(db: &Db, limit: usize, ts: i64) -> Result<Vec<Notice>, 
                 .map(|(id, user, group, message, created)| Notice {
                     id: NoticeId(id as u64),
                     user: UserId(user as u64),
-                    group: GroupId(group as u64),
+                    group: GroupId::new(group),
                     message: MessageId(message as u64),
                     created,
                 }),
@@ -1267,7 +1299,7 @@ async fn fail_notice(db: &Db, id: NoticeId, reason: &str, ts: i64) -> Result<(),
         .execute_unpaged(&db.st.get_notice, (bucket, id.0 as i64))
         .await
         .map_err(unavailable)?;
-    let Some((user, group, message, created)) = first::<(i64, i64, i64, i64)>(qr)? else {
+    let Some((user, group, message, created)) = first::<(i64, String, i64, i64)>(qr)? else {
         return Ok(());
     };
     logged_batch(
@@ -1278,7 +1310,7 @@ async fn fail_notice(db: &Db, id: NoticeId, reason: &str, ts: i64) -> Result<(),
                 vec![
                     big(id.0),
                     bigi(user),
-                    bigi(group),
+                    text(&group),
                     bigi(message),
                     bigi(created),
                     text(reason),

@@ -176,15 +176,17 @@ suite!(
     presence,
     notices_pending_delete_fail_count,
     restart_durability,
+    string_group_ids_are_kept_exactly,
+    the_sender_has_read_their_message,
 );
 
 const DAY: i64 = 86_400_000;
 const BASE: i64 = ID_EPOCH_MS + 100 * DAY + 3_600_000;
 
-fn msg(group: u64, sender: u64, ms: i64, seq: u16, key: Option<&str>) -> NewMessage {
+fn msg(group: &str, sender: u64, ms: i64, seq: u16, key: Option<&str>) -> NewMessage {
     NewMessage {
         id: MessageId::new(ms, 1, seq),
-        group: GroupId(group),
+        group: GroupId::new(group),
         sender: UserId(sender),
         text: format!("hello at {ms}/{seq}"),
         attachments: vec![Attachment {
@@ -196,9 +198,9 @@ fn msg(group: u64, sender: u64, ms: i64, seq: u16, key: Option<&str>) -> NewMess
     }
 }
 
-fn group(id: u64, name: &str, members: &[u64]) -> Group {
+fn group(id: &str, name: &str, members: &[u64]) -> Group {
     Group {
-        id: GroupId(id),
+        id: GroupId::new(id),
         name: name.into(),
         members: members.iter().map(|&u| UserId(u)).collect(),
     }
@@ -231,8 +233,8 @@ fn users(f: Fixture) {
 
 fn groups_put_and_replace(f: Fixture) {
     let s = f.s();
-    assert_eq!(s.get_group(GroupId(1)).unwrap(), None);
-    let c = s.put_group(group(1, "one", &[3, 1, 2, 2])).unwrap();
+    assert_eq!(s.get_group(GroupId::new("1")).unwrap(), None);
+    let c = s.put_group(group("1", "one", &[3, 1, 2, 2])).unwrap();
     assert_eq!(
         c,
         MembershipChange {
@@ -241,10 +243,10 @@ fn groups_put_and_replace(f: Fixture) {
         }
     );
     assert_eq!(
-        s.get_group(GroupId(1)).unwrap(),
-        Some(group(1, "one", &[1, 2, 3]))
+        s.get_group(GroupId::new("1")).unwrap(),
+        Some(group("1", "one", &[1, 2, 3]))
     );
-    let c = s.put_group(group(1, "uno", &[4, 3, 4])).unwrap();
+    let c = s.put_group(group("1", "uno", &[4, 3, 4])).unwrap();
     assert_eq!(
         c,
         MembershipChange {
@@ -253,16 +255,19 @@ fn groups_put_and_replace(f: Fixture) {
         }
     );
     assert_eq!(
-        s.get_group(GroupId(1)).unwrap(),
-        Some(group(1, "uno", &[3, 4]))
+        s.get_group(GroupId::new("1")).unwrap(),
+        Some(group("1", "uno", &[3, 4]))
     );
     assert_eq!(s.groups_of_user(UserId(1)).unwrap(), vec![]);
-    assert_eq!(s.groups_of_user(UserId(4)).unwrap(), vec![GroupId(1)]);
+    assert_eq!(
+        s.groups_of_user(UserId(4)).unwrap(),
+        vec![GroupId::new("1")]
+    );
     // Same list again: no change.
-    let c = s.put_group(group(1, "uno", &[3, 4])).unwrap();
+    let c = s.put_group(group("1", "uno", &[3, 4])).unwrap();
     assert_eq!(c, MembershipChange::default());
     // Emptied.
-    let c = s.put_group(group(1, "uno", &[])).unwrap();
+    let c = s.put_group(group("1", "uno", &[])).unwrap();
     assert_eq!(
         c,
         MembershipChange {
@@ -270,13 +275,16 @@ fn groups_put_and_replace(f: Fixture) {
             removed: users_of(&[3, 4])
         }
     );
-    assert_eq!(s.get_group(GroupId(1)).unwrap(), Some(group(1, "uno", &[])));
+    assert_eq!(
+        s.get_group(GroupId::new("1")).unwrap(),
+        Some(group("1", "uno", &[]))
+    );
     // A large group (several batches on ScyllaDB).
     let many: Vec<u64> = (1000..1300).collect();
-    let c = s.put_group(group(2, "big", &many)).unwrap();
+    let c = s.put_group(group("2", "big", &many)).unwrap();
     assert_eq!(c.added.len(), 300);
     assert_eq!(
-        s.get_group(GroupId(2)).unwrap().unwrap().members,
+        s.get_group(GroupId::new("2")).unwrap().unwrap().members,
         users_of(&many)
     );
 }
@@ -284,33 +292,34 @@ fn groups_put_and_replace(f: Fixture) {
 fn members_add_remove_and_groups_of_user(f: Fixture) {
     let s = f.s();
     assert_eq!(
-        s.add_member(GroupId(9), UserId(1)),
-        Err(Error::NoSuchGroup(GroupId(9)))
+        s.add_member(GroupId::new("9"), UserId(1)),
+        Err(Error::NoSuchGroup(GroupId::new("9")))
     );
-    s.put_group(group(9, "nine", &[1])).unwrap();
-    s.put_group(group(5, "five", &[])).unwrap();
-    s.put_group(group(12, "twelve", &[])).unwrap();
-    assert_eq!(s.add_member(GroupId(9), UserId(2)), Ok(true));
-    assert_eq!(s.add_member(GroupId(9), UserId(2)), Ok(false));
-    assert_eq!(s.add_member(GroupId(12), UserId(2)), Ok(true));
-    assert_eq!(s.add_member(GroupId(5), UserId(2)), Ok(true));
+    s.put_group(group("9", "nine", &[1])).unwrap();
+    s.put_group(group("5", "five", &[])).unwrap();
+    s.put_group(group("12", "twelve", &[])).unwrap();
+    assert_eq!(s.add_member(GroupId::new("9"), UserId(2)), Ok(true));
+    assert_eq!(s.add_member(GroupId::new("9"), UserId(2)), Ok(false));
+    assert_eq!(s.add_member(GroupId::new("12"), UserId(2)), Ok(true));
+    assert_eq!(s.add_member(GroupId::new("5"), UserId(2)), Ok(true));
+    // Ascending as strings (bytes of UTF-8), not as numbers.
     assert_eq!(
         s.groups_of_user(UserId(2)).unwrap(),
-        vec![GroupId(5), GroupId(9), GroupId(12)]
+        vec![GroupId::new("12"), GroupId::new("5"), GroupId::new("9")]
     );
     assert_eq!(
-        s.get_group(GroupId(9)).unwrap().unwrap().members,
+        s.get_group(GroupId::new("9")).unwrap().unwrap().members,
         users_of(&[1, 2])
     );
-    assert_eq!(s.remove_member(GroupId(9), UserId(2)), Ok(true));
-    assert_eq!(s.remove_member(GroupId(9), UserId(2)), Ok(false));
-    assert_eq!(s.remove_member(GroupId(77), UserId(2)), Ok(false));
+    assert_eq!(s.remove_member(GroupId::new("9"), UserId(2)), Ok(true));
+    assert_eq!(s.remove_member(GroupId::new("9"), UserId(2)), Ok(false));
+    assert_eq!(s.remove_member(GroupId::new("77"), UserId(2)), Ok(false));
     assert_eq!(
         s.groups_of_user(UserId(2)).unwrap(),
-        vec![GroupId(5), GroupId(12)]
+        vec![GroupId::new("12"), GroupId::new("5")]
     );
     assert_eq!(
-        s.get_group(GroupId(9)).unwrap().unwrap().members,
+        s.get_group(GroupId::new("9")).unwrap().unwrap().members,
         users_of(&[1])
     );
     assert_eq!(s.groups_of_user(UserId(404)).unwrap(), vec![]);
@@ -321,13 +330,13 @@ fn members_add_remove_and_groups_of_user(f: Fixture) {
     for i in 0..20u64 {
         let tx1 = tx.clone();
         h.submit(Request::AddMember {
-            group: GroupId(9),
+            group: GroupId::new("9"),
             user: UserId(50 + i),
             reply: Box::new(move |r| tx1.send(r.map(|_| ())).unwrap()),
         });
         let tx2 = tx.clone();
         h.submit(Request::RemoveMember {
-            group: GroupId(9),
+            group: GroupId::new("9"),
             user: UserId(50 + i),
             reply: Box::new(move |r| tx2.send(r.map(|_| ())).unwrap()),
         });
@@ -336,50 +345,50 @@ fn members_add_remove_and_groups_of_user(f: Fixture) {
         rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     }
     assert_eq!(
-        s.get_group(GroupId(9)).unwrap().unwrap().members,
+        s.get_group(GroupId::new("9")).unwrap().unwrap().members,
         users_of(&[1])
     );
 }
 
 fn append_and_duplicate_client_msg_id(f: Fixture) {
     let s = f.s();
-    s.put_group(group(3, "three", &[1, 2, 5])).unwrap();
-    let first = msg(3, 1, BASE, 0, Some("k-1"));
+    s.put_group(group("3", "three", &[1, 2, 5])).unwrap();
+    let first = msg("3", 1, BASE, 0, Some("k-1"));
     let a = s.append_message(first.clone(), users_of(&[2])).unwrap();
     assert!(!a.duplicate);
     assert_eq!(a.message, StoredMessage::from(first.clone()));
     // A resend: new id, same key. The original comes back; nothing stored, no second notice.
-    let again = msg(3, 1, BASE + 50, 0, Some("k-1"));
+    let again = msg("3", 1, BASE + 50, 0, Some("k-1"));
     let d = s.append_message(again.clone(), users_of(&[2, 5])).unwrap();
     assert!(d.duplicate);
     assert_eq!(d.message, StoredMessage::from(first.clone()));
-    assert_eq!(s.get_message(GroupId(3), again.id).unwrap(), None);
-    assert_eq!(s.history(GroupId(3), 10, None).unwrap().len(), 1);
+    assert_eq!(s.get_message(GroupId::new("3"), again.id).unwrap(), None);
+    assert_eq!(s.history(GroupId::new("3"), 10, None).unwrap().len(), 1);
     let pending = s.pending_notices(100).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!((pending[0].user, pending[0].message), (UserId(2), first.id));
     // The same key from another sender, or in another group, is another message.
-    let other = msg(3, 2, BASE + 60, 0, Some("k-1"));
+    let other = msg("3", 2, BASE + 60, 0, Some("k-1"));
     assert!(!s.append_message(other, vec![]).unwrap().duplicate);
-    let other_group = msg(4, 1, BASE + 70, 0, Some("k-1"));
+    let other_group = msg("4", 1, BASE + 70, 0, Some("k-1"));
     assert!(!s.append_message(other_group, vec![]).unwrap().duplicate);
     // No key: never a duplicate.
     assert!(
-        !s.append_message(msg(3, 1, BASE + 80, 0, None), vec![])
+        !s.append_message(msg("3", 1, BASE + 80, 0, None), vec![])
             .unwrap()
             .duplicate
     );
     assert!(
-        !s.append_message(msg(3, 1, BASE + 81, 0, None), vec![])
+        !s.append_message(msg("3", 1, BASE + 81, 0, None), vec![])
             .unwrap()
             .duplicate
     );
-    assert_eq!(s.history(GroupId(3), 10, None).unwrap().len(), 4);
+    assert_eq!(s.history(GroupId::new("3"), 10, None).unwrap().len(), 4);
     // The duplicate answer carries the current readers.
-    s.mark_read(GroupId(3), first.id, UserId(5)).unwrap();
+    s.mark_read(GroupId::new("3"), first.id, UserId(5)).unwrap();
     let d = s.append_message(again, vec![]).unwrap();
     assert!(d.duplicate);
-    assert_eq!(d.message.read_by, users_of(&[5]));
+    assert_eq!(d.message.read_by, users_of(&[1, 5]));
 
     // Resends racing the original (submitted without waiting) still store one message.
     let h = f.handle();
@@ -387,7 +396,7 @@ fn append_and_duplicate_client_msg_id(f: Fixture) {
     for i in 0..10u16 {
         let tx = tx.clone();
         h.submit(Request::AppendMessage {
-            message: msg(3, 9, BASE + 1000 + i as i64, 0, Some("race")),
+            message: msg("3", 9, BASE + 1000 + i as i64, 0, Some("race")),
             notify: users_of(&[2]),
             reply: Box::new(move |r| tx.send(r).unwrap()),
         });
@@ -404,43 +413,44 @@ fn append_and_duplicate_client_msg_id(f: Fixture) {
 
 fn mark_read_and_unknown_message(f: Fixture) {
     let s = f.s();
-    s.put_group(group(3, "three", &[1, 2])).unwrap();
-    let m = msg(3, 1, BASE, 0, None);
+    s.put_group(group("3", "three", &[1, 2])).unwrap();
+    let m = msg("3", 1, BASE, 0, None);
     s.append_message(m.clone(), vec![]).unwrap();
     let unknown = MessageId::new(BASE + 1, 1, 0);
     assert_eq!(
-        s.mark_read(GroupId(3), unknown, UserId(2)),
+        s.mark_read(GroupId::new("3"), unknown, UserId(2)),
         Err(Error::NoSuchMessage {
-            group: GroupId(3),
+            group: GroupId::new("3"),
             message: unknown
         })
     );
     // The right id in the wrong group is unknown too.
     assert_eq!(
-        s.mark_read(GroupId(4), m.id, UserId(2)),
+        s.mark_read(GroupId::new("4"), m.id, UserId(2)),
         Err(Error::NoSuchMessage {
-            group: GroupId(4),
+            group: GroupId::new("4"),
             message: m.id
         })
     );
-    assert_eq!(s.get_message(GroupId(3), unknown).unwrap(), None);
-    assert_eq!(s.mark_read(GroupId(3), m.id, UserId(2)), Ok(true));
-    assert_eq!(s.mark_read(GroupId(3), m.id, UserId(2)), Ok(false));
-    assert_eq!(s.mark_read(GroupId(3), m.id, UserId(1)), Ok(true));
-    let got = s.get_message(GroupId(3), m.id).unwrap().unwrap();
+    assert_eq!(s.get_message(GroupId::new("3"), unknown).unwrap(), None);
+    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(2)), Ok(true));
+    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(2)), Ok(false));
+    // The sender has read it from the start: nothing to add.
+    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(1)), Ok(false));
+    let got = s.get_message(GroupId::new("3"), m.id).unwrap().unwrap();
     assert_eq!(got.read_by, users_of(&[1, 2]));
     assert_eq!(got.text, m.text);
     assert_eq!(got.attachments, m.attachments);
     assert_eq!(got.timestamp, m.timestamp);
     // Marking an unknown message created nothing.
-    assert_eq!(s.history(GroupId(3), 10, None).unwrap().len(), 1);
-    assert_eq!(s.history(GroupId(4), 10, None).unwrap(), vec![]);
+    assert_eq!(s.history(GroupId::new("3"), 10, None).unwrap().len(), 1);
+    assert_eq!(s.history(GroupId::new("4"), 10, None).unwrap(), vec![]);
 }
 
 fn concurrent_read_by_from_many_users(f: Fixture) {
     let s = f.s();
-    s.put_group(group(6, "six", &[])).unwrap();
-    let m = msg(6, 1, BASE, 0, None);
+    s.put_group(group("6", "six", &[])).unwrap();
+    let m = msg("6", 1, BASE, 0, None);
     s.append_message(m.clone(), vec![]).unwrap();
     let handle = f.handle();
     let added = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -453,7 +463,10 @@ fn concurrent_read_by_from_many_users(f: Fixture) {
                     let user = UserId(100 + t * 10 + i);
                     // Twice each: the second must not add a reader.
                     for _ in 0..2 {
-                        if h.blocking().mark_read(GroupId(6), m.id, user).unwrap() {
+                        if h.blocking()
+                            .mark_read(GroupId::new("6"), m.id, user)
+                            .unwrap()
+                        {
                             added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
@@ -464,9 +477,13 @@ fn concurrent_read_by_from_many_users(f: Fixture) {
     for t in threads {
         t.join().unwrap();
     }
-    let expected: Vec<UserId> = (100..180).map(UserId).collect();
+    // The sender (1) and every reader.
+    let expected: Vec<UserId> = std::iter::once(1).chain(100..180).map(UserId).collect();
     assert_eq!(
-        s.get_message(GroupId(6), m.id).unwrap().unwrap().read_by,
+        s.get_message(GroupId::new("6"), m.id)
+            .unwrap()
+            .unwrap()
+            .read_by,
         expected
     );
     assert_eq!(added.load(std::sync::atomic::Ordering::Relaxed), 80);
@@ -474,21 +491,21 @@ fn concurrent_read_by_from_many_users(f: Fixture) {
 
 fn history_newest_first_with_pagination_edges(f: Fixture) {
     let s = f.s();
-    s.put_group(group(8, "eight", &[1])).unwrap();
+    s.put_group(group("8", "eight", &[1])).unwrap();
     // Messages on days 0, 1 and 4 (days 2 and 3 empty), three per day, plus another group's.
     let mut ids = Vec::new();
     for day in [0i64, 1, 4] {
         for i in 0..3u16 {
-            let m = msg(8, 1, BASE + day * DAY + i as i64 * 1000, i, None);
+            let m = msg("8", 1, BASE + day * DAY + i as i64 * 1000, i, None);
             ids.push(m.id);
             s.append_message(m, vec![]).unwrap();
         }
     }
-    s.append_message(msg(18, 1, BASE + DAY, 0, None), vec![])
+    s.append_message(msg("18", 1, BASE + DAY, 0, None), vec![])
         .unwrap();
     ids.reverse(); // newest first
     let page = |limit, before| -> Vec<MessageId> {
-        s.history(GroupId(8), limit, before)
+        s.history(GroupId::new("8"), limit, before)
             .unwrap()
             .into_iter()
             .map(|m| m.id)
@@ -529,16 +546,16 @@ fn history_newest_first_with_pagination_edges(f: Fixture) {
     );
     assert_eq!(page(10, Some(MessageId::new(BASE + 40 * DAY, 0, 0))), ids);
     // A group without messages.
-    assert_eq!(page_of(&s, 99), vec![]);
+    assert_eq!(page_of(&s, "99"), vec![]);
     // The other group sees only its own.
-    assert_eq!(page_of(&s, 18).len(), 1);
-    let full = s.history(GroupId(8), 1, None).unwrap();
+    assert_eq!(page_of(&s, "18").len(), 1);
+    let full = s.history(GroupId::new("8"), 1, None).unwrap();
     assert_eq!(full[0].sender, UserId(1));
-    assert_eq!(full[0].group, GroupId(8));
+    assert_eq!(full[0].group, GroupId::new("8"));
 }
 
-fn page_of(s: &Blocking<'_>, g: u64) -> Vec<MessageId> {
-    s.history(GroupId(g), 10, None)
+fn page_of(s: &Blocking<'_>, g: &str) -> Vec<MessageId> {
+    s.history(GroupId::new(g), 10, None)
         .unwrap()
         .into_iter()
         .map(|m| m.id)
@@ -592,14 +609,14 @@ fn notices_pending_delete_fail_count(f: Fixture) {
     let s = f.s();
     assert_eq!(s.pending_notices(10).unwrap(), vec![]);
     assert_eq!(s.failed_notice_count().unwrap(), 0);
-    let m1 = msg(3, 1, BASE, 0, None);
-    let m2 = msg(3, 1, BASE + 10, 0, None);
-    let m3 = msg(4, 2, BASE + 20, 0, None);
+    let m1 = msg("3", 1, BASE, 0, None);
+    let m2 = msg("3", 1, BASE + 10, 0, None);
+    let m3 = msg("4", 2, BASE + 20, 0, None);
     s.append_message(m1.clone(), users_of(&[2, 3])).unwrap();
     s.append_message(m2.clone(), users_of(&[2])).unwrap();
     s.append_message(m3.clone(), users_of(&[1, 3])).unwrap();
     // A large fan-out (written in several batches on ScyllaDB).
-    let m4 = msg(5, 1, BASE + 30, 0, None);
+    let m4 = msg("5", 1, BASE + 30, 0, None);
     s.append_message(m4.clone(), (1000..1200).map(UserId).collect())
         .unwrap();
     let all = s.pending_notices(1000).unwrap();
@@ -616,8 +633,11 @@ fn notices_pending_delete_fail_count(f: Fixture) {
             (m3.id, UserId(3))
         ]
     );
-    assert_eq!((all[0].group, all[0].created), (GroupId(3), m1.timestamp));
-    assert_eq!(all[3].group, GroupId(4));
+    assert_eq!(
+        (all[0].group.clone(), all[0].created),
+        (GroupId::new("3"), m1.timestamp)
+    );
+    assert_eq!(all[3].group, GroupId::new("4"));
     let mut unique: Vec<NoticeId> = all.iter().map(|n| n.id).collect();
     unique.sort();
     unique.dedup();
@@ -651,10 +671,10 @@ fn restart_durability(mut f: Fixture) {
             name: None,
         })
         .unwrap();
-        s.put_group(group(3, "three", &[1, 2])).unwrap();
-        s.append_message(msg(3, 1, BASE, 0, Some("k")), users_of(&[2]))
+        s.put_group(group("3", "three", &[1, 2])).unwrap();
+        s.append_message(msg("3", 1, BASE, 0, Some("k")), users_of(&[2]))
             .unwrap();
-        s.mark_read(GroupId(3), MessageId::new(BASE, 1, 0), UserId(2))
+        s.mark_read(GroupId::new("3"), MessageId::new(BASE, 1, 0), UserId(2))
             .unwrap();
         s.set_presence(UserId(1), true, 77).unwrap();
     }
@@ -665,13 +685,16 @@ fn restart_durability(mut f: Fixture) {
         Some("u@example.com")
     );
     assert_eq!(
-        s.get_group(GroupId(3)).unwrap(),
-        Some(group(3, "three", &[1, 2]))
+        s.get_group(GroupId::new("3")).unwrap(),
+        Some(group("3", "three", &[1, 2]))
     );
-    assert_eq!(s.groups_of_user(UserId(2)).unwrap(), vec![GroupId(3)]);
-    let h = s.history(GroupId(3), 10, None).unwrap();
+    assert_eq!(
+        s.groups_of_user(UserId(2)).unwrap(),
+        vec![GroupId::new("3")]
+    );
+    let h = s.history(GroupId::new("3"), 10, None).unwrap();
     assert_eq!(h.len(), 1);
-    assert_eq!(h[0].read_by, users_of(&[2]));
+    assert_eq!(h[0].read_by, users_of(&[1, 2]));
     assert_eq!(
         s.get_presence(UserId(1)).unwrap(),
         Some(Presence {
@@ -682,9 +705,114 @@ fn restart_durability(mut f: Fixture) {
     assert_eq!(s.pending_notices(10).unwrap().len(), 1);
     // The idempotency key survived too.
     assert!(
-        s.append_message(msg(3, 1, BASE + 5, 0, Some("k")), vec![])
+        s.append_message(msg("3", 1, BASE + 5, 0, Some("k")), vec![])
             .unwrap()
             .duplicate
+    );
+}
+
+/// Group ids are strings: unicode, spaces, quotes and digits are kept byte for byte, and two ids
+/// that would be the same number (`"007"`, `"7"`) are two groups, also after a restart.
+fn string_group_ids_are_kept_exactly(mut f: Fixture) {
+    let ids = [
+        "team berlin",
+        "Zürich ☕ 東京",
+        "007",
+        "7",
+        "it's \"quoted\" \\ 100%25; DROP TABLE groups",
+        // 128 bytes: 42 three-byte characters and two ASCII ones.
+        &format!("{}ab", "☕".repeat(42)),
+    ];
+    assert_eq!(ids[5].len(), 128);
+    {
+        let s = f.s();
+        for (i, id) in ids.iter().enumerate() {
+            s.put_group(group(id, &format!("name {i}"), &[1, 10 + i as u64]))
+                .unwrap();
+            let m = msg(id, 1, BASE + i as i64, 0, Some("same key"));
+            assert!(!s.append_message(m, users_of(&[2])).unwrap().duplicate);
+        }
+    }
+    f.reopen();
+    let s = f.s();
+    let mut sorted: Vec<GroupId> = ids.iter().map(|id| GroupId::new(*id)).collect();
+    sorted.sort();
+    assert_eq!(s.groups_of_user(UserId(1)).unwrap(), sorted);
+    for (i, id) in ids.iter().enumerate() {
+        let g = s.get_group(GroupId::new(*id)).unwrap().unwrap();
+        assert_eq!(g.id.as_str(), *id);
+        assert_eq!(g.name, format!("name {i}"));
+        assert_eq!(g.members, users_of(&[1, 10 + i as u64]));
+        assert_eq!(
+            s.groups_of_user(UserId(10 + i as u64)).unwrap(),
+            vec![GroupId::new(*id)]
+        );
+        let h = s.history(GroupId::new(*id), 10, None).unwrap();
+        assert_eq!(h.len(), 1, "{id:?} sees only its own message");
+        assert_eq!(h[0].group.as_str(), *id);
+        assert_eq!(h[0].timestamp, BASE + i as i64);
+        // The idempotency key is per group, too.
+        let again = msg(id, 1, BASE + 100, 0, Some("same key"));
+        assert!(s.append_message(again, vec![]).unwrap().duplicate);
+    }
+    // A message of "7" is not in "007".
+    let seven = s.history(GroupId::new("7"), 1, None).unwrap()[0].id;
+    assert_eq!(
+        s.mark_read(GroupId::new("007"), seven, UserId(2)),
+        Err(Error::NoSuchMessage {
+            group: GroupId::new("007"),
+            message: seven
+        })
+    );
+    assert_eq!(
+        s.get_message(GroupId::new("7"), seven)
+            .unwrap()
+            .unwrap()
+            .group
+            .as_str(),
+        "7"
+    );
+    assert_eq!(s.get_group(GroupId::new("07")).unwrap(), None);
+    assert_eq!(s.get_group(GroupId::new("team  berlin")).unwrap(), None);
+    assert_eq!(
+        s.add_member(GroupId::new("Team berlin"), UserId(3)),
+        Err(Error::NoSuchGroup(GroupId::new("Team berlin")))
+    );
+    let mut noticed: Vec<String> = s
+        .pending_notices(100)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.group.as_str().to_string())
+        .collect();
+    noticed.sort();
+    let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(noticed, expected);
+}
+
+/// A message starts as read by its sender (`readBy: [senderId]`), in the append's answer and
+/// whenever it is read back; the sender's own mark adds nothing.
+fn the_sender_has_read_their_message(f: Fixture) {
+    let s = f.s();
+    s.put_group(group("readers", "r", &[4, 5])).unwrap();
+    let m = msg("readers", 4, BASE, 0, None);
+    let appended = s.append_message(m.clone(), vec![]).unwrap();
+    assert_eq!(appended.message.read_by, users_of(&[4]));
+    let g = GroupId::new("readers");
+    assert_eq!(
+        s.get_message(g.clone(), m.id).unwrap().unwrap().read_by,
+        users_of(&[4])
+    );
+    assert_eq!(s.mark_read(g.clone(), m.id, UserId(4)), Ok(false));
+    assert_eq!(
+        s.history(g.clone(), 10, None).unwrap()[0].read_by,
+        users_of(&[4])
+    );
+    assert_eq!(s.mark_read(g.clone(), m.id, UserId(5)), Ok(true));
+    assert_eq!(s.mark_read(g.clone(), m.id, UserId(4)), Ok(false));
+    assert_eq!(
+        s.history(g, 10, None).unwrap()[0].read_by,
+        users_of(&[4, 5])
     );
 }
 
@@ -696,9 +824,68 @@ fn scylla_unreachable_fails_fast_and_ping_is_false() {
     let h = open(&scylla_config("cc_unreachable", vec!["127.0.0.1:1".into()])).unwrap();
     let s = h.blocking();
     assert!(matches!(s.ping(), Err(Error::Unavailable(_))));
-    match s.append_message(msg(1, 1, BASE, 0, None), vec![]) {
+    match s.append_message(msg("1", 1, BASE, 0, None), vec![]) {
         Err(Error::Unavailable(m)) => assert!(m.contains("127.0.0.1:1"), "{m}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// ScyllaDB only: a keyspace whose tables were created while group ids were integers is
+/// refused, with a message that says what to do, by the gateway's store and by `migrate`.
+#[test]
+fn scylla_keyspace_with_integer_group_ids_is_refused() {
+    let keyspace = format!("cc_test_{:016x}", fastrand::u64(..));
+    let config = scylla_config(&keyspace, scylla_nodes());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = rt
+        .block_on(
+            ::scylla::client::session_builder::SessionBuilder::new()
+                .known_nodes(scylla_nodes())
+                .build(),
+        )
+        .expect("a CQL server at CORECAST_TEST_SCYLLA_NODES (scripts/cassandra.sh start)");
+    let run = |cql: String| {
+        rt.block_on(session.query_unpaged(cql, &[]))
+            .expect("create the old schema");
+    };
+    run(format!(
+        "CREATE KEYSPACE {keyspace} WITH replication = \
+         {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    ));
+    run(format!(
+        "CREATE TABLE {keyspace}.groups (group_id bigint PRIMARY KEY, name text)"
+    ));
+    let expect_refusal = |what: &str, e: Error| match e {
+        Error::Unavailable(m) => {
+            assert!(
+                m.contains(&format!("keyspace {keyspace} holds group ids as bigint"))
+                    && m.contains("CORECAST_SCYLLA_KEYSPACE")
+                    && m.contains("docs/storage.md"),
+                "{what}: {m}"
+            )
+        }
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    };
+    expect_refusal("migrate", migrate(&config).unwrap_err());
+    let h = open(&config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match h.blocking().ping() {
+            Err(Error::Unavailable(m)) if m.contains("holds group ids") => {
+                expect_refusal("open", Error::Unavailable(m));
+                break;
+            }
+            Ok(()) => panic!("the store accepted a keyspace with integer group ids"),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no refusal within 60 s: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    drop(h);
+    let _ = rt.block_on(session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[]));
 }

@@ -47,10 +47,10 @@ test('a group message reaches the other member', async () => {
 
   const msg = await bob.waitFor('newMessage', (m) => m && m.id === ack.id);
   assert.equal(msg.senderId, 1);
-  assert.equal(msg.groupId, 10);
+  assert.equal(msg.groupId, '10'); // group ids are strings; the number 10 names the group "10"
   assert.equal(msg.text, 'hi');
   assert.deepEqual(msg.attachments, []);
-  assert.deepEqual(msg.readBy, []);
+  assert.deepEqual(msg.readBy, [1]); // the sender has read it
   assert.equal(msg.timestamp, ack.timestamp);
   assert.ok(isUtcIso8601(msg.timestamp), `timestamp ${msg.timestamp}`);
 });

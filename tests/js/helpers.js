@@ -30,6 +30,12 @@ function gatewayBinary() {
   return bin;
 }
 
+/** `/api/groups/<id>` with the group id (a string; a number is taken as its decimal string, as
+ * the gateway does) percent-encoded as one path segment. */
+function groupPath(id) {
+  return `/api/groups/${encodeURIComponent(String(id))}`;
+}
+
 class Gateway {
   constructor(env = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'corecast-js-'));
@@ -188,7 +194,7 @@ class Gateway {
   }
 
   putGroup(id, members, name = `Group ${id}`) {
-    return this.adminOk('PUT', `/api/groups/${id}`, { name, members });
+    return this.adminOk('PUT', groupPath(id), { name, members });
   }
 
   async history(groupId, { limit, before } = {}) {
@@ -196,7 +202,7 @@ class Gateway {
     if (limit !== undefined) q.set('limit', String(limit));
     if (before !== undefined) q.set('before', String(before));
     const qs = q.toString() ? `?${q}` : '';
-    return (await this.adminOk('GET', `/api/groups/${groupId}/messages${qs}`)).body.messages;
+    return (await this.adminOk('GET', `${groupPath(groupId)}/messages${qs}`)).body.messages;
   }
 }
 
@@ -301,4 +307,4 @@ function connect(gw, userId, { token, expectFailure = false, timeoutMs = DEFAULT
   });
 }
 
-module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, REPO_ROOT };
+module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, groupPath, REPO_ROOT };

@@ -153,12 +153,13 @@ def raw():
 @pytest.fixture
 def make_group(new_id):
     """Factory: make_group(gw, n, extra_members=()) creates n fresh users and a fresh group with
-    them (plus extra_members); returns (group_id, [user_ids])."""
+    them (plus extra_members); returns (group_id, [user_ids]). Group ids are strings (`g-1042`),
+    as the chat app's are; tests/python/test_group_ids.py covers unicode, spaces and digits."""
     def make(gw, n_members: int, extra_members=()):
         uids = [new_id() for _ in range(n_members)]
         for u in uids:
             gw.put_user(u)
-        gid = new_id()
+        gid = f"g-{new_id()}"
         gw.put_group(gid, uids + list(extra_members))
         return gid, uids
     return make

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import jwt
@@ -30,6 +31,12 @@ STOP_TIMEOUT = 10.0
 
 DEFAULT_JWT_SECRET = "corecast-test-secret-0123456789abcdef"
 DEFAULT_ADMIN_TOKEN = "corecast-test-admin-token"
+
+
+def group_path(group_id) -> str:
+    """`/api/groups/<id>` with the group id (a string; a number is taken as its decimal string,
+    as the gateway does) percent-encoded as one path segment: spaces, unicode, `/` and all."""
+    return "/api/groups/" + urllib.parse.quote(str(group_id), safe="")
 
 
 def release_binary(name: str, env_var: str) -> Path:
@@ -213,19 +220,19 @@ class GatewayProcess:
         return self._admin_ok("PUT", f"/api/users/{user_id}", {
             "email": email or f"user{user_id}@example.test", "name": name or f"User {user_id}"})
 
-    def put_group(self, group_id: int, members: list[int], name: str | None = None):
-        return self._admin_ok("PUT", f"/api/groups/{group_id}",
+    def put_group(self, group_id, members: list[int], name: str | None = None):
+        return self._admin_ok("PUT", group_path(group_id),
                               {"name": name or f"Group {group_id}", "members": members})
 
-    def add_member(self, group_id: int, user_id: int):
-        return self._admin_ok("PUT", f"/api/groups/{group_id}/members/{user_id}")
+    def add_member(self, group_id, user_id: int):
+        return self._admin_ok("PUT", f"{group_path(group_id)}/members/{user_id}")
 
-    def remove_member(self, group_id: int, user_id: int):
-        return self._admin_ok("DELETE", f"/api/groups/{group_id}/members/{user_id}")
+    def remove_member(self, group_id, user_id: int):
+        return self._admin_ok("DELETE", f"{group_path(group_id)}/members/{user_id}")
 
-    def history(self, group_id: int, limit: int | None = None, before: str | None = None) -> list:
+    def history(self, group_id, limit: int | None = None, before: str | None = None) -> list:
         params = [f"limit={limit}"] if limit is not None else []
         if before is not None:
             params.append(f"before={before}")
         q = ("?" + "&".join(params)) if params else ""
-        return self._admin_ok("GET", f"/api/groups/{group_id}/messages{q}").json()["messages"]
+        return self._admin_ok("GET", f"{group_path(group_id)}/messages{q}").json()["messages"]

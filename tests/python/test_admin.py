@@ -65,7 +65,8 @@ def test_put_and_get_group(gw, new_id):
     gid, a, b, c = new_id(), new_id(), new_id(), new_id()
     gw.put_group(gid, [a, b], "first")
     body = gw.admin("GET", f"/api/groups/{gid}").json()
-    assert body["id"] == gid and body["name"] == "first" and sorted(body["members"]) == [a, b], body
+    # PUT /api/groups/<number> created the group named by that number's decimal string.
+    assert body["id"] == str(gid) and body["name"] == "first" and sorted(body["members"]) == [a, b], body
     gw.put_group(gid, [b, c], "second")  # replace
     body = gw.admin("GET", f"/api/groups/{gid}").json()
     assert body["name"] == "second" and sorted(body["members"]) == [b, c], body

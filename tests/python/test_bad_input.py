@@ -6,6 +6,8 @@ Protocol-level kinds (binary packets, a frame over maxPayload, an unknown namesp
 in time, bad tokens) are in test_protocol.py.
 """
 
+import json
+
 import pytest
 
 
@@ -109,7 +111,8 @@ def test_payload_missing(gw, room):
 # ----- wrong types -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field,value", [
-    ("groupId", "not-a-number"),
+    ("groupId", ""),
+    ("groupId", {"id": 1}),
     ("groupId", True),
     ("groupId", -1),
     ("groupId", 1.5),
@@ -125,7 +128,7 @@ def test_send_message_wrong_type(gw, room, field, value):
 
 
 @pytest.mark.parametrize("event,data", [
-    ("joinGroup", {"groupId": "abc"}),
+    ("joinGroup", {"groupId": ""}),
     ("leaveGroup", {"groupId": [1]}),
     ("markAsRead", {"messageId": {"x": 1}, "groupId": 1}),
     ("markAsRead", {"messageId": "not-an-id", "groupId": 1}),
@@ -240,7 +243,7 @@ def test_client_msg_id_too_long(gw, room):
 def test_many_bad_inputs_in_a_row_do_not_break_the_session(gw, room):
     r = room["raw"]
     frames = ['42[5,{}]', '42["nope",{}]', '42["sendMessage",{"groupId":true}]',
-              '42["sendMessage",{"groupId":%d,"text":"","attachments":[]}]' % room["gid"]] * 10
+              '42["sendMessage",{"groupId":%s,"text":"","attachments":[]}]' % json.dumps(room["gid"])] * 10
     for f in frames:
         r.send(f)
     for _ in frames:

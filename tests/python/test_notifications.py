@@ -269,7 +269,7 @@ def test_burst_to_offline_member_is_one_email(start_gateway, smtp, start_notifie
     put_user(gw, u2, addr(u2), "Bob Offline")
     put_user(gw, u3, addr(u3), "Carol Online")
     put_user(gw, u4, None, "Dave NoMail")
-    gid = new_id()
+    gid = f"team berlin ☕ {new_id()}"  # a string id with a space and unicode, as the app's are
     gw.put_group(gid, [u1, u2, u3, u4], "Team")
 
     c1 = joined(connect(gw, u1), gid)
@@ -289,6 +289,9 @@ def test_burst_to_offline_member_is_one_email(start_gateway, smtp, start_notifie
     assert addr(u2) in str(mail["msg"]["To"]), mail["msg"]["To"]
     assert "Team" in mail["subject"], mail["subject"]
     assert "Alice Sender" in mail["subject"], mail["subject"]
+    # The Message-ID names the group, percent-encoded so the header stays valid.
+    enc = gid.replace(" ", "%20").replace("☕", "%E2%98%95")
+    assert f"-{enc}-" in str(mail["msg"]["Message-ID"]), mail["msg"]["Message-ID"]
 
     assert mail["text"] is not None, "no text/plain part"
     assert mail["html"] is not None, "no text/html part"

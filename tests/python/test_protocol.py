@@ -231,7 +231,7 @@ def test_binary_websocket_frame_gets_unsupported(gw, raw, make_group):
 def test_socketio_binary_event_gets_unsupported(gw, raw, make_group):
     gid, (u,) = make_group(gw, 1)
     c = raw(gw, u)
-    c.send('451-["sendMessage",{"groupId":%d,"file":{"_placeholder":true,"num":0}}]' % gid)
+    c.send('451-["sendMessage",{"groupId":"%s","file":{"_placeholder":true,"num":0}}]' % gid)
     err = c.wait_event("error")
     assert err["code"] == "unsupported", err
     ack = c.call("sendMessage", {"groupId": gid, "text": "after sio binary", "attachments": []})
@@ -241,7 +241,7 @@ def test_socketio_binary_event_gets_unsupported(gw, raw, make_group):
 def test_socketio_binary_event_with_ack_gets_unsupported_ack(gw, raw, make_group):
     gid, (u,) = make_group(gw, 1)
     c = raw(gw, u)
-    c.send('451-9["sendMessage",{"groupId":%d,"file":{"_placeholder":true,"num":0}}]' % gid)
+    c.send('451-9["sendMessage",{"groupId":"%s","file":{"_placeholder":true,"num":0}}]' % gid)
     ack = c.wait_ack(9)
     assert ack["ok"] is False and ack["error"]["code"] == "unsupported", ack
 
@@ -289,7 +289,7 @@ def test_a_client_that_stops_reading_for_a_while_gets_everything_in_order(start_
     sender, paused = new_id(), new_id()
     for u in (sender, paused):
         gw.put_user(u)
-    gid = new_id()
+    gid = f"g-{new_id()}"
     gw.put_group(gid, [sender, paused])
     reader = raw(gw, paused, rcvbuf=4096)
     flooder = connect(gw, sender)

@@ -107,7 +107,7 @@ def test_basic_flow_on_cassandra_survives_restart(cassandra, start_gateway, conn
     a, b = new_id(), new_id()
     gw.put_user(a, name="Alice")
     gw.put_user(b, name="Bob")
-    gid = new_id()
+    gid = f"Zürich team {new_id()}"  # stored as CQL text: unicode and spaces kept
     gw.put_group(gid, [a, b], "Team")
     ca, cb = connect(gw, a), connect(gw, b)
     for c in (ca, cb):
@@ -123,13 +123,13 @@ def test_basic_flow_on_cassandra_survives_restart(cassandra, start_gateway, conn
 
     hist = gw.history(gid)
     assert [m["id"] for m in hist] == [ack2["id"], ack["id"]], hist  # newest first
-    assert hist[1]["text"] == "hello on cassandra" and hist[1]["readBy"] == []
+    assert hist[1]["text"] == "hello on cassandra" and hist[1]["readBy"] == [a]  # the sender
 
     assert cb.call("markAsRead", {"messageId": ack["id"], "groupId": gid}) == {"ok": True}
     read = ca.wait_for("messageRead", lambda r: r["messageId"] == ack["id"])
     assert read == {"messageId": ack["id"], "userId": b, "groupId": gid}
     stored = {m["id"]: m for m in gw.history(gid)}
-    assert stored[ack["id"]]["readBy"] == [b], stored
+    assert stored[ack["id"]]["readBy"] == [a, b], stored
 
     ca.close()
     cb.close()
@@ -138,7 +138,7 @@ def test_basic_flow_on_cassandra_survives_restart(cassandra, start_gateway, conn
     after = gw.history(gid)
     assert [m["id"] for m in after] == [ack2["id"], ack["id"]], after
     assert after[1]["text"] == "hello on cassandra"
-    assert after[1]["readBy"] == [b], after
+    assert after[1]["readBy"] == [a, b], after
     # And the restarted gateway serves the group from Cassandra.
     ca = connect(gw, a)
     assert ca.call("joinGroup", {"groupId": gid}).get("ok") is True
