@@ -72,8 +72,9 @@ pub enum JwtAlgorithm {
 pub struct AuthConfig {
     /// `HS256` (shared secret), `RS256` or `ES256` (public key) (`CORECAST_JWT_ALGORITHM`).
     pub jwt_algorithm: JwtAlgorithm,
-    /// HS256 secret (`CORECAST_JWT_SECRET`). When unset a development secret is used and a
-    /// warning printed.
+    /// HS256 secret (`CORECAST_JWT_SECRET`), at least 32 bytes. When unset a development
+    /// secret is used and a warning printed; it is refused unless `server.listen` is a
+    /// loopback address (`auth::secret_problem`).
     pub jwt_secret: Option<String>,
     /// PEM public key file for RS256/ES256 (`CORECAST_JWT_PUBLIC_KEY_FILE`).
     pub jwt_public_key_file: Option<PathBuf>,
