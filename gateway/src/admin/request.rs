@@ -50,6 +50,10 @@ pub struct RequestReader {
     /// Where the search for the end of the head resumes: a drip of one byte at a time then
     /// costs one short search per byte, not one parse of the whole head per byte.
     scanned: usize,
+    /// Empty lines before the request line, dropped (RFC 9112 §2.2 asks a server to ignore
+    /// them); they count against [`MAX_HEAD`]. Without this a blank line would look like the
+    /// end of the head, and the outcome would depend on how the bytes were split into reads.
+    skipped: usize,
 }
 
 /// Whether `path` is under `/api/`, as the router splits it.
@@ -93,6 +97,15 @@ impl RequestReader {
     /// admin API is disabled). After [`Step::Complete`] or [`Step::Refuse`] the reader is
     /// done and must not be fed again.
     pub fn feed(&mut self, data: &[u8], admin_token: Option<&str>) -> Step {
+        let mut data = data;
+        if self.buf.is_empty() {
+            let blank = data
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(data.len());
+            self.skipped += blank;
+            data = &data[blank..];
+        }
         self.buf.extend_from_slice(data);
         if self.head.is_none() {
             match self.parse_head(admin_token) {
@@ -108,14 +121,18 @@ impl RequestReader {
     /// `Ok(Some(Continue))` when the client waits for `100 Continue`.
     fn parse_head(&mut self, admin_token: Option<&str>) -> Result<Option<Step>, Response> {
         // httparse accepts bare LF line ends, so the head ends at "\n\n" or "\n\r\n".
-        let end = self.buf.len().min(MAX_HEAD + 3);
+        let held = self.skipped + self.buf.len();
+        let end = self
+            .buf
+            .len()
+            .min((MAX_HEAD + 3).saturating_sub(self.skipped));
         let from = self.scanned.saturating_sub(2).min(end);
         let window = &self.buf[from..end];
         let ended =
             memmem::find(window, b"\n\n").is_some() || memmem::find(window, b"\n\r\n").is_some();
         self.scanned = self.buf.len();
         if !ended {
-            return if self.buf.len() > MAX_HEAD {
+            return if held > MAX_HEAD {
                 Err(error(431, "request head too large (limit 16 KiB)"))
             } else {
                 Ok(Some(Step::More))
@@ -124,17 +141,20 @@ impl RequestReader {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let body_start = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+            Ok(httparse::Status::Complete(n)) if n + self.skipped <= MAX_HEAD => n,
             Ok(httparse::Status::Complete(_)) => {
                 return Err(error(431, "request head too large (limit 16 KiB)"))
             }
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(error(431, "too many headers (limit 64)"))
             }
-            // The terminator was seen, so the head cannot be partial; refuse rather than wait.
-            Ok(httparse::Status::Partial) | Err(_) => {
-                return Err(error(400, "malformed HTTP request"))
+            // Not expected once the request line started and a blank line followed; wait for
+            // more rather than guess (the head limit and the deadline still bound it).
+            Ok(httparse::Status::Partial) if held <= MAX_HEAD => return Ok(Some(Step::More)),
+            Ok(httparse::Status::Partial) => {
+                return Err(error(431, "request head too large (limit 16 KiB)"))
             }
+            Err(_) => return Err(error(400, "malformed HTTP request")),
         };
         let header = |name: &str| {
             req.headers
@@ -381,6 +401,30 @@ mod tests {
             r.feed(b"GET /healthz HTTP/1.1\nHost: x\n\n", TOKEN),
             Step::Complete(_)
         ));
+    }
+
+    /// Found by the `admin_request` fuzz target: blank lines before the request line looked
+    /// like the end of the head when they arrived alone, so the outcome (400 or the token's
+    /// 403) depended on how the bytes were split into reads.
+    #[test]
+    fn blank_lines_before_the_request_line_are_skipped_however_they_arrive() {
+        let mut bytes = b"\r\n\n\n".to_vec();
+        bytes.extend_from_slice(&head("PUT", "/api/groups/1", "Content-Length: 1000\r\n"));
+        for piece in [1, 2, 3, 4, 5, bytes.len()] {
+            let mut r = RequestReader::new();
+            let mut last = Step::More;
+            for chunk in bytes.chunks(piece) {
+                last = r.feed(chunk, None);
+                if !matches!(last, Step::More) {
+                    break;
+                }
+            }
+            assert_eq!(status(&last), 403, "reads of {piece} bytes");
+        }
+        // They count against the head limit.
+        let mut r = RequestReader::new();
+        assert!(matches!(r.feed(&vec![b'\n'; MAX_HEAD], None), Step::More));
+        assert_eq!(status(&r.feed(b"\r\n", None)), 431);
     }
 
     #[test]
