@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod listener;
-mod request;
+/// Public for the `admin_request` fuzz target (fuzz/).
+pub mod request;
 
 pub struct AdminServer {
     pub addr: SocketAddr,
@@ -42,19 +43,22 @@ impl AdminServer {
     }
 }
 
+/// One request, read whole (`request::RequestReader`).
 #[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    body: Vec<u8>,
+pub struct Request {
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    /// After `?`, undecoded.
+    pub query: String,
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 fn json(status: u16, body: impl Into<Vec<u8>>) -> Response {
