@@ -12,6 +12,8 @@
 #   5. pytest tests/python (black-box tests with the official Python Socket.IO client)
 #   6. node --test tests/js/ (black-box tests with the official JavaScript client, and the demo
 #      page in headless Chromium: Debian's `chromium`, installed here when missing)
+#   6b. cargo +nightly fuzz: builds every fuzz target (fuzz/, docs/fuzzing.md) and runs each
+#      for CORECAST_FUZZ_SECS (default 15) on its seeds; installs cargo-fuzz if missing
 #   7. bench/compare.sh --quick: a short corecast vs Node.js Socket.IO comparison with
 #      corecast-loadgen (about 3 minutes); prints the table, fails only when corecast
 #      misbehaves (errors, lost, duplicated or out-of-order messages), never on speed
@@ -29,6 +31,7 @@
 #                                    saying so; use with an already running node)
 #   CORECAST_TEST_SKIP_CARGO_TEST=1  skip cargo test (black-box tests only)
 #   CORECAST_TEST_SKIP_JS=1          skip the JavaScript tests
+#   CORECAST_TEST_SKIP_FUZZ=1        skip building and running the fuzz targets
 #   CORECAST_TEST_SKIP_BENCH=1       skip the quick benchmark comparison
 # Other knobs: CORECAST_CACHE (default ~/.cache/corecast: Cassandra jars, Python venv),
 # CORECAST_CASSANDRA_PORT (default 9042), CORECAST_TEST_CHROMIUM (a Chromium binary other than
@@ -214,6 +217,30 @@ python -m pytest tests/python -q
 section "node --test tests/js/ (socket.io-client)"
 if ! skip CORECAST_TEST_SKIP_JS; then
   node --test tests/js/
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "fuzz targets (cargo-fuzz on nightly, ${CORECAST_FUZZ_SECS:-15} s each)"
+if ! skip CORECAST_TEST_SKIP_FUZZ; then
+  rustup toolchain list | grep -q '^nightly' \
+    || rustup toolchain install nightly --profile minimal \
+    || die "the nightly toolchain is needed for cargo-fuzz (rustup toolchain install nightly)"
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+  rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
+  cargo +nightly fuzz build
+  FUZZ_CORPUS="$(mktemp -d "${TMPDIR:-/tmp}/corecast-fuzz.XXXXXX")"
+  for target in $(cargo +nightly fuzz list); do
+    mkdir -p "$FUZZ_CORPUS/$target"
+    echo "--- fuzz $target"
+    # libFuzzer grows the first corpus (a temporary one) and only reads the committed seeds.
+    if ! cargo +nightly fuzz run "$target" "$FUZZ_CORPUS/$target" "fuzz/seeds/$target" -- \
+        -max_total_time="${CORECAST_FUZZ_SECS:-15}" -print_final_stats=1 >"$FUZZ_CORPUS/$target.log" 2>&1; then
+      tail -60 "$FUZZ_CORPUS/$target.log" >&2
+      die "fuzz target $target failed; the input is in fuzz/artifacts/$target/ (docs/fuzzing.md)"
+    fi
+    grep -E '^stat::number_of_executed_units' "$FUZZ_CORPUS/$target.log" || true
+  done
+  rm -rf "$FUZZ_CORPUS"
 fi
 
 # ---------------------------------------------------------------------------------------------

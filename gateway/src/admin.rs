@@ -1,6 +1,8 @@
 //! The internal HTTP listener: admin API (users, groups, live membership, history), health,
-//! readiness and Prometheus metrics. Plain blocking HTTP/1.1 on its own threads (one per
-//! request; this is an operator's port, not a hot path), never on a shard.
+//! readiness and Prometheus metrics. Plain HTTP/1.1, one request per connection, on its own
+//! threads (this is an operator's port, not a hot path), never on a shard. How connections
+//! are read, bounded and answered is `listener.rs`; the checks before a body is read are
+//! `request.rs`; this file is the routes.
 //!
 //! Membership changes are written to the store first, then applied to open connections through
 //! the group's owner shard; the request returns once every shard has applied them, so a
@@ -8,78 +10,55 @@
 
 use crate::events;
 use crate::shard::{ShardMsg, Shared};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use corecast_shard_router::{owner_of_group, ShardId};
 use corecast_storage::{
     Error as StoreError, Group, GroupId, MembershipChange, MessageId, User, UserId,
 };
 use serde::Deserialize;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_BODY: usize = 1 << 20;
-const MAX_HEAD: usize = 16 * 1024;
+mod listener;
+/// Public for the `admin_request` fuzz target (fuzz/).
+pub mod request;
 
 pub struct AdminServer {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    listener: listener::Listener,
 }
 
 impl AdminServer {
     pub fn start(shared: Arc<Shared>) -> Result<AdminServer> {
-        let addr = shared.config.server.internal_listen;
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (internal)"))?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("internal-http".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop2.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let shared = shared.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("internal-req".into())
-                        .spawn(move || handle_conn(&shared, stream));
-                }
-            })?;
+        let listener = listener::Listener::start(shared)?;
         Ok(AdminServer {
-            addr,
-            stop,
-            thread: Some(thread),
+            addr: listener.addr,
+            listener,
         })
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.listener.stop();
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    auth: Option<String>,
-    body: Vec<u8>,
+/// One request, read whole (`request::RequestReader`).
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    /// After `?`, undecoded.
+    pub query: String,
+    pub body: Vec<u8>,
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 fn json(status: u16, body: impl Into<Vec<u8>>) -> Response {
@@ -92,93 +71,6 @@ fn json(status: u16, body: impl Into<Vec<u8>>) -> Response {
 
 fn error(status: u16, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
-}
-
-fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, Response> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head)) => {
-                let h = |name: &str| {
-                    req.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .map(str::to_string)
-                };
-                let len: usize = h("content-length")
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if len > MAX_BODY {
-                    return Err(error(413, "body too large (limit 1 MiB)"));
-                }
-                let target = req.path.unwrap_or("/").to_string();
-                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let mut r = Request {
-                    method: req.method.unwrap_or("").to_string(),
-                    path: path.to_string(),
-                    query: query.to_string(),
-                    auth: h("authorization"),
-                    body: buf[head..].to_vec(),
-                };
-                while r.body.len() < len {
-                    let n = stream
-                        .read(&mut chunk)
-                        .map_err(|_| error(400, "truncated body"))?;
-                    if n == 0 {
-                        return Err(error(400, "truncated body"));
-                    }
-                    r.body.extend_from_slice(&chunk[..n]);
-                }
-                r.body.truncate(len);
-                return Ok(Some(r));
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_HEAD {
-                    return Err(error(431, "request head too large"));
-                }
-                let n = stream
-                    .read(&mut chunk)
-                    .map_err(|_| error(400, "read failed"))?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(_) => return Err(error(400, "malformed HTTP request")),
-        }
-    }
-}
-
-fn handle_conn(shared: &Shared, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let response = match read_request(&mut stream) {
-        Ok(Some(req)) => route(shared, &req),
-        Ok(None) => return,
-        Err(resp) => resp,
-    };
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&response.body);
 }
 
 fn store_error(e: StoreError) -> Response {
@@ -251,26 +143,7 @@ fn route(shared: &Shared, req: &Request) -> Response {
     if parts.first() != Some(&"api") {
         return error(404, "not found");
     }
-    match &shared.config.auth.admin_token {
-        None => return error(403, "the admin API is disabled: set CORECAST_ADMIN_TOKEN"),
-        Some(t) => {
-            let expected = format!("Bearer {t}");
-            let given = req.auth.as_deref().unwrap_or("");
-            // Constant-time comparison: the token is a secret.
-            let same = given.len() == expected.len()
-                && given
-                    .bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            if !same {
-                return error(
-                    401,
-                    "missing or wrong admin token (Authorization: Bearer <token>)",
-                );
-            }
-        }
-    }
+    // The admin token was checked (request::authorize) before the body was read.
     let store = shared.store.blocking();
     match (req.method.as_str(), &parts[1..]) {
         ("POST", ["drain"]) => {

@@ -27,6 +27,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Internal admin/metrics/health listener (`CORECAST_INTERNAL_LISTEN`).
     pub internal_listen: SocketAddr,
+    /// Threads answering internal requests; more complete requests wait in a queue of 32,
+    /// beyond which they get 503 (`CORECAST_ADMIN_THREADS`).
+    pub admin_threads: usize,
+    /// Internal connections being read at once; one more is answered 503 and closed
+    /// (`CORECAST_ADMIN_MAX_CONNECTIONS`).
+    pub admin_max_connections: usize,
+    /// Time from accept for a whole internal request to arrive, then answered 408; also how
+    /// long an answer may take to be read (`CORECAST_ADMIN_REQUEST_TIMEOUT_MS`).
+    pub admin_request_timeout_ms: u64,
     /// Number of shards; 0 means one per online core (`CORECAST_SHARDS`).
     pub shards: usize,
     /// The Engine.IO path (`CORECAST_PATH`).
@@ -98,8 +107,9 @@ pub enum JwtAlgorithm {
 pub struct AuthConfig {
     /// `HS256` (shared secret), `RS256` or `ES256` (public key) (`CORECAST_JWT_ALGORITHM`).
     pub jwt_algorithm: JwtAlgorithm,
-    /// HS256 secret (`CORECAST_JWT_SECRET`). When unset a development secret is used and a
-    /// warning printed.
+    /// HS256 secret (`CORECAST_JWT_SECRET`), at least 32 bytes. When unset a development
+    /// secret is used and a warning printed; it is refused unless `server.listen` is a
+    /// loopback address (`auth::secret_problem`).
     pub jwt_secret: Option<String>,
     /// PEM public key file for RS256/ES256 (`CORECAST_JWT_PUBLIC_KEY_FILE`).
     pub jwt_public_key_file: Option<PathBuf>,
@@ -217,6 +227,9 @@ impl Default for ServerConfig {
             internal_listen: "127.0.0.1:3001"
                 .parse()
                 .expect("invariant: literal address"),
+            admin_threads: 4,
+            admin_max_connections: 256,
+            admin_request_timeout_ms: 10_000,
             shards: 0,
             path: "/socket.io/".into(),
             allowed_origins: Vec::new(),
@@ -340,6 +353,18 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_INTERNAL_LISTEN", |c, v| {
         c.server.internal_listen = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_ADMIN_THREADS", |c, v| {
+        c.server.admin_threads = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_ADMIN_MAX_CONNECTIONS", |c, v| {
+        c.server.admin_max_connections = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_ADMIN_REQUEST_TIMEOUT_MS", |c, v| {
+        c.server.admin_request_timeout_ms = parse(v)?;
         Ok(())
     }),
     ("CORECAST_SHARDS", |c, v| {
@@ -606,6 +631,18 @@ impl Config {
         }
         if s.max_payload < 64 {
             bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");
+        }
+        if !(1..=256).contains(&s.admin_threads) {
+            bail!(
+                "server.admin_threads (CORECAST_ADMIN_THREADS) must be between 1 and 256, got {}",
+                s.admin_threads
+            );
+        }
+        if s.admin_max_connections == 0 || s.admin_request_timeout_ms == 0 {
+            bail!(
+                "server.admin_max_connections (CORECAST_ADMIN_MAX_CONNECTIONS) and \
+                 server.admin_request_timeout_ms (CORECAST_ADMIN_REQUEST_TIMEOUT_MS) must be above 0"
+            );
         }
         if s.shards > 256 {
             bail!(

@@ -185,7 +185,7 @@ fn command(
 ) -> Result<Command, ClientError> {
     let obj = |name: &str| -> Result<&BorrowedValue<'_>, ClientError> {
         match payload {
-            Some(p) if p.is_object() => Ok(p),
+            Some(p) if p.is_object() => unique_keys(p, "the payload").map(|()| p),
             _ => Err(ClientError::invalid(format!(
                 "{name} needs an object payload"
             ))),
@@ -339,6 +339,7 @@ fn attachments(
                 "attachments[{i}] must be an object"
             )));
         }
+        unique_keys(a, &format!("attachments[{i}]"))?;
         let url = a.get("url").and_then(|u| u.as_str()).ok_or_else(|| {
             ClientError::invalid(format!("attachments[{i}].url must be a string"))
         })?;
@@ -364,6 +365,51 @@ fn attachments(
         });
     }
     Ok(out)
+}
+
+/// Refuses an object that repeats a key. In an object of up to 32 members simd-json keeps
+/// every member and `get` finds the first, while `JSON.parse` (the reference server, and the
+/// client that built the payload) keeps the last: without this check the gateway would read
+/// another text, group or URL than the sender's own JSON library shows. (Larger objects go
+/// to a hash map that keeps the last, like `JSON.parse`; the set below then finds nothing.)
+/// RFC 8259 leaves repeated names to the implementation; refusing them cannot be misread,
+/// and no client builds such objects.
+fn unique_keys(v: &BorrowedValue<'_>, what: &str) -> Result<(), ClientError> {
+    let Some(members) = v.as_object() else {
+        return Ok(());
+    };
+    // Payloads have a handful of keys: pairwise is cheaper than a set and allocates nothing;
+    // past that a set keeps it linear, since an object may have many thousand keys.
+    const PAIRWISE: usize = 32;
+    let repeated = if members.len() <= PAIRWISE {
+        let mut found = None;
+        for (i, (a, _)) in members.iter().enumerate() {
+            if members.iter().skip(i + 1).any(|(b, _)| a == b) {
+                found = Some(a.to_string());
+                break;
+            }
+        }
+        found
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        let mut found = None;
+        for (k, _) in members.iter() {
+            if !seen.insert(k.as_ref()) {
+                found = Some(k.to_string());
+                break;
+            }
+        }
+        found
+    };
+    match repeated {
+        None => Ok(()),
+        Some(key) => {
+            let shown: String = key.chars().take(32).collect();
+            Err(ClientError::invalid(format!(
+                "{what} repeats the key {shown:?}"
+            )))
+        }
+    }
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -547,6 +593,32 @@ mod tests {
                 message: MessageId(99)
             })
         );
+    }
+
+    /// Found by the `client_event` fuzz target: with `text` twice, simd-json's `get` read the
+    /// first while JSON.parse (and serde_json) read the last.
+    #[test]
+    fn repeated_keys_are_refused() {
+        for s in [
+            r#"["sendMessage",{"groupId":"1","text":"hi","text":"other"}]"#,
+            r#"["joinGroup",{"groupId":"1","groupId":"2"}]"#,
+            r#"["sendMessage",{"groupId":"1","text":"hi","attachments":[{"url":"https://x.io/a","type":"image","url":"https://y.io/b"}]}]"#,
+        ] {
+            let err = parse(s).unwrap_err();
+            assert_eq!(err.code, Code::InvalidPayload, "{s}");
+            assert!(err.message.contains("repeats the key"), "{}", err.message);
+        }
+        // Between 16 and 32 members, still refused.
+        let some: String = (0..20).map(|i| format!(r#""k{i}":1,"#)).collect();
+        let s = format!(r#"["joinGroup",{{{some}"groupId":"1","k7":2}}]"#);
+        assert!(parse(&s).unwrap_err().message.contains("\"k7\""));
+        // A large object: simd-json keeps the last, as JSON.parse does.
+        let many: String = (0..40).map(|i| format!(r#""k{i}":1,"#)).collect();
+        let s = format!(r#"["sendMessage",{{{many}"groupId":"1","text":"a","text":"b"}}]"#);
+        match parse(&s) {
+            Ok(Command::SendMessage { text, .. }) => assert_eq!(text, "b"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

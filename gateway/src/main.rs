@@ -132,11 +132,16 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let config = args.load()?;
+    // Before anything is opened or printed; Gateway::start checks it again for library users.
+    if let Some(problem) = corecast_gateway::auth::secret_problem(&config) {
+        anyhow::bail!(problem);
+    }
     let (_, dev_secret) = config.jwt_secret();
     if dev_secret {
         eprintln!(
             "WARNING: CORECAST_JWT_SECRET is not set; using the DEVELOPMENT secret {:?}. \
-             Anyone can mint tokens for it. Set CORECAST_JWT_SECRET in production.",
+             Anyone can mint tokens for it, so it is only accepted on a loopback listener. \
+             Set CORECAST_JWT_SECRET in production.",
             corecast_gateway::config::DEV_JWT_SECRET
         );
     }

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "gateway-test-secret-0123456789abcdef";
 
 fn start(shards: usize, dir: &std::path::Path) -> Gateway {
     let mut c = Config::default();
