@@ -206,11 +206,17 @@ impl Verifier {
     }
 
     /// Verifies `token` and returns its user.
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_session(token).map(|(user, _)| user)
+    }
+
+    /// Verifies `token` and returns its user and its expiry (`exp`, in milliseconds since the
+    /// epoch): a session opened with it is closed once that passes, unless refreshed.
     ///
     /// Checks in this order, so the error names the first thing wrong: the shape, the header
     /// (base64url, a JSON object, no `crit`, the configured `alg`), the claims (base64url, a
     /// JSON object), then the signature, `exp` and `nbf` (jsonwebtoken), then `sub`.
-    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    pub fn verify_session(&self, token: &str) -> Result<(UserId, u64), AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -281,7 +287,11 @@ impl Verifier {
             _ => AuthError::Invalid(e.to_string()),
         })?;
 
-        match claims.get("sub") {
+        let exp_ms = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map_or(0, |secs| (secs * 1000.0) as u64);
+        let user = match claims.get("sub") {
             None => Err(AuthError::MissingSubject),
             Some(Value::Number(n)) => n.as_u64().map(UserId).ok_or(AuthError::BadSubject),
             Some(Value::String(s))
@@ -290,7 +300,8 @@ impl Verifier {
                 s.parse().map(UserId).map_err(|_| AuthError::BadSubject)
             }
             Some(_) => Err(AuthError::BadSubject),
-        }
+        }?;
+        Ok((user, exp_ms))
     }
 }
 

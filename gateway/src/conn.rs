@@ -57,6 +57,9 @@ pub enum SubState {
 /// The server's Engine.IO ping, as a complete WebSocket frame.
 static PING_FRAME: [u8; 3] = [0x81, 0x01, b'2'];
 
+/// The clock skew allowed on a token's `exp`, as at CONNECT (auth.rs).
+const TOKEN_LEEWAY_MS: u64 = 5_000;
+
 /// How long a closing connection may take to flush before its socket is dropped.
 const CLOSE_GRACE_MS: u64 = 2_000;
 
@@ -99,6 +102,9 @@ pub struct Conn {
     closing_since: Cell<Option<Tick>>,
     close_overdue: Cell<bool>,
     connect_deadline: Cell<Option<Tick>>,
+    /// When the session's token expires (milliseconds since the epoch; 0 before CONNECT): the
+    /// shard's tick closes the session then, unless `refreshToken` moved it.
+    token_exp_ms: Cell<u64>,
     /// Its place among the connections waiting to log in (see admission.rs), until CONNECT.
     ticket: Cell<Option<crate::admission::Ticket>>,
     /// Binary attachments still to skip after a refused binary packet.
@@ -130,6 +136,7 @@ impl Conn {
             closing_since: Cell::new(None),
             close_overdue: Cell::new(false),
             connect_deadline: Cell::new(Some(now.after(cfg.connect_timeout_ms))),
+            token_exp_ms: Cell::new(0),
             ticket: Cell::new(None),
             skip_binary: Cell::new(0),
         }
@@ -224,6 +231,7 @@ impl Conn {
         self.state.set(ConnState::AwaitingConnect);
         self.was_connected.set(false);
         self.pending_subs.set(0);
+        self.token_exp_ms.set(0);
         self.groups.borrow_mut().clear();
     }
 
@@ -433,6 +441,15 @@ impl Conn {
             }
             return;
         }
+        let exp = self.token_exp_ms.get();
+        if exp > 0 && events::now_ms().max(0) as u64 >= exp + TOKEN_LEEWAY_MS {
+            self.close(
+                shard,
+                1008,
+                "token expired: reconnect with a new token, or send refreshToken before it expires",
+            );
+            return;
+        }
         if self.connect_deadline.get().is_some_and(|d| now.reached(d)) {
             self.close(shard, 1008, "connect timeout: no Socket.IO CONNECT in time");
             return;
@@ -594,8 +611,9 @@ impl Conn {
                 "authentication token missing: send { token } in the Socket.IO auth payload",
             );
         };
-        match shard.shared.verifier.verify(&token) {
-            Ok(user) => {
+        match shard.shared.verifier.verify_session(&token) {
+            Ok((user, exp_ms)) => {
+                self.token_exp_ms.set(exp_ms);
                 self.user.set(Some(user));
                 self.state.set(ConnState::Subscribing);
                 shard.authenticated(self, user);
@@ -604,10 +622,32 @@ impl Conn {
         }
     }
 
+    /// `refreshToken`: a valid token for the same user moves the session's expiry.
+    fn refresh_token(&self, shard: &Shard, token: &str, ack: Option<u64>) {
+        let origin = Origin {
+            shard: shard.id,
+            conn: self.id,
+            ack,
+        };
+        let result = match shard.shared.verifier.verify_session(token) {
+            Ok((user, exp_ms)) if Some(user) == self.user() => {
+                self.token_exp_ms.set(exp_ms);
+                Ok(events::ok_ack_json(&format!(",\"exp\":{}", exp_ms / 1000)))
+            }
+            Ok(_) => Err(ClientError::new(
+                Code::Unauthenticated,
+                "the token is for another user: a session keeps its user",
+            )),
+            Err(e) => Err(ClientError::new(Code::Unauthenticated, e.to_string())),
+        };
+        shard.reply(&origin, result);
+    }
+
     fn on_command(self: &Rc<Self>, shard: &Shard, cmd: Command, ack: Option<u64>) {
         match cmd {
             Command::SendMessage { .. } => shard.send_message(self, cmd, ack),
             Command::JoinGroup { group } => shard.join(self, group, ack),
+            Command::RefreshToken { token } => self.refresh_token(shard, &token, ack),
             Command::LeaveGroup { group } => {
                 shard.leave(self, &group);
                 let origin = Origin {

@@ -110,6 +110,10 @@ pub enum Command {
     JoinGroup {
         group: GroupId,
     },
+    /// A new token for the same user, so the session outlives the first token's `exp`.
+    RefreshToken {
+        token: String,
+    },
     LeaveGroup {
         group: GroupId,
     },
@@ -124,6 +128,7 @@ impl Command {
         match self {
             Command::SendMessage { .. } => "sendMessage",
             Command::JoinGroup { .. } => "joinGroup",
+            Command::RefreshToken { .. } => "refreshToken",
             Command::LeaveGroup { .. } => "leaveGroup",
             Command::MarkAsRead { .. } => "markAsRead",
         }
@@ -235,6 +240,17 @@ fn command(
                 client_msg_id,
             })
         }
+        "refreshToken" => match obj(name)?.get("token") {
+            Some(t) => match t.as_str() {
+                Some(t) if !t.is_empty() && t.len() <= 16 * 1024 => Ok(Command::RefreshToken {
+                    token: t.to_string(),
+                }),
+                _ => Err(ClientError::invalid(
+                    "token must be a JWT string (at most 16 KiB)",
+                )),
+            },
+            None => Err(ClientError::invalid("token is required")),
+        },
         "joinGroup" => Ok(Command::JoinGroup {
             group: group_id(obj(name)?, limits)?,
         }),
