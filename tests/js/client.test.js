@@ -2,36 +2,12 @@
 // The official socket.io-client v4 against the gateway: connect, emit with and without ack,
 // receive, error events, bad tokens as connect_error, disconnect. One gateway for the file.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { startGateway, connect, groupPath } = require('./helpers');
+const { connect, groupPath, fileGateway } = require('./helpers');
 
-let gw;
-let clients = [];
-let nextId = 5000;
-const fresh = () => nextId++;
-
-before(async () => { gw = await startGateway(); });
-after(async () => { if (gw) await gw.stop(); });
-afterEach(() => { for (const c of clients) c.close(); clients = []; });
-
-async function client(userId, opts) {
-  const c = await connect(gw, userId, opts);
-  clients.push(c);
-  return c;
-}
-
-async function group(n) {
-  const users = [];
-  for (let i = 0; i < n; i++) {
-    const u = fresh();
-    await gw.putUser(u);
-    users.push(u);
-  }
-  const gid = `g-${fresh()}`; // group ids are strings, as the chat app's room names are
-  await gw.putGroup(gid, users);
-  return { gid, users };
-}
+const fx = fileGateway(5000);
+const { client, group, fresh } = fx;
 
 test('connect, emit with ack, receive on every member', async () => {
   const { gid, users: [a, b] } = await group(2);
@@ -83,14 +59,14 @@ test('joinGroup, markAsRead and messageRead', async () => {
 });
 
 test('a bad token is a connect_error with the message', async () => {
-  const c = await connect(gw, null, { token: 'not-a-jwt', expectFailure: true });
+  const c = await connect(fx.gw, null, { token: 'not-a-jwt', expectFailure: true });
   assert.match(c.connectError.message, /token/i);
 });
 
 test('an expired token is a connect_error saying so', async () => {
   const now = Math.floor(Date.now() / 1000);
-  const token = gw.token(fresh(), { exp: now - 120, iat: now - 3600 });
-  const c = await connect(gw, null, { token, expectFailure: true });
+  const token = fx.gw.token(fresh(), { exp: now - 120, iat: now - 3600 });
+  const c = await connect(fx.gw, null, { token, expectFailure: true });
   assert.match(c.connectError.message, /expired/i);
 });
 
@@ -125,7 +101,7 @@ async function chatFlow(gid, wire, a, b) {
     const r = await c.waitFor('messageRead', (p) => p.messageId === ack.id);
     assert.deepEqual(r, { messageId: ack.id, userId: b, groupId: gid });
   }
-  const history = await gw.history(gid);
+  const history = await fx.gw.history(gid);
   assert.deepEqual(history.map((m) => [m.id, m.groupId, m.readBy]), [[ack.id, gid, [a, b]]]);
   assert.deepEqual(await cb.call('leaveGroup', { groupId: wire }), { ok: true, groupId: gid });
 }
@@ -134,7 +110,7 @@ async function users(n) {
   const out = [];
   for (let i = 0; i < n; i++) {
     const u = fresh();
-    await gw.putUser(u);
+    await fx.gw.putUser(u);
     out.push(u);
   }
   return out;
@@ -144,8 +120,8 @@ for (const name of ['team berlin', 'Zürich ☕ 東京 🚀', 'a/b?c#d%20e+f']) 
   test(`a string group id round-trips exactly: ${name}`, async () => {
     const [a, b] = await users(2);
     const gid = `${name} ${fresh()}`;
-    await gw.putGroup(gid, [a, b]);
-    const r = await gw.admin('GET', groupPath(gid));
+    await fx.gw.putGroup(gid, [a, b]);
+    const r = await fx.gw.admin('GET', groupPath(gid));
     assert.equal(r.body.id, gid);
     await chatFlow(gid, gid, a, b);
   });
@@ -154,12 +130,12 @@ for (const name of ['team berlin', 'Zürich ☕ 東京 🚀', 'a/b?c#d%20e+f']) 
 test('digits: the number 10 names the group "10", and "007" stays "007" (not "7")', async () => {
   const n = fresh();
   const [a, b, c] = await users(3);
-  await gw.putGroup(n, [a, b]);
+  await fx.gw.putGroup(n, [a, b]);
   await chatFlow(String(n), n, a, b);
   const padded = `00${fresh()}`;
-  await gw.putGroup(padded, [a, b]);
+  await fx.gw.putGroup(padded, [a, b]);
   await chatFlow(padded, padded, a, b);
-  await gw.putGroup(String(Number(padded)), [c]);
+  await fx.gw.putGroup(String(Number(padded)), [c]);
   const ca = await client(a);
   const ack = await ca.call('sendMessage', { groupId: Number(padded), text: 'x', attachments: [] });
   assert.equal(ack.ok, false);
@@ -189,12 +165,12 @@ test('the admin API takes the group id percent-encoded and refuses bad ones with
   const gid = `team berlin/${fresh()} ☕+`;
   const path = groupPath(gid);
   assert.match(path, /%20/);
-  assert.equal((await gw.admin('PUT', path, { name: 'Berlin', members: [a] })).status, 200);
-  assert.deepEqual((await gw.admin('PUT', `${path}/members/${b}`)).body, { ok: true, changed: true });
-  assert.deepEqual((await gw.admin('GET', path)).body, { id: gid, name: 'Berlin', members: [a, b] });
+  assert.equal((await fx.gw.admin('PUT', path, { name: 'Berlin', members: [a] })).status, 200);
+  assert.deepEqual((await fx.gw.admin('PUT', `${path}/members/${b}`)).body, { ok: true, changed: true });
+  assert.deepEqual((await fx.gw.admin('GET', path)).body, { id: gid, name: 'Berlin', members: [a, b] });
   await chatFlow(gid, gid, a, b);
   for (const segment of ['%FF', 'bad%0Aid', 'x'.repeat(129)]) {
-    const r = await gw.admin('GET', `/api/groups/${segment}`);
+    const r = await fx.gw.admin('GET', `/api/groups/${segment}`);
     assert.equal(r.status, 400, r.text);
     assert.match(r.body.error, /^invalid group id in the path/);
   }

@@ -307,4 +307,38 @@ function connect(gw, userId, { token, expectFailure = false, timeoutMs = DEFAULT
   });
 }
 
-module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, groupPath, REPO_ROOT };
+/**
+ * One gateway for a test file, started before its tests and stopped after them, with the
+ * file's helpers: `fx.gw` (the gateway), `fx.fresh()` (ids unique in the file, from
+ * `firstId`), `fx.client(userId, opts)` (a connected client, closed after each test; `opts` as
+ * for connect()), `fx.track(closable)` (closed after each test too) and `fx.group(n)` (n fresh
+ * users in a fresh group: `{ gid, users }`).
+ */
+function fileGateway(firstId, env) {
+  const { before, after, afterEach } = require('node:test');
+  let nextId = firstId;
+  let open = [];
+  const fx = {
+    gw: null,
+    fresh: () => nextId++,
+    track(c) { open.push(c); return c; },
+    async client(userId, opts) { return fx.track(await connect(fx.gw, userId, opts)); },
+    async group(n) {
+      const users = [];
+      for (let i = 0; i < n; i++) {
+        const u = fx.fresh();
+        await fx.gw.putUser(u);
+        users.push(u);
+      }
+      const gid = `g-${fx.fresh()}`; // group ids are strings, as the chat app's room names are
+      await fx.gw.putGroup(gid, users);
+      return { gid, users };
+    },
+  };
+  before(async () => { fx.gw = await startGateway(env); });
+  after(async () => { if (fx.gw) await fx.gw.stop(); });
+  afterEach(() => { for (const c of open) c.close(); open = []; });
+  return fx;
+}
+
+module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, groupPath, fileGateway, REPO_ROOT };

@@ -3,52 +3,28 @@
 // (HTTP long-polling first, then the upgrade to WebSocket), polling alone through the whole chat
 // flow, and an upgrade in the middle of a stream of messages (nothing lost or duplicated).
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
 const { NodeXHR, NodeWebSocket } = require('engine.io-client');
+const { fileGateway } = require('./helpers');
 
 /** The stock WebSocket transport, opening 300 ms late: a slow network's upgrade, so that
  * messages arrive over polling before the switch. */
 class SlowWebSocket extends NodeWebSocket {
   doOpen() { setTimeout(() => super.doOpen(), 300); }
 }
-const { startGateway, connect } = require('./helpers');
 
-let gw;
-let clients = [];
-let nextId = 9000;
-const fresh = () => nextId++;
-
-before(async () => { gw = await startGateway(); });
-after(async () => { if (gw) await gw.stop(); });
-afterEach(() => { for (const c of clients) c.close(); clients = []; });
-
-async function client(userId, opts) {
-  const c = await connect(gw, userId, opts);
-  clients.push(c);
-  return c;
-}
-
-async function group(n) {
-  const users = [];
-  for (let i = 0; i < n; i++) {
-    const u = fresh();
-    await gw.putUser(u);
-    users.push(u);
-  }
-  const gid = fresh();
-  await gw.putGroup(gid, users);
-  return { gid, users };
-}
+const fx = fileGateway(9000);
+const { client, group } = fx;
 
 /** A stock client in its default configuration; resolves on `connect` with the transports it
  * went through. */
 function defaultClient(userId) {
-  const socket = io(gw.url, { auth: { token: gw.token(userId) }, forceNew: true, reconnection: false });
+  const socket = io(fx.gw.url, { auth: { token: fx.gw.token(userId) }, forceNew: true, reconnection: false });
   const transports = [socket.io.engine.transport.name];
   socket.io.engine.on('upgrade', (t) => transports.push(t.name));
-  clients.push({ close: () => socket.disconnect() });
+  fx.track({ close: () => socket.disconnect() });
   return new Promise((resolve, reject) => {
     socket.once('connect', () => resolve({ socket, transports }));
     socket.once('connect_error', reject);
@@ -118,11 +94,11 @@ test('an upgrade while messages flow loses and duplicates nothing', async () => 
       }
     })();
     await waitUntil(() => next >= 20, 'the stream to start');
-    const socket = io(gw.url, {
-      auth: { token: gw.token(receiver) }, forceNew: true, reconnection: false,
+    const socket = io(fx.gw.url, {
+      auth: { token: fx.gw.token(receiver) }, forceNew: true, reconnection: false,
       transports: [NodeXHR, SlowWebSocket],
     });
-    clients.push({ close: () => socket.disconnect() });
+    fx.track({ close: () => socket.disconnect() });
     const got = [];
     socket.on('newMessage', (m) => got.push({ n: Number(m.text), transport: socket.io.engine.transport.name }));
     await new Promise((resolve, reject) => { socket.once('connect', resolve); socket.once('connect_error', reject); });
