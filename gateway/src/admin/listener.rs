@@ -295,35 +295,29 @@ impl Reader {
                 self.linger(stream);
                 continue;
             }
-            let id = self.next;
-            self.next += 1;
-            if self
-                .poll
-                .registry()
-                .register(&mut stream, Token(id), Interest::READABLE)
-                .is_err()
-            {
-                continue;
+            let deadline = Instant::now() + self.timeout;
+            if self.watch(stream, deadline, State::Reading(RequestReader::new())) {
+                self.reading += 1;
             }
-            self.reading += 1;
-            self.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    deadline: Instant::now() + self.timeout,
-                    state: State::Reading(RequestReader::new()),
-                },
-            );
         }
     }
 
     /// Shuts the write side of an answered connection and keeps draining it for a while, if
     /// there is room; otherwise closes it.
-    fn linger(&mut self, mut stream: TcpStream) {
+    fn linger(&mut self, stream: TcpStream) {
         let _ = stream.shutdown(Shutdown::Write);
         if self.lingering >= MAX_LINGERING {
             return;
         }
+        let deadline = Instant::now() + LINGER;
+        if self.watch(stream, deadline, State::Lingering { discarded: 0 }) {
+            self.lingering += 1;
+        }
+    }
+
+    /// Registers a connection for reading until `deadline`; false if the poller refused it
+    /// (the stream is then closed).
+    fn watch(&mut self, mut stream: TcpStream, deadline: Instant, state: State) -> bool {
         let id = self.next;
         self.next += 1;
         if self
@@ -332,17 +326,17 @@ impl Reader {
             .register(&mut stream, Token(id), Interest::READABLE)
             .is_err()
         {
-            return;
+            return false;
         }
-        self.lingering += 1;
         self.conns.insert(
             id,
             Conn {
                 stream,
-                deadline: Instant::now() + LINGER,
-                state: State::Lingering { discarded: 0 },
+                deadline,
+                state,
             },
         );
+        true
     }
 
     /// Removes a connection from the books (the caller closes or hands on its stream).
