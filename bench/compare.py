@@ -3,14 +3,16 @@
 
 Builds the release binaries, then for each server in turn (a fresh process per scenario:
 corecast with the embedded store in a temporary data folder and the rate limit off, the
-baseline with `node`), runs the same corecast-loadgen scenarios against it, and writes
+baseline with `node`), runs the same corecast-loadgen scenarios against it (the fan-out sweep over WebSocket and
+again over HTTP long-polling, `--transport polling`), and writes
 bench/results/*.json, bench/results/summary.json and the "Benchmarks: gateway vs
 baseline" section of docs/benchmarks.md. `--quick` (CI) writes its results to
 target/bench-quick/ instead and leaves docs/ and bench/results/ alone. The table goes to
 stdout, everything else to stderr.
 
 It fails (non-zero) only when corecast misbehaves: lost, duplicated or out-of-order
-messages, errors reported by the loadgen, or a corecast that does not start. Never on
+messages, errors reported by the loadgen (on either transport), or a corecast that does not
+start. Never on
 speed (CI machines are noisy), and never because of the baseline. Run via bench/compare.sh.
 """
 
@@ -174,11 +176,13 @@ def plan(quick):
     if quick:
         return dict(
             idle_conns=2000, storm_conns=2000, fanout_conns=1000,
-            rates=[500, 1000, 2500], room=1000, room_rates=[10], duration=4, warmup=1,
+            rates=[500, 1000, 2500], polling_rates=[300, 1000], room=1000, room_rates=[10],
+            duration=4, warmup=1,
         )
     return dict(
         idle_conns=19000, storm_conns=10000, fanout_conns=1000,
-        rates=[1000, 2500, 3000, 5000, 10000, 15000, 20000, 25000, 35000], room=5000,
+        rates=[1000, 2500, 3000, 5000, 10000, 15000, 20000, 25000, 35000],
+        polling_rates=[300, 1000, 2500, 3000, 5000, 10000, 15000, 20000], room=5000,
         room_rates=[10, 20, 40, 100],
         duration=10, warmup=2,
     )
@@ -256,6 +260,12 @@ def run_server(kind, p, port):
     res["sweep"] = sweep(kind, port, "fanout", p["rates"],
                          lambda rate: ["--scenario", "fanout", "--conns", p["fanout_conns"],
                                        "--group-size", 10, "--rate", rate] + common, P99_BOUND_MS)
+    # The same fan-out over HTTP long-polling (never upgraded): two keep-alive connections
+    # per session, a long-poll GET always pending, sends as POSTs.
+    res["polling_sweep"] = sweep(kind, port, "polling-fanout", p["polling_rates"],
+                                 lambda rate: ["--transport", "polling", "--scenario", "fanout",
+                                               "--conns", p["fanout_conns"], "--group-size", 10,
+                                               "--rate", rate] + common, P99_BOUND_MS)
     res["room_sweep"] = sweep(kind, port, "large-room", p["room_rates"],
                               lambda rate: ["--scenario", "large-room", "--conns", p["room"],
                                             "--rate", rate, "--src-addrs", 4] + common, ROOM_P99_BOUND_MS)
@@ -326,25 +336,28 @@ def summarize(results, meta, quick):
     def row(name, a, b, unit, digits, higher_better):
         rows.append((name, fmt(a, unit, digits), fmt(b, unit, digits), ratio(a, b, higher_better)))
 
-    hc, hb = (best_held(cc) if cc else None), best_held(bl) if bl else None
-    row("deliveries/s held at p99 < 50 ms (1,000 conns, groups of 10)",
-        g(hc, "send", "deliveries_per_s"), g(hb, "send", "deliveries_per_s"), "", 0, True)
-    # p99 at the highest rate both held.
-    common = None
-    if cc and bl:
-        rc = {r["config"]["rate"]: r for r in cc["sweep"] if held(r)}
-        rb = {r["config"]["rate"]: r for r in bl["sweep"] if held(r)}
-        both = sorted(set(rc) & set(rb))
-        if both:
-            common = both[-1]
-            row(f"p99 ms at {common * 10:,.0f} deliveries/s (both hold it)",
-                g(rc[common], "send", "latency", "p99_ms"), g(rb[common], "send", "latency", "p99_ms"),
-                "", 2, False)
-    row("server CPU µs per delivery at that rate",
-        g(next((r for r in (cc or {}).get("sweep", []) if r.get("config", {}).get("rate") == common), None),
-          "server", "cpu_us_per_delivery"),
-        g(next((r for r in (bl or {}).get("sweep", []) if r.get("config", {}).get("rate") == common), None),
-          "server", "cpu_us_per_delivery"), "", 1, False)
+    def fanout_rows(key, prefix, what):
+        """Held rate, p99 at the highest rate both held, and CPU per delivery there."""
+        hc, hb = (best_held(cc, key) if cc else None), best_held(bl, key) if bl else None
+        row(f"{prefix}deliveries/s held at p99 < 50 ms (1,000 {what}, groups of 10)",
+            g(hc, "send", "deliveries_per_s"), g(hb, "send", "deliveries_per_s"), "", 0, True)
+        common = None
+        if cc and bl:
+            rc = {r["config"]["rate"]: r for r in cc.get(key, []) if held(r)}
+            rb = {r["config"]["rate"]: r for r in bl.get(key, []) if held(r)}
+            both = sorted(set(rc) & set(rb))
+            if both:
+                common = both[-1]
+                row(f"{prefix}p99 ms at {common * 10:,.0f} deliveries/s (both hold it)",
+                    g(rc[common], "send", "latency", "p99_ms"), g(rb[common], "send", "latency", "p99_ms"),
+                    "", 2, False)
+        row(f"{prefix}server CPU µs per delivery at that rate",
+            g(next((r for r in (cc or {}).get(key, []) if r.get("config", {}).get("rate") == common), None),
+              "server", "cpu_us_per_delivery"),
+            g(next((r for r in (bl or {}).get(key, []) if r.get("config", {}).get("rate") == common), None),
+              "server", "cpu_us_per_delivery"), "", 1, False)
+
+    fanout_rows("sweep", "", "conns")
     row("RSS per idle authenticated connection (bytes)",
         g(cc, "idle", "server", "rss_per_conn_bytes"), g(bl, "idle", "server", "rss_per_conn_bytes"), "", 0, False)
     row("connects/s with JWT (reconnect storm)",
@@ -361,6 +374,7 @@ def summarize(results, meta, quick):
         g(rc, "send", "deliveries_per_s"), g(rb, "send", "deliveries_per_s"), "", 0, True)
     row("large room: p99 ms there", g(rc, "send", "latency", "p99_ms"), g(rb, "send", "latency", "p99_ms"),
         "", 1, False)
+    fanout_rows("polling_sweep", "long-polling: ", "sessions")
 
     p = plan(quick)
     lines = [
@@ -374,7 +388,10 @@ def summarize(results, meta, quick):
         "",
         f"Scenarios: idle {p['idle_conns']:,} connections; connect storm {p['storm_conns']:,} connections "
         f"reconnecting at once; fan-out sweep over {', '.join(f'{r:,}' for r in p['rates'])} messages/s "
-        f"(×10 deliveries) until p99 ≥ 50 ms, a loss, or an error; large room of {p['room']:,} members at "
+        f"(×10 deliveries) until p99 ≥ 50 ms, a loss, or an error, over WebSocket, and over HTTP "
+        f"long-polling without the upgrade (`--transport polling`: two keep-alive connections per "
+        f"session, a long-poll GET always pending, sends as POSTs) at "
+        f"{', '.join(f'{r:,}' for r in p['polling_rates'])} messages/s; large room of {p['room']:,} members at "
         f"{', '.join(str(r) for r in p['room_rates'])} messages/s (the first rate in the first two rows) "
         f"until p99 ≥ {ROOM_P99_BOUND_MS:.0f} ms, a loss, or an error. A rate that fails on p99 alone is "
         f"run once more and the second run counts (p99 on this VM varies by up to ~1.5× between runs). "
@@ -413,6 +430,7 @@ def misbehaviour(res):
     bad = []
     for name, rep in [("idle", res.get("idle")), ("connect_storm", res.get("connect_storm"))] + [
             (f"fanout@{r.get('config', {}).get('rate')}", r) for r in res.get("sweep", [])] + [
+            (f"polling_fanout@{r.get('config', {}).get('rate')}", r) for r in res.get("polling_sweep", [])] + [
             (f"large_room@{r.get('config', {}).get('rate')}", r) for r in res.get("room_sweep", [])]:
         if rep is None:
             continue

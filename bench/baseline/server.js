@@ -62,7 +62,9 @@ function setGroup(id, name, members) {
 // ---- public listener: Socket.IO ----
 const httpServer = http.createServer();
 const io = new Server(httpServer, {
-  transports: ['websocket'],
+  // Both transports, as the Node gateway runs in production: the loadgen's WebSocket sessions
+  // connect straight to WebSocket, its polling sessions (--transport polling) stay on polling.
+  transports: ['polling', 'websocket'],
   serveClient: false,
   cors: { origin: '*' },
   pingInterval: 25000,

@@ -26,6 +26,27 @@ pub enum Scenario {
     ConnectStorm,
 }
 
+/// How each session reaches the server (Engine.IO's two transports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// One WebSocket per session (`transport=websocket`, no polling first).
+    Websocket,
+    /// HTTP long-polling only, never upgraded: two keep-alive connections per session, as a
+    /// browser holds them (one for the long-poll GET, one for the POSTs).
+    Polling,
+}
+
+impl Transport {
+    /// TCP connections (open files) one session holds at most.
+    pub fn sockets_per_session(self) -> u32 {
+        match self {
+            Transport::Websocket => 1,
+            Transport::Polling => 2,
+        }
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "corecast-loadgen",
@@ -39,6 +60,9 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "fanout")]
     pub scenario: Scenario,
+    /// Engine.IO transport of every session.
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
     /// Public Socket.IO address of the server.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub target: SocketAddr,
@@ -202,11 +226,12 @@ impl Config {
             bail!("--procs must be at least 1 (and --proc-index below it)");
         }
         let per_proc = args.conns.div_ceil(args.procs);
-        if per_proc > 19_000 {
+        let max_per_proc = 19_000 / args.transport.sockets_per_session();
+        if per_proc > max_per_proc {
             bail!(
                 "{per_proc} connections per process exceed what a 20,000 open-file limit allows; \
                  use --procs {}",
-                args.conns.div_ceil(19_000)
+                args.conns.div_ceil(max_per_proc)
             );
         }
         if args.scenario == Scenario::ConnectStorm {

@@ -9,10 +9,13 @@
 //! samples (no coordinated omission).
 //!
 //! It never decides pass or fail on speed: it reports; `bench/compare.sh` compares. It
-//! speaks the wire only through `corecast-wire`, the codec the gateway uses.
+//! speaks the wire only through `corecast-wire`, the codec the gateway uses, on either of
+//! Engine.IO's transports (`--transport websocket|polling`; the HTTP of long-polling is
+//! [`polling`]'s).
 
 pub mod admin;
 pub mod config;
+pub mod polling;
 pub mod report;
 pub mod stats;
 pub mod svg;

@@ -102,6 +102,7 @@ impl Machine {
 
 #[derive(Debug, Serialize)]
 pub struct RunConfig {
+    pub transport: crate::config::Transport,
     pub conns: u32,
     pub group_size: u32,
     pub groups: u32,
@@ -251,6 +252,7 @@ impl Report {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             machine: Machine::probe(),
             config: RunConfig {
+                transport: cfg.args.transport,
                 conns: cfg.args.conns,
                 group_size: cfg.group_size,
                 groups: cfg.nr_groups,
@@ -288,9 +290,10 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             s,
-            "== {} · {:?} · {} conns, {} groups of {}{}, {} threads x {} procs ==",
+            "== {} · {:?} · {:?} · {} conns, {} groups of {}{}, {} threads x {} procs ==",
             self.label,
             self.scenario,
+            c.transport,
             c.conns,
             c.groups,
             c.group_size,

@@ -2,6 +2,15 @@
 //! non-blocking sockets), connects them, answers pings, sends on its open-loop schedule,
 //! and accounts every delivery it receives.
 //!
+//! A session speaks one transport (`--transport`): a WebSocket, or HTTP long-polling without
+//! the upgrade. Everything above the transport (the connect handshake, pings, sends,
+//! deliveries, acks) is the same code for both: Engine.IO packets come in through
+//! [`Worker::on_eio`] and go out through `Conn::queue`. A polling session holds two
+//! keep-alive connections, as a browser does: its main socket carries the handshake and then
+//! one long-poll GET after another (one always pending), and a second one carries POSTs, one
+//! at a time (the server refuses overlapping POSTs), each with every packet queued since the
+//! last one.
+//!
 //! Frugality rules for the per-delivery path (every microsecond spent here is taken from
 //! the server on a shared machine): one read buffer per thread, not per connection; no
 //! JSON parse of deliveries (the loadgen finds its own header in the text with one
@@ -16,7 +25,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use corecast_wire::packet::{self, EioPacket, SioKind};
 use corecast_wire::ws::{self, Decoder, Message, Role};
 use memchr::memmem;
@@ -24,8 +33,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::admin::TokenMinter;
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::now_ns;
+use crate::polling;
 use crate::stats::{self, GroupTally, Interval, ThreadStats, Track, MAX_SENDERS_PER_GROUP};
 
 /// Orders from the main thread.
@@ -85,6 +95,49 @@ struct Conn {
     /// Ready when sending began: its group's messages are expected here.
     counted: bool,
     track: Track,
+    /// Long-polling sessions only: the rest of the session's client state.
+    polling: Option<Box<PollState>>,
+}
+
+impl Conn {
+    /// Queues one Engine.IO packet for the server on this session's transport: a WebSocket
+    /// text frame, or a packet for the next long-polling POST. The caller marks it dirty.
+    fn queue(&mut self, pkt: &[u8]) {
+        match &mut self.polling {
+            None => ws::encode_frame(Role::Client, ws::OP_TEXT, pkt, &mut self.wbuf),
+            Some(p) => packet::push_polling_packet(&mut p.outbox, pkt),
+        }
+    }
+}
+
+/// A long-polling session's client state beyond its main socket (the `Conn`'s own stream,
+/// which carries the handshake GET and then the long-poll GETs).
+#[derive(Default)]
+struct PollState {
+    sid: String,
+    /// The session's long-poll GET, built once when the open packet names the sid.
+    get_request: BytesMut,
+    /// A GET is written or waits for its answer: once the session is open there always is one.
+    get_pending: bool,
+    /// The last GET answer said the server closes its connection: the next GET goes on a new one.
+    get_closes: bool,
+    /// Packets for the next POST, joined by the record separator.
+    outbox: Vec<u8>,
+    post: PostConn,
+}
+
+/// The session's second keep-alive connection, for POSTs.
+#[derive(Default)]
+struct PostConn {
+    stream: Option<TcpStream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// A POST is written and not yet answered.
+    in_flight: bool,
+    /// The last answer said the server closes this connection.
+    closes: bool,
+    /// When the last POST was answered.
+    idle_since_ns: u64,
 }
 
 /// A group whose messages this thread sends (its first member lives here).
@@ -106,6 +159,23 @@ struct SendPlan {
 
 const MAX_MESSAGE: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// Largest long-polling answer taken: the servers bound theirs by `maxPayload` (1 MB), and a
+/// GET answer that waited behind a stall can carry more (corecast hands over everything queued).
+const MAX_POLL_BODY: usize = 64 << 20;
+/// A POST connection idle longer than this is replaced by a new one rather than reused: the
+/// Node.js server closes idle keep-alive connections after 5 s (its `keepAliveTimeout`), and a
+/// POST written into a connection the server is closing would be lost. Browsers retry such a
+/// request; the loadgen avoids the race instead, so that a lost POST is always an error.
+const POST_REUSE_IDLE_NS: u64 = 2_000_000_000;
+
+/// The socket of session `i`: its main one (the WebSocket, or polling's GET connection) or
+/// polling's POST connection. A mio token carries both.
+const MAIN: usize = 0;
+const POST: usize = 1;
+
+fn token(i: usize, leg: usize) -> Token {
+    Token(i << 1 | leg)
+}
 
 pub struct Worker {
     cfg: Arc<Config>,
@@ -120,6 +190,8 @@ pub struct Worker {
     pkt: Vec<u8>,
     json: Vec<u8>,
     text_finder: memmem::Finder<'static>,
+    /// The `Host` header of HTTP requests (the target address).
+    host: String,
     // Connect round state.
     round: Option<usize>,
     round_start_ns: u64,
@@ -183,8 +255,10 @@ impl Worker {
                 dirty: false,
                 counted: false,
                 track: Track::default(),
+                polling: None,
             });
         }
+        let host = cfg.args.target.to_string();
         Ok(Worker {
             cfg,
             minter,
@@ -198,6 +272,7 @@ impl Worker {
             pkt: Vec::with_capacity(256),
             json: Vec::with_capacity(256),
             text_finder: memmem::Finder::new(b"\"text\":\"cc:"),
+            host,
             round: None,
             round_start_ns: 0,
             next_connect: 0,
@@ -245,12 +320,12 @@ impl Worker {
             }
             let now = now_ns();
             for ev in events.iter() {
-                let i = ev.token().0;
+                let (i, leg) = (ev.token().0 >> 1, ev.token().0 & 1);
                 if ev.is_writable() || ev.is_error() {
-                    self.on_writable(i, now);
+                    self.on_writable(i, leg, now);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(i, now);
+                    self.on_readable(i, leg, now);
                 }
             }
             self.flush_dirty();
@@ -359,9 +434,25 @@ impl Worker {
     }
 
     fn open_socket(&mut self, i: usize) -> io::Result<()> {
-        use socket2::{Domain, Socket, Type};
+        let mut stream = self.connect_socket(self.conns[i].user_idx)?;
+        self.poll.registry().register(
+            &mut stream,
+            token(i, MAIN),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         let c = &mut self.conns[i];
-        let src = self.cfg.src_addrs[c.user_idx as usize % self.cfg.src_addrs.len()];
+        c.stream = Some(stream);
+        c.rbuf = BytesMut::new();
+        c.wbuf = BytesMut::new();
+        c.dec = Decoder::new(Role::Client, MAX_MESSAGE);
+        c.polling = (self.cfg.args.transport == Transport::Polling).then(Box::default);
+        Ok(())
+    }
+
+    /// A non-blocking TCP connection to the target, from user `user_idx`'s source address.
+    fn connect_socket(&self, user_idx: u32) -> io::Result<TcpStream> {
+        use socket2::{Domain, Socket, Type};
+        let src = self.cfg.src_addrs[user_idx as usize % self.cfg.src_addrs.len()];
         let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
@@ -384,17 +475,7 @@ impl Worker {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
-        let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
-        self.poll.registry().register(
-            &mut stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        c.stream = Some(stream);
-        c.rbuf = BytesMut::new();
-        c.wbuf = BytesMut::new();
-        c.dec = Decoder::new(Role::Client, MAX_MESSAGE);
-        Ok(())
+        Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
     }
 
     fn expire_handshakes(&mut self, now: u64) {
@@ -439,16 +520,21 @@ impl Worker {
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        if let Some(mut p) = c.polling.take() {
+            if let Some(mut s) = p.post.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
         c.state = State::Closed;
         c.rbuf = BytesMut::new();
         c.wbuf = BytesMut::new();
     }
 
-    fn on_writable(&mut self, i: usize, now: u64) {
+    fn on_writable(&mut self, i: usize, leg: usize, now: u64) {
         let Some(c) = self.conns.get_mut(i) else {
             return;
         };
-        if c.state == State::Connecting {
+        if leg == MAIN && c.state == State::Connecting {
             let Some(s) = &c.stream else { return };
             match s.take_error() {
                 Ok(None) => {}
@@ -465,6 +551,11 @@ impl Worker {
                     return self.fail(i, &code);
                 }
             }
+            if c.polling.is_some() {
+                polling::write_handshake(&mut c.wbuf, &self.cfg.args.path, &self.host);
+                c.state = State::WaitOpen;
+                return self.flush(i);
+            }
             let key = ws_key(c.user_idx ^ now as u32);
             let req = format!(
                 "GET {}?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
@@ -474,69 +565,65 @@ impl Worker {
             c.wbuf.extend_from_slice(req.as_bytes());
             c.state = State::Upgrading;
         }
+        // Polling's other sockets are written before their connect completes: a send then
+        // would block, and this (edge-triggered) writable event is the moment to try again.
         self.flush(i);
     }
 
     // ---- reading ----
 
-    fn on_readable(&mut self, i: usize, now: u64) {
+    fn on_readable(&mut self, i: usize, leg: usize, now: u64) {
         let Some(c) = self.conns.get_mut(i) else {
             return;
         };
-        let Some(stream) = &c.stream else { return };
-        if c.state == State::Connecting {
+        if leg == MAIN && c.state == State::Connecting {
             return; // writable tells us first
         }
+        let (stream, rbuf) = match (leg, c.polling.as_deref_mut()) {
+            (MAIN, _) => (&c.stream, &mut c.rbuf),
+            (_, Some(p)) => (&p.post.stream, &mut p.post.rbuf),
+            (_, None) => return,
+        };
+        let Some(stream) = stream else { return };
         let fd = stream.as_raw_fd();
         let buf = &mut self.scratch;
         buf.clear();
-        if !c.rbuf.is_empty() {
-            buf.extend_from_slice(&c.rbuf);
-            c.rbuf = BytesMut::new();
+        if !rbuf.is_empty() {
+            buf.extend_from_slice(rbuf);
+            *rbuf = BytesMut::new();
         }
-        let mut eof = false;
-        let mut err = None;
-        loop {
-            buf.reserve(READ_CHUNK);
-            let spare = buf.spare_capacity_mut();
-            let want = spare.len();
-            // SAFETY: recv writes at most `want` bytes into the spare capacity, and we only
-            // extend the length by what it reports written.
-            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, 0) };
-            if n > 0 {
-                unsafe { buf.set_len(buf.len() + n as usize) };
-                if (n as usize) < want {
-                    break; // drained: edge-triggered epoll reports the next arrival
-                }
-            } else if n == 0 {
-                eof = true;
-                break;
-            } else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        err = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
+        let (eof, err) = read_available(fd, buf);
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.process(i, &mut scratch, now);
-        let c = &mut self.conns[i];
-        if !scratch.is_empty() && c.stream.is_some() {
-            c.rbuf = BytesMut::from(&scratch[..]);
+        let polling = self.conns[i].polling.is_some();
+        match (leg, polling) {
+            (MAIN, false) => self.process(i, &mut scratch, now),
+            (MAIN, true) => self.process_get(i, &mut scratch, now),
+            _ => self.process_post(i, &mut scratch, now),
+        }
+        if !scratch.is_empty() {
+            let c = &mut self.conns[i];
+            match (leg, c.polling.as_deref_mut()) {
+                (MAIN, _) if c.stream.is_some() => c.rbuf = BytesMut::from(&scratch[..]),
+                (POST, Some(p)) if p.post.stream.is_some() => {
+                    p.post.rbuf = BytesMut::from(&scratch[..])
+                }
+                _ => {}
+            }
         }
         scratch.clear();
         self.scratch = scratch;
-        if let Some(e) = err {
-            if self.conns[i].stream.is_some() {
-                self.fail(i, &format!("io:{}", io_code(&e)));
+        match (leg, polling) {
+            (MAIN, false) => {
+                if let Some(e) = err {
+                    if self.conns[i].stream.is_some() {
+                        self.fail(i, &format!("io:{}", io_code(&e)));
+                    }
+                } else if eof && self.conns[i].stream.is_some() {
+                    self.fail(i, "closed_by_server");
+                }
             }
-        } else if eof && self.conns[i].stream.is_some() {
-            self.fail(i, "closed_by_server");
+            (MAIN, true) => self.get_conn_ended(i, eof, err),
+            _ => self.post_conn_ended(i, eof, err),
         }
     }
 
@@ -591,29 +678,36 @@ impl Worker {
             Message::Close(_) => return self.fail(i, "closed_by_server"),
             Message::Binary(_) | Message::Pong(_) => return,
         };
-        let eio = match packet::parse_eio(&text) {
+        self.on_eio(i, &text, now);
+    }
+
+    /// One Engine.IO packet from the server, on either transport.
+    fn on_eio(&mut self, i: usize, text: &[u8], now: u64) {
+        let eio = match packet::parse_eio(text) {
             Ok(p) => p,
             Err(_) => return self.stats.error("bad_eio_packet"),
         };
         match eio {
             EioPacket::Ping(_) => {
-                ws::encode_frame(
-                    Role::Client,
-                    ws::OP_TEXT,
-                    packet::PONG,
-                    &mut self.conns[i].wbuf,
-                );
+                self.conns[i].queue(packet::PONG);
                 self.mark_dirty(i);
             }
-            EioPacket::Open(_) => {
+            EioPacket::Open(json) => {
                 let c = &mut self.conns[i];
                 if c.state != State::WaitOpen {
                     return self.stats.error("unexpected_open");
                 }
+                if let Some(p) = c.polling.as_deref_mut() {
+                    let Some(sid) = polling::open_sid(json) else {
+                        return self.fail(i, "open_without_sid");
+                    };
+                    p.sid = sid.to_owned();
+                    polling::write_get(&mut p.get_request, &self.cfg.args.path, &self.host, sid);
+                }
                 let auth = self.minter.auth_json(self.cfg.user_id(c.user_idx));
                 self.pkt.clear();
                 packet::write_connect_request(&mut self.pkt, Some(&auth));
-                ws::encode_frame(Role::Client, ws::OP_TEXT, &self.pkt, &mut c.wbuf);
+                c.queue(&self.pkt);
                 c.state = State::WaitConnect;
                 self.mark_dirty(i);
             }
@@ -621,6 +715,214 @@ impl Worker {
             EioPacket::Message(m) => self.on_sio(i, m, now),
             EioPacket::Pong(_) | EioPacket::Upgrade | EioPacket::Noop => {}
         }
+    }
+
+    // ---- long-polling ----
+
+    /// Answers on a polling session's main socket: the handshake's, then each long-poll GET's.
+    /// Each answer's packets are handled in order, then the next GET is written.
+    fn process_get(&mut self, i: usize, buf: &mut BytesMut, now: u64) {
+        loop {
+            let r = match polling::parse_response(buf, MAX_POLL_BODY) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail(i, e.code());
+                    buf.clear();
+                    return;
+                }
+            };
+            if r.status != 200 {
+                self.fail(i, &format!("http_{}", r.status));
+                buf.clear();
+                return;
+            }
+            if let Some(p) = self.conns[i].polling.as_deref_mut() {
+                p.get_pending = false;
+                p.get_closes = r.close;
+            }
+            let mut gone = false;
+            for pkt in packet::polling_packets(&buf[r.body.clone()]) {
+                self.on_eio(i, pkt, now);
+                if self.conns[i].stream.is_none() {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
+                buf.clear();
+                return;
+            }
+            buf.advance(r.body.end);
+            self.next_get(i);
+        }
+    }
+
+    /// Writes the session's next long-poll GET unless one is pending (or there is no session).
+    fn next_get(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(p) = c.polling.as_deref_mut() else {
+            return;
+        };
+        if p.get_pending || p.sid.is_empty() || c.state == State::Closed {
+            return;
+        }
+        c.wbuf.extend_from_slice(&p.get_request);
+        p.get_pending = true;
+        self.mark_dirty(i);
+    }
+
+    /// After a read on a polling session's main socket: the server's end of it.
+    fn get_conn_ended(&mut self, i: usize, eof: bool, err: Option<io::Error>) {
+        let c = &mut self.conns[i];
+        let Some(p) = c.polling.as_deref_mut() else {
+            return;
+        };
+        if c.stream.is_none() {
+            return;
+        }
+        if std::mem::take(&mut p.get_closes) {
+            // The server said so in its last answer: the next GET (written, not yet sent)
+            // goes on a new connection, as a browser's would.
+            if let Some(mut s) = c.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            let user_idx = c.user_idx;
+            let stream = self.connect_socket(user_idx).and_then(|mut s| {
+                self.poll.registry().register(
+                    &mut s,
+                    token(i, MAIN),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(s)
+            });
+            match stream {
+                Ok(s) => {
+                    let c = &mut self.conns[i];
+                    c.stream = Some(s);
+                    c.rbuf = BytesMut::new();
+                }
+                Err(e) => self.fail(i, &format!("connect:{}", io_code(&e))),
+            }
+        } else if let Some(e) = err {
+            self.fail(i, &format!("io:{}", io_code(&e)));
+        } else if eof {
+            self.fail(i, "closed_by_server");
+        }
+    }
+
+    /// Answers on a polling session's POST connection (`ok`); the next POST may go.
+    fn process_post(&mut self, i: usize, buf: &mut BytesMut, now: u64) {
+        loop {
+            let r = match polling::parse_response(buf, MAX_POLL_BODY) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail(i, &format!("post_{}", e.code()));
+                    buf.clear();
+                    return;
+                }
+            };
+            if r.status != 200 {
+                self.fail(i, &format!("post_http_{}", r.status));
+                buf.clear();
+                return;
+            }
+            buf.advance(r.body.end);
+            let c = &mut self.conns[i];
+            let Some(p) = c.polling.as_deref_mut() else {
+                buf.clear();
+                return;
+            };
+            if !p.post.in_flight {
+                self.fail(i, "post_unexpected_answer");
+                buf.clear();
+                return;
+            }
+            p.post.in_flight = false;
+            p.post.closes = r.close;
+            p.post.idle_since_ns = now;
+            if !p.outbox.is_empty() {
+                self.mark_dirty(i); // flush starts the next POST
+            }
+        }
+    }
+
+    /// After a read on a polling session's POST connection: a connection the server closed
+    /// (idle, or as its last answer said) is dropped, and the next POST opens a new one. One
+    /// that closes under an unanswered POST lost it.
+    fn post_conn_ended(&mut self, i: usize, eof: bool, err: Option<io::Error>) {
+        let Some(p) = self.conns[i].polling.as_deref_mut() else {
+            return;
+        };
+        if p.post.stream.is_none() || !(eof || err.is_some() || p.post.closes) {
+            return;
+        }
+        if let Some(mut s) = p.post.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        p.post.closes = false;
+        p.post.rbuf = BytesMut::new();
+        p.post.wbuf = BytesMut::new();
+        if p.post.in_flight {
+            let code = match err {
+                Some(e) => format!("post_io:{}", io_code(&e)),
+                None => "post_closed_by_server".to_string(),
+            };
+            self.fail(i, &code);
+        }
+    }
+
+    /// Starts a POST with every packet queued for the server, unless one is in flight: on
+    /// the session's POST connection, or a new one when it has none or it sat idle too long.
+    fn start_post(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(p) = c.polling.as_deref_mut() else {
+            return;
+        };
+        if p.outbox.is_empty() || p.post.in_flight || p.sid.is_empty() {
+            return;
+        }
+        let now = now_ns();
+        if p.post.stream.is_some() && now.saturating_sub(p.post.idle_since_ns) > POST_REUSE_IDLE_NS
+        {
+            if let Some(mut s) = p.post.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
+        if p.post.stream.is_none() {
+            let user_idx = c.user_idx;
+            let opened = self.connect_socket(user_idx).and_then(|mut s| {
+                self.poll.registry().register(
+                    &mut s,
+                    token(i, POST),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(s)
+            });
+            match opened {
+                Ok(s) => {
+                    if let Some(p) = self.conns[i].polling.as_deref_mut() {
+                        p.post.stream = Some(s);
+                        p.post.rbuf = BytesMut::new();
+                        p.post.wbuf = BytesMut::new();
+                    }
+                }
+                Err(e) => return self.fail(i, &format!("connect:{}", io_code(&e))),
+            }
+        }
+        let Some(p) = self.conns[i].polling.as_deref_mut() else {
+            return;
+        };
+        polling::write_post(
+            &mut p.post.wbuf,
+            &self.cfg.args.path,
+            &self.host,
+            &p.sid,
+            &p.outbox,
+        );
+        p.outbox.clear();
+        p.post.in_flight = true;
     }
 
     fn on_sio(&mut self, i: usize, m: &[u8], now: u64) {
@@ -771,7 +1073,7 @@ impl Worker {
                 .ack
                 .then(|| ((intended - self.t0_ns) / 1000) * 1000 + seq % 1000);
             packet::write_event(&mut self.pkt, ack, "sendMessage", &[&self.json]);
-            ws::encode_frame(Role::Client, ws::OP_TEXT, &self.pkt, &mut c.wbuf);
+            c.queue(&self.pkt);
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(sender);
@@ -804,35 +1106,76 @@ impl Worker {
         self.dirty = dirty;
     }
 
-    /// Writes everything queued for connection `i` in one `send` when the socket takes it;
-    /// the rest waits for the next writable event.
+    /// Writes everything queued for session `i`'s socket in one `send` when the socket takes
+    /// it; the rest waits for the next writable event. A polling session first starts a POST
+    /// if it has packets and none is in flight, then writes both of its sockets.
     fn flush(&mut self, i: usize) {
+        if self.conns[i].polling.is_some() {
+            self.start_post(i);
+        }
         let c = &mut self.conns[i];
         let Some(s) = &c.stream else { return };
-        while !c.wbuf.is_empty() {
-            // SAFETY: sends from an initialized buffer of the given length.
-            let n = unsafe {
-                libc::send(
-                    s.as_raw_fd(),
-                    c.wbuf.as_ptr().cast(),
-                    c.wbuf.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                let _ = c.wbuf.split_to(n as usize);
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock => return,
-                io::ErrorKind::Interrupted => continue,
-                _ => return self.fail(i, &format!("io:{}", io_code(&e))),
+        if let Err(e) = send_queued(s.as_raw_fd(), &mut c.wbuf) {
+            return self.fail(i, &format!("io:{}", io_code(&e)));
+        }
+        if let Some(p) = c.polling.as_deref_mut() {
+            if let Some(s) = &p.post.stream {
+                if let Err(e) = send_queued(s.as_raw_fd(), &mut p.post.wbuf) {
+                    self.fail(i, &format!("post_io:{}", io_code(&e)));
+                }
             }
         }
-        // Give back a buffer that grew under a burst.
-        if c.wbuf.capacity() > 64 * 1024 {
-            c.wbuf = BytesMut::new();
+    }
+}
+
+/// Sends `wbuf` until it is empty or the socket would block (then the caller's next
+/// writable event sends the rest).
+fn send_queued(fd: std::os::fd::RawFd, wbuf: &mut BytesMut) -> io::Result<()> {
+    while !wbuf.is_empty() {
+        // SAFETY: sends from an initialized buffer of the given length.
+        let n = unsafe { libc::send(fd, wbuf.as_ptr().cast(), wbuf.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            wbuf.advance(n as usize);
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(()),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    // Give back a buffer that grew under a burst.
+    if wbuf.capacity() > 64 * 1024 {
+        *wbuf = BytesMut::new();
+    }
+    Ok(())
+}
+
+/// Reads everything the socket has into `buf`: whether it reached the end of the stream, and
+/// the error it stopped at, if any.
+fn read_available(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> (bool, Option<io::Error>) {
+    loop {
+        buf.reserve(READ_CHUNK);
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len();
+        // SAFETY: recv writes at most `want` bytes into the spare capacity, and we only
+        // extend the length by what it reports written.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, 0) };
+        if n > 0 {
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            if (n as usize) < want {
+                return (false, None); // drained: edge-triggered epoll reports the next arrival
+            }
+        } else if n == 0 {
+            return (true, None);
+        } else {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return (false, None),
+                io::ErrorKind::Interrupted => continue,
+                _ => return (false, Some(e)),
+            }
         }
     }
 }
