@@ -76,6 +76,8 @@ class Server:
             CORECAST_JWT_SECRET=SECRET,
             CORECAST_ADMIN_TOKEN=ADMIN,
             CORECAST_RATE_LIMIT_PER_MIN="0",
+            # A loadgen connection sends far more than a person: no per-connection limit.
+            CORECAST_EVENT_RATE_PER_SEC="0",
         )
         if self.kind == "corecast":
             self.data_dir = tempfile.mkdtemp(prefix="corecast-bench-")
