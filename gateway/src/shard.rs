@@ -1,10 +1,15 @@
 //! A shard: one glommio executor pinned to one core, owning
-//! - the connections it accepted ([`Conn`]) and, per group, which of them are in the room
-//!   (`local_rooms`): deliveries to a shard are written to these;
+//! - the connections it accepted ([`Conn`]), per group which of them are in the room
+//!   (`local_rooms`: deliveries to a shard are written to these), per user which of them are
+//!   theirs (`by_user`: membership changes look users up there), and each one's event budget
+//!   (`event_limiter`: every client event is charged to it before it is parsed);
 //! - the rooms of the groups it owns ([`Room`], see [`corecast_shard_router::owner_of_group`]):
 //!   members, how many connections each shard has in the room, and the order of the group's
-//!   messages;
-//! - the presence counts of the users it owns, and a replica of who is online anywhere.
+//!   messages. Only groups that exist get a room (`unknown_groups` remembers those that do
+//!   not), and idle rooms are forgotten on the tick, so what clients name cannot make rooms
+//!   pile up;
+//! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
+//!   connected anywhere.
 //!
 //! Shards talk only through [`ShardMsg`]s in each other's bounded inboxes. All state here is
 //! thread-local (`Rc`, `RefCell`, `Cell`); no `RefCell` borrow is ever held across an `.await`,
@@ -242,6 +247,9 @@ struct Room {
     /// Last time anything asked for the room; an idle room is forgotten after
     /// `server.idle_room_secs` (see [`Shard::sweep_rooms`]).
     last_used: Instant,
+    /// The members were loaded a second time because the first answer predated the group
+    /// (see [`Shard::room_loaded`]); a second "no such group" is then final.
+    reloaded: bool,
 }
 
 impl Room {
@@ -934,6 +942,7 @@ impl Shard {
             pending: VecDeque::new(),
             inflight_keys: HashMap::new(),
             last_used: self.last_tick.get(),
+            reloaded: false,
         });
         room.last_used = self.last_tick.get();
         if room.members.is_some() {
@@ -1010,7 +1019,7 @@ impl Shard {
     }
 
     fn room_loaded(&self, group: GroupId, result: Result<Option<Group>, StoreError>) {
-        let waiting = {
+        let (waiting, reloaded) = {
             let mut rooms = self.rooms.borrow_mut();
             let Some(room) = rooms.get_mut(&group) else {
                 return;
@@ -1018,7 +1027,7 @@ impl Shard {
             if let Ok(Some(g)) = &result {
                 room.members = Some(g.members.iter().copied().collect());
             }
-            std::mem::take(&mut room.waiting)
+            (std::mem::take(&mut room.waiting), room.reloaded)
         };
         match result {
             Ok(Some(_)) => {
@@ -1027,14 +1036,16 @@ impl Shard {
                 }
             }
             Ok(None)
-                if waiting
-                    .iter()
-                    .any(|m| matches!(m, ShardMsg::MembersChanged { .. })) =>
+                if !reloaded
+                    && waiting
+                        .iter()
+                        .any(|m| matches!(m, ShardMsg::MembersChanged { .. })) =>
             {
                 // The group was created while it loaded (the admin API stores it, then tells
-                // this shard): the answer is already stale. Load it again.
+                // this shard): the answer is already stale. Load it again, once.
                 if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
                     room.waiting = waiting;
+                    room.reloaded = true;
                 }
                 self.load_room(group);
             }
