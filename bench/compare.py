@@ -83,6 +83,8 @@ class Server:
             CORECAST_MAX_PENDING_PER_IP="0",
             # Stop at once between runs instead of draining over 10 s.
             CORECAST_DRAIN_SECS="0",
+            # A loadgen connection sends far more than a person: no per-connection limit.
+            CORECAST_EVENT_RATE_PER_SEC="0",
         )
         if self.kind == "corecast":
             self.data_dir = tempfile.mkdtemp(prefix="corecast-bench-")

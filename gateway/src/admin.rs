@@ -336,7 +336,7 @@ fn route(shared: &Shared, req: &Request) -> Response {
 
 /// Applies a stored membership change to open connections and waits until every shard has.
 fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
-    let expected = shared.nr_shards() * (change.added.len() + change.removed.len());
+    let expected = crate::shard::membership_answers(&change, shared.nr_shards());
     if expected == 0 {
         return;
     }

@@ -93,6 +93,14 @@ pub struct ServerConfig {
     pub send_ring: bool,
     /// Serve the demo chat page at `/demo/` on the internal listener (`CORECAST_DEMO`).
     pub demo: bool,
+    /// A room (a group's members and subscriber counts, on its owner shard) with no
+    /// subscriber and nothing in flight is forgotten after this many seconds idle, and loaded
+    /// from the store again when next used (`CORECAST_IDLE_ROOM_SECS`; at least 1).
+    pub idle_room_secs: u64,
+    /// A user's last connection closing is announced (`userOnline` false, and the stored
+    /// presence) only once they have stayed away this long; coming back sooner announces
+    /// nothing (`CORECAST_PRESENCE_DEBOUNCE_MS`; 0 announces at once; at most 60000).
+    pub presence_debounce_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -123,6 +131,13 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Messages per user per minute; 0 turns the limit off (`CORECAST_RATE_LIMIT_PER_MIN`).
     pub rate_limit_per_min: u32,
+    /// Client events (every event: `sendMessage`, `joinGroup`, `leaveGroup`, `markAsRead`,
+    /// ...) per connection per second, sustained; more are answered `rate_limited`
+    /// (`CORECAST_EVENT_RATE_PER_SEC`; 0 turns the limit off).
+    pub event_rate_per_sec: u32,
+    /// Client events one connection may send at once above the sustained rate
+    /// (`CORECAST_EVENT_BURST`; at least 1 while the event limit is on).
+    pub event_burst: u32,
     /// Longest message text in characters (`CORECAST_MAX_TEXT_CHARS`).
     pub max_text_chars: usize,
     /// Most attachments on one message (`CORECAST_MAX_ATTACHMENTS`).
@@ -249,6 +264,8 @@ impl Default for ServerConfig {
             pacing_window_ms: 50,
             send_ring: true,
             demo: true,
+            idle_room_secs: 300,
+            presence_debounce_ms: 1_500,
         }
     }
 }
@@ -268,6 +285,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             rate_limit_per_min: 30,
+            event_rate_per_sec: 20,
+            event_burst: 40,
             max_text_chars: 4000,
             max_attachments: 10,
             attachment_types: ["image", "video", "audio", "file"]
@@ -443,6 +462,14 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
         c.server.demo = parse(v)?;
         Ok(())
     }),
+    ("CORECAST_IDLE_ROOM_SECS", |c, v| {
+        c.server.idle_room_secs = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_PRESENCE_DEBOUNCE_MS", |c, v| {
+        c.server.presence_debounce_ms = parse(v)?;
+        Ok(())
+    }),
     ("CORECAST_JWT_ALGORITHM", |c, v| {
         c.auth.jwt_algorithm = parse_enum(v)?;
         Ok(())
@@ -461,6 +488,14 @@ pub const OVERRIDES: &[(&str, Setter)] = &[
     }),
     ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| {
         c.limits.rate_limit_per_min = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_EVENT_RATE_PER_SEC", |c, v| {
+        c.limits.event_rate_per_sec = parse(v)?;
+        Ok(())
+    }),
+    ("CORECAST_EVENT_BURST", |c, v| {
+        c.limits.event_burst = parse(v)?;
         Ok(())
     }),
     ("CORECAST_MAX_TEXT_CHARS", |c, v| {
@@ -650,6 +685,22 @@ impl Config {
                 s.shards
             );
         }
+        if s.idle_room_secs == 0 {
+            bail!("server.idle_room_secs (CORECAST_IDLE_ROOM_SECS) must be at least 1");
+        }
+        if s.presence_debounce_ms > 60_000 {
+            bail!(
+                "server.presence_debounce_ms (CORECAST_PRESENCE_DEBOUNCE_MS) must be at most \
+                 60000, got {}",
+                s.presence_debounce_ms
+            );
+        }
+        if self.limits.event_rate_per_sec > 0 && self.limits.event_burst == 0 {
+            bail!(
+                "limits.event_burst (CORECAST_EVENT_BURST) must be at least 1 while \
+                 limits.event_rate_per_sec (CORECAST_EVENT_RATE_PER_SEC) is on"
+            );
+        }
         if self.auth.jwt_algorithm != JwtAlgorithm::HS256 && self.auth.jwt_public_key_file.is_none()
         {
             bail!(
@@ -759,6 +810,46 @@ mod tests {
             load("0", "0").is_ok(),
             "pacing off: the window does not matter"
         );
+    }
+
+    #[test]
+    fn event_rate_idle_rooms_and_presence_debounce_are_read_and_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            let flags: Vec<(&str, String)> =
+                pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            Config::load(None, &flags)
+        };
+        let d = Config::default();
+        assert_eq!(
+            (d.limits.event_rate_per_sec, d.limits.event_burst),
+            (20, 40)
+        );
+        assert_eq!(d.server.idle_room_secs, 300);
+        assert_eq!(d.server.presence_debounce_ms, 1_500);
+        let c = load(&[
+            ("CORECAST_EVENT_RATE_PER_SEC", "0"),
+            ("CORECAST_EVENT_BURST", "0"),
+            ("CORECAST_IDLE_ROOM_SECS", "2"),
+            ("CORECAST_PRESENCE_DEBOUNCE_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.event_rate_per_sec, 0, "0 turns the limit off");
+        assert_eq!(c.server.idle_room_secs, 2);
+        assert_eq!(c.server.presence_debounce_ms, 0);
+        for (pairs, key) in [
+            (&[("CORECAST_EVENT_BURST", "0")][..], "CORECAST_EVENT_BURST"),
+            (
+                &[("CORECAST_IDLE_ROOM_SECS", "0")][..],
+                "CORECAST_IDLE_ROOM_SECS",
+            ),
+            (
+                &[("CORECAST_PRESENCE_DEBOUNCE_MS", "60001")][..],
+                "CORECAST_PRESENCE_DEBOUNCE_MS",
+            ),
+        ] {
+            let err = load(pairs).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
     }
 
     #[test]

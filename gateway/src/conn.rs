@@ -564,6 +564,9 @@ impl Conn {
                     .stats
                     .events_in
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !shard.admit_event(self, p.ack_id) {
+                    return;
+                }
                 if self.state() != ConnState::Connected {
                     let e =
                         ClientError::new(Code::Unauthenticated, "send CONNECT with a token first");
@@ -579,7 +582,7 @@ impl Conn {
             }
             SioKind::BinaryEvent | SioKind::BinaryAck => {
                 self.skip_binary.set(p.attachments);
-                if p.kind == SioKind::BinaryEvent {
+                if p.kind == SioKind::BinaryEvent && shard.admit_event(self, p.ack_id) {
                     let e = ClientError::new(
                         Code::Unsupported,
                         "binary payloads are not supported; send JSON",

@@ -49,6 +49,8 @@ pub struct ShardStats {
     pub admission_refusals: AtomicU64,
     pub errors: [AtomicU64; Code::ALL.len()],
     pub overflow_depth: AtomicI64,
+    /// Rooms held by this shard as the owner of their group (loaded or loading).
+    pub rooms: AtomicI64,
     pub delivery_latency: Histogram,
     pub store_latency: Histogram,
 }
@@ -117,6 +119,19 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
             out,
             "corecast_connections{{shard=\"{i}\"}} {}",
             s.connections.load(Relaxed)
+        );
+    }
+    counter(
+        &mut out,
+        "corecast_rooms",
+        "Rooms held in memory by each shard, as the owner of their group (loaded or loading).",
+        "gauge",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "corecast_rooms{{shard=\"{i}\"}} {}",
+            s.rooms.load(Relaxed)
         );
     }
     for (name, help, f) in [

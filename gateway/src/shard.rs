@@ -1,10 +1,15 @@
 //! A shard: one glommio executor pinned to one core, owning
-//! - the connections it accepted ([`Conn`]) and, per group, which of them are in the room
-//!   (`local_rooms`): deliveries to a shard are written to these;
+//! - the connections it accepted ([`Conn`]), per group which of them are in the room
+//!   (`local_rooms`: deliveries to a shard are written to these), per user which of them are
+//!   theirs (`by_user`: membership changes look users up there), and each one's event budget
+//!   (`event_limiter`: every client event is charged to it before it is parsed);
 //! - the rooms of the groups it owns ([`Room`], see [`corecast_shard_router::owner_of_group`]):
 //!   members, how many connections each shard has in the room, and the order of the group's
-//!   messages;
-//! - the presence counts of the users it owns, and a replica of who is online anywhere.
+//!   messages. Only groups that exist get a room (`unknown_groups` remembers those that do
+//!   not), and idle rooms are forgotten on the tick, so what clients name cannot make rooms
+//!   pile up;
+//! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
+//!   connected anywhere.
 //!
 //! Shards talk only through [`ShardMsg`]s in each other's bounded inboxes. All state here is
 //! thread-local (`Rc`, `RefCell`, `Cell`); no `RefCell` borrow is ever held across an `.await`,
@@ -16,8 +21,9 @@ use crate::conn::{Conn, ConnId, ConnState, SubState};
 use crate::events::{self, ClientError, Code};
 use crate::metrics::ShardStats;
 use bytes::Bytes;
+use corecast_shard_router::presence::Announce;
 use corecast_shard_router::{
-    owner_of_group, owner_of_user, Inbox, InboxHandle, RateLimiter, ShardId,
+    owner_of_group, owner_of_user, Inbox, InboxHandle, Presence, Rate, RateLimiter, Recent, ShardId,
 };
 use corecast_storage::{
     Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
@@ -74,6 +80,12 @@ pub struct Origin {
     pub shard: ShardId,
     pub conn: ConnId,
     pub ack: Option<u64>,
+}
+
+/// How many `MembershipApplied` answers the admin caller of a [`ShardMsg::MembersChanged`]
+/// waits for: one from each shard for the added users, one for the removed.
+pub fn membership_answers(change: &MembershipChange, nr_shards: usize) -> usize {
+    nr_shards * (usize::from(!change.added.is_empty()) + usize::from(!change.removed.is_empty()))
 }
 
 /// Why a connection subscribes to a room.
@@ -166,14 +178,17 @@ pub enum ShardMsg {
         except_user: Option<UserId>,
         stored_at: Instant,
     },
+    /// `users` were added to the group: their connections on this shard join its room. One
+    /// message per shard for the whole change, however many users it adds.
     Enroll {
         group: GroupId,
-        user: UserId,
+        users: Arc<[UserId]>,
         done: std::sync::mpsc::Sender<()>,
     },
+    /// `users` were removed from the group: their connections here leave its room.
     Evict {
         group: GroupId,
-        user: UserId,
+        users: Arc<[UserId]>,
         done: std::sync::mpsc::Sender<()>,
     },
     // To a user's presence owner.
@@ -188,11 +203,14 @@ pub enum ShardMsg {
         groups: Arc<[GroupId]>,
     },
     // To every shard.
+    /// The user's connectivity changed (`online`: whether they have a connection anywhere;
+    /// every shard's replica follows it). With `announce`, co-members in those rooms are told
+    /// (the `userOnline` frame); without, the change is inside the presence debounce window
+    /// and co-members hear nothing yet (see [`corecast_shard_router::presence`]).
     PresenceChanged {
         user: UserId,
         online: bool,
-        groups: Arc<[GroupId]>,
-        frame: Bytes,
+        announce: Option<(Arc<[GroupId]>, Bytes)>,
     },
     /// Several messages from one shard, handed over at once (one queue slot, at most one
     /// wake-up); handled in order.
@@ -226,6 +244,35 @@ struct Room {
     pending: VecDeque<PendingSend>,
     /// `clientMsgId`s of pending messages, so a resend while the first is in flight waits for it.
     inflight_keys: HashMap<(UserId, String), MessageId>,
+    /// Last time anything asked for the room; an idle room is forgotten after
+    /// `server.idle_room_secs` (see [`Shard::sweep_rooms`]).
+    last_used: Instant,
+    /// The members were loaded a second time because the first answer predated the group
+    /// (see [`Shard::room_loaded`]); a second "no such group" is then final.
+    reloaded: bool,
+}
+
+impl Room {
+    /// Nothing depends on the room staying in memory: no subscriber, nothing loading or
+    /// being stored. Forgetting it loses nothing; the store has its members.
+    fn idle(&self) -> bool {
+        self.members.is_some()
+            && self.waiting.is_empty()
+            && self.pending.is_empty()
+            && self.subscribers.iter().all(|&c| c == 0)
+    }
+}
+
+/// Group ids the store said do not exist, per shard, at most this many...
+const UNKNOWN_GROUPS: usize = 4096;
+/// ... each for this long (a group created through this node's admin API is taken off at once;
+/// the TTL covers a store changed behind this node's back).
+const UNKNOWN_GROUP_TTL_MS: u64 = 30_000;
+
+/// The connections of one user on one shard: almost always one, so no allocation for it.
+enum UserConns {
+    One(Rc<Conn>),
+    Many(Vec<Rc<Conn>>),
 }
 
 struct PendingSend {
@@ -245,11 +292,27 @@ pub struct Shard {
     /// This shard's connections in each room.
     local_rooms: RefCell<HashMap<GroupId, Vec<Rc<Conn>>>>,
     rooms: RefCell<HashMap<GroupId, Room>>,
-    /// Connections of each user this shard owns the presence of, across all shards.
-    presence: RefCell<HashMap<UserId, u32>>,
+    /// This shard's connections of each logged-in user, so a membership change finds a user's
+    /// connections without a scan of every connection (a 100,000-member PUT with 15,000
+    /// sockets open froze every shard for 3 s with the scan). Kept from login
+    /// ([`Shard::authenticated`]) to close or DISCONNECT.
+    by_user: RefCell<HashMap<UserId, UserConns>>,
+    /// The debounced presence of the users this shard owns, counting their connections on
+    /// all shards.
+    presence: RefCell<Presence<UserId, Arc<[GroupId]>>>,
     /// Every user online anywhere (a replica kept by `PresenceChanged`).
     online: RefCell<HashSet<UserId>>,
+    /// Messages per user per minute, for the users this shard owns the presence of.
     limiter: RefCell<RateLimiter<UserId>>,
+    /// Client events per connection, for this shard's connections.
+    event_limiter: RefCell<RateLimiter<ConnId>>,
+    /// Groups the store said do not exist (see [`UNKNOWN_GROUPS`]).
+    unknown_groups: RefCell<Recent<GroupId>>,
+    /// When idle rooms were last looked for.
+    rooms_swept: Cell<Instant>,
+    /// The time of the last tick: a clock for rooms' idle time that costs no clock read per
+    /// room operation.
+    last_tick: Cell<Instant>,
     ids: RefCell<IdGenerator>,
     /// Per destination shard: messages that found its inbox full, in order. Once a destination
     /// has overflow, later messages to it queue behind it, so per-pair order holds.
@@ -321,7 +384,13 @@ impl Shard {
     pub fn new(id: ShardId, shared: Arc<Shared>) -> Rc<Shard> {
         let n = shared.nr_shards();
         let stats = shared.stats[id.index()].clone();
-        let rate = shared.config.limits.rate_limit_per_min;
+        let limits = &shared.config.limits;
+        let rate = Rate::per_minute(limits.rate_limit_per_min);
+        let event_rate = match limits.event_rate_per_sec {
+            0 => Rate::off(),
+            n => Rate::per_second(n, limits.event_burst),
+        };
+        let debounce = shared.config.server.presence_debounce_ms;
         Rc::new_cyclic(|me| Shard {
             id,
             me: me.clone(),
@@ -329,9 +398,14 @@ impl Shard {
             conns: RefCell::new(HashMap::new()),
             local_rooms: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
-            presence: RefCell::new(HashMap::new()),
+            by_user: RefCell::new(HashMap::new()),
+            presence: RefCell::new(Presence::new(debounce)),
             online: RefCell::new(HashSet::new()),
             limiter: RefCell::new(RateLimiter::new(rate)),
+            event_limiter: RefCell::new(RateLimiter::new(event_rate)),
+            unknown_groups: RefCell::new(Recent::new(UNKNOWN_GROUPS, UNKNOWN_GROUP_TTL_MS)),
+            rooms_swept: Cell::new(Instant::now()),
+            last_tick: Cell::new(Instant::now()),
             ids: RefCell::new(IdGenerator::new(id.0 as u8)),
             overflow: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             outgoing: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -378,6 +452,12 @@ impl Shard {
         self.next_conn
             .set(if id >= u64::from(u32::MAX) { 1 } else { id + 1 });
         ConnId(id)
+    }
+
+    /// Milliseconds since the shard started: the monotonic clock of the event limit, the
+    /// presence debounce and the negative cache.
+    fn mono_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Now, as connection deadlines count it.
@@ -584,6 +664,38 @@ impl Shard {
         }
     }
 
+    /// Takes one client event from `conn`'s budget (`limits.event_rate_per_sec`, bursts of
+    /// `limits.event_burst`). Every event counts, whatever its name and whether or not it
+    /// parses, so no event a client sends (nor one a later version adds) can make this shard,
+    /// the owner shards or the store do more than the budget's worth of work. An event over
+    /// it is answered `rate_limited` (its ack, or an `error` event) and the session goes on.
+    /// Returns whether the event may go on.
+    pub fn admit_event(&self, conn: &Conn, ack: Option<u64>) -> bool {
+        let now = self.mono_ms() as i64;
+        let mut limiter = self.event_limiter.borrow_mut();
+        if limiter.try_acquire(conn.id, now) {
+            return true;
+        }
+        let wait = limiter.retry_after_ms(conn.id, now);
+        let rate = limiter.rate();
+        drop(limiter);
+        let e = ClientError::new(
+            Code::RateLimited,
+            format!(
+                "too many events on this connection: the limit is {} a second (bursts of {}); \
+                 retry in {wait} ms",
+                rate.amount, rate.burst
+            ),
+        );
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        self.reply(&origin, Err(e));
+        false
+    }
+
     fn to_conn(&self, conn: ConnId, frame: Bytes) {
         let c = self.conns.borrow().get(&conn).cloned();
         if let Some(c) = c {
@@ -648,8 +760,14 @@ impl Shard {
             } => self.admit(msg),
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
-            | ShardMsg::MarkRead { ref group, .. }
-            | ShardMsg::MembersChanged { ref group, .. } => {
+            | ShardMsg::MarkRead { ref group, .. } => {
+                if let Some(msg) = self.room_ready_or_wait(group.clone(), msg) {
+                    self.room_op(msg);
+                }
+            }
+            ShardMsg::MembersChanged { ref group, .. } => {
+                // The group exists now (the admin API stored it before sending this).
+                self.unknown_groups.borrow_mut().remove(group);
                 if let Some(msg) = self.room_ready_or_wait(group.clone(), msg) {
                     self.room_op(msg);
                 }
@@ -658,6 +776,7 @@ impl Shard {
                 if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
                     let c = &mut room.subscribers[shard.index()];
                     *c = c.saturating_sub(1);
+                    room.last_used = self.last_tick.get();
                 }
             }
             ShardMsg::MembershipApplied { done } => {
@@ -698,16 +817,15 @@ impl Shard {
                 self.deliver(&group, &frame, except_user);
                 self.stats.delivery_latency.observe(stored_at.elapsed());
             }
-            ShardMsg::Enroll { group, user, done } => self.enroll(group, user, done),
-            ShardMsg::Evict { group, user, done } => self.evict(group, user, done),
+            ShardMsg::Enroll { group, users, done } => self.enroll(group, &users, done),
+            ShardMsg::Evict { group, users, done } => self.evict(group, &users, done),
             ShardMsg::PresenceUp { user, groups } => self.presence_up(user, groups),
             ShardMsg::PresenceDown { user, groups } => self.presence_down(user, groups),
             ShardMsg::PresenceChanged {
                 user,
                 online,
-                groups,
-                frame,
-            } => self.presence_changed(user, online, &groups, &frame),
+                announce,
+            } => self.presence_changed(user, online, announce),
             ShardMsg::Batch(msgs) => {
                 for m in msgs {
                     self.handle(m);
@@ -802,55 +920,144 @@ impl Shard {
     // ---- rooms (on the group's owner shard) ----
 
     /// Returns the message back when the room's members are known; otherwise parks it and
-    /// starts loading the room.
+    /// starts loading the room. A group the store recently said does not exist is refused
+    /// here, without a room and without asking the store again.
     fn room_ready_or_wait(&self, group: GroupId, msg: ShardMsg) -> Option<ShardMsg> {
+        if !matches!(msg, ShardMsg::MembersChanged { .. })
+            && self
+                .unknown_groups
+                .borrow()
+                .contains(&group, self.coarse_ms())
+        {
+            self.refuse(msg, &Self::not_member(&group));
+            return None;
+        }
         let mut rooms = self.rooms.borrow_mut();
         let n = self.shared.nr_shards();
+        let before = rooms.len();
         let room = rooms.entry(group.clone()).or_insert_with(|| Room {
             members: None,
             waiting: Vec::new(),
             subscribers: vec![0; n],
             pending: VecDeque::new(),
             inflight_keys: HashMap::new(),
+            last_used: self.last_tick.get(),
+            reloaded: false,
         });
+        room.last_used = self.last_tick.get();
         if room.members.is_some() {
             return Some(msg);
         }
         let first = room.waiting.is_empty();
         room.waiting.push(msg);
+        if rooms.len() != before {
+            self.stats.rooms.store(rooms.len() as i64, Relaxed);
+        }
         drop(rooms);
         if first {
-            let loaded = group.clone();
-            self.store_to_inbox(
-                |reply| Request::GetGroup { group, reply },
-                move |result| ShardMsg::RoomLoaded {
-                    group: loaded,
-                    result,
-                },
-            );
+            self.load_room(group);
         }
         None
     }
 
+    fn load_room(&self, group: GroupId) {
+        let loaded = group.clone();
+        self.store_to_inbox(
+            |reply| Request::GetGroup { group, reply },
+            move |result| ShardMsg::RoomLoaded {
+                group: loaded,
+                result,
+            },
+        );
+    }
+
+    /// Answers a room operation that cannot be carried out with `err`.
+    fn refuse(&self, msg: ShardMsg, err: &ClientError) {
+        match msg {
+            ShardMsg::Subscribe {
+                group,
+                origin,
+                reason,
+                ..
+            } => self.send(
+                origin.shard,
+                ShardMsg::SubscribeResult {
+                    conn: origin.conn,
+                    group,
+                    reason,
+                    ack: origin.ack,
+                    result: Err(err.clone()),
+                },
+            ),
+            ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
+                self.reply(&origin, Err(err.clone()))
+            }
+            ShardMsg::MembersChanged { done, change, .. } => {
+                // The store already holds the change and the room loads it next time; release
+                // the admin caller.
+                for _ in 0..membership_answers(&change, self.shared.nr_shards()) {
+                    let _ = done.send(());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Forgets `group`'s room if nothing depends on it (see [`Room::idle`]; a room still
+    /// loading counts as idle here once its waiting operations are answered).
+    fn forget_room(&self, group: &GroupId) {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(room) = rooms.get(group) {
+            if room.waiting.is_empty()
+                && room.pending.is_empty()
+                && room.subscribers.iter().all(|&c| c == 0)
+            {
+                rooms.remove(group);
+                self.stats.rooms.store(rooms.len() as i64, Relaxed);
+            }
+        }
+    }
+
     fn room_loaded(&self, group: GroupId, result: Result<Option<Group>, StoreError>) {
-        let waiting = {
+        let (waiting, reloaded) = {
             let mut rooms = self.rooms.borrow_mut();
             let Some(room) = rooms.get_mut(&group) else {
                 return;
             };
-            if let Ok(g) = &result {
-                room.members = Some(
-                    g.as_ref()
-                        .map(|g| g.members.iter().copied().collect())
-                        .unwrap_or_default(),
-                );
+            if let Ok(Some(g)) = &result {
+                room.members = Some(g.members.iter().copied().collect());
             }
-            std::mem::take(&mut room.waiting)
+            (std::mem::take(&mut room.waiting), room.reloaded)
         };
         match result {
-            Ok(_) => {
+            Ok(Some(_)) => {
                 for msg in waiting {
                     self.room_op(msg);
+                }
+            }
+            Ok(None)
+                if !reloaded
+                    && waiting
+                        .iter()
+                        .any(|m| matches!(m, ShardMsg::MembersChanged { .. })) =>
+            {
+                // The group was created while it loaded (the admin API stores it, then tells
+                // this shard): the answer is already stale. Load it again, once.
+                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
+                    room.waiting = waiting;
+                    room.reloaded = true;
+                }
+                self.load_room(group);
+            }
+            Ok(None) => {
+                // No such group: no room for it, and no store read for it for a while.
+                self.forget_room(&group);
+                self.unknown_groups
+                    .borrow_mut()
+                    .insert(group.clone(), self.coarse_ms());
+                let err = Self::not_member(&group);
+                for msg in waiting {
+                    self.refuse(msg, &err);
                 }
             }
             Err(e) => {
@@ -858,48 +1065,44 @@ impl Shard {
                 let err =
                     ClientError::new(Code::StorageUnavailable, "the store is unavailable; retry");
                 for msg in waiting {
-                    match msg {
-                        ShardMsg::Subscribe {
-                            group,
-                            origin,
-                            reason,
-                            ..
-                        } => self.send(
-                            origin.shard,
-                            ShardMsg::SubscribeResult {
-                                conn: origin.conn,
-                                group,
-                                reason,
-                                ack: origin.ack,
-                                result: Err(err.clone()),
-                            },
-                        ),
-                        ShardMsg::SendMessage { origin, .. }
-                        | ShardMsg::MarkRead { origin, .. } => {
-                            self.reply(&origin, Err(err.clone()))
-                        }
-                        ShardMsg::MembersChanged { done, change, .. } => {
-                            // The store already holds the change and the room reloads it next
-                            // time; release the admin caller, who waits for one answer per
-                            // shard and user.
-                            let n = self.shared.nr_shards()
-                                * (change.added.len() + change.removed.len());
-                            for _ in 0..n {
-                                let _ = done.send(());
-                            }
-                        }
-                        _ => {}
-                    }
+                    self.refuse(msg, &err);
                 }
                 // Forget the room so the next use loads it again, keeping subscriber counts.
-                let mut rooms = self.rooms.borrow_mut();
-                if let Some(room) = rooms.get(&group) {
-                    if room.subscribers.iter().all(|&c| c == 0) && room.pending.is_empty() {
-                        rooms.remove(&group);
-                    }
-                }
+                self.forget_room(&group);
             }
         }
+    }
+
+    /// Forgets rooms idle for `server.idle_room_secs` (no subscriber, nothing in flight; see
+    /// [`Room::idle`]), looking every quarter of that (between 250 ms and 10 s), so rooms of
+    /// groups nobody uses any more do not pile up. A forgotten room loads again from the
+    /// store when next used.
+    fn sweep_rooms(&self, now: Instant) {
+        let idle = Duration::from_secs(self.config().server.idle_room_secs);
+        let every = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        if now < self.rooms_swept.get() + every {
+            return;
+        }
+        self.rooms_swept.set(now);
+        let mut rooms = self.rooms.borrow_mut();
+        let before = rooms.len();
+        rooms.retain(|_, r| !(r.idle() && now.saturating_duration_since(r.last_used) >= idle));
+        if rooms.len() != before {
+            if rooms.capacity() > 64 && rooms.len() < rooms.capacity() / 4 {
+                rooms.shrink_to_fit();
+            }
+            self.stats.rooms.store(rooms.len() as i64, Relaxed);
+        }
+        drop(rooms);
+        self.unknown_groups.borrow_mut().sweep(self.coarse_ms());
+    }
+
+    /// [`Shard::mono_ms`] as of the last tick.
+    fn coarse_ms(&self) -> u64 {
+        self.last_tick
+            .get()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
     }
 
     fn is_member(&self, group: &GroupId, user: UserId) -> bool {
@@ -994,18 +1197,21 @@ impl Shard {
                 }
                 // Every shard applies the change to its connections, then tells this shard
                 // (after its Subscribes/Unsubscribes, so they are counted first), which tells
-                // the admin caller.
-                for &user in &change.added {
+                // the admin caller: one answer per shard. One message per shard carries all
+                // the users, however many (a 100,000-member PUT was 200,000 messages).
+                if !change.added.is_empty() {
+                    let users: Arc<[UserId]> = change.added.iter().copied().collect();
                     self.broadcast(|| ShardMsg::Enroll {
                         group: group.clone(),
-                        user,
+                        users: users.clone(),
                         done: done.clone(),
                     });
                 }
-                for &user in &change.removed {
+                if !change.removed.is_empty() {
+                    let users: Arc<[UserId]> = change.removed.iter().copied().collect();
                     self.broadcast(|| ShardMsg::Evict {
                         group: group.clone(),
-                        user,
+                        users: users.clone(),
                         done: done.clone(),
                     });
                 }
@@ -1222,6 +1428,7 @@ impl Shard {
 
     /// A client authenticated as `user`: look up its groups, then subscribe.
     pub fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
+        self.index_user(conn, user);
         let id = conn.id;
         self.store_to_inbox(
             |reply| Request::GroupsOfUser { user, reply },
@@ -1623,30 +1830,77 @@ impl Shard {
         }
     }
 
-    /// This shard's connections of `user`. A scan: it serves only membership changes through
-    /// the admin API, and an index would cost every connection memory.
-    fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
-        self.conns
-            .borrow()
-            .values()
-            .filter(|c| c.user() == Some(user))
-            .cloned()
-            .collect()
+    /// Lists `conn` among `user`'s connections on this shard.
+    fn index_user(&self, conn: &Rc<Conn>, user: UserId) {
+        let mut by_user = self.by_user.borrow_mut();
+        let Some(e) = by_user.get_mut(&user) else {
+            by_user.insert(user, UserConns::One(conn.clone()));
+            return;
+        };
+        match e {
+            UserConns::One(c) => {
+                if c.id != conn.id {
+                    let first = c.clone();
+                    *e = UserConns::Many(vec![first, conn.clone()]);
+                }
+            }
+            UserConns::Many(list) => {
+                if !list.iter().any(|c| c.id == conn.id) {
+                    list.push(conn.clone());
+                }
+            }
+        }
     }
 
-    fn enroll(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
-        for c in self.user_conns(user) {
-            if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
-                self.subscribe(&c, user, group.clone(), SubReason::Enroll, None);
+    /// Takes `conn` off its user's connections (it closed, or left the namespace).
+    fn unindex_user(&self, conn: &Conn) {
+        let Some(user) = conn.user() else { return };
+        let mut by_user = self.by_user.borrow_mut();
+        let empty = match by_user.get_mut(&user) {
+            None => return,
+            Some(UserConns::One(c)) => c.id == conn.id,
+            Some(UserConns::Many(list)) => {
+                list.retain(|c| c.id != conn.id);
+                if list.len() == 1 {
+                    let last = list.pop().expect("invariant: one left");
+                    by_user.insert(user, UserConns::One(last));
+                    false
+                } else {
+                    list.is_empty()
+                }
+            }
+        };
+        if empty {
+            by_user.remove(&user);
+        }
+    }
+
+    /// This shard's connections of `user` (see `by_user`).
+    fn user_conns(&self, user: UserId) -> Vec<Rc<Conn>> {
+        match self.by_user.borrow().get(&user) {
+            None => Vec::new(),
+            Some(UserConns::One(c)) => vec![c.clone()],
+            Some(UserConns::Many(list)) => list.clone(),
+        }
+    }
+
+    fn enroll(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+        for &user in users {
+            for c in self.user_conns(user) {
+                if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
+                    self.subscribe(&c, user, group.clone(), SubReason::Enroll, None);
+                }
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(owner, ShardMsg::MembershipApplied { done });
     }
 
-    fn evict(&self, group: GroupId, user: UserId, done: std::sync::mpsc::Sender<()>) {
-        for c in self.user_conns(user) {
-            self.leave(&c, &group);
+    fn evict(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+        for &user in users {
+            for c in self.user_conns(user) {
+                self.leave(&c, &group);
+            }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send(owner, ShardMsg::MembershipApplied { done });
@@ -1659,7 +1913,9 @@ impl Shard {
         }
         self.stats.connections.fetch_sub(1, Relaxed);
         self.release_ticket(conn.take_ticket());
+        self.event_limiter.borrow_mut().forget(&conn.id);
         self.leave_all(conn);
+        self.unindex_user(conn);
         conn.set_gone();
     }
 
@@ -1667,6 +1923,7 @@ impl Shard {
     /// presence, and the Engine.IO session stays open for another CONNECT.
     pub fn socket_disconnected(&self, conn: &Rc<Conn>) {
         self.leave_all(conn);
+        self.unindex_user(conn);
         conn.reset_socket();
     }
 
@@ -1686,36 +1943,54 @@ impl Shard {
     // ---- presence ----
 
     fn presence_up(&self, user: UserId, groups: Arc<[GroupId]>) {
-        let first = {
-            let mut p = self.presence.borrow_mut();
-            let count = p.entry(user).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if first {
-            self.presence_flip(user, true, groups);
-        }
+        let change = self.presence.borrow_mut().up(user, groups, self.mono_ms());
+        self.presence_effects(user, change);
     }
 
     fn presence_down(&self, user: UserId, groups: Arc<[GroupId]>) {
-        let last = {
-            let mut p = self.presence.borrow_mut();
-            match p.get_mut(&user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => p.remove(&user).is_some(),
-                None => false,
+        let change = self
+            .presence
+            .borrow_mut()
+            .down(user, groups, self.mono_ms());
+        self.presence_effects(user, change);
+        if self.stopping.get() {
+            // Nobody will be here when the window ends: announce now.
+            let due = self.presence.borrow_mut().flush();
+            for a in due {
+                self.announce(a);
             }
-        };
-        if last {
-            self.presence_flip(user, false, groups);
         }
     }
 
-    fn presence_flip(&self, user: UserId, online: bool, groups: Arc<[GroupId]>) {
-        let at = events::now_ms();
+    /// Carries out what the presence debouncer decided on a connection's up or down.
+    fn presence_effects(
+        &self,
+        user: UserId,
+        change: corecast_shard_router::presence::Change<UserId, Arc<[GroupId]>>,
+    ) {
+        match (change.announce, change.reachable) {
+            (Some(a), _) => self.announce(a),
+            (None, Some(online)) => self.broadcast(|| ShardMsg::PresenceChanged {
+                user,
+                online,
+                announce: None,
+            }),
+            (None, None) => {}
+        }
+    }
+
+    /// Tells co-members (every shard, for its local rooms) and the store that `a.user` is
+    /// online or offline now.
+    fn announce(&self, a: Announce<UserId, Arc<[GroupId]>>) {
+        let Announce {
+            user,
+            online,
+            at_ms,
+            groups,
+        } = a;
+        // `at_ms` is on the shard's monotonic clock: the wall time as long ago as that.
+        let ago = self.mono_ms().saturating_sub(at_ms) as i64;
+        let at = events::now_ms() - ago;
         self.submit(Request::SetPresence {
             user,
             online,
@@ -1734,17 +2009,25 @@ impl Shard {
         self.broadcast(|| ShardMsg::PresenceChanged {
             user,
             online,
-            groups: groups.clone(),
-            frame: frame.clone(),
+            announce: Some((groups.clone(), frame.clone())),
         });
     }
 
-    fn presence_changed(&self, user: UserId, online: bool, groups: &[GroupId], frame: &Bytes) {
+    fn presence_changed(
+        &self,
+        user: UserId,
+        online: bool,
+        announce: Option<(Arc<[GroupId]>, Bytes)>,
+    ) {
         if online {
             self.online.borrow_mut().insert(user);
         } else {
             self.online.borrow_mut().remove(&user);
         }
+        let Some((groups, frame)) = announce else {
+            return;
+        };
+        let (groups, frame) = (&groups[..], &frame);
         // Each co-member's connection gets the event once, however many groups they share.
         let rooms = self.local_rooms.borrow();
         let mut seen: HashSet<ConnId> = HashSet::new();
@@ -1766,9 +2049,21 @@ impl Shard {
     }
 
     /// Periodic duties: pings, pong and connect deadlines, forgetting idle rate-limit buckets,
-    /// the drain's next closes.
+    /// the drain's next closes, presence announcements whose debounce window has ended, idle
+    /// rooms.
     pub fn tick(&self, now: Instant) {
+        self.last_tick.set(now);
         self.drain_step(now);
+        let due = if self.stopping.get() {
+            self.presence.borrow_mut().flush()
+        } else {
+            let mono = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            self.presence.borrow_mut().tick(mono)
+        };
+        for a in due {
+            self.announce(a);
+        }
+        self.sweep_rooms(now);
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
@@ -1779,5 +2074,8 @@ impl Shard {
             }
         }
         self.limiter.borrow_mut().sweep(events::now_ms());
+        self.event_limiter
+            .borrow_mut()
+            .sweep(self.coarse_ms() as i64);
     }
 }

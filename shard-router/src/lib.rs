@@ -6,16 +6,23 @@
 //! - [`mesh`]: one bounded, lock-free inbox per shard (crossbeam-channel), with a doorbell so
 //!   that a shard waiting for work sleeps in its reactor and is woken by the sender, never by
 //!   spinning.
-//! - [`RateLimiter`]: a sans-IO token bucket.
+//! - [`RateLimiter`]: a sans-IO token bucket per key ([`Rate`]: per minute or per second with
+//!   a burst).
+//! - [`Presence`]: the debounced presence of the users a shard owns, sans-IO.
+//! - [`Recent`]: a bounded set of keys that expire (the groups known not to exist).
 //!
 //! Nothing here does I/O or knows about sockets; it never blocks.
 
 mod limiter;
 pub mod mesh;
+pub mod presence;
+mod recent;
 
 pub use corecast_storage::{GroupId, UserId};
-pub use limiter::RateLimiter;
+pub use limiter::{Rate, RateLimiter};
 pub use mesh::{mesh, Inbox, InboxHandle};
+pub use presence::Presence;
+pub use recent::Recent;
 
 /// A shard: one executor pinned to one core, owning its connections and its share of rooms
 /// and presence.

@@ -50,6 +50,8 @@ class Gateway {
       CORECAST_ADMIN_TOKEN: 'corecast-test-admin-token',
       // Tests send faster than a person; tests of the limit itself set it explicitly.
       CORECAST_RATE_LIMIT_PER_MIN: '0',
+      // Likewise the per-connection event limit (tests/python/test_limits.py tests it).
+      CORECAST_EVENT_RATE_PER_SEC: '0',
       CORECAST_DRAIN_SECS: '0',
       RUST_LOG: process.env.RUST_LOG || 'info',
       ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),

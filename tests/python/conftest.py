@@ -5,7 +5,9 @@
                     URL for Socket.IO; `.admin(method, path, json)`; `.token(sub, **claims)`;
                     `.restart()` (same data dir and ports); `.kill9()`; `.put_user` / `.put_group`.
 `start_gateway`     factory for tests that need their own settings:
-                    `start_gateway(CORECAST_ALLOWED_ORIGINS="http://good.example")`.
+                    `start_gateway(CORECAST_ALLOWED_ORIGINS="http://good.example")`; a value
+                    of None unsets a test default, e.g. `CORECAST_EVENT_RATE_PER_SEC=None`
+                    runs with the gateway's own default.
 `connect`           factory: `connect(gateway, user_id)` returns a connected `ChatClient`
                     (see chat_client.py); every client is disconnected at teardown.
 

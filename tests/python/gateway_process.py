@@ -70,11 +70,18 @@ class GatewayProcess:
             "CORECAST_ADMIN_TOKEN": self.admin_token,
             # Tests send faster than a person; tests of the limit itself set it explicitly.
             "CORECAST_RATE_LIMIT_PER_MIN": "0",
+            # Likewise the per-connection event limit (test_limits.py runs with the default).
+            "CORECAST_EVENT_RATE_PER_SEC": "0",
             # Stops at once on SIGTERM (a test of the drain sets its window).
             "CORECAST_DRAIN_SECS": "0",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         }
-        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        # A value of None unsets the key: the gateway's own default applies.
+        for k, v in (env or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = str(v)
         self.jwt_secret = self.env["CORECAST_JWT_SECRET"]
         self.admin_token = self.env["CORECAST_ADMIN_TOKEN"]
         self.proc: subprocess.Popen | None = None
