@@ -108,31 +108,22 @@ fn histogram(
 pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    counter(
-        &mut out,
-        "corecast_connections",
-        "Open Socket.IO connections.",
-        "gauge",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "corecast_connections{{shard=\"{i}\"}} {}",
-            s.connections.load(Relaxed)
-        );
-    }
-    counter(
-        &mut out,
-        "corecast_rooms",
-        "Rooms held in memory by each shard, as the owner of their group (loaded or loading).",
-        "gauge",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "corecast_rooms{{shard=\"{i}\"}} {}",
-            s.rooms.load(Relaxed)
-        );
+    for (name, help, f) in [
+        (
+            "corecast_connections",
+            "Open Socket.IO connections.",
+            (|s| s.connections.load(Relaxed)) as fn(&ShardStats) -> i64,
+        ),
+        (
+            "corecast_rooms",
+            "Rooms held in memory by each shard, as the owner of their group (loaded or loading).",
+            |s| s.rooms.load(Relaxed),
+        ),
+    ] {
+        counter(&mut out, name, help, "gauge");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(s));
+        }
     }
     for (name, help, f) in [
         (

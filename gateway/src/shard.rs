@@ -972,6 +972,26 @@ impl Shard {
     }
 
     /// Answers a room operation that cannot be carried out with `err`.
+    /// Tells a connection's shard how its Subscribe went.
+    fn answer_subscribe(
+        &self,
+        origin: Origin,
+        group: GroupId,
+        reason: SubReason,
+        result: Result<(), ClientError>,
+    ) {
+        self.send(
+            origin.shard,
+            ShardMsg::SubscribeResult {
+                conn: origin.conn,
+                group,
+                reason,
+                ack: origin.ack,
+                result,
+            },
+        );
+    }
+
     fn refuse(&self, msg: ShardMsg, err: &ClientError) {
         match msg {
             ShardMsg::Subscribe {
@@ -979,16 +999,7 @@ impl Shard {
                 origin,
                 reason,
                 ..
-            } => self.send(
-                origin.shard,
-                ShardMsg::SubscribeResult {
-                    conn: origin.conn,
-                    group,
-                    reason,
-                    ack: origin.ack,
-                    result: Err(err.clone()),
-                },
-            ),
+            } => self.answer_subscribe(origin, group, reason, Err(err.clone())),
             ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
                 self.reply(&origin, Err(err.clone()))
             }
@@ -1136,16 +1147,7 @@ impl Shard {
                 } else {
                     Err(Self::not_member(&group))
                 };
-                self.send(
-                    origin.shard,
-                    ShardMsg::SubscribeResult {
-                        conn: origin.conn,
-                        group,
-                        reason,
-                        ack: origin.ack,
-                        result,
-                    },
-                );
+                self.answer_subscribe(origin, group, reason, result);
             }
             ShardMsg::SendMessage {
                 group,
