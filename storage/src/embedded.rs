@@ -424,6 +424,14 @@ fn unavailable(e: rusqlite::Error) -> Error {
 /// What to do with a request's reply once the batch's fate is known: `true` if it committed.
 type Finish = Box<dyn FnOnce(bool) + Send>;
 
+/// Whether the writer waits `linger` for more requests before committing: only when the batch
+/// before carried more than one request, i.e. requests arrive faster than commits end, so the
+/// wait is likely to group several into one commit. At ordinary load each request then commits
+/// at once instead of waiting a linger that groups nothing.
+fn should_linger(last_batch: usize, linger: Duration) -> bool {
+    !linger.is_zero() && last_batch > 1
+}
+
 fn writer(
     conn: Connection,
     rx: crossbeam_channel::Receiver<Request>,
@@ -431,6 +439,8 @@ fn writer(
     linger: Duration,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
+    // Requests the batch before carried (see `should_linger`).
+    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         // Linger briefly for more work when there is something to commit: one commit (one
         // fsync, each touched page written once) then carries several writes instead of one
@@ -438,7 +448,9 @@ fn writer(
         // the linger rather than waiting on the queue: a request arriving meanwhile then
         // wakes nobody, and the batch is collected afterwards (waking this thread once per
         // request cost ~2 µs of gateway CPU per delivery at 30,000/s; docs/benchmarks.md).
-        if first.is_write() && !linger.is_zero() {
+        // At ordinary load the linger groups nothing (the next request comes later than it
+        // ends) and only adds its length to every message: see `should_linger`.
+        if first.is_write() && should_linger(last_batch, linger) {
             std::thread::sleep(linger);
         }
         first.flatten(&mut batch);
@@ -448,6 +460,7 @@ fn writer(
                 Err(_) => break,
             }
         }
+        last_batch = batch.len();
         let any_write = batch.iter().any(Request::is_write);
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
         // BEGIN, COMMIT and the savepoints run as cached statements: parsing them again for
@@ -953,6 +966,18 @@ fn pending_notices(c: &Connection, limit: usize) -> Result<Vec<Notice>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_lingers_only_when_requests_come_faster_than_commits() {
+        let linger = Duration::from_millis(1);
+        assert!(!should_linger(0, linger), "the first batch commits at once");
+        assert!(
+            !should_linger(1, linger),
+            "one request per commit: nothing to group"
+        );
+        assert!(should_linger(2, linger));
+        assert!(!should_linger(50, Duration::ZERO), "linger turned off");
+    }
 
     /// The checkpoint thread is woken once as the log nears a reset (not on every commit: each
     /// wake is a system call), the writer checkpoints on every commit past the reset size, and
