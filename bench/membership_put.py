@@ -22,34 +22,19 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
-ADMIN = "bench-admin-token"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gatewaylib import Gateway, log as _log, stop_all, wait_for  # noqa: E402
+
 PORT = 3700
 
 
 def log(msg):
-    print(f"[membership_put] {msg}", file=sys.stderr, flush=True)
-
-
-def http(method, path, body=None, timeout=120):
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT + 1}{path}", method=method,
-                                 data=body, headers={"Authorization": f"Bearer {ADMIN}",
-                                                     "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def metric(name):
-    _, text = http("GET", "/metrics")
-    pat = re.compile(r"^" + re.escape(name) + r"(\{[^}]*\})?\s+([0-9.eE+-]+)$", re.M)
-    return sum(float(v) for _, v in pat.findall(text.decode()))
+    _log("membership_put", msg)
 
 
 def slow_share(text, name, bound="0.025"):
@@ -59,14 +44,6 @@ def slow_share(text, name, bound="0.025"):
         return int(m.group(1)) if m else 0
     total = get(r'_bucket\{le="\+Inf"\}')
     return total - get(r'_bucket\{le="' + re.escape(bound) + r'"\}'), total
-
-
-def wait_for(what, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
 
 
 def main():
@@ -82,21 +59,14 @@ def main():
     args = ap.parse_args()
 
     data = tempfile.mkdtemp(prefix="corecast-mput-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORECAST_")}
-    env.update(CORECAST_LISTEN=f"127.0.0.1:{PORT}", CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{PORT + 1}",
-               CORECAST_SHARDS="2", CORECAST_DATA_DIR=data, CORECAST_JWT_SECRET=SECRET,
-               CORECAST_ADMIN_TOKEN=ADMIN, CORECAST_RATE_LIMIT_PER_MIN="0",
-               CORECAST_EVENT_RATE_PER_SEC="0", CORECAST_DRAIN_SECS="0", RUST_LOG="warn")
-    gw = subprocess.Popen([args.bin, "serve"], env=env, stdout=subprocess.PIPE,
-                          stderr=open(os.path.join(data, "server.log"), "w"), text=True)
-    procs = [gw]
+    procs = []
     try:
-        line = gw.stdout.readline()
-        if "listening" not in line:
-            raise SystemExit(f"gateway did not start: {line!r}")
-        lg_env = dict(env, CORECAST_JWT_SECRET=SECRET, CORECAST_ADMIN_TOKEN=ADMIN)
-        common = ["--target", f"127.0.0.1:{PORT}", "--admin", f"127.0.0.1:{PORT + 1}",
-                  "--quiet"]
+        gw = Gateway(args.bin, PORT, data, dict(CORECAST_RATE_LIMIT_PER_MIN="0",
+                                                CORECAST_EVENT_RATE_PER_SEC="0"))
+        procs.append(gw.proc)
+        metric, http = gw.metric, gw.http
+        lg_env = gw.loadgen_env()
+        common = gw.loadgen_args()
         idle_secs = args.duration + 60
         idle = subprocess.Popen(
             [args.loadgen, "--scenario", "idle", "--conns", str(args.idle), "--no-users",
@@ -152,14 +122,7 @@ def main():
               f"p99.9 {lat.get('p999_ms')} ms, max {lat.get('max_ms')} ms; "
               f"lost {send.get('lost')}, errors {rep.get('errors_total')}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_all(procs)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -51,6 +51,10 @@ pub struct ShardStats {
     pub overflow_depth: AtomicI64,
     /// Rooms held by this shard as the owner of their group (loaded or loading).
     pub rooms: AtomicI64,
+    /// Logged-in connections whose groups were loaded, and the store requests that loaded
+    /// them (merged, see `corecast_shard_router::Loads`).
+    pub group_loads: AtomicU64,
+    pub group_load_requests: AtomicU64,
     pub delivery_latency: Histogram,
     pub store_latency: Histogram,
 }
@@ -165,6 +169,16 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
             "corecast_admission_refusals_total",
             "Connections refused because their address had too many waiting to log in.",
             |s| s.admission_refusals.load(Relaxed),
+        ),
+        (
+            "corecast_group_loads_total",
+            "Logged-in connections whose group memberships were loaded from the store.",
+            |s| s.group_loads.load(Relaxed),
+        ),
+        (
+            "corecast_group_load_requests_total",
+            "Store requests that loaded them: the loads of connects at once are merged into one.",
+            |s| s.group_load_requests.load(Relaxed),
         ),
     ] {
         counter(&mut out, name, help, "counter");

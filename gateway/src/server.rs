@@ -194,10 +194,14 @@ async fn run_shard(
     });
     let accept_loop = async {
         loop {
-            let wait = shard.accept_rate.borrow_mut().take(Instant::now());
-            if let Some(wait) = wait {
-                // Over CORECAST_ACCEPT_RATE: the next connection waits in the kernel's backlog.
-                glommio::timer::sleep(wait).await;
+            // Over CORECAST_ACCEPT_RATE the next connection waits in the kernel's backlog until
+            // the bucket grants a token (asked again after each wait: a wait is not a token).
+            loop {
+                let wait = shard.accept_rate.borrow_mut().take(Instant::now());
+                match wait {
+                    Some(wait) => glommio::timer::sleep(wait).await,
+                    None => break,
+                }
             }
             match listener.accept().await {
                 Ok(stream) => {

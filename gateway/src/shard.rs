@@ -23,7 +23,8 @@ use crate::metrics::ShardStats;
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
 use corecast_shard_router::{
-    owner_of_group, owner_of_user, Inbox, InboxHandle, Presence, Rate, RateLimiter, Recent, ShardId,
+    owner_of_group, owner_of_user, Inbox, InboxHandle, Loads, Presence, Rate, RateLimiter, Recent,
+    ShardId,
 };
 use corecast_storage::{
     Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
@@ -157,9 +158,10 @@ pub enum ShardMsg {
         result: Result<bool, StoreError>,
     },
     // To the shard of a connection.
-    UserGroups {
-        conn: ConnId,
-        result: Result<Vec<GroupId>, StoreError>,
+    /// The answer to the shard's load in flight (see [`Loads`]): each user's groups, in the
+    /// order of the users in the batch.
+    UsersGroups {
+        result: Result<Vec<Vec<GroupId>>, StoreError>,
     },
     SubscribeResult {
         conn: ConnId,
@@ -263,6 +265,11 @@ impl Room {
     }
 }
 
+/// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
+/// is a few milliseconds of the embedded store's time, so messages queued behind it wait
+/// for no more than that.
+const LOAD_BATCH: usize = 512;
+
 /// Group ids the store said do not exist, per shard, at most this many...
 const UNKNOWN_GROUPS: usize = 4096;
 /// ... each for this long (a group created through this node's admin API is taken off at once;
@@ -308,6 +315,8 @@ pub struct Shard {
     event_limiter: RefCell<RateLimiter<ConnId>>,
     /// Groups the store said do not exist (see [`UNKNOWN_GROUPS`]).
     unknown_groups: RefCell<Recent<GroupId>>,
+    /// The membership loads of this shard's connects, merged: one store request in flight.
+    loads: RefCell<Loads<UserId, ConnId>>,
     /// When idle rooms were last looked for.
     rooms_swept: Cell<Instant>,
     /// The time of the last tick: a clock for rooms' idle time that costs no clock read per
@@ -404,6 +413,7 @@ impl Shard {
             limiter: RefCell::new(RateLimiter::new(rate)),
             event_limiter: RefCell::new(RateLimiter::new(event_rate)),
             unknown_groups: RefCell::new(Recent::new(UNKNOWN_GROUPS, UNKNOWN_GROUP_TTL_MS)),
+            loads: RefCell::new(Loads::new(LOAD_BATCH)),
             rooms_swept: Cell::new(Instant::now()),
             last_tick: Cell::new(Instant::now()),
             ids: RefCell::new(IdGenerator::new(id.0 as u8)),
@@ -799,7 +809,7 @@ impl Shard {
                 origin,
                 result,
             } => self.read_stored(group, message, user, origin, result),
-            ShardMsg::UserGroups { conn, result } => self.user_groups(conn, result),
+            ShardMsg::UsersGroups { result } => self.users_groups(result),
             ShardMsg::SubscribeResult {
                 conn,
                 group,
@@ -1431,11 +1441,38 @@ impl Shard {
     /// A client authenticated as `user`: look up its groups, then subscribe.
     pub fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
         self.index_user(conn, user);
-        let id = conn.id;
+        let batch = self.loads.borrow_mut().request(user, conn.id);
+        if let Some(users) = batch {
+            self.load_groups(users);
+        }
+    }
+
+    /// Sends the shard's one load in flight.
+    fn load_groups(&self, users: Vec<UserId>) {
+        self.stats.group_load_requests.fetch_add(1, Relaxed);
         self.store_to_inbox(
-            |reply| Request::GroupsOfUser { user, reply },
-            move |result| ShardMsg::UserGroups { conn: id, result },
+            |reply| Request::GroupsOfUsers { users, reply },
+            |result| ShardMsg::UsersGroups { result },
         );
+    }
+
+    fn users_groups(&self, result: Result<Vec<Vec<GroupId>>, StoreError>) {
+        let (done, next) = self.loads.borrow_mut().answered();
+        if let Some(users) = next {
+            self.load_groups(users);
+        }
+        for (i, (_, conns)) in done.into_iter().enumerate() {
+            let groups = match &result {
+                Ok(all) => Ok(all.get(i).cloned().unwrap_or_default()),
+                Err(e) => Err(e.clone()),
+            };
+            self.stats
+                .group_loads
+                .fetch_add(conns.len() as u64, Relaxed);
+            for conn in conns {
+                self.user_groups(conn, groups.clone());
+            }
+        }
     }
 
     fn conn(&self, id: ConnId) -> Option<Rc<Conn>> {

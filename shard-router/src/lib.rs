@@ -10,16 +10,19 @@
 //!   a burst).
 //! - [`Presence`]: the debounced presence of the users a shard owns, sans-IO.
 //! - [`Recent`]: a bounded set of keys that expire (the groups known not to exist).
+//! - [`Loads`]: the membership loads of connects, merged (one in flight per shard).
 //!
 //! Nothing here does I/O or knows about sockets; it never blocks.
 
 mod limiter;
+mod loads;
 pub mod mesh;
 pub mod presence;
 mod recent;
 
 pub use corecast_storage::{GroupId, UserId};
 pub use limiter::{Rate, RateLimiter};
+pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
 pub use recent::Recent;

@@ -578,6 +578,10 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             done(reply, true, r)
         }
         Request::GroupsOfUser { user, reply } => done(reply, false, groups_of_user(c, user)),
+        Request::GroupsOfUsers { users, reply } => {
+            let r = users.into_iter().map(|u| groups_of_user(c, u)).collect();
+            done(reply, false, r)
+        }
         Request::AppendMessage {
             message,
             notify,

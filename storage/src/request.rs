@@ -45,6 +45,12 @@ pub enum Request {
         user: UserId,
         reply: Reply<Vec<GroupId>>,
     },
+    /// [`Request::GroupsOfUser`] for several users in one request: one answer per user, in
+    /// the order of `users` (the shards merge the loads of many connects into one).
+    GroupsOfUsers {
+        users: Vec<UserId>,
+        reply: Reply<Vec<Vec<GroupId>>>,
+    },
     /// Stores a message and, in the same atomic write, one outbox notice per user in `notify`.
     /// If the message carries a `client_msg_id` already stored for the same group and sender,
     /// nothing is written and the original is returned with `duplicate: true`.
@@ -122,6 +128,7 @@ impl Request {
             Request::AddMember { reply, .. } => reply(Err(err)),
             Request::RemoveMember { reply, .. } => reply(Err(err)),
             Request::GroupsOfUser { reply, .. } => reply(Err(err)),
+            Request::GroupsOfUsers { reply, .. } => reply(Err(err)),
             Request::AppendMessage { reply, .. } => reply(Err(err)),
             Request::MarkRead { reply, .. } => reply(Err(err)),
             Request::GetMessage { reply, .. } => reply(Err(err)),
@@ -163,6 +170,7 @@ impl Request {
             Request::GetUser { .. }
                 | Request::GetGroup { .. }
                 | Request::GroupsOfUser { .. }
+                | Request::GroupsOfUsers { .. }
                 | Request::GetMessage { .. }
                 | Request::History { .. }
                 | Request::GetPresence { .. }
@@ -253,6 +261,9 @@ impl Blocking<'_> {
     }
     pub fn groups_of_user(&self, user: UserId) -> Result<Vec<GroupId>, Error> {
         self.call(|reply| Request::GroupsOfUser { user, reply })
+    }
+    pub fn groups_of_users(&self, users: Vec<UserId>) -> Result<Vec<Vec<GroupId>>, Error> {
+        self.call(|reply| Request::GroupsOfUsers { users, reply })
     }
     pub fn append_message(
         &self,

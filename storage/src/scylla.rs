@@ -722,6 +722,23 @@ where
     Ok(rows::<R>(qr)?.into_iter().next())
 }
 
+async fn groups_of_user(db: &Db, user: UserId) -> Result<Vec<GroupId>, Error> {
+    let qr = db
+        .session
+        .execute_unpaged(&db.st.groups_of_user, (user.0 as i64,))
+        .await
+        .map_err(unavailable)?;
+    let mut groups: Vec<GroupId> = rows::<(String,)>(qr)?
+        .into_iter()
+        .map(|(g,)| GroupId::new(g))
+        .collect();
+    // The clustering order is the database's (bytes of UTF-8); the embedded store answers in
+    // Rust's order of strings, which is the same. Sorted here all the same, so that both
+    // backends agree whatever the database.
+    groups.sort();
+    Ok(groups)
+}
+
 async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
     let ts = stamp.ts;
     match req {
@@ -749,25 +766,11 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
         Request::RemoveMember { group, user, reply } => {
             reply(remove_member(db, group, user, ts).await)
         }
-        Request::GroupsOfUser { user, reply } => {
-            let r = async {
-                let qr = db
-                    .session
-                    .execute_unpaged(&db.st.groups_of_user, (user.0 as i64,))
-                    .await
-                    .map_err(unavailable)?;
-                let mut groups: Vec<GroupId> = rows::<(String,)>(qr)?
-                    .into_iter()
-                    .map(|(g,)| GroupId::new(g))
-                    .collect();
-                // The clustering order is the database's (bytes of UTF-8); the embedded store
-                // answers in Rust's order of strings, which is the same. Sorted here all the
-                // same, so that both backends agree whatever the database.
-                groups.sort();
-                Ok(groups)
-            }
-            .await;
-            reply(r)
+        Request::GroupsOfUser { user, reply } => reply(groups_of_user(db, user).await),
+        Request::GroupsOfUsers { users, reply } => {
+            // One query per user (a user's groups are one partition), all in flight at once.
+            let r = futures::future::try_join_all(users.into_iter().map(|u| groups_of_user(db, u)));
+            reply(r.await)
         }
         Request::AppendMessage {
             message,

@@ -323,6 +323,21 @@ fn members_add_remove_and_groups_of_user(f: Fixture) {
         users_of(&[1])
     );
     assert_eq!(s.groups_of_user(UserId(404)).unwrap(), vec![]);
+    // Several users in one request: one answer each, in the order asked, repeats included.
+    assert_eq!(
+        s.groups_of_users(vec![UserId(404), UserId(2), UserId(1), UserId(2)])
+            .unwrap(),
+        vec![
+            vec![],
+            vec![GroupId::new("12"), GroupId::new("5")],
+            vec![GroupId::new("9")],
+            vec![GroupId::new("12"), GroupId::new("5")],
+        ]
+    );
+    assert_eq!(
+        s.groups_of_users(vec![]).unwrap(),
+        Vec::<Vec<GroupId>>::new()
+    );
 
     // Queue order is kept for requests submitted without waiting: add then remove ends removed.
     let h = f.handle();

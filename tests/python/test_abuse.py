@@ -11,11 +11,13 @@ The flood comes from other loopback addresses (127.0.0.2 and up) than the real c
 import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 import requests
 
+from gateway_process import release_binary
 from raw_client import RawClient
 
 UPGRADE = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
@@ -279,3 +281,69 @@ def test_sigterm_drains_connections_spread_over_the_window(start_gateway, raw, c
     assert gw.proc.wait(timeout=10) == 0
     gw.start()
     assert [m["text"] for m in gw.history(gid)] == ["before the drain"]
+
+
+# ----- reconnect storm ---------------------------------------------------------------------------
+
+def metric(gw, name: str) -> float:
+    text = requests.get(f"http://{gw.internal}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_a_reconnect_storm_is_admitted_at_the_accept_rate_while_live_traffic_flows(
+        start_gateway, connect, new_id, tmp_path):
+    """1,200 clients connect at once, drop and reconnect at once (corecast-loadgen's
+    connect-storm, in a process of its own), against CORECAST_ACCEPT_RATE=300: they are taken
+    in at that rate (each round lasts at least (1,200 - 300) / 300 s; the bucket holds one
+    second's worth), every one of them gets in, and meanwhile two chat users already online
+    keep talking: each message is acknowledged and delivered within a second, as when the
+    node is quiet, not after the storm. The membership loads of the storm's connects are
+    merged (one store request may load several users), never more requests than connects."""
+    rate, conns = 300, 1200
+    gw = start_gateway(CORECAST_SHARDS=2, CORECAST_ACCEPT_RATE=rate)
+    a, b, gid = new_id(), new_id(), new_id()
+    gw.put_user(a)
+    gw.put_user(b)
+    gw.put_group(gid, [a, b])
+    alice, bob = connect(gw, a), connect(gw, b)
+
+    report_path = tmp_path / "storm.json"
+    loadgen = release_binary("corecast-loadgen", "CORECAST_LOADGEN_BIN")
+    storm = subprocess.Popen(
+        [str(loadgen), "--target", gw.public, "--admin", gw.internal,
+         "--admin-token", gw.admin_token, "--jwt-secret", gw.jwt_secret,
+         "--scenario", "connect-storm", "--conns", str(conns), "--group-size", "10",
+         "--user-base", "7000000", "--group-prefix", "storm-", "--duration", "0.5",
+         "--json", str(report_path), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latencies = []
+    try:
+        # Talk until the storm is over (the loadgen exits after its second round).
+        i = 0
+        while storm.poll() is None:
+            text = f"live {i}"
+            t0 = time.monotonic()
+            ack = alice.call("sendMessage", {"groupId": gid, "text": text, "attachments": []})
+            assert ack["ok"] is True, ack
+            bob.wait_for("newMessage", lambda m, t=text: m["text"] == t, timeout=10)
+            latencies.append(time.monotonic() - t0)
+            i += 1
+        out, err = storm.communicate(timeout=60)
+    finally:
+        if storm.poll() is None:
+            storm.kill()
+    assert storm.returncode == 0, f"loadgen failed:\n{out}\n{err}"
+    report = json.loads(report_path.read_text())
+    rounds = report["connect"]
+    assert [r["ready"] for r in rounds] == [conns, conns], rounds
+    least = (conns - rate) / rate
+    for r in rounds:
+        assert r["seconds"] >= least * 0.9, f"admitted faster than {rate}/s: {rounds}"
+    # The storm lasted several seconds; live messages kept flowing through it.
+    assert len(latencies) >= 20, latencies
+    assert max(latencies) < 1.0, f"slowest live message {max(latencies):.3f} s during the storm"
+    loads = metric(gw, "corecast_group_loads_total")
+    requests_ = metric(gw, "corecast_group_load_requests_total")
+    assert loads >= 2 * conns + 2, loads
+    assert 0 < requests_ <= loads, (requests_, loads)
