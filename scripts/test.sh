@@ -17,6 +17,8 @@
 #   7. bench/compare.sh --quick: a short corecast vs Node.js Socket.IO comparison with
 #      corecast-loadgen (about 3 minutes); prints the table, fails only when corecast
 #      misbehaves (errors, lost, duplicated or out-of-order messages), never on speed
+#   8. bench/soak.py --minutes 1: steady chat with connections churning; fails when the
+#      gateway's RSS or open descriptors creep (CORECAST_SOAK_MINUTES; skipped with the bench)
 #
 # Environment exported to the tests:
 #   CORECAST_BIN, CORECAST_NOTIFIER_BIN      the release binaries
@@ -255,6 +257,13 @@ if ! skip CORECAST_TEST_SKIP_BENCH; then
   # Reuses the release binaries built above; the table goes to stdout, raw results to
   # target/bench-quick/.
   bench/compare.sh --quick --no-build
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "bench/soak.py, short (RSS and descriptors flat under churn; the hour-long run is in docs)"
+if ! skip CORECAST_TEST_SKIP_BENCH; then
+  python3 bench/soak.py --bin target/release/corecast --loadgen target/release/corecast-loadgen \
+    --minutes "${CORECAST_SOAK_MINUTES:-1}" --churn-every 5 --sample-every 5
 fi
 
 echo "--- ${SECTION_NAME}: done in $((SECONDS - SECTION_T0)) s"

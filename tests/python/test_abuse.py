@@ -1,7 +1,8 @@
-"""Resources a client can make the gateway hold, each with its bound (issue 15, items 1 and 2):
-memory per connection (pings, requests without reading, partial frames before CONNECT) and
+"""Resources a client can make the gateway hold, each with its bound (issue 15, items 1, 2 and 8):
+memory per connection (pings, requests without reading, partial frames before CONNECT),
 file descriptors held by connections that never log in (the request-head deadline, the cap on
-connections waiting to log in, in total and per address). Each case asserts what an operator
+connections waiting to log in, in total and per address), the drain, and a reconnect storm
+(taken in at the accept rate while live traffic flows). Each case asserts what an operator
 would notice: RSS and open descriptors stay bounded, and real clients keep getting in.
 
 The flood comes from other loopback addresses (127.0.0.2 and up) than the real clients
