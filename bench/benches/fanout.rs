@@ -106,6 +106,7 @@ impl Pair {
                 frame: packet::event_frame(Role::Server, "newMessage", &[black_box(NEW_MESSAGE)]),
                 except_user: None,
                 stored_at,
+                ingress: Some(stored_at),
             })
             .collect();
         let mut msg = if n == 1 {

@@ -9,17 +9,74 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency histograms' buckets.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+/// Upper bounds (seconds) of the latency histograms' buckets: from 10 µs, so that the hops of
+/// a message that crosses threads in microseconds are told apart.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
+/// The hops of a client's message from its sender's socket to its recipients' sockets, each
+/// timed on its own (`corecast_hop_latency_seconds{hop}`; docs/operations.md). A hop that
+/// crosses to another thread includes that thread's wake-up and its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// The sender's connection shard parsed the event -> the sender's rate-limit owner (the
+    /// user's presence shard) admitted it. Absent with the per-user limit off.
+    Limiter,
+    /// Admitted (or parsed, with the limit off) -> the group's owner shard took it up
+    /// (including a wait for the room's members to load).
+    Owner,
+    /// The owner handed it to the store -> the store committed it (queue, linger, commit and
+    /// fsync), on the store's thread.
+    Store,
+    /// Committed -> the owner shard read the store's answer.
+    StoreReply,
+    /// The answer read -> broadcast to the subscriber shards: waits only while an earlier
+    /// message of the group is still being stored (messages go out in id order).
+    Order,
+    /// Broadcast -> a subscriber shard queued the frames on its connections.
+    Fanout,
+    /// The first frame of a send batch queued -> the batch handed to the kernel (one
+    /// observation per batch of socket writes, not per message).
+    Socket,
+    /// Parsed on the sender's shard -> queued on the recipients' connections of a shard
+    /// (one observation per subscriber shard).
+    Total,
+}
+
+impl Hop {
+    pub const ALL: [Hop; 8] = [
+        Hop::Limiter,
+        Hop::Owner,
+        Hop::Store,
+        Hop::StoreReply,
+        Hop::Order,
+        Hop::Fanout,
+        Hop::Socket,
+        Hop::Total,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Limiter => "limiter",
+            Hop::Owner => "owner",
+            Hop::Store => "store",
+            Hop::StoreReply => "store_reply",
+            Hop::Order => "order",
+            Hop::Fanout => "fanout",
+            Hop::Socket => "socket",
+            Hop::Total => "total",
+        }
+    }
+}
 
 /// A Prometheus histogram with fixed buckets.
 #[derive(Default)]
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum_nanos: AtomicU64,
 }
 
 impl Histogram {
@@ -29,7 +86,7 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
     }
 }
 
@@ -57,11 +114,16 @@ pub struct ShardStats {
     pub group_load_requests: AtomicU64,
     pub delivery_latency: Histogram,
     pub store_latency: Histogram,
+    pub hops: [Histogram; Hop::ALL.len()],
 }
 
 impl ShardStats {
     pub fn error(&self, code: Code) {
         self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn hop(&self, hop: Hop, d: Duration) {
+        self.hops[hop as usize].observe(d);
     }
 }
 
@@ -90,22 +152,33 @@ fn histogram(
     pick: fn(&ShardStats) -> &Histogram,
 ) {
     counter(out, name, help, "histogram");
+    series(out, name, None, shards.iter().map(|s| pick(s)));
+}
+
+/// One series of a histogram, summed over the shards' parts, with one label or none.
+fn series<'a>(
+    out: &mut String,
+    name: &str,
+    label: Option<(&str, &str)>,
+    parts: impl Iterator<Item = &'a Histogram> + Clone,
+) {
+    let (open, only) = match label {
+        Some((k, v)) => (format!("{k}=\"{v}\","), format!("{{{k}=\"{v}\"}}")),
+        None => (String::new(), String::new()),
+    };
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += shards
-            .iter()
-            .map(|s| pick(s).buckets[i].load(Relaxed))
+        cumulative += parts
+            .clone()
+            .map(|h| h.buckets[i].load(Relaxed))
             .sum::<u64>();
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{open}le=\"{bound}\"}} {cumulative}");
     }
-    let count: u64 = shards.iter().map(|s| pick(s).count.load(Relaxed)).sum();
-    let sum: u64 = shards
-        .iter()
-        .map(|s| pick(s).sum_micros.load(Relaxed))
-        .sum();
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {count}");
+    let count: u64 = parts.clone().map(|h| h.count.load(Relaxed)).sum();
+    let sum: u64 = parts.map(|h| h.sum_nanos.load(Relaxed)).sum();
+    let _ = writeln!(out, "{name}_bucket{{{open}le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{only} {}", sum as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count{only} {count}");
 }
 
 /// Renders every shard's counters, plus queue depths given as (shard, inbox depth).
@@ -227,6 +300,21 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
         shards,
         |s| &s.store_latency,
     );
+    counter(
+        &mut out,
+        "corecast_hop_latency_seconds",
+        "Each hop of a client's message, from its sender's socket to its recipients' (docs/operations.md).",
+        "histogram",
+    );
+    for hop in Hop::ALL {
+        let parts = shards.iter().map(move |s| &s.hops[hop as usize]);
+        series(
+            &mut out,
+            "corecast_hop_latency_seconds",
+            Some(("hop", hop.as_str())),
+            parts,
+        );
+    }
     counter(
         &mut out,
         "corecast_resident_memory_bytes",

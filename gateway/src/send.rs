@@ -22,6 +22,7 @@
 //! connection.
 
 use crate::conn::{Conn, ConnId};
+use crate::metrics::Hop;
 use crate::shard::Shard;
 use bytes::Bytes;
 use corecast_shard_router::ShardId;
@@ -29,6 +30,7 @@ use io_uring::{opcode, types, IoUring};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 /// Submission queue entries of a shard's send ring: a larger batch goes in several submissions.
 const RING_ENTRIES: u32 = 512;
@@ -40,9 +42,18 @@ const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 pub struct Due {
     conns: Vec<ConnId>,
     waker: Option<Waker>,
+    /// When the oldest room delivery of the next batch was queued (for [`Hop::Socket`]).
+    since: Option<Instant>,
 }
 
 impl Due {
+    /// A room's frames were queued at `now` (the batch's first such time is kept).
+    pub fn queued_at(&mut self, now: Instant) {
+        if !self.conns.is_empty() {
+            self.since.get_or_insert(now);
+        }
+    }
+
     /// Adds a connection (once per batch; the connection keeps the flag) and wakes the sender.
     pub fn add(&mut self, id: ConnId) {
         self.conns.push(id);
@@ -117,7 +128,11 @@ pub async fn sender(shard: Rc<Shard>) {
 fn send_due(shard: &Shard) {
     let mut sender = shard.sender.borrow_mut();
     let sender = &mut *sender;
-    std::mem::swap(&mut sender.due, &mut shard.due.borrow_mut().conns);
+    let since = {
+        let mut due = shard.due.borrow_mut();
+        std::mem::swap(&mut sender.due, &mut due.conns);
+        due.since.take()
+    };
     {
         let conns = shard.conns.borrow();
         for id in sender.due.drain(..) {
@@ -183,6 +198,9 @@ fn send_due(shard: &Shard) {
     }
     sender.done = done;
     sender.batch.clear();
+    if let Some(since) = since {
+        shard.stats.hop(Hop::Socket, since.elapsed());
+    }
 }
 
 /// One submission for `chunk`, then every completion (marked in `done`).

@@ -19,7 +19,7 @@
 use crate::config::Config;
 use crate::conn::{Conn, ConnId, ConnState, SubState};
 use crate::events::{self, ClientError, Code};
-use crate::metrics::ShardStats;
+use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
 use corecast_shard_router::{
@@ -89,6 +89,34 @@ pub fn membership_answers(change: &MembershipChange, nr_shards: usize) -> usize 
     nr_shards * (usize::from(!change.added.is_empty()) + usize::from(!change.removed.is_empty()))
 }
 
+/// When a client's message passed each hop on its way (see [`Hop`]): instants of the process's
+/// monotonic clock, comparable across shards and threads. Filled in as the message goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    /// The sender's connection shard parsed the event.
+    pub ingress: Instant,
+    /// The sender's rate-limit owner admitted it (`None` with the limit off).
+    pub admitted: Option<Instant>,
+    /// The group's owner handed it to the store.
+    pub submitted: Option<Instant>,
+    /// The store committed it (stamped on the store's thread).
+    pub committed: Option<Instant>,
+    /// The owner read the store's answer.
+    pub answered: Option<Instant>,
+}
+
+impl Trace {
+    fn new(ingress: Instant) -> Trace {
+        Trace {
+            ingress,
+            admitted: None,
+            submitted: None,
+            committed: None,
+            answered: None,
+        }
+    }
+}
+
 /// Why a connection subscribes to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubReason {
@@ -124,6 +152,7 @@ pub enum ShardMsg {
         client_msg_id: Option<String>,
         origin: Origin,
         admitted: bool,
+        trace: Trace,
     },
     MarkRead {
         group: GroupId,
@@ -147,7 +176,7 @@ pub enum ShardMsg {
     Stored {
         group: GroupId,
         id: MessageId,
-        submitted: Instant,
+        trace: Trace,
         result: Result<Appended, StoreError>,
     },
     ReadStored {
@@ -174,11 +203,14 @@ pub enum ShardMsg {
         conn: ConnId,
         frame: Bytes,
     },
+    /// Frames for a room's connections on this shard. `stored_at`: when the owner broadcast
+    /// it; `ingress`: when the sender's shard parsed it (a client's message only).
     Deliver {
         group: GroupId,
         frame: Bytes,
         except_user: Option<UserId>,
         stored_at: Instant,
+        ingress: Option<Instant>,
     },
     /// `users` were added to the group: their connections on this shard join its room. One
     /// message per shard for the whole change, however many users it adds.
@@ -287,6 +319,7 @@ struct PendingSend {
     key: Option<(UserId, String)>,
     origins: Vec<Origin>,
     result: Option<Result<Appended, StoreError>>,
+    trace: Option<Trace>,
 }
 
 pub struct Shard {
@@ -796,11 +829,18 @@ impl Shard {
             ShardMsg::Stored {
                 group,
                 id,
-                submitted,
+                mut trace,
                 result,
             } => {
-                self.stats.store_latency.observe(submitted.elapsed());
-                self.stored(group, id, result)
+                let now = Instant::now();
+                if let (Some(submitted), Some(committed)) = (trace.submitted, trace.committed) {
+                    self.stats.store_latency.observe(now - submitted);
+                    self.stats.hop(Hop::Store, committed - submitted);
+                    self.stats
+                        .hop(Hop::StoreReply, now.saturating_duration_since(committed));
+                }
+                trace.answered = Some(now);
+                self.stored(group, id, trace, result)
             }
             ShardMsg::ReadStored {
                 group,
@@ -823,9 +863,17 @@ impl Shard {
                 frame,
                 except_user,
                 stored_at,
+                ingress,
             } => {
                 self.deliver(&group, &frame, except_user);
-                self.stats.delivery_latency.observe(stored_at.elapsed());
+                let now = Instant::now();
+                self.due.borrow_mut().queued_at(now);
+                let fanout = now.saturating_duration_since(stored_at);
+                self.stats.delivery_latency.observe(fanout);
+                if let Some(ingress) = ingress {
+                    self.stats.hop(Hop::Fanout, fanout);
+                    self.stats.hop(Hop::Total, now - ingress);
+                }
             }
             ShardMsg::Enroll { group, users, done } => self.enroll(group, &users, done),
             ShardMsg::Evict { group, users, done } => self.evict(group, &users, done),
@@ -1166,8 +1214,15 @@ impl Shard {
                 attachments,
                 client_msg_id,
                 origin,
+                trace,
                 ..
-            } => self.room_send(group, user, text, attachments, client_msg_id, origin),
+            } => {
+                let from = trace.admitted.unwrap_or(trace.ingress);
+                self.stats
+                    .hop(Hop::Owner, Instant::now().saturating_duration_since(from));
+                let message = (text, attachments, client_msg_id);
+                self.room_send(group, user, message, origin, trace)
+            }
             ShardMsg::MarkRead {
                 group,
                 message,
@@ -1236,10 +1291,9 @@ impl Shard {
         &self,
         group: GroupId,
         user: UserId,
-        text: String,
-        attachments: Vec<Attachment>,
-        client_msg_id: Option<String>,
+        (text, attachments, client_msg_id): (String, Vec<Attachment>, Option<String>),
         origin: Origin,
+        mut trace: Trace,
     ) {
         let mut rooms = self.rooms.borrow_mut();
         let room = rooms
@@ -1280,6 +1334,7 @@ impl Shard {
             key,
             origins: vec![origin],
             result: None,
+            trace: None,
         });
         drop(rooms);
         let message = NewMessage {
@@ -1291,23 +1346,33 @@ impl Shard {
             timestamp: now,
             client_msg_id,
         };
-        let submitted = Instant::now();
+        trace.submitted = Some(Instant::now());
         self.store_to_inbox(
             |reply| Request::AppendMessage {
                 message,
                 notify,
                 reply,
             },
+            // On the store's thread, as it answers.
             move |result| ShardMsg::Stored {
                 group,
                 id,
-                submitted,
+                trace: Trace {
+                    committed: Some(Instant::now()),
+                    ..trace
+                },
                 result,
             },
         );
     }
 
-    fn stored(&self, group: GroupId, id: MessageId, result: Result<Appended, StoreError>) {
+    fn stored(
+        &self,
+        group: GroupId,
+        id: MessageId,
+        trace: Trace,
+        result: Result<Appended, StoreError>,
+    ) {
         let ready = {
             let mut rooms = self.rooms.borrow_mut();
             let Some(room) = rooms.get_mut(&group) else {
@@ -1315,6 +1380,7 @@ impl Shard {
             };
             if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
                 p.result = Some(result);
+                p.trace = Some(trace);
             }
             let mut ready = Vec::new();
             while room.pending.front().is_some_and(|p| p.result.is_some()) {
@@ -1338,6 +1404,10 @@ impl Shard {
                         let frame =
                             event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
                         let stored_at = Instant::now();
+                        let ingress = p.trace.map(|t| t.ingress);
+                        if let Some(answered) = p.trace.and_then(|t| t.answered) {
+                            self.stats.hop(Hop::Order, stored_at - answered);
+                        }
                         for (s, &count) in subscribers.iter().enumerate() {
                             if count > 0 {
                                 self.send(
@@ -1347,6 +1417,7 @@ impl Shard {
                                         frame: frame.clone(),
                                         except_user: None,
                                         stored_at,
+                                        ingress,
                                     },
                                 );
                             }
@@ -1403,6 +1474,7 @@ impl Shard {
                                     frame: frame.clone(),
                                     except_user: None,
                                     stored_at,
+                                    ingress: None,
                                 },
                             );
                         }
@@ -1717,6 +1789,7 @@ impl Shard {
                 client_msg_id,
                 origin,
                 admitted,
+                trace: Trace::new(Instant::now()),
             },
         );
     }
@@ -1731,11 +1804,16 @@ impl Shard {
             attachments,
             client_msg_id,
             origin,
+            mut trace,
             ..
         } = msg
         else {
             unreachable!("invariant: admit is called with SendMessage only")
         };
+        let at = Instant::now();
+        trace.admitted = Some(at);
+        self.stats
+            .hop(Hop::Limiter, at.saturating_duration_since(trace.ingress));
         let now = events::now_ms();
         if !self.limiter.borrow_mut().try_acquire(user, now) {
             let wait = self.limiter.borrow().retry_after_ms(user, now);
@@ -1760,6 +1838,7 @@ impl Shard {
                 client_msg_id,
                 origin,
                 admitted: true,
+                trace,
             },
         );
     }

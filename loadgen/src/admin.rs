@@ -92,6 +92,27 @@ impl AdminClient {
     }
 }
 
+/// `GET path` on the internal listener, on a connection of its own: the status and the body.
+/// Used for `/metrics` at the phase boundaries, never while measuring.
+pub fn get(addr: SocketAddr, token: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = resp.parse(&buf)? else {
+        bail!("GET {path}: incomplete answer");
+    };
+    let code = resp.code.unwrap_or(0);
+    Ok((code, String::from_utf8_lossy(&buf[head_len..]).into_owned()))
+}
+
 /// Creates the users (unless `--no-users`) and the groups of this run.
 pub fn set_up(cfg: &Config) -> anyhow::Result<()> {
     let mut client = AdminClient {

@@ -14,6 +14,7 @@
 //! [`polling`]'s).
 
 pub mod admin;
+pub mod breakdown;
 pub mod config;
 pub mod polling;
 pub mod report;
@@ -84,6 +85,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let mut server = ServerSample::new(cfg.args.server_pid);
+    if !is_child() {
+        server = server.with_metrics(cfg.args.admin, &cfg.args.admin_token);
+    }
     server.mark("start");
     let (raw, secs) = run_local(&cfg, &mut server)?;
     if is_child() {
@@ -340,7 +344,8 @@ fn run_parent(cfg: Arc<Config>) -> anyhow::Result<()> {
     if !cfg.args.no_setup {
         admin::set_up(&cfg).context("setting up users and groups through the admin API")?;
     }
-    let mut server = ServerSample::new(cfg.args.server_pid);
+    let mut server =
+        ServerSample::new(cfg.args.server_pid).with_metrics(cfg.args.admin, &cfg.args.admin_token);
     server.mark("start");
     let dir = std::env::temp_dir().join(format!("corecast-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

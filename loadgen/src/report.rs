@@ -8,22 +8,37 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::stats::{Merged, Percentiles, Second};
 
-/// RSS and CPU time of the server process at named moments of the run.
+/// RSS and CPU time of the server process at named moments of the run, and its `/metrics`
+/// at the start and end of the send phase (for the hop breakdown).
 #[derive(Debug, Default)]
 pub struct ServerSample {
     pid: Option<u32>,
     marks: BTreeMap<&'static str, (u64, f64)>,
+    /// The internal listener and its token, when the server's metrics are to be read.
+    metrics_from: Option<(std::net::SocketAddr, String)>,
+    metrics: BTreeMap<&'static str, String>,
 }
 
 impl ServerSample {
     pub fn new(pid: Option<u32>) -> ServerSample {
         ServerSample {
             pid,
-            marks: BTreeMap::new(),
+            ..ServerSample::default()
         }
     }
 
+    /// Also reads `GET /metrics` from `admin` at `send_start` and `send_end`.
+    pub fn with_metrics(mut self, admin: std::net::SocketAddr, token: &str) -> ServerSample {
+        self.metrics_from = Some((admin, token.to_string()));
+        self
+    }
+
     pub fn mark(&mut self, at: &'static str) {
+        if let (Some((addr, token)), "send_start" | "send_end") = (&self.metrics_from, at) {
+            if let Ok((200, text)) = crate::admin::get(*addr, token, "/metrics") {
+                self.metrics.insert(at, text);
+            }
+        }
         let Some(pid) = self.pid else { return };
         if let (Some(rss), Some(cpu)) = (rss_kib(pid), cpu_s(pid)) {
             self.marks.insert(at, (rss, cpu));
@@ -67,6 +82,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
     pub server: Option<ServerSummary>,
+    /// Where a message waited inside the server, per hop (corecast only; see breakdown.rs).
+    pub breakdown: Option<Vec<crate::breakdown::HopSummary>>,
     pub loadgen: LoadgenSummary,
     pub timeline: Vec<Second>,
 }
@@ -174,6 +191,7 @@ pub struct LoadgenSummary {
 
 impl Report {
     pub fn build(cfg: &Config, m: &Merged, server: &ServerSample, secs: f64) -> Report {
+        let server_sample = server;
         let raw = &m.raw;
         let connect = raw
             .connect_rounds
@@ -272,6 +290,13 @@ impl Report {
             errors_total: raw.errors.values().sum(),
             errors: raw.errors.clone(),
             server,
+            breakdown: match (
+                server_sample.metrics.get("send_start"),
+                server_sample.metrics.get("send_end"),
+            ) {
+                (Some(a), Some(b)) => crate::breakdown::between(a, b),
+                _ => None,
+            },
             loadgen: LoadgenSummary {
                 cpu_s_send: raw.loadgen_cpu_s,
                 cpu_us_per_delivery: per_delivery,
@@ -350,6 +375,24 @@ impl Report {
                 sv.cpu_us_per_delivery
                     .map_or("-".into(), |u| format!("{:.2} µs/delivery", u))
             );
+        }
+        if let Some(hops) = &self.breakdown {
+            let _ = writeln!(
+                s,
+                "inside the server, per hop (µs; p50/p99 are bucket bounds)   count     mean   p50 <=   p99 <="
+            );
+            let bound = |b: Option<f64>| b.map_or("-".into(), |v| format!("{v}"));
+            for h in hops.iter().filter(|h| h.count > 0) {
+                let _ = writeln!(
+                    s,
+                    "  {:<58} {:>7} {:>8.1} {:>8} {:>8}",
+                    h.hop,
+                    h.count,
+                    h.mean_us,
+                    bound(h.p50_le_us),
+                    bound(h.p99_le_us)
+                );
+            }
         }
         let _ = writeln!(
             s,

@@ -8,6 +8,8 @@ Which loadgen binary: $CORECAST_LOADGEN_BIN, else target/release/corecast-loadge
 import json
 import subprocess
 
+import pytest
+
 from gateway_process import release_binary
 
 LOADGEN_TIMEOUT = 120
@@ -57,3 +59,26 @@ def test_polling_refused_shows_as_errors(start_gateway, tmp_path):
     assert report["connect"][0]["ready"] == 0, report["connect"]
     assert report["connect"][0]["failed"] == conns, report["connect"]
     assert report["errors"] == {"http_400": conns}, report["errors"]
+
+
+def test_the_report_breaks_a_message_s_time_down_by_hop(start_gateway, tmp_path):
+    """The loadgen reads corecast's per-hop histograms before and after sending: every message
+    passed the rate limit, the room's owner, the store and the way back once, and reached its
+    group's shards, and each hop's mean fits inside the whole."""
+    gw = start_gateway(CORECAST_SHARDS=2, CORECAST_RATE_LIMIT_PER_MIN=600)
+    report = run_loadgen(gw, tmp_path, "--conns", 20, "--group-size", 10, "--rate", 20,
+                         "--duration", 2, "--warmup", 0)
+    assert report["errors_total"] == 0, report["errors"]
+    sent = report["send"]["sent"]
+    assert sent >= 20, report["send"]
+    hops = {h["hop"]: h for h in report["breakdown"]}
+    assert list(hops) == ["limiter", "owner", "store", "store_reply", "order", "fanout",
+                          "socket", "total"], hops
+    for hop in ("limiter", "owner", "store", "store_reply", "order"):
+        assert hops[hop]["count"] == sent, (hop, hops[hop], sent)
+    # Each message reaches the shards its group's members are on: one or two of them.
+    assert sent <= hops["total"]["count"] <= 2 * sent, hops["total"]
+    assert hops["fanout"]["count"] == hops["total"]["count"], hops
+    inside = sum(hops[h]["mean_us"] for h in ("limiter", "owner", "store", "store_reply",
+                                              "order", "fanout"))
+    assert hops["total"]["mean_us"] == pytest.approx(inside, rel=0.15), hops
