@@ -21,7 +21,7 @@ pub mod presence;
 mod recent;
 
 pub use corecast_storage::{GroupId, UserId};
-pub use limiter::{Rate, RateLimiter};
+pub use limiter::{Leases, Rate, RateLimiter, Take};
 pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
