@@ -322,5 +322,16 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
         "gauge",
     );
     let _ = writeln!(out, "corecast_resident_memory_bytes {}", rss_bytes());
+    counter(
+        &mut out,
+        "corecast_store_memory_bytes",
+        "Of which the embedded store (SQLite's page caches, at most 64 MiB per connection, and statements).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "corecast_store_memory_bytes {}",
+        corecast_storage::embedded::memory_used()
+    );
     out
 }

@@ -278,6 +278,15 @@ fn migrate_messages(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Bytes SQLite has allocated in this process (its page caches, at most 64 MiB per connection,
+/// and its statements): the share of the process's memory that follows the database's size up
+/// to that bound rather than the connections'.
+pub fn memory_used() -> u64 {
+    // SAFETY: sqlite3_memory_used has no preconditions and is thread-safe.
+    let n = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    n.max(0) as u64
+}
+
 /// Opens the store in `data_dir` and starts its writer thread.
 pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
     let mut conn = connect(data_dir)?;
