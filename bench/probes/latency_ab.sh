@@ -9,5 +9,5 @@ CORECAST_LISTEN=127.0.0.1:4700 CORECAST_INTERNAL_LISTEN=127.0.0.1:4701 CORECAST_
 PID=$!
 for i in $(seq 50); do grep -q listening $D/log && break; sleep 0.1; done
 "$(dirname "$0")/../../target/release/corecast-loadgen" --target 127.0.0.1:4700 --admin 127.0.0.1:4701 --jwt-secret bench-secret-0123456789abcdef0123456789abcdef --admin-token a --conns 1000 --group-size 10 --rate $RATE --duration 8 --warmup 2 --server-pid $PID --quiet 2>&1 > $D/out; grep -E "delivery |CPU .*µs/delivery" $D/out | head -2 | sed "s/^/$LABEL $RATE: /"
-echo "$LABEL $RATE: hop means µs: $(awk '/^inside the server/{on=1; next} on && NF==5 {printf "%s %s  ", $1, $3} /^loadgen/{on=0}' $D/out)"
+echo "$LABEL $RATE: hop means µs: $(awk '/^inside the server/{on=1; next} on && NF==5 {printf "%s %s (%s)  ", $1, $3, $2} /^loadgen/{on=0}' $D/out)"
 kill $PID; wait $PID 2>/dev/null
