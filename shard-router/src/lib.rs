@@ -20,29 +20,12 @@ pub mod mesh;
 pub mod presence;
 mod recent;
 
-pub use corecast_storage::{GroupId, UserId};
+pub use corecast_ids::{GroupId, ShardId, UserId};
 pub use limiter::{Leases, Rate, RateLimiter, Take};
 pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
 pub use recent::Recent;
-
-/// A shard: one executor pinned to one core, owning its connections and its share of rooms
-/// and presence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId(pub u16);
-
-impl ShardId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl std::fmt::Display for ShardId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "shard-{}", self.0)
-    }
-}
 
 /// A 64-bit mix (splitmix64's finalizer) so that consecutive ids spread evenly over shards.
 fn mix(mut x: u64) -> u64 {

@@ -2,187 +2,10 @@
 //! notification outbox. Plain data only; no I/O.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::sync::Arc;
 
-macro_rules! id_newtype {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub u64);
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}", self.0)
-            }
-        }
-    };
-}
-
-id_newtype!(
-    /// A user, as named by the JWT `sub` claim.
-    UserId
-);
-id_newtype!(
-    /// A message id: unique and time-ordered (see [`MessageId::new`]). Travels as a decimal
-    /// string on the wire because JavaScript numbers cannot hold 64 bits.
-    MessageId
-);
-id_newtype!(
-    /// One entry of the notification outbox.
-    NoticeId
-);
-
-/// A group chat; each has one room on its owner shard. The id is a string, as the Socket.IO
-/// room names of the Node.js app that corecast replaces are: 1 to [`GroupId::MAX_BYTES`] bytes
-/// of UTF-8 (configurable up to [`GroupId::LIMIT_BYTES`]) without control characters, compared
-/// and echoed byte for byte (`"007"` and `"7"` are two groups).
-///
-/// An `Arc<str>`: it travels in every message between shards and sits in every room's map, so a
-/// clone is a reference count, not a copy. Its `Hash` is std's (for in-process maps only); the
-/// owner of a group is decided by `corecast_shard_router::owner_of_group`, a fixed hash of the
-/// bytes that every process and version agrees on.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupId(Arc<str>);
-
-/// Why a string is not a group id (see [`GroupId::parse`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GroupIdError {
-    #[error("groupId must not be empty")]
-    Empty,
-    #[error("groupId is {len} bytes; the limit is {max}")]
-    TooLong { len: usize, max: usize },
-    #[error("groupId must not contain control characters (U+{code:04X} at byte {at})")]
-    Control { code: u32, at: usize },
-}
-
-impl GroupId {
-    /// The default longest group id, in bytes of UTF-8.
-    pub const MAX_BYTES: usize = 128;
-    /// The most that the limit may be configured to: a group id is part of every message's key
-    /// in both stores and of admin URLs, so it stays small.
-    pub const LIMIT_BYTES: usize = 1024;
-
-    /// Checks `s` against the rules (1 to `max_bytes` bytes, no control characters) and makes
-    /// it a group id. For input from clients and operators.
-    pub fn parse(s: &str, max_bytes: usize) -> Result<GroupId, GroupIdError> {
-        if s.is_empty() {
-            return Err(GroupIdError::Empty);
-        }
-        if s.len() > max_bytes {
-            return Err(GroupIdError::TooLong {
-                len: s.len(),
-                max: max_bytes,
-            });
-        }
-        if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(GroupIdError::Control { code: c as u32, at });
-        }
-        Ok(GroupId(Arc::from(s)))
-    }
-
-    /// A group id without checks: for ids read back from a store (checked when they were first
-    /// written) and for tests.
-    pub fn new(s: impl Into<Arc<str>>) -> GroupId {
-        GroupId(s.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A JSON string (unchecked on the way in, like [`GroupId::new`]: input from clients and
-/// operators goes through [`GroupId::parse`]).
-impl Serialize for GroupId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for GroupId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(GroupId::new)
-    }
-}
-
-impl fmt::Debug for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GroupId({:?})", &*self.0)
-    }
-}
-
-/// Milliseconds since the Unix epoch, UTC.
-pub type Millis = i64;
-
-/// Ids count milliseconds from this epoch (2024-01-01T00:00:00Z) so 42 bits last until 2163.
-pub const ID_EPOCH_MS: i64 = 1_704_067_200_000;
-/// Bits of a [`MessageId`] below the timestamp: 8 for the generator (shard or node), 14 for a
-/// per-millisecond sequence.
-const GEN_BITS: u32 = 8;
-const SEQ_BITS: u32 = 14;
-
-impl MessageId {
-    /// Composes an id from its parts. `generator` tells generators apart (one per shard), so
-    /// two shards never produce the same id; `seq` orders ids within one millisecond.
-    pub fn new(ms: Millis, generator: u8, seq: u16) -> MessageId {
-        let t = (ms - ID_EPOCH_MS).max(0) as u64;
-        MessageId(
-            (t << (GEN_BITS + SEQ_BITS))
-                | ((generator as u64) << SEQ_BITS)
-                | (seq as u64 & ((1 << SEQ_BITS) - 1)),
-        )
-    }
-
-    /// The millisecond the id was minted in.
-    pub fn millis(self) -> Millis {
-        (self.0 >> (GEN_BITS + SEQ_BITS)) as i64 + ID_EPOCH_MS
-    }
-}
-
-/// Hands out strictly increasing [`MessageId`]s for one generator (one shard). Not shared between
-/// threads: each shard owns one.
-#[derive(Debug)]
-pub struct IdGenerator {
-    generator: u8,
-    last: u64,
-}
-
-impl IdGenerator {
-    pub fn new(generator: u8) -> Self {
-        IdGenerator { generator, last: 0 }
-    }
-
-    /// The next id at time `now`. Strictly greater than every id this generator returned before,
-    /// even if the clock steps back or more than 16,384 ids are minted in one millisecond (the
-    /// id then borrows from the next millisecond).
-    pub fn next(&mut self, now: Millis) -> MessageId {
-        let candidate = MessageId::new(now, self.generator, 0).0;
-        let id = if candidate > self.last {
-            candidate
-        } else {
-            // Same (or earlier) millisecond: bump the sequence, carrying into the timestamp.
-            let seq_mask = (1u64 << SEQ_BITS) - 1;
-            let next = self.last + 1;
-            if next & seq_mask == 0 {
-                // Sequence overflowed into the generator bits: move to the next millisecond.
-                let t = (self.last >> (GEN_BITS + SEQ_BITS)) + 1;
-                (t << (GEN_BITS + SEQ_BITS)) | ((self.generator as u64) << SEQ_BITS)
-            } else {
-                next
-            }
-        };
-        self.last = id;
-        MessageId(id)
-    }
-}
+pub use corecast_ids::{
+    GroupId, GroupIdError, IdGenerator, MessageId, Millis, NoticeId, UserId, ID_EPOCH_MS,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -341,20 +164,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_increase_even_within_one_millisecond_and_when_the_clock_steps_back() {
-        let mut gen = IdGenerator::new(3);
-        let now = ID_EPOCH_MS + 1_000;
-        let mut last = gen.next(now);
-        for _ in 0..40_000 {
-            let id = gen.next(now);
-            assert!(id > last);
-            last = id;
-        }
-        let id = gen.next(now - 500);
-        assert!(id > last);
-    }
-
-    #[test]
     fn utc_fields_match_the_calendar() {
         assert_eq!(utc_fields(0), (1970, 1, 1, 0, 0, 0, 0));
         assert_eq!(utc_fields(951_782_400_000), (2000, 2, 29, 0, 0, 0, 0));
@@ -372,59 +181,11 @@ mod tests {
     }
 
     #[test]
-    fn group_ids_are_strings_of_1_to_max_bytes_without_control_characters() {
-        for ok in [
-            "team-berlin",
-            "team berlin",
-            "007",
-            "7",
-            "Zürich ☕",
-            "65f1c0de4a2b",
-            "a/b?c",
-        ] {
-            assert_eq!(GroupId::parse(ok, 128).unwrap().as_str(), ok);
-        }
-        assert_ne!(GroupId::parse("007", 128), GroupId::parse("7", 128));
-        assert_eq!(GroupId::parse("", 128), Err(GroupIdError::Empty));
-        assert!(GroupId::parse(&"x".repeat(128), 128).is_ok());
-        assert_eq!(
-            GroupId::parse(&"x".repeat(129), 128),
-            Err(GroupIdError::TooLong { len: 129, max: 128 })
-        );
-        // Bytes, not characters: 43 three-byte characters are 129 bytes.
-        assert!(GroupId::parse(&"☕".repeat(42), 128).is_ok());
-        assert!(GroupId::parse(&"☕".repeat(43), 128).is_err());
-        assert_eq!(
-            GroupId::parse("a\nb", 128),
-            Err(GroupIdError::Control { code: 0x0a, at: 1 })
-        );
-        assert!(GroupId::parse("\u{0}", 128).is_err());
-        assert!(GroupId::parse("x\u{7f}", 128).is_err());
-        assert!(GroupId::parse("x\u{9b}", 128).is_err());
-        assert_eq!(
-            GroupIdError::TooLong { len: 129, max: 128 }.to_string(),
-            "groupId is 129 bytes; the limit is 128"
-        );
-        let g = GroupId::new("team berlin");
-        assert_eq!(g.to_string(), "team berlin");
-        assert_eq!(serde_json::to_string(&g).unwrap(), "\"team berlin\"");
-    }
-
-    #[test]
     fn the_sender_is_a_reader() {
         assert_eq!(with_sender(UserId(5), vec![]), vec![UserId(5)]);
         assert_eq!(
             with_sender(UserId(5), vec![UserId(9), UserId(5), UserId(2)]),
             vec![UserId(2), UserId(5), UserId(9)]
         );
-    }
-
-    #[test]
-    fn generators_never_collide_and_ids_keep_their_millisecond() {
-        let now = ID_EPOCH_MS + 123_456;
-        let a = IdGenerator::new(1).next(now);
-        let b = IdGenerator::new(2).next(now);
-        assert_ne!(a, b);
-        assert_eq!(a.millis(), now);
     }
 }
