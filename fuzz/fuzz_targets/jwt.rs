@@ -1,7 +1,10 @@
 //! JWT verification (`corecast_gateway::auth::Verifier::verify`), on the token a client puts
-//! in its CONNECT auth payload.
+//! in its CONNECT auth payload, and that payload's parsing (`auth::connect_token`).
 //!
 //! Input: byte 0 picks the mode.
+//! - Auth payload (`mode & 3 == 2`): the rest is the CONNECT packet's JSON. A token is found
+//!   only in a JSON object (as serde_json reads it too) whose `token` is a string, and it
+//!   never verifies (unsigned).
 //! - Raw: the rest is the token. It never verifies (the fuzzer cannot sign), and every refusal
 //!   is one of the documented messages.
 //! - Signed: the rest is a header and claims separated by a 0xFF byte, base64url-encoded and
@@ -12,7 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use corecast_gateway::auth::{AuthError, Verifier};
+use corecast_gateway::auth::{connect_token, AuthError, Verifier};
 use corecast_gateway::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
@@ -47,6 +50,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let v = verifier();
+    if mode & 3 == 2 {
+        let mut payload = rest.to_vec();
+        if let Some(token) = connect_token(&mut payload) {
+            let parsed: Result<Value, _> = serde_json::from_slice(rest);
+            let Ok(Value::Object(obj)) = parsed else {
+                panic!("a token found in a payload that is not a JSON object: {rest:?}");
+            };
+            assert!(
+                obj.get("token").is_some_and(Value::is_string),
+                "a token found where serde_json sees no string token: {rest:?}"
+            );
+            match v.verify(&token) {
+                Ok(user) => panic!("an unsigned token verified as {user:?}: {token}"),
+                Err(e) => documented(&e),
+            }
+        }
+        return;
+    }
     if mode & 1 == 0 {
         let token = String::from_utf8_lossy(rest);
         match v.verify(&token) {

@@ -94,6 +94,17 @@ pub enum AuthError {
 ///   address, where only this machine can connect.
 ///
 /// RS256 and ES256 use no secret, so nothing is checked for them.
+/// The token of a CONNECT packet's auth payload (`{ "token": "<jwt>" }`), parsed in place;
+/// `None` when there is no payload, it is not JSON, or it has no string `token`.
+pub fn connect_token(data: &mut [u8]) -> Option<String> {
+    use simd_json::prelude::*;
+    if data.is_empty() {
+        return None;
+    }
+    let v = simd_json::to_borrowed_value(data).ok()?;
+    v.get("token").and_then(|t| t.as_str()).map(str::to_string)
+}
+
 pub fn secret_problem(config: &Config) -> Option<String> {
     if config.auth.jwt_algorithm != JwtAlgorithm::HS256 {
         return None;
@@ -336,6 +347,23 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "unit-test-secret-0123456789abcdef";
+
+    #[test]
+    fn the_connect_payload_gives_its_string_token_only() {
+        let token = |s: &str| connect_token(&mut s.as_bytes().to_vec());
+        assert_eq!(token(r#"{"token":"abc"}"#), Some("abc".into()));
+        assert_eq!(token(r#"{"token":"a\u0062c","x":1}"#), Some("abc".into()));
+        for none in [
+            "",
+            "{}",
+            r#"{"token":7}"#,
+            r#"["token"]"#,
+            "not json",
+            r#""token""#,
+        ] {
+            assert_eq!(token(none), None, "{none:?}");
+        }
+    }
     const FAR: u64 = 4_000_000_000;
 
     fn verifier(secret: &str) -> Verifier {

@@ -599,15 +599,7 @@ impl Conn {
         if self.state() != ConnState::AwaitingConnect {
             return;
         }
-        let token = if data.is_empty() {
-            None
-        } else {
-            match simd_json::to_borrowed_value(data) {
-                Ok(v) => v.get("token").and_then(|t| t.as_str()).map(str::to_string),
-                Err(_) => None,
-            }
-        };
-        let Some(token) = token else {
+        let Some(token) = crate::auth::connect_token(data) else {
             return self.connect_error(
                 shard,
                 Code::Unauthenticated,
