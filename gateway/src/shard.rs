@@ -23,8 +23,8 @@ use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
 use corecast_shard_router::{
-    owner_of_group, owner_of_user, Inbox, InboxHandle, Leases, Loads, Presence, Rate, RateLimiter,
-    Recent, ShardId, Take,
+    owner_of_group, owner_of_user, Inbox, InboxHandle, Loads, Presence, Rate, RateLimiter, Recent,
+    ShardId,
 };
 use corecast_storage::{
     Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
@@ -143,12 +143,7 @@ pub enum ShardMsg {
     },
     /// A client's message. Goes first to the sender's presence owner, which holds the user's
     /// rate limit across all their connections (`admitted: false`), then to the group's owner
-    /// (`admitted: true`). With the limit off, or admitted on the sender's shard with a token
-    /// leased from that owner (see [`Leases`]), it goes straight to the group's owner.
-    /// `lease`: `None` when no lease was asked for; on the way to the limiter `Some(0)` asks for
-    /// one, and on from there it carries the tokens granted, which the group's owner hands back
-    /// to the sender's shard ([`ShardMsg::Lease`]) as it takes the message in, so a message
-    /// sent with the lease reaches the owner after this one.
+    /// (`admitted: true`). With the limit off it goes straight to the group's owner.
     SendMessage {
         group: GroupId,
         user: UserId,
@@ -157,7 +152,6 @@ pub enum ShardMsg {
         client_msg_id: Option<String>,
         origin: Origin,
         admitted: bool,
-        lease: Option<u32>,
         trace: Trace,
     },
     MarkRead {
@@ -231,11 +225,6 @@ pub enum ShardMsg {
         users: Arc<[UserId]>,
         done: std::sync::mpsc::Sender<()>,
     },
-    /// Tokens of `user`'s rate limit for this shard to spend (the answer to a lease request).
-    Lease {
-        user: UserId,
-        tokens: u32,
-    },
     // To a user's presence owner.
     PresenceUp {
         user: UserId,
@@ -308,12 +297,6 @@ impl Room {
     }
 }
 
-/// Tokens of a user's message limit that the limiter's shard hands to another shard with each
-/// lease (see [`Leases`]): that many of the user's next messages there skip the crossing to
-/// the limiter. A lease unused for [`LEASE_TTL_MS`] is dropped, its tokens lost.
-const LEASE_TOKENS: u32 = 4;
-const LEASE_TTL_MS: i64 = 10_000;
-
 /// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
 /// is a few milliseconds of the embedded store's time, so messages queued behind it wait
 /// for no more than that.
@@ -367,8 +350,6 @@ pub struct Shard {
     unknown_groups: RefCell<Recent<GroupId>>,
     /// The membership loads of this shard's connects, merged: one store request in flight.
     loads: RefCell<Loads<UserId, ConnId>>,
-    /// Tokens of other shards' message limits, leased to this shard's senders.
-    leases: RefCell<Leases<UserId>>,
     /// When idle rooms were last looked for.
     rooms_swept: Cell<Instant>,
     /// The time of the last tick: a clock for rooms' idle time that costs no clock read per
@@ -466,7 +447,6 @@ impl Shard {
             event_limiter: RefCell::new(RateLimiter::new(event_rate)),
             unknown_groups: RefCell::new(Recent::new(UNKNOWN_GROUPS, UNKNOWN_GROUP_TTL_MS)),
             loads: RefCell::new(Loads::new(LOAD_BATCH)),
-            leases: RefCell::new(Leases::new(LEASE_TTL_MS)),
             rooms_swept: Cell::new(Instant::now()),
             last_tick: Cell::new(Instant::now()),
             ids: RefCell::new(IdGenerator::new(id.0 as u8)),
@@ -821,28 +801,6 @@ impl Shard {
             ShardMsg::SendMessage {
                 admitted: false, ..
             } => self.admit(msg),
-            ShardMsg::SendMessage {
-                admitted: true,
-                lease: Some(tokens),
-                user,
-                origin,
-                ..
-            } => {
-                // Answer the lease now, as the message is taken in: a message the sender's shard
-                // admits with it then arrives after this one.
-                self.send(origin.shard, ShardMsg::Lease { user, tokens });
-                let ShardMsg::SendMessage { ref group, .. } = msg else {
-                    unreachable!("invariant: matched above")
-                };
-                if let Some(msg) = self.room_ready_or_wait(group.clone(), msg) {
-                    self.room_op(msg);
-                }
-            }
-            ShardMsg::Lease { user, tokens } => {
-                self.leases
-                    .borrow_mut()
-                    .granted(user, tokens, self.coarse_ms() as i64);
-            }
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
             | ShardMsg::MarkRead { ref group, .. } => {
@@ -1816,20 +1774,10 @@ impl Shard {
             ack,
         };
         let limited = self.config().limits.rate_limit_per_min > 0;
-        let mut trace = Trace::new(Instant::now());
-        let limiter = owner_of_user(user, self.shared.nr_shards());
-        let (to, admitted, lease) = if !limited {
-            (owner_of_group(&group, self.shared.nr_shards()), true, None)
-        } else if limiter == self.id {
-            (limiter, false, None)
+        let (to, admitted) = if limited {
+            (owner_of_user(user, self.shared.nr_shards()), false)
         } else {
-            match self.leases.borrow_mut().take(user, self.coarse_ms() as i64) {
-                Take::Local => {
-                    trace.admitted = Some(trace.ingress);
-                    (owner_of_group(&group, self.shared.nr_shards()), true, None)
-                }
-                Take::Owner { want_lease } => (limiter, false, want_lease.then_some(0)),
-            }
+            (owner_of_group(&group, self.shared.nr_shards()), true)
         };
         self.send(
             to,
@@ -1841,8 +1789,7 @@ impl Shard {
                 client_msg_id,
                 origin,
                 admitted,
-                lease,
-                trace,
+                trace: Trace::new(Instant::now()),
             },
         );
     }
@@ -1857,7 +1804,6 @@ impl Shard {
             attachments,
             client_msg_id,
             origin,
-            lease,
             mut trace,
             ..
         } = msg
@@ -1869,12 +1815,7 @@ impl Shard {
         self.stats
             .hop(Hop::Limiter, at.saturating_duration_since(trace.ingress));
         let now = events::now_ms();
-        let want = if lease.is_some() { 1 + LEASE_TOKENS } else { 1 };
-        let got = self.limiter.borrow_mut().try_acquire_up_to(user, now, want);
-        if got == 0 {
-            if lease.is_some() {
-                self.send(origin.shard, ShardMsg::Lease { user, tokens: 0 });
-            }
+        if !self.limiter.borrow_mut().try_acquire(user, now) {
             let wait = self.limiter.borrow().retry_after_ms(user, now);
             let e = ClientError::new(
                 Code::RateLimited,
@@ -1897,7 +1838,6 @@ impl Shard {
                 client_msg_id,
                 origin,
                 admitted: true,
-                lease: lease.map(|_| got - 1),
                 trace,
             },
         );
@@ -2050,7 +1990,6 @@ impl Shard {
         };
         if empty {
             by_user.remove(&user);
-            self.leases.borrow_mut().forget(&user);
         }
     }
 
@@ -2253,7 +2192,6 @@ impl Shard {
             }
         }
         self.limiter.borrow_mut().sweep(events::now_ms());
-        self.leases.borrow_mut().sweep(self.coarse_ms() as i64);
         self.event_limiter
             .borrow_mut()
             .sweep(self.coarse_ms() as i64);

@@ -21,7 +21,7 @@ pub mod presence;
 mod recent;
 
 pub use corecast_ids::{GroupId, ShardId, UserId};
-pub use limiter::{Leases, Rate, RateLimiter, Take};
+pub use limiter::{Rate, RateLimiter};
 pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
