@@ -4,7 +4,8 @@
 //! corecast-loadgen drives all three servers with one code path.
 //!
 //! - CONNECT: a JWT (HS256, `sub` = user id) in the auth payload, checked by a connect
-//!   middleware; the socket joins the room `g:<id>` of each group the user is a member of.
+//!   middleware, which also joins the socket to the room `g:<id>` of each group the user is
+//!   a member of and registers its `sendMessage` handler, before the CONNECT answer.
 //! - `sendMessage` `{groupId, text, attachments?}`: broadcast as `newMessage`
 //!   `{id, senderId, groupId, text, attachments, timestamp, readBy: [senderId]}` to the
 //!   group's room, sender included, then the ack `{ok, id, timestamp}`; failures as
@@ -78,10 +79,6 @@ struct Queue {
     draining: bool,
 }
 
-/// The user id of a connected socket, set by the auth middleware.
-#[derive(Clone, Copy)]
-struct UserId(u64);
-
 /// A `sendMessage` event, queued on its socket in arrival order. `Some` when this handler
 /// task is the one to drain the queue.
 struct Queued(Option<Arc<Conn>>);
@@ -142,14 +139,9 @@ async fn authenticate(s: SocketRef, Data(auth): Data<Value>) -> Result<(), AuthE
         _ => None,
     }
     .ok_or_else(|| AuthError("invalid token: sub is not a user id".into()))?;
-    s.extensions.insert(UserId(uid));
-    Ok(())
-}
-
-async fn on_connect(s: SocketRef) {
-    let Some(UserId(uid)) = s.extensions.get::<UserId>() else {
-        return;
-    };
+    // Here rather than in the connect handler: socketioxide sends the CONNECT answer before
+    // it spawns that handler, so a client could send (and a member be sent) a message before
+    // the socket had its rooms and its `sendMessage` handler.
     s.extensions.insert(Arc::new(Conn {
         uid,
         queue: Mutex::new(Queue::default()),
@@ -164,7 +156,11 @@ async fn on_connect(s: SocketRef) {
     };
     s.join(rooms);
     s.on("sendMessage", on_send_message);
+    Ok(())
 }
+
+/// Everything is set up by [`authenticate`], before the CONNECT answer.
+async fn on_connect() {}
 
 async fn on_send_message(io: SocketIo, s: SocketRef, Queued(drain): Queued) {
     let Some(conn) = drain else { return };
@@ -196,11 +192,17 @@ struct NewMessage<'a> {
     read_by: [u64; 1],
 }
 
-/// A valid `sendMessage` payload from a member: its group, the group id, text and attachments.
-fn check(
-    uid: u64,
-    mut payload: Value,
-) -> Result<(Arc<Group>, String, Value, Value), (&'static str, &'static str)> {
+/// A valid `sendMessage` payload from a member.
+struct Valid {
+    group: Arc<Group>,
+    group_id: String,
+    text: Value,
+    attachments: Value,
+}
+
+/// The payload checked as the Node baseline checks it: the error code and message, or what
+/// to broadcast.
+fn check(uid: u64, mut payload: Value) -> Result<Valid, (&'static str, &'static str)> {
     if !payload.is_object() {
         return Err(("invalid_payload", "payload must be an object"));
     }
@@ -222,7 +224,12 @@ fn check(
         a @ Value::Array(_) => a,
         _ => Value::Array(Vec::new()),
     };
-    Ok((group, group_id, payload["text"].take(), attachments))
+    Ok(Valid {
+        group,
+        group_id,
+        text: payload["text"].take(),
+        attachments,
+    })
 }
 
 async fn send_message(
@@ -233,7 +240,12 @@ async fn send_message(
     ack: AckSender,
     has_ack: bool,
 ) {
-    let (group, group_id, text, attachments) = match check(uid, payload) {
+    let Valid {
+        group,
+        group_id,
+        text,
+        attachments,
+    } = match check(uid, payload) {
         Ok(v) => v,
         Err((code, message)) => {
             if has_ack {
