@@ -14,9 +14,11 @@
 #      page in headless Chromium: Debian's `chromium`, installed here when missing)
 #   6b. cargo +nightly fuzz: builds every fuzz target (fuzz/, docs/fuzzing.md) and runs each
 #      for CORECAST_FUZZ_SECS (default 15) on its seeds; installs cargo-fuzz if missing
-#   7. bench/compare.sh --quick: a short corecast vs Node.js Socket.IO comparison with
-#      corecast-loadgen (about 3 minutes); prints the table, fails only when corecast
-#      misbehaves (errors, lost, duplicated or out-of-order messages), never on speed
+#   7. bench/compare.sh --quick: a short corecast vs socketioxide vs Node.js Socket.IO
+#      comparison with corecast-loadgen (builds bench/baseline-socketioxide/ first, about 2
+#      minutes cold; the run itself about 3 minutes); prints the table, fails only when corecast
+#      or the socketioxide baseline misbehaves (errors, lost, duplicated or out-of-order
+#      messages, a crash), never on speed
 #   8. bench/soak.py --minutes 1: steady chat with connections churning; fails when the
 #      gateway's RSS or open descriptors creep (CORECAST_SOAK_MINUTES; skipped with the bench)
 #
@@ -152,8 +154,10 @@ if ! skip CORECAST_TEST_SKIP_JS; then
   fi
   echo "chromium: $("${CORECAST_TEST_CHROMIUM:-chromium}" --version 2>/dev/null)"
 fi
-(cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-echo "bench/baseline packages installed (npm ci)"
+# Without the optional better-sqlite3 (compiled from source, about 2 minutes): only the full
+# bench/compare.sh runs Node.js + SQLite.
+(cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error --omit=optional >/dev/null)
+echo "bench/baseline packages installed (npm ci --omit=optional)"
 
 # ---------------------------------------------------------------------------------------------
 section "cargo fmt --check and clippy"
@@ -246,10 +250,16 @@ if ! skip CORECAST_TEST_SKIP_FUZZ; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "bench/compare.sh --quick (corecast vs Node.js baseline; fails on misbehaviour, not speed)"
+section "bench/compare.sh --quick (corecast vs socketioxide and Node.js; fails on misbehaviour, not speed)"
 if ! skip CORECAST_TEST_SKIP_BENCH; then
   [[ -x target/release/corecast-loadgen ]] \
     || die "cargo build did not produce target/release/corecast-loadgen"
+  # The socketioxide baseline: its own workspace (bench/baseline-socketioxide/Cargo.lock),
+  # its own target folder; about 2 minutes cold on 2 cores, crates from crates.io.
+  t0=$SECONDS
+  cargo build --release --locked --manifest-path bench/baseline-socketioxide/Cargo.toml \
+    --target-dir target/baseline-socketioxide
+  echo "socketioxide baseline built in $((SECONDS - t0)) s"
   if [[ "$CASSANDRA_STARTED" == 1 ]]; then # not needed any more: give its CPU to the bench
     scripts/cassandra.sh stop
     CASSANDRA_STARTED=0

@@ -10,6 +10,13 @@
 // corecast's internal listener (`PUT /api/users/{id}`, `PUT /api/groups/{id}`), so the
 // load generator has one code path for both servers.
 //
+// `BASELINE_STORE=sqlite` (or `--store sqlite`) is the variant that does what the chat app
+// corecast replaces does: each message is inserted into SQLite (better-sqlite3, synchronous, in the
+// handler, before the emit; its row id is the message id) in its own transaction, with
+// `journal_mode=WAL` and `synchronous=FULL`, so each message costs one fsync of the WAL before
+// anyone sees it: the durability corecast's embedded store gives (also WAL + FULL). The
+// database is `messages.db` in BASELINE_SQLITE_DIR (default: a new temporary folder).
+//
 // Configured with corecast's variable names: CORECAST_LISTEN, CORECAST_INTERNAL_LISTEN,
 // CORECAST_JWT_SECRET, CORECAST_ADMIN_TOKEN. Prints one "listening" line when ready.
 'use strict';
@@ -28,6 +35,37 @@ const pub = splitAddr(process.env.CORECAST_LISTEN, '127.0.0.1:3000');
 const internal = splitAddr(process.env.CORECAST_INTERNAL_LISTEN, '127.0.0.1:3001');
 const secret = process.env.CORECAST_JWT_SECRET || 'dev-secret';
 const adminToken = process.env.CORECAST_ADMIN_TOKEN || 'dev-admin';
+const storeArg = process.argv.indexOf('--store');
+const storeKind = (storeArg > 0 ? process.argv[storeArg + 1] : process.env.BASELINE_STORE) || 'none';
+if (storeKind !== 'none' && storeKind !== 'sqlite') {
+  console.error(`unknown store ${JSON.stringify(storeKind)}: none or sqlite`);
+  process.exit(2);
+}
+
+/** With the SQLite store: inserts one message, returns its id (the row id) as a string. */
+let insertMessage = null;
+if (storeKind === 'sqlite') {
+  const fs = require('fs');
+  const os = require('os');
+  const path = require('path');
+  const Database = require('better-sqlite3');
+  const dir = process.env.BASELINE_SQLITE_DIR || fs.mkdtempSync(path.join(os.tmpdir(), 'baseline-sqlite-'));
+  const db = new Database(path.join(dir, 'messages.db'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec(`CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    sender_id INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    attachments TEXT NOT NULL,
+    created_at TEXT NOT NULL
+  )`);
+  const insert = db.prepare(
+    'INSERT INTO messages (group_id, sender_id, text, attachments, created_at) VALUES (?, ?, ?, ?, ?)');
+  insertMessage = (m) =>
+    String(insert.run(m.groupId, m.senderId, m.text, JSON.stringify(m.attachments), m.timestamp).lastInsertRowid);
+}
 
 /** groupId (string) -> { name, members: Set<number> } */
 const groups = new Map();
@@ -106,7 +144,7 @@ io.on('connection', (socket) => {
     if (!group) return fail('not_found', 'no such group');
     if (!group.members.has(uid)) return fail('not_member', 'not a member of this group');
     const msg = {
-      id: String(nextMessageId++),
+      id: '',
       senderId: uid,
       groupId,
       text,
@@ -114,6 +152,11 @@ io.on('connection', (socket) => {
       timestamp: new Date().toISOString(),
       readBy: [uid],
     };
+    try {
+      msg.id = insertMessage ? insertMessage(msg) : String(nextMessageId++);
+    } catch (e) {
+      return fail('store_unavailable', 'the message was not stored: ' + e.message);
+    }
     io.to('g:' + groupId).emit('newMessage', msg);
     if (typeof ack === 'function') ack({ ok: true, id: msg.id, timestamp: msg.timestamp });
   });
@@ -153,6 +196,6 @@ httpServer.listen(pub.port, pub.host, () => {
   admin.listen(internal.port, internal.host, () => {
     const a = httpServer.address();
     const b = admin.address();
-    console.log(`baseline listening public=${a.address}:${a.port} internal=${b.address}:${b.port} shards=1 store=none node=${process.version}`);
+    console.log(`baseline listening public=${a.address}:${a.port} internal=${b.address}:${b.port} shards=1 store=${storeKind} node=${process.version}`);
   });
 });
