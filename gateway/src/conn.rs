@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use corecast_storage::{GroupId, UserId};
 use corecast_wire::packet::{self, EioPacket, SioKind};
 use corecast_wire::ws::{self, Decoder, Message, Role};
+use corecast_wire::Close;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use simd_json::prelude::*;
@@ -296,7 +297,7 @@ impl Conn {
                 .slow_disconnects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(conn = self.id.0, "disconnecting a slow consumer");
-            self.abort(shard, 1008, "slow consumer: outbound queue full");
+            self.abort(shard, Close::SlowConsumer);
             return false;
         }
         true
@@ -376,11 +377,11 @@ impl Conn {
     }
 
     /// Closes after everything queued so far is written.
-    pub fn close(&self, shard: &Shard, code: u16, reason: &str) {
+    pub fn close(&self, shard: &Shard, why: Close) {
         if self.closing.get() {
             return;
         }
-        self.push(shard, ws::close_frame(Role::Server, code, reason));
+        self.push(shard, why.frame(Role::Server));
         self.closing.set(true);
         self.closing_since.set(Some(shard.tick_now()));
         self.state.set(ConnState::Closing);
@@ -390,24 +391,20 @@ impl Conn {
     }
 
     /// Closes now, dropping whatever is still queued.
-    fn abort(&self, shard: &Shard, code: u16, reason: &str) {
+    fn abort(&self, shard: &Shard, why: Close) {
         self.out.borrow_mut().clear();
         self.closing.set(false);
-        self.close(shard, code, reason);
+        self.close(shard, why);
     }
 
-    /// Refuses the Socket.IO CONNECT, then closes. The packet carries the message and, as
-    /// Socket.IO servers do for middleware errors, `data: { code }` for programs:
-    /// `44{"message":"…","data":{"code":"unauthenticated"}}`.
+    /// Refuses the Socket.IO CONNECT, then closes: the packet carries the message and, for
+    /// programs, `data: { code }` ([`packet::write_connect_refused`]).
     pub fn connect_error(&self, shard: &Shard, code: Code, message: &str) {
         shard.stats.error(code);
-        let mut p = b"44{\"message\":".to_vec();
-        packet::write_json_str(&mut p, message);
-        p.extend_from_slice(b",\"data\":{\"code\":\"");
-        p.extend_from_slice(code.as_str().as_bytes());
-        p.extend_from_slice(b"\"}}");
+        let mut p = Vec::new();
+        packet::write_connect_refused(&mut p, message, code.as_str());
         self.push(shard, ws::text_frame(Role::Server, &p));
-        self.close(shard, 1008, "connect refused");
+        self.close(shard, Close::ConnectRefused);
     }
 
     /// All connect-time subscriptions answered: accept the CONNECT.
@@ -443,22 +440,18 @@ impl Conn {
         }
         let exp = self.token_exp_ms.get();
         if exp > 0 && events::now_ms().max(0) as u64 >= exp + TOKEN_LEEWAY_MS {
-            self.close(
-                shard,
-                1008,
-                "token expired: reconnect with a new token, or send refreshToken before it expires",
-            );
+            self.close(shard, Close::TokenExpired);
             return;
         }
         if self.connect_deadline.get().is_some_and(|d| now.reached(d)) {
-            self.close(shard, 1008, "connect timeout: no Socket.IO CONNECT in time");
+            self.close(shard, Close::ConnectTimeout);
             return;
         }
         let due = self.engine.borrow_mut().tick(now, &shard.timing());
         match due {
             Due::Nothing => {}
             Due::Ping => self.push(shard, Bytes::from_static(&PING_FRAME)),
-            Due::PingTimeout => self.close(shard, 1008, "ping timeout: no pong in time"),
+            Due::PingTimeout => self.close(shard, Close::PingTimeout),
             Due::ProbeTimeout => {
                 self.probe_abort.set(true);
                 if let Some(w) = self.probe_waker.borrow_mut().take() {
@@ -492,11 +485,11 @@ impl Conn {
                 if queued {
                     self.schedule(shard);
                 } else {
-                    self.abort(shard, 1008, "slow consumer: outbound queue full");
+                    self.abort(shard, Close::SlowConsumer);
                 }
             }
             Message::Pong(_) => {}
-            Message::Close(_) => self.close(shard, 1000, ""),
+            Message::Close(_) => self.close(shard, Close::ClientLeft),
         }
     }
 
@@ -511,7 +504,7 @@ impl Conn {
             }
             Ok(EioPacket::Message(_)) => self.on_socket_io(shard, &mut payload[1..]),
             Ok(EioPacket::Close) => {
-                self.close(shard, 1000, "");
+                self.close(shard, Close::ClientLeft);
                 if self.transport() == Transport::Polling {
                     // Nothing more will be fetched: the session ends now, as on the reference
                     // server (a WebSocket ends once its close frame is out).
@@ -519,9 +512,7 @@ impl Conn {
                 }
             }
             Ok(EioPacket::Noop) | Ok(EioPacket::Upgrade) => {}
-            Ok(EioPacket::Open(_)) | Err(_) => {
-                self.close(shard, 1002, "protocol error: invalid Engine.IO packet")
-            }
+            Ok(EioPacket::Open(_)) | Err(_) => self.close(shard, Close::InvalidEngineIoPacket),
         }
     }
 
@@ -542,7 +533,7 @@ impl Conn {
             Ok(p) => p,
             // As the reference server does: a packet that cannot be decoded ends the
             // connection (an event that decodes but fails validation is answered instead).
-            Err(_) => return self.close(shard, 1002, "protocol error: invalid Socket.IO packet"),
+            Err(_) => return self.close(shard, Close::InvalidSocketIoPacket),
         };
         let nsp = packet::namespace(msg, &p).to_string();
         if nsp != "/" {
@@ -576,7 +567,7 @@ impl Conn {
                     Ok(cmd) => self.on_command(shard, cmd, p.ack_id),
                     Err(EventError::Rejected(e)) => self.report(shard, p.ack_id, e),
                     Err(EventError::Undecodable(_)) => {
-                        self.close(shard, 1002, "protocol error: invalid Socket.IO packet")
+                        self.close(shard, Close::InvalidSocketIoPacket)
                     }
                 }
             }
@@ -972,7 +963,7 @@ impl Session {
                     if self.probe.is_some() {
                         self.conn.probe_abort.set(true);
                     } else {
-                        self.conn.close(shard, e.close_code(), &e.to_string());
+                        self.conn.close(shard, Close::WebSocket(e));
                     }
                     break;
                 }

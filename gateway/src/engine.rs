@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(o.cost(), 0);
 
         o.push(a.clone(), limit);
-        o.push(ws::close_frame(Role::Server, 1000, ""), limit);
+        o.push(corecast_wire::Close::ClientLeft.frame(Role::Server), limit);
         o.push(b, limit);
         let p = o.take_polling();
         assert_eq!(p.payload, b"2\x1e1");

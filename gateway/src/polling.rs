@@ -26,6 +26,7 @@ use bytes::BytesMut;
 use corecast_shard_router::ShardId;
 use corecast_wire::packet;
 use corecast_wire::ws::Message;
+use corecast_wire::Close;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::future::poll_fn;
@@ -233,12 +234,7 @@ async fn begin(
             let _ = write_all(stream, &EioError::BadRequest.response(cors)).await;
             if refusal == Refusal::Overlap {
                 // As the reference server does: overlapping requests end the session.
-                end_session(
-                    shard,
-                    &conn,
-                    1002,
-                    "protocol error: overlapping long-polling requests",
-                );
+                end_session(shard, &conn, Close::OverlappingPolls);
             }
             None
         }
@@ -248,8 +244,8 @@ async fn begin(
 /// Ends a long-polling session: a GET that waits gets the close packet (and the session is
 /// forgotten after it); with none waiting it is forgotten now, so its next request finds no
 /// session, as on the reference server.
-fn end_session(shard: &Shard, conn: &Rc<Conn>, code: u16, reason: &str) {
-    conn.close(shard, code, reason);
+fn end_session(shard: &Shard, conn: &Rc<Conn>, why: Close) {
+    conn.close(shard, why);
     if !conn.engine().get_open() {
         shard.conn_closed(conn);
     }
@@ -359,7 +355,7 @@ async fn poll_post(
     if content_length > max {
         if let Some(conn) = session(shard, sid) {
             // The reference server ends the session for this too.
-            end_session(shard, &conn, 1009, "payload too large");
+            end_session(shard, &conn, Close::PayloadTooLarge);
         }
         let body =
             format!("{{\"code\":3,\"message\":\"payload too large: the limit is {max} bytes\"}}");

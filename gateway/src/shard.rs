@@ -32,6 +32,7 @@ use corecast_storage::{
 };
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
+use corecast_wire::Close;
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -557,7 +558,7 @@ impl Shard {
             Some(Holder::Session(conn)) => {
                 if let Some(c) = self.conn(ConnId(conn)) {
                     c.take_ticket();
-                    c.close(self, 1008, "too many connections waiting to log in");
+                    c.close(self, Close::TooManyPending);
                 }
             }
             None => {}
@@ -957,7 +958,7 @@ impl Shard {
         };
         for id in due {
             if let Some(c) = self.conn(id) {
-                c.close(self, 1001, "server shutting down");
+                c.close(self, Close::ShuttingDown);
             }
         }
     }

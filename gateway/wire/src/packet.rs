@@ -5,7 +5,8 @@
 //! The JSON inside packets is never parsed here, only its outer shape is checked.
 //! Encoders append to a reused `Vec<u8>`, or build one complete frame in one allocation
 //! ([`event_frame`], [`ack_frame`]). Only the default namespace is ever written, except in
-//! [`write_connect_error`], which answers a request for another namespace.
+//! [`write_connect_error`], which answers a request for another namespace. Close frames and
+//! their reasons are [`crate::close`]'s.
 
 use std::ops::Range;
 
@@ -313,6 +314,18 @@ pub fn write_connect_error(out: &mut Vec<u8>, namespace: &str, message: &str) {
     out.extend_from_slice(b"{\"message\":");
     put_json_str(out, message);
     out.push(b'}');
+}
+
+/// `44{"message":"...","data":{"code":"..."}}`: CONNECT refused on the default namespace. As
+/// Socket.IO servers do for a middleware's error, `data` carries a machine-readable `code`
+/// (`unauthenticated`, `storage_unavailable`) beside the `message` for people; clients read
+/// them as `err.message` and `err.data.code` of `connect_error`.
+pub fn write_connect_refused(out: &mut Vec<u8>, message: &str, code: &str) {
+    out.extend_from_slice(b"44{\"message\":");
+    put_json_str(out, message);
+    out.extend_from_slice(b",\"data\":{\"code\":");
+    put_json_str(out, code);
+    out.extend_from_slice(b"}}");
 }
 
 /// `42[<ack id>]["event",arg1,...]`; each arg is pre-encoded JSON.
@@ -694,6 +707,17 @@ mod tests {
         assert_eq!(
             (p.kind, namespace(&out[1..], &p)),
             (SioKind::ConnectError, "/admin")
+        );
+
+        out.clear();
+        write_connect_refused(&mut out, "authentication token expired", "unauthenticated");
+        assert_eq!(
+            out,
+            br#"44{"message":"authentication token expired","data":{"code":"unauthenticated"}}"#
+        );
+        assert_eq!(
+            data_of(std::str::from_utf8(&out).unwrap()),
+            json!({"message": "authentication token expired", "data": {"code": "unauthenticated"}})
         );
 
         out.clear();
