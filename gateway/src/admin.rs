@@ -8,9 +8,9 @@
 //! the group's owner shard; the request returns once every shard has applied them, so a
 //! message sent after the response reaches a newly added member.
 
+use crate::error::Result;
 use crate::events;
 use crate::shard::{ShardMsg, Shared};
-use anyhow::Result;
 use corecast_shard_router::{owner_of_group, ShardId};
 use corecast_storage::{
     Error as StoreError, Group, GroupId, MembershipChange, MessageId, User, UserId,

@@ -12,7 +12,7 @@
 //! Nothing here panics on any input: the `jwt` fuzz target holds it to that.
 
 use crate::config::{Config, JwtAlgorithm, DEV_JWT_SECRET};
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use corecast_storage::UserId;
@@ -176,7 +176,7 @@ impl Verifier {
     /// public key file that is missing or of the wrong kind.
     pub fn from_config(config: &Config) -> Result<Verifier> {
         if let Some(problem) = secret_problem(config) {
-            bail!(problem);
+            return Err(Error::Secret(problem));
         }
         let (key, alg) = match config.auth.jwt_algorithm {
             JwtAlgorithm::HS256 => (
@@ -188,18 +188,25 @@ impl Verifier {
                     .auth
                     .jwt_public_key_file
                     .as_ref()
-                    .context("auth.jwt_public_key_file is required for RS256/ES256")?;
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read JWT public key {}", path.display()))?;
+                    .ok_or(Error::NoPublicKeyFile)?;
+                let pem = std::fs::read(path).map_err(|source| Error::ReadPublicKey {
+                    path: path.clone(),
+                    source,
+                })?;
+                let bad_key = |kind| {
+                    move |source| Error::BadPublicKey {
+                        path: path.clone(),
+                        kind,
+                        source,
+                    }
+                };
                 if alg == JwtAlgorithm::RS256 {
-                    let key = DecodingKey::from_rsa_pem(&pem).with_context(|| {
-                        format!("{} is not an RSA public key in PEM", path.display())
-                    })?;
+                    let key =
+                        DecodingKey::from_rsa_pem(&pem).map_err(bad_key("an RSA public key"))?;
                     (key, Algorithm::RS256)
                 } else {
-                    let key = DecodingKey::from_ec_pem(&pem).with_context(|| {
-                        format!("{} is not an EC (P-256) public key in PEM", path.display())
-                    })?;
+                    let key = DecodingKey::from_ec_pem(&pem)
+                        .map_err(bad_key("an EC (P-256) public key"))?;
                     (key, Algorithm::ES256)
                 }
             }
@@ -327,7 +334,7 @@ struct MintClaims {
 pub fn mint(secret: &str, sub: UserId, ttl_secs: u64) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .context("clock before 1970")?
+        .map_err(Error::Clock)?
         .as_secs();
     let claims = MintClaims {
         sub: sub.0,
@@ -339,7 +346,7 @@ pub fn mint(secret: &str, sub: UserId, ttl_secs: u64) -> Result<String> {
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-    .context("cannot sign token")
+    .map_err(Error::Sign)
 }
 
 #[cfg(test)]
@@ -622,10 +629,7 @@ mod tests {
                 let err = Verifier::from_config(&config(secret, listen))
                     .err()
                     .unwrap();
-                assert!(
-                    format!("{err:#}").contains("CORECAST_JWT_SECRET"),
-                    "{err:#}"
-                );
+                assert!(err.to_string().contains("CORECAST_JWT_SECRET"), "{err}");
             }
             assert_eq!(secret_problem(&config(Some(SECRET), listen)), None);
         }
@@ -729,12 +733,18 @@ mod public_key_tests {
         c.auth.jwt_algorithm = JwtAlgorithm::RS256;
         c.auth.jwt_public_key_file = Some(keys("nope.pem"));
         let err = Verifier::from_config(&c).err().unwrap();
-        assert!(format!("{err:#}").contains("nope.pem"), "{err:#}");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        // The OS's answer stays as the source, for the binary's report.
+        let source = std::error::Error::source(&err).expect("the read error");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{source}"
+        );
         c.auth.jwt_public_key_file = Some(keys("es256-public.pem"));
         let err = Verifier::from_config(&c).err().unwrap();
-        assert!(
-            format!("{err:#}").contains("not an RSA public key"),
-            "{err:#}"
-        );
+        assert!(err.to_string().contains("not an RSA public key"), "{err}");
+        let source = std::error::Error::source(&err).expect("jsonwebtoken's error");
+        assert!(source.is::<jsonwebtoken::errors::Error>(), "{source}");
     }
 }

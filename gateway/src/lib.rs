@@ -1,4 +1,6 @@
 //! corecast's gateway: the Socket.IO server, one glommio shard per core.
+
+pub use error::{Error, Result};
 pub mod admin;
 pub mod admission;
 pub mod auth;
@@ -6,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod http;
 pub mod metrics;

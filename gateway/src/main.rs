@@ -156,7 +156,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         StoreKind::Scylla => format!("scylla ({})", config.store.scylla_nodes.join(",")),
     };
     let signals = block_signals();
-    let gateway = Gateway::start(config.clone())?;
+    let gateway = Gateway::start(config.clone()).context("cannot start the gateway")?;
     eprintln!(
         "corecast: Socket.IO on http://{}{} (polling and WebSocket), admin/metrics on http://{} , {} shards, store {store}",
         gateway.public_addr, config.server.path, gateway.internal_addr, gateway.nr_shards
@@ -196,15 +196,14 @@ fn main() -> Result<()> {
                     "note: signing with the development secret (CORECAST_JWT_SECRET is not set)"
                 );
             }
-            let token = corecast_gateway::auth::mint(secret, corecast_storage::UserId(sub), ttl)?;
+            let token = corecast_gateway::auth::mint(secret, corecast_storage::UserId(sub), ttl)
+                .context("cannot mint the token")?;
             println!("{token}");
             Ok(())
         }
         Command::Migrate(args) => {
             let config = args.load()?;
-            corecast_storage::migrate(&config.store_config())
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("migration failed")?;
+            corecast_storage::migrate(&config.store_config()).context("migration failed")?;
             eprintln!("corecast: schema is up to date");
             Ok(())
         }

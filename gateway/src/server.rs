@@ -3,10 +3,10 @@
 
 use crate::admin;
 use crate::config::{Config, StoreKind};
+use crate::error::{Error, Result};
 use crate::metrics::ShardStats;
 use crate::shard::{Shard, ShardMsg, Shared};
 use crate::startup;
-use anyhow::{anyhow, Context, Result};
 use corecast_shard_router::{mesh, ShardId};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Messages each shard's inbox holds before senders park them in their overflow.
 const INBOX_CAPACITY: usize = 64 * 1024;
+
+/// How long a shard may take from its executor's start to accepting connections.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running gateway.
 pub struct Gateway {
@@ -40,8 +43,11 @@ fn listen_socket(addr: SocketAddr) -> Result<Socket> {
     // Accepted connections inherit it (Linux copies the listener's TCP options): frames go out
     // as soon as they are written, and accepting saves a `setsockopt` per connection.
     sock.set_tcp_nodelay(true)?;
-    sock.bind(&addr.into())
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    sock.bind(&addr.into()).map_err(|source| Error::Listen {
+        addr,
+        what: "",
+        source,
+    })?;
     sock.listen(4096)?;
     Ok(sock)
 }
@@ -60,26 +66,24 @@ impl Gateway {
 
         let store = match config.store.kind {
             StoreKind::Embedded | StoreKind::Scylla => {
-                corecast_storage::open(&config.store_config())
-                    .map_err(|e| anyhow!("{e}"))
-                    .context("cannot open the store")?
+                corecast_storage::open(&config.store_config()).map_err(Error::Store)?
             }
         };
         let verifier = crate::auth::Verifier::from_config(&config)?;
 
         // One listening socket per shard on the same port; the kernel spreads connections.
         let first = listen_socket(config.server.listen)?;
-        let public_addr = first
-            .local_addr()?
-            .as_socket()
-            .context("listening socket has no IP address")?;
+        let public_addr = first.local_addr()?.as_socket().ok_or(Error::NoIpAddress)?;
         let mut sockets = vec![first];
         for _ in 1..nr_shards {
             sockets.push(listen_socket(public_addr)?);
         }
 
-        let (inboxes, handles) = mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY)
-            .context("cannot create the shards' doorbell sockets")?;
+        let (inboxes, handles) =
+            mesh::<ShardMsg>(nr_shards, INBOX_CAPACITY).map_err(|source| Error::Resource {
+                what: "the shards' doorbell sockets",
+                source,
+            })?;
         let shared = Arc::new(Shared {
             public_addr,
             verifier,
@@ -93,7 +97,7 @@ impl Gateway {
         });
 
         let cores = startup::online_cores();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let mut shards = Vec::with_capacity(nr_shards);
         for (i, (inbox, sock)) in inboxes.into_iter().zip(sockets).enumerate() {
             let shared = shared.clone();
@@ -111,19 +115,15 @@ impl Gateway {
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
                     run_shard(shard, listener, inbox, ready).await;
                 })
-                .map_err(|e| anyhow!(startup::explain_executor_error(&e)))?;
+                .map_err(|e| Error::Executor(e.into()))?;
             shards.push(handle);
         }
         drop(ready_tx);
         for _ in 0..nr_shards {
-            match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(anyhow!(e)),
-                Err(_) => {
-                    return Err(anyhow!(startup::explain_executor_error(
-                        &"a shard did not start"
-                    )))
-                }
+            if ready_rx.recv_timeout(SHARD_START_TIMEOUT).is_err() {
+                return Err(Error::ShardNotReady {
+                    secs: SHARD_START_TIMEOUT.as_secs(),
+                });
             }
         }
         let admin = admin::AdminServer::start(shared.clone())?;
@@ -177,13 +177,13 @@ async fn run_shard(
     shard: Rc<Shard>,
     listener: TcpListener,
     inbox: corecast_shard_router::Inbox<ShardMsg>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<()>,
 ) {
     glommio::spawn_local(shard.clone().run_inbox(inbox)).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
     glommio::spawn_local(pacer(shard.clone())).detach();
     glommio::spawn_local(crate::send::sender(shard.clone())).detach();
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(());
     let stopped = poll_fn(|cx| {
         if shard.stopping.get() {
             Poll::Ready(())
@@ -274,7 +274,10 @@ impl Ticker {
                     }
                 }
             })
-            .context("cannot start the ticker thread")?;
+            .map_err(|source| Error::Thread {
+                what: "the ticker thread".into(),
+                source,
+            })?;
         Ok(Ticker { stop, thread })
     }
 

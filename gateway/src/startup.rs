@@ -1,7 +1,7 @@
 //! Checks the kernel and process limits glommio needs before any shard starts, and says
 //! exactly what to change when they are not met.
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 
 /// The oldest kernel glommio's io_uring use supports.
 const MIN_KERNEL: (u32, u32) = (5, 8);
@@ -32,7 +32,7 @@ pub fn check_io_uring(nr_shards: usize) -> Result<()> {
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
     let memlock = (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur);
     match io_uring_problem(kernel_version(), memlock, is_root(), nr_shards) {
-        Some(problem) => bail!(problem),
+        Some(problem) => Err(Error::Kernel(problem)),
         None => Ok(()),
     }
 }
@@ -100,17 +100,6 @@ pub fn online_cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-}
-
-/// Explains a failure to create a glommio executor (the usual causes are io_uring being
-/// disabled or locked memory).
-pub fn explain_executor_error(err: &dyn std::fmt::Display) -> String {
-    format!(
-        "cannot start a glommio executor (io_uring): {err}. Check that io_uring is enabled \
-         (sysctl kernel.io_uring_disabled must be 0; containers may block io_uring_setup in \
-         their seccomp profile) and that the locked-memory limit is high enough \
-         (`ulimit -l unlimited`)."
-    )
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@
 
 use super::request::{RequestReader, Step};
 use super::{error, Request, Response};
+use crate::error::{Error, Result};
 use crate::shard::Shared;
-use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -90,12 +90,18 @@ enum Outcome {
 impl Listener {
     pub fn start(shared: Arc<Shared>) -> Result<Listener> {
         let addr = shared.config.server.internal_listen;
-        let std_listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (internal)"))?;
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen {
+            addr,
+            what: " (internal)",
+            source,
+        })?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
-        let poll = Poll::new().context("cannot create the internal listener's poll")?;
+        let poll = Poll::new().map_err(|source| Error::Resource {
+            what: "the internal listener's poll",
+            source,
+        })?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -108,7 +114,10 @@ impl Listener {
             std::thread::Builder::new()
                 .name("internal-req".into())
                 .spawn(move || work(&shared, &queue))
-                .with_context(|| format!("cannot start internal worker {i}"))?;
+                .map_err(|source| Error::Thread {
+                    what: format!("internal worker {i}"),
+                    source,
+                })?;
         }
         let reader = Reader {
             poll,
