@@ -14,9 +14,9 @@
 //!   ([`Conn::tick`]), not by a timer per connection.
 
 pub use crate::engine::Tick;
-use crate::engine::{Due, Engine, Outbox, Polled, Sid, Transport};
+use crate::engine::{Due, Engine, PacketQueue, Polled, Sid, Transport};
 use crate::events::{self, ClientError, Code, Command, EventError};
-use crate::shard::{Origin, Shard};
+use crate::outbox::Outbox;
 use bytes::{Bytes, BytesMut};
 use corecast_storage::{GroupId, UserId};
 use corecast_wire::packet::{self, EioPacket, SioKind};
@@ -76,7 +76,7 @@ pub struct Conn {
     groups: RefCell<Vec<(GroupId, SubState)>>,
     /// Connect-time subscriptions not yet answered (plus one while they are being sent).
     pub pending_subs: Cell<u32>,
-    out: RefCell<Outbox>,
+    out: RefCell<PacketQueue>,
     /// A write the shard's sender could not finish (socket full, partial, failed) and the
     /// session finishes: the bytes and how many have gone. Nothing else is written before it.
     writing: RefCell<Option<(Bytes, usize)>>,
@@ -91,7 +91,7 @@ pub struct Conn {
     probe_waker: RefCell<Option<Waker>>,
     /// The probe must end (it timed out).
     probe_abort: Cell<bool>,
-    /// The shard has forgotten this connection (`Shard::conn_closed`): tasks still holding it
+    /// The shard has forgotten this connection (`Outbox::closed`): tasks still holding it
     /// end.
     gone: Cell<bool>,
     /// Frames are queued for the shard's next paced flush (see `Shard::deliver`).
@@ -113,7 +113,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, transport: Transport, now: Tick, shard: &Shard) -> Conn {
+    pub fn new(id: ConnId, transport: Transport, now: Tick, shard: &impl Outbox) -> Conn {
         let cfg = &shard.config().server;
         Conn {
             id,
@@ -124,7 +124,7 @@ impl Conn {
             was_connected: Cell::new(false),
             groups: RefCell::new(Vec::new()),
             pending_subs: Cell::new(0),
-            out: RefCell::new(Outbox::default()),
+            out: RefCell::new(PacketQueue::default()),
             writing: RefCell::new(None),
             fd: Cell::new(-1),
             due: Cell::new(false),
@@ -144,10 +144,10 @@ impl Conn {
     }
 
     /// The Engine.IO/Socket.IO session id: random, names the shard, unique per connection.
-    pub fn sid(&self, shard: &Shard) -> Sid {
+    pub fn sid(&self, shard: &impl Outbox) -> Sid {
         Sid {
             salt: self.sid_salt,
-            shard: shard.id.0,
+            shard: shard.shard_id().0,
             conn: self.id.0 as u32,
         }
     }
@@ -159,7 +159,7 @@ impl Conn {
 
     /// The Engine.IO open packet. A long-polling session may upgrade to WebSocket (when that
     /// transport is on); a WebSocket session has nothing to upgrade to.
-    pub fn open_packet(&self, shard: &Shard) -> Vec<u8> {
+    pub fn open_packet(&self, shard: &impl Outbox) -> Vec<u8> {
         let cfg = &shard.config().server;
         let upgrades: &[&str] = if self.transport() == Transport::Polling && cfg.websocket_enabled()
         {
@@ -268,7 +268,7 @@ impl Conn {
 
     /// Queues a complete frame. A client whose queue would pass the configured bound is
     /// disconnected as a slow consumer.
-    pub fn push(&self, shard: &Shard, frame: Bytes) {
+    pub fn push(&self, shard: &impl Outbox, frame: Bytes) {
         if self.queue(shard, frame) {
             self.schedule(shard);
         }
@@ -276,24 +276,24 @@ impl Conn {
 
     /// Lists the connection for the shard's sender's next batch (send.rs); on long-polling,
     /// wakes the GET that waits for packets instead.
-    pub fn schedule(&self, shard: &Shard) {
+    pub fn schedule(&self, shard: &impl Outbox) {
         if self.transport() == Transport::Polling {
             self.wake();
         } else if !self.due.replace(true) {
-            shard.due.borrow_mut().add(self.id);
+            shard.schedule_socket_write(self.id);
         }
     }
 
     /// Queues `frame` without waking the writer: it goes out with the next write, which the
     /// shard's room pacing triggers (see `Shard::deliver`). False if nothing was queued.
-    pub fn queue(&self, shard: &Shard, frame: Bytes) -> bool {
+    pub fn queue(&self, shard: &impl Outbox, frame: Bytes) -> bool {
         if self.closing.get() {
             return false;
         }
         let limit = shard.config().server.outbound_queue_bytes;
         if !self.out.borrow_mut().push(frame, limit) {
             shard
-                .stats
+                .stats()
                 .slow_disconnects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(conn = self.id.0, "disconnecting a slow consumer");
@@ -326,19 +326,19 @@ impl Conn {
     /// Whether the session should stop reading: its queue holds more than half its cap, so a
     /// client that sends requests without reading the answers is slowed down to its own pace
     /// (what it sends waits in its socket, not in our memory).
-    pub fn read_paused(&self, shard: &Shard) -> bool {
+    pub fn read_paused(&self, shard: &impl Outbox) -> bool {
         self.out.borrow().cost() > shard.config().server.outbound_queue_bytes / 2
     }
 
     /// `len` queued bytes are written, in one socket write (counted in the shard's stats).
-    pub fn wrote(&self, shard: &Shard, len: usize) {
+    pub fn wrote(&self, shard: &impl Outbox, len: usize) {
         let was_paused = self.read_paused(shard);
         self.out.borrow_mut().wrote(len);
         if was_paused && !self.read_paused(shard) {
             self.wake(); // the session reads again
         }
         shard
-            .stats
+            .stats()
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -355,10 +355,10 @@ impl Conn {
     }
 
     /// Everything queued, as one long-polling answer's payload (counted as written).
-    pub fn take_polled(&self, shard: &Shard) -> Polled {
+    pub fn take_polled(&self, shard: &impl Outbox) -> Polled {
         let polled = self.out.borrow_mut().take_polling();
         shard
-            .stats
+            .stats()
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         polled
@@ -377,7 +377,7 @@ impl Conn {
     }
 
     /// Closes after everything queued so far is written.
-    pub fn close(&self, shard: &Shard, why: Close) {
+    pub fn close(&self, shard: &impl Outbox, why: Close) {
         if self.closing.get() {
             return;
         }
@@ -391,7 +391,7 @@ impl Conn {
     }
 
     /// Closes now, dropping whatever is still queued.
-    fn abort(&self, shard: &Shard, why: Close) {
+    fn abort(&self, shard: &impl Outbox, why: Close) {
         self.out.borrow_mut().clear();
         self.closing.set(false);
         self.close(shard, why);
@@ -399,8 +399,8 @@ impl Conn {
 
     /// Refuses the Socket.IO CONNECT, then closes: the packet carries the message and, for
     /// programs, `data: { code }` ([`packet::write_connect_refused`]).
-    pub fn connect_error(&self, shard: &Shard, code: Code, message: &str) {
-        shard.stats.error(code);
+    pub fn connect_error(&self, shard: &impl Outbox, code: Code, message: &str) {
+        shard.stats().error(code);
         let mut p = Vec::new();
         packet::write_connect_refused(&mut p, message, code.as_str());
         self.push(shard, ws::text_frame(Role::Server, &p));
@@ -408,7 +408,7 @@ impl Conn {
     }
 
     /// All connect-time subscriptions answered: accept the CONNECT.
-    pub fn connected(&self, shard: &Shard) {
+    pub fn connected(&self, shard: &impl Outbox) {
         self.was_connected.set(true);
         self.connect_deadline.set(None);
         let mut p = Vec::new();
@@ -422,7 +422,7 @@ impl Conn {
         self.close_overdue.get() && self.transport() == Transport::Polling
     }
 
-    pub fn tick(&self, shard: &Shard, now: Tick) {
+    pub fn tick(&self, shard: &impl Outbox, now: Tick) {
         // An idle connection gives its queue's memory back.
         self.out.borrow_mut().shrink_if_idle();
         if self.closing.get() {
@@ -463,7 +463,7 @@ impl Conn {
 
     // ---- incoming packets ----
 
-    pub fn on_message(self: &Rc<Self>, shard: &Shard, msg: Message) {
+    pub fn on_message(self: &Rc<Self>, shard: &impl Outbox, msg: Message) {
         match msg {
             Message::Text(payload) => self.on_text(shard, payload),
             Message::Binary(_) => {
@@ -494,7 +494,7 @@ impl Conn {
     }
 
     /// One Engine.IO packet, from a WebSocket text frame or a long-polling POST.
-    pub fn on_text(self: &Rc<Self>, shard: &Shard, mut payload: BytesMut) {
+    pub fn on_text(self: &Rc<Self>, shard: &impl Outbox, mut payload: BytesMut) {
         match packet::parse_eio(&payload) {
             Ok(EioPacket::Pong(_)) => self.engine.borrow_mut().on_pong(),
             Ok(EioPacket::Ping(data)) => {
@@ -508,7 +508,7 @@ impl Conn {
                 if self.transport() == Transport::Polling {
                     // Nothing more will be fetched: the session ends now, as on the reference
                     // server (a WebSocket ends once its close frame is out).
-                    shard.conn_closed(self);
+                    shard.closed(self);
                 }
             }
             Ok(EioPacket::Noop) | Ok(EioPacket::Upgrade) => {}
@@ -517,18 +517,11 @@ impl Conn {
     }
 
     /// Tells the client about a failure: an ack if it asked for one, else an `error` event.
-    fn report(&self, shard: &Shard, ack: Option<u64>, e: ClientError) {
-        shard.reply(
-            &Origin {
-                shard: shard.id,
-                conn: self.id,
-                ack,
-            },
-            Err(e),
-        );
+    fn report(&self, shard: &impl Outbox, ack: Option<u64>, e: ClientError) {
+        shard.reply(self, ack, Err(e));
     }
 
-    fn on_socket_io(self: &Rc<Self>, shard: &Shard, msg: &mut [u8]) {
+    fn on_socket_io(self: &Rc<Self>, shard: &impl Outbox, msg: &mut [u8]) {
         let p = match packet::parse_sio(msg) {
             Ok(p) => p,
             // As the reference server does: a packet that cannot be decoded ends the
@@ -540,7 +533,7 @@ impl Conn {
             if p.kind == SioKind::Connect {
                 let mut out = Vec::new();
                 packet::write_connect_error(&mut out, &nsp, "Invalid namespace");
-                shard.stats.error(Code::InvalidPayload);
+                shard.stats().error(Code::InvalidPayload);
                 self.push(shard, ws::text_frame(Role::Server, &out));
             }
             return;
@@ -549,10 +542,10 @@ impl Conn {
             SioKind::Connect => self.on_connect(shard, &mut msg[p.data.clone()]),
             // The client leaves the namespace; the Engine.IO session stays open (and keeps
             // pinging) as on the reference server, and may CONNECT again.
-            SioKind::Disconnect => shard.socket_disconnected(self),
+            SioKind::Disconnect => shard.left_namespace(self),
             SioKind::Event => {
                 shard
-                    .stats
+                    .stats()
                     .events_in
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !shard.admit_event(self, p.ack_id) {
@@ -586,7 +579,7 @@ impl Conn {
         }
     }
 
-    fn on_connect(self: &Rc<Self>, shard: &Shard, data: &mut [u8]) {
+    fn on_connect(self: &Rc<Self>, shard: &impl Outbox, data: &mut [u8]) {
         if self.state() != ConnState::AwaitingConnect {
             return;
         }
@@ -597,7 +590,7 @@ impl Conn {
                 "authentication token missing: send { token } in the Socket.IO auth payload",
             );
         };
-        match shard.shared.verifier.verify_session(&token) {
+        match shard.verifier().verify_session(&token) {
             Ok((user, exp_ms)) => {
                 self.token_exp_ms.set(exp_ms);
                 self.user.set(Some(user));
@@ -609,13 +602,8 @@ impl Conn {
     }
 
     /// `refreshToken`: a valid token for the same user moves the session's expiry.
-    fn refresh_token(&self, shard: &Shard, token: &str, ack: Option<u64>) {
-        let origin = Origin {
-            shard: shard.id,
-            conn: self.id,
-            ack,
-        };
-        let result = match shard.shared.verifier.verify_session(token) {
+    fn refresh_token(&self, shard: &impl Outbox, token: &str, ack: Option<u64>) {
+        let result = match shard.verifier().verify_session(token) {
             Ok((user, exp_ms)) if Some(user) == self.user() => {
                 self.token_exp_ms.set(exp_ms);
                 Ok(events::ok_ack_json(&format!(",\"exp\":{}", exp_ms / 1000)))
@@ -626,22 +614,17 @@ impl Conn {
             )),
             Err(e) => Err(ClientError::new(Code::Unauthenticated, e.to_string())),
         };
-        shard.reply(&origin, result);
+        shard.reply(self, ack, result);
     }
 
-    fn on_command(self: &Rc<Self>, shard: &Shard, cmd: Command, ack: Option<u64>) {
+    fn on_command(self: &Rc<Self>, shard: &impl Outbox, cmd: Command, ack: Option<u64>) {
         match cmd {
-            Command::SendMessage { .. } => shard.send_message(self, cmd, ack),
+            Command::SendMessage { .. } => shard.submit_message(self, cmd, ack),
             Command::JoinGroup { group } => shard.join(self, group, ack),
             Command::RefreshToken { token } => self.refresh_token(shard, &token, ack),
             Command::LeaveGroup { group } => {
                 shard.leave(self, &group);
-                let origin = Origin {
-                    shard: shard.id,
-                    conn: self.id,
-                    ack,
-                };
-                shard.reply(&origin, Ok(events::group_ack_json(&group)));
+                shard.reply(self, ack, Ok(events::group_ack_json(&group)));
             }
             Command::MarkAsRead { group, message } => shard.mark_read(self, group, message, ack),
         }
@@ -653,8 +636,8 @@ impl Conn {
 /// Starts a new WebSocket session on `stream`, whose upgrade request was answered with
 /// `response` (written first). `pipelined` holds bytes the client sent after its request
 /// without waiting for the 101: they are the session's first frames.
-pub fn start_websocket(
-    shard: Rc<Shard>,
+pub fn start_websocket<O: Outbox + 'static>(
+    shard: Rc<O>,
     stream: TcpStream,
     response: Vec<u8>,
     pipelined: BytesMut,
@@ -664,15 +647,15 @@ pub fn start_websocket(
         shard.next_conn_id(),
         Transport::WebSocket,
         shard.tick_now(),
-        &shard,
+        &*shard,
     ));
     conn.fd.set(stream.as_raw_fd());
-    conn.push(&shard, Bytes::from(response));
+    conn.push(&*shard, Bytes::from(response));
     conn.push(
-        &shard,
-        ws::text_frame(Role::Server, &conn.open_packet(&shard)),
+        &*shard,
+        ws::text_frame(Role::Server, &conn.open_packet(&*shard)),
     );
-    shard.register_conn(conn.clone());
+    shard.register(conn.clone());
     if let Some(t) = ticket {
         shard.transfer_ticket(t, &conn);
     }
@@ -682,8 +665,8 @@ pub fn start_websocket(
 /// Opens the upgrade probe of long-polling session `conn` on `stream` (its upgrade request
 /// already accepted by the session's engine): the 101, then `2probe` / `3probe`, then the
 /// client's `5` moves the session onto this socket.
-pub fn start_probe(
-    shard: Rc<Shard>,
+pub fn start_probe<O: Outbox + 'static>(
+    shard: Rc<O>,
     conn: Rc<Conn>,
     stream: TcpStream,
     response: Vec<u8>,
@@ -695,8 +678,8 @@ pub fn start_probe(
     spawn_session(shard, conn, stream, pipelined, Some(Probe { out, pos: 0 }));
 }
 
-fn spawn_session(
-    shard: Rc<Shard>,
+fn spawn_session<O: Outbox + 'static>(
+    shard: Rc<O>,
     conn: Rc<Conn>,
     stream: TcpStream,
     inbuf: BytesMut,
@@ -726,7 +709,7 @@ fn spawn_session(
         if carried_session {
             // The socket closed with the session: the sender must not use its number again.
             conn.fd.set(-1);
-            shard.conn_closed(&conn);
+            shard.closed(&conn);
         } else {
             // A probe that never upgraded: the session goes on over long-polling.
             conn.engine.borrow_mut().probe_ended();
@@ -758,8 +741,8 @@ struct Probe {
 /// While `probe` is set the socket is an upgrade probe of a long-polling session: it answers
 /// `2probe` itself and carries nothing of the session until the client's `5`. Its output is
 /// whether it carried the session when it ended (a probe that never upgraded did not).
-struct Session {
-    shard: Rc<Shard>,
+struct Session<O> {
+    shard: Rc<O>,
     conn: Rc<Conn>,
     stream: TcpStream,
     decoder: Decoder,
@@ -782,7 +765,7 @@ pub fn pre_connect_max(max_payload: usize) -> usize {
     max_payload.min(PRE_CONNECT_MAX_BYTES)
 }
 
-impl std::future::Future for Session {
+impl<O: Outbox> std::future::Future for Session<O> {
     type Output = bool;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<bool> {
@@ -824,7 +807,7 @@ impl std::future::Future for Session {
                 this.decoder
                     .set_max_message(this.shard.config().server.max_payload);
             }
-            let paused = this.probe.is_none() && this.conn.read_paused(&this.shard);
+            let paused = this.probe.is_none() && this.conn.read_paused(&*this.shard);
             if (!this.conn.closing.get() || this.probe.is_some()) && !paused {
                 match this.poll_read(cx) {
                     Poll::Ready(true) => progress = true,
@@ -846,7 +829,7 @@ impl std::future::Future for Session {
     }
 }
 
-impl Session {
+impl<O: Outbox> Session<O> {
     /// Ready(true): wrote something; Ready(false): the session is over; Pending: nothing to
     /// write or the socket is full.
     ///
@@ -885,7 +868,7 @@ impl Session {
                     if *pos == buf.len() {
                         let len = buf.len();
                         *writing = None;
-                        conn.wrote(&self.shard, len);
+                        conn.wrote(&*self.shard, len);
                     }
                     wrote = true;
                 }
@@ -927,7 +910,7 @@ impl Session {
     /// nothing to read.
     fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
         {
-            let mut scratch = self.shard.scratch.borrow_mut();
+            let mut scratch = self.shard.scratch();
             match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(n)) => self.inbuf.extend_from_slice(&scratch[..n]),
@@ -1015,5 +998,211 @@ impl Session {
             Message::Pong(_) => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A connection on a fake shard: what it queues for its socket, and what it asks of its
+    //! shard, with no runtime and no socket.
+    use super::*;
+    use crate::auth::Verifier;
+    use crate::config::Config;
+    use crate::engine::Timing;
+    use crate::metrics::ShardStats;
+    use corecast_shard_router::ShardId;
+    use corecast_storage::MessageId;
+    use std::cell::RefMut;
+    use std::time::Instant;
+
+    /// An outbox that records what the connection asks, one line per call.
+    struct FakeShard {
+        config: Config,
+        verifier: Verifier,
+        stats: ShardStats,
+        scratch: RefCell<Vec<u8>>,
+        epoch: Instant,
+        asked: RefCell<Vec<String>>,
+    }
+
+    impl FakeShard {
+        fn new() -> FakeShard {
+            let config = Config::default();
+            FakeShard {
+                verifier: Verifier::from_config(&config)
+                    .expect("the development secret on loopback"),
+                config,
+                stats: ShardStats::default(),
+                scratch: RefCell::new(vec![0; 1024]),
+                epoch: Instant::now(),
+                asked: RefCell::new(Vec::new()),
+            }
+        }
+
+        fn ask(&self, what: String) {
+            self.asked.borrow_mut().push(what);
+        }
+
+        fn asked(&self) -> Vec<String> {
+            self.asked.take()
+        }
+    }
+
+    impl Outbox for FakeShard {
+        fn shard_id(&self) -> ShardId {
+            ShardId(3)
+        }
+        fn config(&self) -> &Config {
+            &self.config
+        }
+        fn tick_now(&self) -> Tick {
+            Tick::since(self.epoch, Instant::now())
+        }
+        fn timing(&self) -> Timing {
+            let s = &self.config.server;
+            Timing {
+                ping_interval_ms: s.ping_interval_ms,
+                ping_timeout_ms: s.ping_timeout_ms,
+                upgrade_timeout_ms: s.upgrade_timeout_ms,
+            }
+        }
+        fn stats(&self) -> &ShardStats {
+            &self.stats
+        }
+        fn verifier(&self) -> &Verifier {
+            &self.verifier
+        }
+        fn scratch(&self) -> RefMut<'_, Vec<u8>> {
+            self.scratch.borrow_mut()
+        }
+        fn schedule_socket_write(&self, conn: ConnId) {
+            self.ask(format!("write {}", conn.0));
+        }
+        fn next_conn_id(&self) -> ConnId {
+            ConnId(1)
+        }
+        fn register(&self, conn: Rc<Conn>) {
+            self.ask(format!("register {}", conn.id.0));
+        }
+        fn transfer_ticket(&self, _: crate::admission::Ticket, conn: &Conn) {
+            self.ask(format!("ticket {}", conn.id.0));
+        }
+        fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
+            self.ask(format!("authenticated {} as {}", conn.id.0, user.0));
+        }
+        fn left_namespace(&self, conn: &Rc<Conn>) {
+            self.ask(format!("left {}", conn.id.0));
+        }
+        fn closed(&self, conn: &Rc<Conn>) {
+            self.ask(format!("closed {}", conn.id.0));
+        }
+        fn admit_event(&self, _: &Conn, _: Option<u64>) -> bool {
+            true
+        }
+        fn join(&self, _: &Rc<Conn>, group: GroupId, _: Option<u64>) {
+            self.ask(format!("join {}", group.as_str()));
+        }
+        fn leave(&self, _: &Rc<Conn>, group: &GroupId) {
+            self.ask(format!("leave {}", group.as_str()));
+        }
+        fn submit_message(&self, _: &Rc<Conn>, cmd: Command, ack: Option<u64>) {
+            let Command::SendMessage { group, .. } = cmd else {
+                panic!("not a sendMessage: {cmd:?}");
+            };
+            self.ask(format!("sendMessage {} ack {ack:?}", group.as_str()));
+        }
+        fn mark_read(&self, _: &Rc<Conn>, group: GroupId, m: MessageId, _: Option<u64>) {
+            self.ask(format!("markAsRead {} {}", group.as_str(), m.0));
+        }
+        fn reply(&self, _: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) {
+            let what = match result {
+                Ok(json) => String::from_utf8_lossy(&json).into_owned(),
+                Err(e) => e.code.as_str().to_string(),
+            };
+            self.ask(format!("reply {ack:?} {what}"));
+        }
+    }
+
+    fn conn(shard: &FakeShard) -> Rc<Conn> {
+        Rc::new(Conn::new(
+            ConnId(7),
+            Transport::WebSocket,
+            shard.tick_now(),
+            shard,
+        ))
+    }
+
+    fn text(conn: &Rc<Conn>, shard: &FakeShard, packet: &str) {
+        conn.on_text(shard, BytesMut::from(packet.as_bytes()));
+    }
+
+    #[test]
+    fn an_undecodable_packet_closes_with_its_close() {
+        let shard = FakeShard::new();
+        for (packet, close) in [
+            ("9", Close::InvalidEngineIoPacket),
+            ("4abc", Close::InvalidSocketIoPacket),
+            ("42{}", Close::InvalidSocketIoPacket),
+        ] {
+            let c = conn(&shard);
+            text(&c, &shard, packet);
+            assert_eq!(c.state(), ConnState::Closing, "{packet}");
+            assert_eq!(shard.asked(), ["write 7"], "{packet}");
+            assert_eq!(c.take_queued(), Some(close.frame(Role::Server)), "{packet}");
+        }
+    }
+
+    #[test]
+    fn an_event_before_connect_is_answered_unauthenticated() {
+        let shard = FakeShard::new();
+        let c = conn(&shard);
+        text(&c, &shard, r#"421["joinGroup",{"groupId":"g"}]"#);
+        assert_eq!(shard.asked(), ["reply Some(1) unauthenticated"]);
+        assert_eq!(c.state(), ConnState::AwaitingConnect);
+    }
+
+    #[test]
+    fn a_bad_token_is_refused_then_closed() {
+        let shard = FakeShard::new();
+        let c = conn(&shard);
+        text(&c, &shard, r#"40{"token":"not-a-jwt"}"#);
+        assert_eq!(shard.asked(), ["write 7"]);
+        let queued = c.take_queued().expect("the refusal");
+        let close = Close::ConnectRefused.frame(Role::Server);
+        assert!(queued.ends_with(&close), "{queued:?}");
+        let frames: Vec<_> = ws::server_frames(&queued).collect();
+        assert_eq!(frames.len(), 2, "CONNECT_ERROR, then the close");
+        assert_eq!(frames[0].0, ws::OP_TEXT);
+        let refusal = String::from_utf8_lossy(frames[0].1);
+        assert!(
+            refusal.starts_with(r#"44{"message":"authentication token invalid"#)
+                && refusal.ends_with(r#","data":{"code":"unauthenticated"}}"#),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_connected_client_s_events_go_to_the_shard() {
+        let shard = FakeShard::new();
+        let c = conn(&shard);
+        c.set_state(ConnState::Connected);
+        text(
+            &c,
+            &shard,
+            r#"425["sendMessage",{"groupId":"g","text":"hi","attachments":[]}]"#,
+        );
+        text(&c, &shard, r#"42["joinGroup",{"groupId":"h"}]"#);
+        text(&c, &shard, r#"426["leaveGroup",{"groupId":"h"}]"#);
+        text(&c, &shard, "41");
+        assert_eq!(
+            shard.asked(),
+            [
+                "sendMessage g ack Some(5)",
+                "join h",
+                "leave h",
+                r#"reply Some(6) {"ok":true,"groupId":"h"}"#,
+                "left 7",
+            ]
+        );
     }
 }

@@ -12,7 +12,7 @@
 //!   either ends the session, as the reference server does ([`Refusal::Overlap`]).
 //! - **Heartbeat.** The server pings every `ping_interval`; a client that does not answer
 //!   within `ping_timeout` is gone.
-//! - **Queue.** Packets wait in the [`Outbox`] as complete WebSocket frames, encoded once and
+//! - **Queue.** Packets wait in the [`PacketQueue`] as complete WebSocket frames, encoded once and
 //!   shared by every recipient. A WebSocket write sends them as they are; a polling answer takes
 //!   their payloads, joined by the record separator. So an upgrade neither re-encodes nor loses
 //!   what was queued before it.
@@ -273,15 +273,15 @@ fn cost(frame: &Bytes) -> usize {
 /// of its own: a newer ping replaces an unsent pong (RFC 6455 §5.5.3 allows answering only the
 /// latest), so pings alone can never fill the queue.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub struct PacketQueue {
     frames: VecDeque<Bytes>,
     pong: Option<Bytes>,
     /// What is queued and not yet written costs (a taken WebSocket batch counts its bytes
-    /// until [`Outbox::wrote`]).
+    /// until [`PacketQueue::wrote`]).
     bytes: usize,
 }
 
-impl Outbox {
+impl PacketQueue {
     /// Queues a frame; false (and nothing queued) if that would pass `limit`.
     pub fn push(&mut self, frame: Bytes, limit: usize) -> bool {
         if self.bytes + cost(&frame) > limit {
@@ -328,7 +328,7 @@ impl Outbox {
 
     /// Everything queued, as one buffer for one WebSocket write (one frame as is, several
     /// copied into one buffer that lives only until it is written). Counted until
-    /// [`Outbox::wrote`].
+    /// [`PacketQueue::wrote`].
     pub fn take_ws(&mut self) -> Option<Bytes> {
         if let Some(p) = self.pong.take() {
             self.frames.push_back(p);
@@ -351,7 +351,7 @@ impl Outbox {
         }
     }
 
-    /// `len` bytes taken by [`Outbox::take_ws`] are written.
+    /// `len` bytes taken by [`PacketQueue::take_ws`] are written.
     pub fn wrote(&mut self, len: usize) {
         self.bytes = self.bytes.saturating_sub(len);
     }
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn the_outbox_gives_polling_the_packets_and_websocket_the_frames() {
-        let mut o = Outbox::default();
+        let mut o = PacketQueue::default();
         let a = ws::text_frame(Role::Server, b"2");
         let b = ws::text_frame(Role::Server, b"42[\"newMessage\",{}]");
         let tight = 3 * FRAME_OVERHEAD + 40;
@@ -520,7 +520,7 @@ mod tests {
 
     #[test]
     fn pings_are_answered_once_however_many_wait() {
-        let mut o = Outbox::default();
+        let mut o = PacketQueue::default();
         let pong = |d: &[u8]| {
             let mut b = bytes::BytesMut::new();
             ws::encode_frame(Role::Server, ws::OP_PONG, d, &mut b);

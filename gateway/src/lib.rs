@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod polling;
 pub mod send;
 pub mod server;

@@ -165,13 +165,13 @@ async fn serve_requests(
                     shard.next_conn_id(),
                     Transport::Polling,
                     shard.tick_now(),
-                    &shard,
+                    &*shard,
                 ));
                 shard.register_conn(conn.clone());
                 if let Some(t) = ticket {
                     shard.transfer_ticket(t, &conn);
                 }
-                let open = conn.open_packet(&shard);
+                let open = conn.open_packet(&*shard);
                 write_all(&mut stream, &http::polling_response(&cors, close, &open))
                     .await
                     .is_ok()
@@ -283,7 +283,7 @@ async fn poll_get(
             closed: true,
         }
     } else {
-        conn.take_polled(shard)
+        conn.take_polled(&**shard)
     };
     let ok = write_all(
         stream,
@@ -390,9 +390,9 @@ async fn poll_post(
         }
         if p.first() == Some(&b'b') {
             // A base64 binary packet: binary payloads are refused as on WebSocket.
-            conn.on_message(shard, Message::Binary(BytesMut::new()));
+            conn.on_message(&**shard, Message::Binary(BytesMut::new()));
         } else {
-            conn.on_text(shard, BytesMut::from(p));
+            conn.on_text(&**shard, BytesMut::from(p));
         }
     }
     write_all(stream, &http::post_ok(cors, close)).await.is_ok() && !close

@@ -20,13 +20,18 @@
 //! Where io_uring cannot be set up for this (an old kernel, a locked-down sandbox), or with
 //! `server.send_ring = false`, the same batch goes out with one `send` system call per
 //! connection.
+//!
+//! The sender sees its shard through [`SendSide`] (the due list, the ring, the connections)
+//! on top of what each connection asks of it ([`Outbox`]); it does not know `Shard` itself.
 
 use crate::conn::{Conn, ConnId};
 use crate::metrics::Hop;
-use crate::shard::Shard;
+use crate::outbox::Outbox;
 use bytes::Bytes;
 use corecast_shard_router::ShardId;
 use io_uring::{opcode, types, IoUring};
+use std::cell::{Ref, RefCell};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -36,6 +41,16 @@ use std::time::Instant;
 const RING_ENTRIES: u32 = 512;
 
 const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
+/// What the sender uses of its shard, besides what each connection asks of it.
+pub trait SendSide: Outbox {
+    /// The connections listed for the next batch, and the sender task's waker.
+    fn due(&self) -> &RefCell<Due>;
+    /// The shard's send ring.
+    fn ring(&self) -> &RefCell<Sender>;
+    /// The shard's connections, by id (borrowed while a batch is collected).
+    fn conns(&self) -> Ref<'_, HashMap<ConnId, Rc<Conn>>>;
+}
 
 /// Connections with frames due, and the sender task's waker.
 #[derive(Default)]
@@ -108,10 +123,10 @@ impl Sender {
 }
 
 /// The shard's sender task.
-pub async fn sender(shard: Rc<Shard>) {
+pub async fn sender(shard: Rc<impl SendSide>) {
     loop {
         poll_fn(|cx| {
-            let mut due = shard.due.borrow_mut();
+            let mut due = shard.due().borrow_mut();
             if due.conns.is_empty() {
                 due.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -120,21 +135,21 @@ pub async fn sender(shard: Rc<Shard>) {
             }
         })
         .await;
-        send_due(&shard);
+        send_due(&*shard);
     }
 }
 
 /// Sends what is queued for every due connection.
-fn send_due(shard: &Shard) {
-    let mut sender = shard.sender.borrow_mut();
+fn send_due(shard: &impl SendSide) {
+    let mut sender = shard.ring().borrow_mut();
     let sender = &mut *sender;
     let since = {
-        let mut due = shard.due.borrow_mut();
+        let mut due = shard.due().borrow_mut();
         std::mem::swap(&mut sender.due, &mut due.conns);
         due.since.take()
     };
     {
-        let conns = shard.conns.borrow();
+        let conns = shard.conns();
         for id in sender.due.drain(..) {
             let Some(conn) = conns.get(&id) else { continue };
             conn.set_due(false);
@@ -199,13 +214,13 @@ fn send_due(shard: &Shard) {
     sender.done = done;
     sender.batch.clear();
     if let Some(since) = since {
-        shard.stats.hop(Hop::Socket, since.elapsed());
+        shard.stats().hop(Hop::Socket, since.elapsed());
     }
 }
 
 /// One submission for `chunk`, then every completion (marked in `done`).
 fn submit(
-    shard: &Shard,
+    shard: &impl Outbox,
     ring: &mut IoUring,
     chunk: &[(Rc<Conn>, Bytes)],
     done: &mut [bool],
@@ -247,7 +262,7 @@ fn submit(
 }
 
 /// Books the outcome of one send: `n` bytes written, or a negative errno.
-fn finish(shard: &Shard, conn: &Conn, buf: &Bytes, n: i32) {
+fn finish(shard: &impl Outbox, conn: &Conn, buf: &Bytes, n: i32) {
     if n >= 0 && n as usize == buf.len() {
         conn.wrote(shard, buf.len());
         if conn.is_closing() {
