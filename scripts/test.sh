@@ -8,7 +8,8 @@
 #   2. cargo build --release --bins
 #   3. starts Cassandra (scripts/cassandra.sh) and an SMTP server (scripts/smtp_server.py),
 #      stopped again on exit
-#   4. cargo test --workspace --release (Rust unit and integration tests)
+#   4. cargo test --workspace --release (Rust unit and integration tests; the cluster bus tests
+#      start redis-server processes of their own: Debian's `redis-server`, installed when missing)
 #   5. pytest tests/python (black-box tests with the official Python Socket.IO client)
 #   6. node --test tests/js/ (black-box tests with the official JavaScript client, and the demo
 #      page in headless Chromium: Debian's `chromium`, installed here when missing)
@@ -129,6 +130,11 @@ apt_install() { # apt_install WHAT PACKAGE...: Debian packages, as root, lists u
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install "Java 17 and Maven (to run Cassandra)" openjdk-17-jre-headless maven
 fi
+# cluster/tests/bus.rs starts redis-server processes of its own (Debian's Redis 7).
+if ! command -v redis-server >/dev/null; then
+  apt_install "Redis (for the cluster bus tests)" redis-server
+fi
+echo "redis: $(redis-server --version | cut -d' ' -f3)"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   command -v rustup >/dev/null && rustup component add rustfmt clippy
 fi
