@@ -22,6 +22,7 @@ use crate::events::{self, ClientError, Code};
 use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
+use corecast_shard_router::room::{Carrier, Effect, Load, Loaded, Outcome, Send as RoomSend};
 use corecast_shard_router::{
     owner_of_group, owner_of_user, Inbox, InboxHandle, Loads, Presence, Rate, RateLimiter, Recent,
     ShardId,
@@ -81,12 +82,6 @@ pub struct Origin {
     pub shard: ShardId,
     pub conn: ConnId,
     pub ack: Option<u64>,
-}
-
-/// How many `MembershipApplied` answers the admin caller of a [`ShardMsg::MembersChanged`]
-/// waits for: one from each shard for the added users, one for the removed.
-pub fn membership_answers(change: &MembershipChange, nr_shards: usize) -> usize {
-    nr_shards * (usize::from(!change.added.is_empty()) + usize::from(!change.removed.is_empty()))
 }
 
 /// When a client's message passed each hop on its way (see [`Hop`]): instants of the process's
@@ -167,7 +162,8 @@ pub enum ShardMsg {
     },
     /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes).
     MembershipApplied {
-        done: std::sync::mpsc::Sender<()>,
+        group: GroupId,
+        barrier: u64,
     },
     RoomLoaded {
         group: GroupId,
@@ -217,13 +213,13 @@ pub enum ShardMsg {
     Enroll {
         group: GroupId,
         users: Arc<[UserId]>,
-        done: std::sync::mpsc::Sender<()>,
+        barrier: u64,
     },
     /// `users` were removed from the group: their connections here leave its room.
     Evict {
         group: GroupId,
         users: Arc<[UserId]>,
-        done: std::sync::mpsc::Sender<()>,
+        barrier: u64,
     },
     // To a user's presence owner.
     PresenceUp {
@@ -264,37 +260,28 @@ pub enum ShardMsg {
     Shutdown,
 }
 
-/// What a group's owner shard knows of it.
-struct Room {
-    /// `None` while the member list loads from the store; messages for the room wait in
-    /// `waiting` meanwhile, in arrival order.
-    members: Option<HashSet<UserId>>,
-    waiting: Vec<ShardMsg>,
-    /// Connections in the room, per shard; the room fans out to shards with a non-zero count.
-    subscribers: Vec<u32>,
-    /// Messages handed to the store and not yet broadcast, in id order. A message is broadcast
-    /// only when it and every message before it have an answer from the store, so every member
-    /// sees the group's messages in id order whatever order the store answers in.
-    pending: VecDeque<PendingSend>,
-    /// `clientMsgId`s of pending messages, so a resend while the first is in flight waits for it.
-    inflight_keys: HashMap<(UserId, String), MessageId>,
-    /// Last time anything asked for the room; an idle room is forgotten after
-    /// `server.idle_room_secs` (see [`Shard::sweep_rooms`]).
-    last_used: Instant,
-    /// The members were loaded a second time because the first answer predated the group
-    /// (see [`Shard::room_loaded`]); a second "no such group" is then final.
-    reloaded: bool,
+/// How a room's effects are carried out on its owner shard (see
+/// [`corecast_shard_router::room`]): places are this process's shards, answers go to a
+/// connection's [`Origin`], operations waiting for the member list are the [`ShardMsg`]s that
+/// asked for it.
+pub struct OwnerShard;
+
+impl Carrier for OwnerShard {
+    type Place = ShardId;
+    type Origin = Origin;
+    type Parked = ShardMsg;
+    type Stored = Rc<Committed>;
+    type Error = StoreError;
+    type Done = std::sync::mpsc::Sender<()>;
 }
 
-impl Room {
-    /// Nothing depends on the room staying in memory: no subscriber, nothing loading or
-    /// being stored. Forgetting it loses nothing; the store has its members.
-    fn idle(&self) -> bool {
-        self.members.is_some()
-            && self.waiting.is_empty()
-            && self.pending.is_empty()
-            && self.subscribers.iter().all(|&c| c == 0)
-    }
+/// A group's room on its owner shard.
+type Room = corecast_shard_router::Room<OwnerShard>;
+
+/// A message the store accepted, and its way there (for the hop metrics).
+pub struct Committed {
+    appended: Appended,
+    trace: Trace,
 }
 
 /// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
@@ -312,14 +299,6 @@ const UNKNOWN_GROUP_TTL_MS: u64 = 30_000;
 enum UserConns {
     One(Rc<Conn>),
     Many(Vec<Rc<Conn>>),
-}
-
-struct PendingSend {
-    id: MessageId,
-    key: Option<(UserId, String)>,
-    origins: Vec<Origin>,
-    result: Option<Result<Appended, StoreError>>,
-    trace: Option<Trace>,
 }
 
 pub struct Shard {
@@ -817,13 +796,19 @@ impl Shard {
             }
             ShardMsg::Unsubscribe { group, shard } => {
                 if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    let c = &mut room.subscribers[shard.index()];
-                    *c = c.saturating_sub(1);
-                    room.last_used = self.last_tick.get();
+                    room.unsubscribe(shard);
+                    room.touch(self.coarse_ms());
                 }
             }
-            ShardMsg::MembershipApplied { done } => {
-                let _ = done.send(());
+            ShardMsg::MembershipApplied { group, barrier } => {
+                let released = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .and_then(|r| r.applied(barrier));
+                if let Some(e) = released {
+                    self.carry_out(&group, vec![e]);
+                }
             }
             ShardMsg::RoomLoaded { group, result } => self.room_loaded(group, result),
             ShardMsg::Stored {
@@ -875,8 +860,16 @@ impl Shard {
                     self.stats.hop(Hop::Total, now - ingress);
                 }
             }
-            ShardMsg::Enroll { group, users, done } => self.enroll(group, &users, done),
-            ShardMsg::Evict { group, users, done } => self.evict(group, &users, done),
+            ShardMsg::Enroll {
+                group,
+                users,
+                barrier,
+            } => self.enroll(group, &users, barrier),
+            ShardMsg::Evict {
+                group,
+                users,
+                barrier,
+            } => self.evict(group, &users, barrier),
             ShardMsg::PresenceUp { user, groups } => self.presence_up(user, groups),
             ShardMsg::PresenceDown { user, groups } => self.presence_down(user, groups),
             ShardMsg::PresenceChanged {
@@ -992,22 +985,17 @@ impl Shard {
         }
         let mut rooms = self.rooms.borrow_mut();
         let n = self.shared.nr_shards();
+        let now = self.coarse_ms();
         let before = rooms.len();
-        let room = rooms.entry(group.clone()).or_insert_with(|| Room {
-            members: None,
-            waiting: Vec::new(),
-            subscribers: vec![0; n],
-            pending: VecDeque::new(),
-            inflight_keys: HashMap::new(),
-            last_used: self.last_tick.get(),
-            reloaded: false,
-        });
-        room.last_used = self.last_tick.get();
-        if room.members.is_some() {
+        let room = rooms
+            .entry(group.clone())
+            .or_insert_with(|| Room::new((0..n).map(|s| ShardId(s as u16)), now));
+        room.touch(now);
+        if room.is_loaded() {
             return Some(msg);
         }
-        let first = room.waiting.is_empty();
-        room.waiting.push(msg);
+        let creates = matches!(msg, ShardMsg::MembersChanged { .. });
+        let first = room.park(msg, creates);
         if rooms.len() != before {
             self.stats.rooms.store(rooms.len() as i64, Relaxed);
         }
@@ -1061,26 +1049,21 @@ impl Shard {
             ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
                 self.reply(&origin, Err(err.clone()))
             }
-            ShardMsg::MembersChanged { done, change, .. } => {
+            ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
-                for _ in 0..membership_answers(&change, self.shared.nr_shards()) {
-                    let _ = done.send(());
-                }
+                let _ = done.send(());
             }
             _ => {}
         }
     }
 
-    /// Forgets `group`'s room if nothing depends on it (see [`Room::idle`]; a room still
-    /// loading counts as idle here once its waiting operations are answered).
+    /// Forgets `group`'s room if nothing depends on it (see
+    /// [`corecast_shard_router::Room::unused`]).
     fn forget_room(&self, group: &GroupId) {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(room) = rooms.get(group) {
-            if room.waiting.is_empty()
-                && room.pending.is_empty()
-                && room.subscribers.iter().all(|&c| c == 0)
-            {
+            if room.unused() {
                 rooms.remove(group);
                 self.stats.rooms.store(rooms.len() as i64, Relaxed);
             }
@@ -1088,37 +1071,27 @@ impl Shard {
     }
 
     fn room_loaded(&self, group: GroupId, result: Result<Option<Group>, StoreError>) {
-        let (waiting, reloaded) = {
+        let loaded = {
             let mut rooms = self.rooms.borrow_mut();
             let Some(room) = rooms.get_mut(&group) else {
                 return;
             };
-            if let Ok(Some(g)) = &result {
-                room.members = Some(g.members.iter().copied().collect());
+            match &result {
+                Ok(Some(g)) => room.loaded(Load::Found(g.members.iter().copied())),
+                Ok(None) => room.loaded(Load::<[UserId; 0]>::Missing),
+                Err(_) => room.loaded(Load::<[UserId; 0]>::Failed),
             }
-            (std::mem::take(&mut room.waiting), room.reloaded)
         };
-        match result {
-            Ok(Some(_)) => {
+        match loaded {
+            Loaded::Ready(waiting) => {
                 for msg in waiting {
                     self.room_op(msg);
                 }
             }
-            Ok(None)
-                if !reloaded
-                    && waiting
-                        .iter()
-                        .any(|m| matches!(m, ShardMsg::MembersChanged { .. })) =>
-            {
-                // The group was created while it loaded (the admin API stores it, then tells
-                // this shard): the answer is already stale. Load it again, once.
-                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    room.waiting = waiting;
-                    room.reloaded = true;
-                }
-                self.load_room(group);
-            }
-            Ok(None) => {
+            // The group was created while it loaded (the admin API stores it, then tells this
+            // shard): the answer is already stale. Load it again, once.
+            Loaded::Reload => self.load_room(group),
+            Loaded::Missing(waiting) => {
                 // No such group: no room for it, and no store read for it for a while.
                 self.forget_room(&group);
                 self.unknown_groups
@@ -1129,8 +1102,10 @@ impl Shard {
                     self.refuse(msg, &err);
                 }
             }
-            Err(e) => {
-                tracing::warn!(%group, error = %e, "cannot load group members");
+            Loaded::Failed(waiting) => {
+                if let Err(e) = &result {
+                    tracing::warn!(%group, error = %e, "cannot load group members");
+                }
                 let err =
                     ClientError::new(Code::StorageUnavailable, "the store is unavailable; retry");
                 for msg in waiting {
@@ -1143,7 +1118,7 @@ impl Shard {
     }
 
     /// Forgets rooms idle for `server.idle_room_secs` (no subscriber, nothing in flight; see
-    /// [`Room::idle`]), looking every quarter of that (between 250 ms and 10 s), so rooms of
+    /// [`corecast_shard_router::Room::expired`]), looking every quarter of that (between 250 ms and 10 s), so rooms of
     /// groups nobody uses any more do not pile up. A forgotten room loads again from the
     /// store when next used.
     fn sweep_rooms(&self, now: Instant) {
@@ -1155,7 +1130,8 @@ impl Shard {
         self.rooms_swept.set(now);
         let mut rooms = self.rooms.borrow_mut();
         let before = rooms.len();
-        rooms.retain(|_, r| !(r.idle() && now.saturating_duration_since(r.last_used) >= idle));
+        let (now_ms, idle_ms) = (self.coarse_ms(), idle.as_millis() as u64);
+        rooms.retain(|_, r| !r.expired(now_ms, idle_ms));
         if rooms.len() != before {
             if rooms.capacity() > 64 && rooms.len() < rooms.capacity() / 4 {
                 rooms.shrink_to_fit();
@@ -1178,8 +1154,7 @@ impl Shard {
         self.rooms
             .borrow()
             .get(group)
-            .and_then(|r| r.members.as_ref())
-            .is_some_and(|m| m.contains(&user))
+            .is_some_and(|r| r.is_member(user))
     }
 
     fn not_member(group: &GroupId) -> ClientError {
@@ -1197,10 +1172,12 @@ impl Shard {
                 origin,
                 reason,
             } => {
-                let result = if self.is_member(&group, user) {
-                    if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                        room.subscribers[origin.shard.index()] += 1;
-                    }
+                let subscribed = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .is_some_and(|r| r.subscribe(user, origin.shard));
+                let result = if subscribed {
                     Ok(())
                 } else {
                     Err(Self::not_member(&group))
@@ -1254,34 +1231,17 @@ impl Shard {
                 change,
                 done,
             } => {
-                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    if let Some(members) = room.members.as_mut() {
-                        members.extend(change.added.iter().copied());
-                        for u in &change.removed {
-                            members.remove(u);
-                        }
-                    }
-                }
                 // Every shard applies the change to its connections, then tells this shard
-                // (after its Subscribes/Unsubscribes, so they are counted first), which tells
-                // the admin caller: one answer per shard. One message per shard carries all
+                // (after its Subscribes/Unsubscribes, so they are counted first); when all
+                // have, the room releases the admin caller. One message per shard carries all
                 // the users, however many (a 100,000-member PUT was 200,000 messages).
-                if !change.added.is_empty() {
-                    let users: Arc<[UserId]> = change.added.iter().copied().collect();
-                    self.broadcast(|| ShardMsg::Enroll {
-                        group: group.clone(),
-                        users: users.clone(),
-                        done: done.clone(),
-                    });
-                }
-                if !change.removed.is_empty() {
-                    let users: Arc<[UserId]> = change.removed.iter().copied().collect();
-                    self.broadcast(|| ShardMsg::Evict {
-                        group: group.clone(),
-                        users: users.clone(),
-                        done: done.clone(),
-                    });
-                }
+                let effects = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .map(|r| r.members_changed(&change.added, &change.removed, done))
+                    .unwrap_or_default();
+                self.carry_out(&group, effects);
             }
             _ => unreachable!("invariant: only room operations reach room_op"),
         }
@@ -1295,48 +1255,27 @@ impl Shard {
         origin: Origin,
         mut trace: Trace,
     ) {
-        let mut rooms = self.rooms.borrow_mut();
-        let room = rooms
-            .get_mut(&group)
-            .expect("invariant: room loaded before room_op");
-        let members = room
-            .members
-            .as_ref()
-            .expect("invariant: room loaded before room_op");
-        if !members.contains(&user) {
-            drop(rooms);
-            return self.reply(&origin, Err(Self::not_member(&group)));
-        }
-        let key = client_msg_id.clone().map(|k| (user, k));
-        if let Some(k) = &key {
-            if let Some(id) = room.inflight_keys.get(k).copied() {
-                // A resend while the first is still being stored: answer both with its outcome.
-                if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
-                    p.origins.push(origin);
-                    return;
-                }
-            }
-        }
         let now = events::now_ms();
-        let id = self.ids.borrow_mut().next(now);
-        let online = self.online.borrow();
-        let notify: Vec<UserId> = members
-            .iter()
-            .copied()
-            .filter(|m| *m != user && !online.contains(m))
-            .collect();
-        drop(online);
-        if let Some(k) = &key {
-            room.inflight_keys.insert(k.clone(), id);
-        }
-        room.pending.push_back(PendingSend {
-            id,
-            key,
-            origins: vec![origin],
-            result: None,
-            trace: None,
-        });
-        drop(rooms);
+        let sent = {
+            let mut rooms = self.rooms.borrow_mut();
+            let room = rooms
+                .get_mut(&group)
+                .expect("invariant: room loaded before room_op");
+            let online = self.online.borrow();
+            room.send(
+                user,
+                client_msg_id.clone(),
+                origin,
+                || self.ids.borrow_mut().next(now),
+                |m| online.contains(&m),
+            )
+        };
+        let (id, notify) = match sent {
+            RoomSend::Store { id, notify } => (id, notify),
+            // A resend while the first is still being stored: answered with its outcome.
+            RoomSend::Merged => return,
+            RoomSend::NotMember => return self.reply(&origin, Err(Self::not_member(&group))),
+        };
         let message = NewMessage {
             id,
             group: group.clone(),
@@ -1366,6 +1305,7 @@ impl Shard {
         );
     }
 
+    /// The store answered for message `id`: the room says what is now due, in id order.
     fn stored(
         &self,
         group: GroupId,
@@ -1373,72 +1313,98 @@ impl Shard {
         trace: Trace,
         result: Result<Appended, StoreError>,
     ) {
-        let ready = {
-            let mut rooms = self.rooms.borrow_mut();
-            let Some(room) = rooms.get_mut(&group) else {
-                return;
-            };
-            if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
-                p.result = Some(result);
-                p.trace = Some(trace);
-            }
-            let mut ready = Vec::new();
-            while room.pending.front().is_some_and(|p| p.result.is_some()) {
-                let p = room.pending.pop_front().expect("invariant: front checked");
-                if let Some(k) = &p.key {
-                    room.inflight_keys.remove(k);
+        let outcome = match result {
+            Ok(appended) => {
+                let duplicate = appended.duplicate;
+                let c = Rc::new(Committed { appended, trace });
+                if duplicate {
+                    Outcome::Duplicate(c)
+                } else {
+                    Outcome::New(c)
                 }
-                ready.push((p, room.subscribers.clone()));
             }
-            ready
+            Err(e) => Outcome::Failed(e),
         };
-        for (p, subscribers) in ready {
-            match p
-                .result
-                .expect("invariant: only answered messages are ready")
-            {
-                Ok(appended) => {
-                    let m = &appended.message;
-                    if !appended.duplicate {
-                        self.stats.messages_in.fetch_add(1, Relaxed);
-                        let frame =
-                            event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
-                        let stored_at = Instant::now();
-                        let ingress = p.trace.map(|t| t.ingress);
-                        if let Some(answered) = p.trace.and_then(|t| t.answered) {
-                            self.stats.hop(Hop::Order, stored_at - answered);
-                        }
-                        for (s, &count) in subscribers.iter().enumerate() {
-                            if count > 0 {
-                                self.send(
-                                    ShardId(s as u16),
-                                    ShardMsg::Deliver {
-                                        group: group.clone(),
-                                        frame: frame.clone(),
-                                        except_user: None,
-                                        stored_at,
-                                        ingress,
-                                    },
-                                );
-                            }
-                        }
+        let effects = match self.rooms.borrow_mut().get_mut(&group) {
+            Some(room) => room.stored(id, outcome),
+            None => return,
+        };
+        self.carry_out(&group, effects);
+    }
+
+    /// Carries out what `group`'s room decided.
+    fn carry_out(&self, group: &GroupId, effects: Vec<Effect<OwnerShard>>) {
+        for e in effects {
+            match e {
+                Effect::Deliver { to, message } => {
+                    self.stats.messages_in.fetch_add(1, Relaxed);
+                    let m = &message.appended.message;
+                    let frame =
+                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
+                    let stored_at = Instant::now();
+                    if let Some(answered) = message.trace.answered {
+                        self.stats.hop(Hop::Order, stored_at - answered);
                     }
-                    let ack = events::sent_ack_json(m.id, m.timestamp);
-                    for o in &p.origins {
-                        self.reply(o, Ok(ack.clone()));
-                    }
+                    let ingress = Some(message.trace.ingress);
+                    self.deliver_to_shards(&to, group, &frame, stored_at, ingress);
                 }
-                Err(e) => {
-                    tracing::warn!(%group, error = %e, "message not stored");
-                    let err = ClientError::new(
-                        Code::StorageUnavailable,
-                        "the message was not stored (storage unavailable); retry with the same clientMsgId",
-                    );
-                    for o in &p.origins {
-                        self.reply(o, Err(err.clone()));
+                Effect::Reply { origin, result } => match result {
+                    Ok(c) => {
+                        let m = &c.appended.message;
+                        self.reply(&origin, Ok(events::sent_ack_json(m.id, m.timestamp)));
                     }
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "message not stored");
+                        let err = ClientError::new(
+                            Code::StorageUnavailable,
+                            "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                        );
+                        self.reply(&origin, Err(err));
+                    }
+                },
+                Effect::Enroll { to, users, barrier } => self.send(
+                    to,
+                    ShardMsg::Enroll {
+                        group: group.clone(),
+                        users,
+                        barrier,
+                    },
+                ),
+                Effect::Evict { to, users, barrier } => self.send(
+                    to,
+                    ShardMsg::Evict {
+                        group: group.clone(),
+                        users,
+                        barrier,
+                    },
+                ),
+                Effect::Released(done) => {
+                    let _ = done.send(());
                 }
             }
+        }
+    }
+
+    /// Hands `frame` to each of the shards `to`, for their connections in `group`'s room.
+    fn deliver_to_shards(
+        &self,
+        to: &[ShardId],
+        group: &GroupId,
+        frame: &Bytes,
+        stored_at: Instant,
+        ingress: Option<Instant>,
+    ) {
+        for &shard in to {
+            self.send(
+                shard,
+                ShardMsg::Deliver {
+                    group: group.clone(),
+                    frame: frame.clone(),
+                    except_user: None,
+                    stored_at,
+                    ingress,
+                },
+            );
         }
     }
 
@@ -1458,27 +1424,13 @@ impl Shard {
                         "messageRead",
                         &[&events::message_read_json(message, user, &group)],
                     );
-                    let subscribers = self
+                    let to = self
                         .rooms
                         .borrow()
                         .get(&group)
-                        .map(|r| r.subscribers.clone())
+                        .map(|r| r.fanout())
                         .unwrap_or_default();
-                    let stored_at = Instant::now();
-                    for (s, &count) in subscribers.iter().enumerate() {
-                        if count > 0 {
-                            self.send(
-                                ShardId(s as u16),
-                                ShardMsg::Deliver {
-                                    group: group.clone(),
-                                    frame: frame.clone(),
-                                    except_user: None,
-                                    stored_at,
-                                    ingress: None,
-                                },
-                            );
-                        }
-                    }
+                    self.deliver_to_shards(&to, &group, &frame, Instant::now(), None);
                 }
                 self.reply(&origin, Ok(events::ok_ack_json("")));
             }
@@ -2002,7 +1954,7 @@ impl Shard {
         }
     }
 
-    fn enroll(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+    fn enroll(&self, group: GroupId, users: &[UserId], barrier: u64) {
         for &user in users {
             for c in self.user_conns(user) {
                 if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
@@ -2011,17 +1963,17 @@ impl Shard {
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { done });
+        self.send(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
-    fn evict(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+    fn evict(&self, group: GroupId, users: &[UserId], barrier: u64) {
         for &user in users {
             for c in self.user_conns(user) {
                 self.leave(&c, &group);
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { done });
+        self.send(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
     /// A connection is gone: leave its rooms and give back its presence.
