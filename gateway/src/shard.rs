@@ -123,105 +123,141 @@ pub enum SubReason {
     Enroll,
 }
 
-/// Every message between shards. `Send + 'static`; payloads are encoded once into `Bytes`.
+/// Every message between shards (and from the store's threads, the admin listener and the
+/// ticker into a shard). `Send + 'static`; payloads are encoded once into `Bytes`.
+///
+/// Grouped by where they go: a group's owner shard (its [`Room`]), a connection's shard, a
+/// user's presence owner, every shard. Between two shards messages arrive in the order they
+/// were sent (see [`Shard::flush`]); the membership barrier relies on it.
 pub enum ShardMsg {
-    // To a group's owner shard.
+    // ---- to a group's owner shard ----
+    /// A connection asks to join the group's room; answered with [`ShardMsg::SubscribeResult`].
     Subscribe {
         group: GroupId,
+        /// The connection's user: only members may subscribe.
         user: UserId,
+        /// The connection, its shard (whose count goes up) and its ack.
         origin: Origin,
         reason: SubReason,
     },
-    Unsubscribe {
-        group: GroupId,
-        shard: ShardId,
-    },
-    /// A client's message. Goes first to the sender's presence owner, which holds the user's
-    /// rate limit across all their connections (`admitted: false`), then to the group's owner
-    /// (`admitted: true`). With the limit off it goes straight to the group's owner.
+    /// A connection on `shard` left the room (it left, was evicted, or closed): one count back.
+    Unsubscribe { group: GroupId, shard: ShardId },
+    /// A client's `sendMessage`. Goes first to the sender's presence owner, which holds the
+    /// user's rate limit across all their connections (`admitted: false`), then to the group's
+    /// owner (`admitted: true`). With the limit off it goes straight to the group's owner.
     SendMessage {
         group: GroupId,
+        /// The sender.
         user: UserId,
         text: String,
         attachments: Vec<Attachment>,
+        /// The client's idempotency key: a resend with the same one is merged or deduplicated.
         client_msg_id: Option<String>,
+        /// Where the ack (or `error` event) goes.
         origin: Origin,
+        /// Whether the sender's rate limit has passed it.
         admitted: bool,
+        /// When it passed each hop so far.
         trace: Trace,
     },
+    /// A client's `markAsRead`.
     MarkRead {
         group: GroupId,
         message: MessageId,
+        /// The reader.
         user: UserId,
         origin: Origin,
     },
+    /// From the admin API, after the store holds the change: the room updates its members and
+    /// has every shard apply it; `done` gets one `()` once all have.
     MembersChanged {
         group: GroupId,
         change: MembershipChange,
         done: std::sync::mpsc::Sender<()>,
     },
-    /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes).
+    /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes, so
+    /// they are counted first).
     MembershipApplied {
         group: GroupId,
+        /// The change's barrier, as the Enroll/Evict carried it.
         barrier: u64,
     },
+    /// The store's answer to the room's member list (from the store's thread).
     RoomLoaded {
         group: GroupId,
+        /// `Ok(None)`: no such group.
         result: Result<Option<Group>, StoreError>,
     },
+    /// The store's answer to a message's append (from the store's thread).
     Stored {
         group: GroupId,
+        /// The id the room gave the message.
         id: MessageId,
+        /// Its hops, `committed` stamped by the store's thread.
         trace: Trace,
         result: Result<Appended, StoreError>,
     },
+    /// The store's answer to a read receipt (from the store's thread).
     ReadStored {
         group: GroupId,
         message: MessageId,
+        /// The reader.
         user: UserId,
+        /// Where the ack goes.
         origin: Origin,
+        /// `Ok(true)` when the reader was added (then `messageRead` is broadcast).
         result: Result<bool, StoreError>,
     },
-    // To the shard of a connection.
+    // ---- to the shard of a connection ----
     /// The answer to the shard's load in flight (see [`Loads`]): each user's groups, in the
     /// order of the users in the batch.
     UsersGroups {
         result: Result<Vec<Vec<GroupId>>, StoreError>,
     },
+    /// The room owner's answer to a [`ShardMsg::Subscribe`].
     SubscribeResult {
         conn: ConnId,
         group: GroupId,
+        /// As the Subscribe said; a connect-time answer counts towards the CONNECT barrier.
         reason: SubReason,
+        /// The `joinGroup` ack to answer, if any.
         ack: Option<u64>,
         result: Result<(), ClientError>,
     },
-    ToConn {
-        conn: ConnId,
-        frame: Bytes,
-    },
-    /// Frames for a room's connections on this shard. `stored_at`: when the owner broadcast
-    /// it; `ingress`: when the sender's shard parsed it (a client's message only).
+    /// One frame for one connection (an ack or an `error` event).
+    ToConn { conn: ConnId, frame: Bytes },
+    /// A frame for the room's connections on this shard.
     Deliver {
         group: GroupId,
+        /// The framed event (`newMessage`, `messageRead`), shared by every recipient.
         frame: Bytes,
+        /// A user whose connections skip it.
         except_user: Option<UserId>,
+        /// When the owner broadcast it.
         stored_at: Instant,
+        /// When the sender's shard parsed it (a client's message only).
         ingress: Option<Instant>,
     },
-    /// `users` were added to the group: their connections on this shard join its room. One
-    /// message per shard for the whole change, however many users it adds.
+    /// `users` were added to the group: their connections on this shard join its room, then
+    /// this shard answers [`ShardMsg::MembershipApplied`]. One message per shard for the whole
+    /// change, however many users it adds.
     Enroll {
         group: GroupId,
         users: Arc<[UserId]>,
+        /// The change's barrier at the room (see [`corecast_shard_router::room::Effect`]).
         barrier: u64,
     },
-    /// `users` were removed from the group: their connections here leave its room.
+    /// `users` were removed from the group: their connections here leave its room, then this
+    /// shard answers [`ShardMsg::MembershipApplied`].
     Evict {
         group: GroupId,
         users: Arc<[UserId]>,
+        /// The change's barrier at the room.
         barrier: u64,
     },
-    // To a user's presence owner.
+    // ---- to a user's presence owner ----
+    /// The user's connection is connected; `groups` are its rooms (whose co-members hear of
+    /// it if it is the user's first connection).
     PresenceUp {
         user: UserId,
         groups: Arc<[GroupId]>,
@@ -232,7 +268,7 @@ pub enum ShardMsg {
         user: UserId,
         groups: Arc<[GroupId]>,
     },
-    // To every shard.
+    // ---- to every shard ----
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -244,7 +280,7 @@ pub enum ShardMsg {
     },
     /// Several messages from one shard, handed over at once (one queue slot, at most one
     /// wake-up); handled in order.
-    Batch(Vec<ShardMsg>),
+    Batch { msgs: Vec<ShardMsg> },
     /// An HTTP connection whose request names a session of this shard (see polling.rs): its
     /// socket and the bytes already read from it.
     AdoptHttp {
@@ -254,9 +290,8 @@ pub enum ShardMsg {
     /// Time for [`Shard::tick`], from the process's ticker thread (see server.rs).
     Tick,
     /// Stop accepting and close every connection, spread over `window` (a graceful drain).
-    Drain {
-        window: Duration,
-    },
+    Drain { window: Duration },
+    /// Stop now: a drain with no window.
     Shutdown,
 }
 
@@ -620,7 +655,9 @@ impl Shard {
             let msg = match out.len() {
                 0 => continue,
                 1 => out.pop().expect("invariant: one"),
-                _ => ShardMsg::Batch(std::mem::take(out)),
+                _ => ShardMsg::Batch {
+                    msgs: std::mem::take(out),
+                },
             };
             let q = &mut overflow[to];
             if q.is_empty() {
@@ -877,7 +914,7 @@ impl Shard {
                 online,
                 announce,
             } => self.presence_changed(user, online, announce),
-            ShardMsg::Batch(msgs) => {
+            ShardMsg::Batch { msgs } => {
                 for m in msgs {
                     self.handle(m);
                 }
