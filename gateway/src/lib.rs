@@ -7,6 +7,7 @@ pub mod conn;
 pub mod demo;
 pub mod engine;
 pub mod events;
+pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod polling;

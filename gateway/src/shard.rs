@@ -1,15 +1,22 @@
 //! A shard: one glommio executor pinned to one core, owning
 //! - the connections it accepted ([`Conn`]), per group which of them are in the room
-//!   (`local_rooms`: deliveries to a shard are written to these), per user which of them are
-//!   theirs (`by_user`: membership changes look users up there), and each one's event budget
-//!   (`event_limiter`: every client event is charged to it before it is parsed);
+//!   (`fanout`, see [`crate::fanout`]: deliveries to a shard are written to these, paced for
+//!   large rooms), per user which of them are theirs (`by_user`: membership changes look users
+//!   up there), and each one's event budget (`event_limiter`: every client event is charged to
+//!   it before it is parsed);
 //! - the rooms of the groups it owns ([`Room`], see [`corecast_shard_router::owner_of_group`]):
-//!   members, how many connections each shard has in the room, and the order of the group's
-//!   messages. Only groups that exist get a room (`unknown_groups` remembers those that do
-//!   not), and idle rooms are forgotten on the tick, so what clients name cannot make rooms
-//!   pile up;
+//!   a sans-IO state machine ([`corecast_shard_router::room`]) that decides who may use the
+//!   room, where its frames go and in what order; this file only carries out its
+//!   [`Effect`]s (sends between shards, store requests, replies, deliveries). Only groups that
+//!   exist get a room (`unknown_groups` remembers those that do not), and idle rooms are
+//!   forgotten on the tick, so what clients name cannot make rooms pile up;
 //! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
 //!   connected anywhere.
+//!
+//! Three kinds of "send" meet here, named apart: [`Shard::send_to_shard`] (a [`ShardMsg`] to
+//! another shard's inbox), writing to a socket (`Conn::push`, see [`crate::fanout`] and
+//! send.rs), and a client's `sendMessage` ([`Shard::send_message`], then
+//! `room_send_message` on the group's owner).
 //!
 //! Shards talk only through [`ShardMsg`]s in each other's bounded inboxes. All state here is
 //! thread-local (`Rc`, `RefCell`, `Cell`); no `RefCell` borrow is ever held across an `.await`,
@@ -19,6 +26,7 @@
 use crate::config::Config;
 use crate::conn::{Conn, ConnId, ConnState, SubState};
 use crate::events::{self, ClientError, Code};
+use crate::fanout::Fanout;
 use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
@@ -33,7 +41,7 @@ use corecast_storage::{
 };
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -311,7 +319,7 @@ impl Carrier for OwnerShard {
 }
 
 /// A group's room on its owner shard.
-type Room = corecast_shard_router::Room<OwnerShard>;
+pub type Room = corecast_shard_router::Room<OwnerShard>;
 
 /// A message the store accepted, and its way there (for the hop metrics).
 pub struct Committed {
@@ -343,8 +351,6 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
-    /// This shard's connections in each room.
-    local_rooms: RefCell<HashMap<GroupId, Vec<Rc<Conn>>>>,
     rooms: RefCell<HashMap<GroupId, Room>>,
     /// This shard's connections of each logged-in user, so a membership change finds a user's
     /// connections without a scan of every connection (a 100,000-member PUT with 15,000
@@ -390,8 +396,8 @@ pub struct Shard {
     /// A shard-wide read buffer: connections read into it and keep only partial frames, so an
     /// idle connection holds no read buffer of its own.
     pub scratch: RefCell<Vec<u8>>,
-    /// Room pacing (see [`Shard::deliver`]).
-    pub pacing: RefCell<Pacing>,
+    /// This shard's connections in each room, written to on a delivery, and room pacing.
+    pub fanout: Fanout,
     /// Connections with frames for the sender's next batch (send.rs).
     pub due: RefCell<crate::send::Due>,
     /// Connections that have not logged in yet (see admission.rs).
@@ -425,17 +431,6 @@ pub struct HttpWaiting {
     pub waker: RefCell<Option<Waker>>,
 }
 
-/// Frames of large rooms that wait for the end of the current pacing window.
-#[derive(Default)]
-pub struct Pacing {
-    /// End of the open window; `None` when no window is open.
-    pub until: Option<Instant>,
-    /// Connections with frames queued for the window's end.
-    pub conns: Vec<Rc<Conn>>,
-    /// The pacer task, waiting for a window to open.
-    pub waker: Option<Waker>,
-}
-
 impl Shard {
     pub fn new(id: ShardId, shared: Arc<Shared>) -> Rc<Shard> {
         let n = shared.nr_shards();
@@ -452,7 +447,6 @@ impl Shard {
             me: me.clone(),
             stats,
             conns: RefCell::new(HashMap::new()),
-            local_rooms: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
             by_user: RefCell::new(HashMap::new()),
             presence: RefCell::new(Presence::new(debounce)),
@@ -474,7 +468,7 @@ impl Shard {
             epoch: Instant::now(),
             stop_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-            pacing: RefCell::new(Pacing::default()),
+            fanout: Fanout::default(),
             due: RefCell::new(crate::send::Due::default()),
             admission: RefCell::new(crate::admission::Admission::new(
                 shared.config.server.max_pending_connections.div_ceil(n),
@@ -611,7 +605,7 @@ impl Shard {
     /// Sends `msg` to shard `to` (this shard included: it goes through the inbox too, which
     /// keeps handling out of the caller's borrows). Never blocks, never drops. The message
     /// leaves when the running task yields, batched with the others for the same shard.
-    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+    pub fn send_to_shard(&self, to: ShardId, msg: ShardMsg) {
         self.outgoing.borrow_mut()[to.index()].push(msg);
         self.schedule_flush();
     }
@@ -630,9 +624,10 @@ impl Shard {
         }
     }
 
-    fn broadcast(&self, mut make: impl FnMut() -> ShardMsg) {
+    /// Sends what `make` makes to every shard, this one included.
+    fn send_to_every_shard(&self, mut make: impl FnMut() -> ShardMsg) {
         for s in 0..self.shared.nr_shards() {
-            self.send(ShardId(s as u16), make());
+            self.send_to_shard(ShardId(s as u16), make());
         }
     }
 
@@ -713,7 +708,7 @@ impl Shard {
         if origin.shard == self.id {
             self.to_conn(origin.conn, frame);
         } else {
-            self.send(
+            self.send_to_shard(
                 origin.shard,
                 ShardMsg::ToConn {
                     conn: origin.conn,
@@ -886,17 +881,7 @@ impl Shard {
                 except_user,
                 stored_at,
                 ingress,
-            } => {
-                self.deliver(&group, &frame, except_user);
-                let now = Instant::now();
-                self.due.borrow_mut().queued_at(now);
-                let fanout = now.saturating_duration_since(stored_at);
-                self.stats.delivery_latency.observe(fanout);
-                if let Some(ingress) = ingress {
-                    self.stats.hop(Hop::Fanout, fanout);
-                    self.stats.hop(Hop::Total, now - ingress);
-                }
-            }
+            } => self.delivered(&group, &frame, except_user, stored_at, ingress),
             ShardMsg::Enroll {
                 group,
                 users,
@@ -1063,7 +1048,7 @@ impl Shard {
         reason: SubReason,
         result: Result<(), ClientError>,
     ) {
-        self.send(
+        self.send_to_shard(
             origin.shard,
             ShardMsg::SubscribeResult {
                 conn: origin.conn,
@@ -1235,7 +1220,7 @@ impl Shard {
                 self.stats
                     .hop(Hop::Owner, Instant::now().saturating_duration_since(from));
                 let message = (text, attachments, client_msg_id);
-                self.room_send(group, user, message, origin, trace)
+                self.room_send_message(group, user, message, origin, trace)
             }
             ShardMsg::MarkRead {
                 group,
@@ -1284,7 +1269,7 @@ impl Shard {
         }
     }
 
-    fn room_send(
+    fn room_send_message(
         &self,
         group: GroupId,
         user: UserId,
@@ -1399,7 +1384,7 @@ impl Shard {
                         self.reply(&origin, Err(err));
                     }
                 },
-                Effect::Enroll { to, users, barrier } => self.send(
+                Effect::Enroll { to, users, barrier } => self.send_to_shard(
                     to,
                     ShardMsg::Enroll {
                         group: group.clone(),
@@ -1407,7 +1392,7 @@ impl Shard {
                         barrier,
                     },
                 ),
-                Effect::Evict { to, users, barrier } => self.send(
+                Effect::Evict { to, users, barrier } => self.send_to_shard(
                     to,
                     ShardMsg::Evict {
                         group: group.clone(),
@@ -1419,29 +1404,6 @@ impl Shard {
                     let _ = done.send(());
                 }
             }
-        }
-    }
-
-    /// Hands `frame` to each of the shards `to`, for their connections in `group`'s room.
-    fn deliver_to_shards(
-        &self,
-        to: &[ShardId],
-        group: &GroupId,
-        frame: &Bytes,
-        stored_at: Instant,
-        ingress: Option<Instant>,
-    ) {
-        for &shard in to {
-            self.send(
-                shard,
-                ShardMsg::Deliver {
-                    group: group.clone(),
-                    frame: frame.clone(),
-                    except_user: None,
-                    stored_at,
-                    ingress,
-                },
-            );
         }
     }
 
@@ -1586,11 +1548,7 @@ impl Shard {
             // Take the connection into the local room at once, so that the admin call that
             // added the member returns only once deliveries reach it.
             conn.set_sub_state(&group, Some(SubState::Active));
-            self.local_rooms
-                .borrow_mut()
-                .entry(group.clone())
-                .or_default()
-                .push(conn.clone());
+            self.fanout.add(&group, conn);
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         let origin = Origin {
@@ -1598,7 +1556,7 @@ impl Shard {
             conn: conn.id,
             ack,
         };
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::Subscribe {
                 group,
@@ -1622,7 +1580,7 @@ impl Shard {
         let Some(conn) = self.conn(id) else {
             if result.is_ok() {
                 // The connection closed meanwhile: give the count back.
-                self.send(
+                self.send_to_shard(
                     owner,
                     ShardMsg::Unsubscribe {
                         group,
@@ -1636,14 +1594,10 @@ impl Shard {
             Ok(()) => {
                 if conn.sub_state(&group) == Some(SubState::Pending) {
                     conn.set_sub_state(&group, Some(SubState::Active));
-                    self.local_rooms
-                        .borrow_mut()
-                        .entry(group.clone())
-                        .or_default()
-                        .push(conn.clone());
+                    self.fanout.add(&group, &conn);
                 } else if conn.sub_state(&group).is_none() {
                     // Left (or evicted) while joining.
-                    self.send(
+                    self.send_to_shard(
                         owner,
                         ShardMsg::Unsubscribe {
                             group: group.clone(),
@@ -1663,7 +1617,7 @@ impl Shard {
             Err(e) => {
                 if conn.sub_state(&group).is_some() {
                     conn.set_sub_state(&group, None);
-                    self.remove_local(&group, id);
+                    self.fanout.remove(&group, id);
                 }
                 if reason == SubReason::Join {
                     let origin = Origin {
@@ -1692,20 +1646,10 @@ impl Shard {
                 .user()
                 .expect("invariant: connected connections have a user");
             let groups: Arc<[GroupId]> = conn.groups().into();
-            self.send(
+            self.send_to_shard(
                 owner_of_user(user, self.shared.nr_shards()),
                 ShardMsg::PresenceUp { user, groups },
             );
-        }
-    }
-
-    fn remove_local(&self, group: &GroupId, id: ConnId) {
-        let mut rooms = self.local_rooms.borrow_mut();
-        if let Some(list) = rooms.get_mut(group) {
-            list.retain(|c| c.id != id);
-            if list.is_empty() {
-                rooms.remove(group);
-            }
         }
     }
 
@@ -1727,9 +1671,9 @@ impl Shard {
         match conn.sub_state(group) {
             Some(SubState::Active) => {
                 conn.set_sub_state(group, None);
-                self.remove_local(group, conn.id);
+                self.fanout.remove(group, conn.id);
                 let owner = owner_of_group(group, self.shared.nr_shards());
-                self.send(
+                self.send_to_shard(
                     owner,
                     ShardMsg::Unsubscribe {
                         group: group.clone(),
@@ -1768,7 +1712,7 @@ impl Shard {
         } else {
             (owner_of_group(&group, self.shared.nr_shards()), true)
         };
-        self.send(
+        self.send_to_shard(
             to,
             ShardMsg::SendMessage {
                 group,
@@ -1817,7 +1761,7 @@ impl Shard {
             return self.reply(&origin, Err(e));
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::SendMessage {
                 group,
@@ -1842,7 +1786,7 @@ impl Shard {
             ack,
         };
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::MarkRead {
                 group,
@@ -1851,90 +1795,6 @@ impl Shard {
                 origin,
             },
         );
-    }
-
-    /// Writes `frame` to this shard's connections in the room.
-    ///
-    /// Large rooms (`server.paced_room_members` members or more on this shard) are paced, like
-    /// Nagle's algorithm for a room: a frame that finds no pacing window open is written at
-    /// once and opens one (`server.pacing_window_ms`); frames that arrive
-    /// while it is open are queued, and each connection writes all of them in one send when
-    /// it ends. At low rates nothing waits; at high rates each send carries several frames,
-    /// which is what a 5,000-member room needs (one send costs several microseconds of kernel
-    /// time; docs/benchmarks.md). `userOnline` frames to such rooms are paced the same way
-    /// ([`Shard::presence_changed`]).
-    fn deliver(&self, group: &GroupId, frame: &Bytes, except_user: Option<UserId>) {
-        let rooms = self.local_rooms.borrow();
-        let Some(list) = rooms.get(group) else {
-            return;
-        };
-        let mut pacing = self.pacing_for(list.len());
-        let mut n = 0;
-        for c in list {
-            if except_user.is_some() && c.user() == except_user {
-                continue;
-            }
-            self.write_or_queue(c, frame, pacing.as_deref_mut());
-            n += 1;
-        }
-        self.stats.deliveries.fetch_add(n, Relaxed);
-    }
-
-    /// Whether a frame for a room with `members` connections on this shard waits for the
-    /// pacing window: `Some` (the window, to queue into) when the room is paced and a window is
-    /// open; `None` when the frame goes out now, as in a small room or when it is the frame
-    /// that opens a window. Borrows the pacing state only for a paced room.
-    fn pacing_for(&self, members: usize) -> Option<RefMut<'_, Pacing>> {
-        let threshold = self.config().server.paced_room_members;
-        if threshold == 0 || members < threshold {
-            return None;
-        }
-        let mut p = self.pacing.borrow_mut();
-        if p.until.is_some() {
-            return Some(p);
-        }
-        p.until = Some(Instant::now() + self.pacing_window());
-        if let Some(w) = p.waker.take() {
-            w.wake();
-        }
-        None
-    }
-
-    /// Writes `frame` to `c` with its next send or, inside an open pacing window, queues it
-    /// for the window's end.
-    fn write_or_queue(&self, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
-        match pacing {
-            None => c.push(self, frame.clone()),
-            Some(p) => {
-                if c.queue(self, frame.clone()) && !c.paced.replace(true) {
-                    p.conns.push(c.clone());
-                }
-            }
-        }
-    }
-
-    fn pacing_window(&self) -> Duration {
-        Duration::from_millis(self.config().server.pacing_window_ms)
-    }
-
-    /// Ends the open pacing window: every connection with frames waiting writes them. The
-    /// window stays open for another period when frames were waiting (traffic goes on), and
-    /// closes when none were.
-    pub fn end_pacing_window(&self) {
-        let conns = {
-            let mut p = self.pacing.borrow_mut();
-            let conns = std::mem::take(&mut p.conns);
-            p.until = if conns.is_empty() {
-                None
-            } else {
-                Some(Instant::now() + self.pacing_window())
-            };
-            conns
-        };
-        for c in conns {
-            c.paced.set(false);
-            c.schedule(self);
-        }
     }
 
     /// Lists `conn` among `user`'s connections on this shard.
@@ -2000,7 +1860,7 @@ impl Shard {
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { group, barrier });
+        self.send_to_shard(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
     fn evict(&self, group: GroupId, users: &[UserId], barrier: u64) {
@@ -2010,7 +1870,7 @@ impl Shard {
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { group, barrier });
+        self.send_to_shard(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
     /// A connection is gone: leave its rooms and give back its presence.
@@ -2040,7 +1900,7 @@ impl Shard {
             self.leave(conn, g);
         }
         if let (Some(user), true) = (conn.user(), conn.was_connected()) {
-            self.send(
+            self.send_to_shard(
                 owner_of_user(user, self.shared.nr_shards()),
                 ShardMsg::PresenceDown { user, groups },
             );
@@ -2077,7 +1937,7 @@ impl Shard {
     ) {
         match (change.announce, change.reachable) {
             (Some(a), _) => self.announce(a),
-            (None, Some(online)) => self.broadcast(|| ShardMsg::PresenceChanged {
+            (None, Some(online)) => self.send_to_every_shard(|| ShardMsg::PresenceChanged {
                 user,
                 online,
                 announce: None,
@@ -2113,7 +1973,7 @@ impl Shard {
             "userOnline",
             &[&events::user_online_json(user, online)],
         );
-        self.broadcast(|| ShardMsg::PresenceChanged {
+        self.send_to_every_shard(|| ShardMsg::PresenceChanged {
             user,
             online,
             announce: Some((groups.clone(), frame.clone())),
@@ -2134,24 +1994,7 @@ impl Shard {
         let Some((groups, frame)) = announce else {
             return;
         };
-        let (groups, frame) = (&groups[..], &frame);
-        // Each co-member's connection gets the event once, however many groups they share.
-        let rooms = self.local_rooms.borrow();
-        let mut seen: HashSet<ConnId> = HashSet::new();
-        let mut n = 0;
-        for g in groups {
-            let Some(list) = rooms.get(g) else { continue };
-            // Large rooms pace presence like messages: a member coming online is news for
-            // every other member, so connecting a room of n costs n² frames, and without pacing
-            // as many sends.
-            let mut pacing = self.pacing_for(list.len());
-            for c in list {
-                if c.user() != Some(user) && seen.insert(c.id) {
-                    self.write_or_queue(c, frame, pacing.as_deref_mut());
-                    n += 1;
-                }
-            }
-        }
+        let n = self.fanout.deliver_presence(self, user, &groups, &frame);
         self.stats.deliveries.fetch_add(n, Relaxed);
     }
 
