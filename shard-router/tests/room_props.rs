@@ -1,7 +1,8 @@
 //! Property tests of [`Room`]: whatever the interleaving of messages, store answers (in any
 //! order, some failing), resends, subscribes and closes, every stored message reaches every
 //! place subscribed when it became due, exactly once and in id order, and every sender gets
-//! exactly one answer.
+//! exactly one answer. And whatever the interleaving of membership changes and the places'
+//! answers, each change's caller is released once, only after every place applied it.
 
 use corecast_shard_router::room::{Carrier, Effect, Load, Loaded, Outcome, Send};
 use corecast_shard_router::Room;
@@ -17,7 +18,7 @@ impl Carrier for P {
     type Parked = ();
     type Stored = u64;
     type Error = ();
-    type Done = ();
+    type Done = u32;
 }
 
 const PLACES: u16 = 3;
@@ -213,6 +214,95 @@ proptest! {
                 room.unsubscribe(p);
             }
         }
+        prop_assert!(room.unused());
+    }
+}
+
+/// The places' side of membership changes: each place's answers still to give, in order.
+struct Places {
+    queues: Vec<Vec<u64>>,
+    /// Answers each caller still waits for.
+    left: HashMap<u32, usize>,
+    barrier_of: HashMap<u64, u32>,
+    released: Vec<u32>,
+}
+
+impl Places {
+    /// `place` answers the oldest change it has not answered yet.
+    fn answer(&mut self, room: &mut Room<P>, place: usize) -> Result<(), TestCaseError> {
+        if self.queues[place].is_empty() {
+            return Ok(());
+        }
+        let b = self.queues[place].remove(0);
+        let caller = self.barrier_of[&b];
+        let n = self
+            .left
+            .get_mut(&caller)
+            .expect("answered after its release");
+        *n -= 1;
+        match room.applied(b) {
+            Some(Effect::Released(c)) => {
+                prop_assert_eq!(c, caller);
+                prop_assert_eq!(*n, 0, "released only after its last answer");
+                self.released.push(c);
+            }
+            None => prop_assert!(*n > 0, "the last answer releases it"),
+            _ => panic!("only a release"),
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn each_membership_change_is_released_once_after_every_place_applied_it(
+        changes in prop::collection::vec((any::<bool>(), any::<bool>()), 1..8),
+        picks in prop::collection::vec(any::<usize>(), 0..200),
+    ) {
+        let mut room: Room<P> = Room::new(0..PLACES, 0);
+        room.loaded(Load::Found([UserId(1)]));
+        // Each place's answers queue in the order it got the changes (inboxes are FIFO per
+        // pair of shards); places answer in any order among themselves.
+        let mut queues: Vec<Vec<u64>> = vec![Vec::new(); PLACES as usize];
+        let mut left: HashMap<u32, usize> = HashMap::new();
+        let mut barrier_of: HashMap<u64, u32> = HashMap::new();
+        let mut released: Vec<u32> = Vec::new();
+        for (caller, &(add, remove)) in changes.iter().enumerate() {
+            let caller = caller as u32;
+            let added: Vec<UserId> = if add { vec![UserId(10 + caller as u64)] } else { vec![] };
+            let removed: Vec<UserId> = if remove { vec![UserId(1)] } else { vec![] };
+            let mut n = 0;
+            for e in room.members_changed(&added, &removed, caller) {
+                match e {
+                    Effect::Enroll { to, barrier, .. } | Effect::Evict { to, barrier, .. } => {
+                        queues[to as usize].push(barrier);
+                        barrier_of.insert(barrier, caller);
+                        n += 1;
+                    }
+                    Effect::Released(c) => released.push(c),
+                    _ => panic!("only membership effects"),
+                }
+            }
+            prop_assert_eq!(n == 0, !add && !remove, "a change with nothing in it is released at once");
+            if n > 0 {
+                left.insert(caller, n);
+            }
+        }
+        let mut places = Places { queues, left, barrier_of, released };
+        for p in picks {
+            places.answer(&mut room, p % PLACES as usize)?;
+            prop_assert_eq!(room.unused(), places.queues.iter().all(|q| q.is_empty()));
+        }
+        for place in 0..PLACES as usize {
+            while !places.queues[place].is_empty() {
+                places.answer(&mut room, place)?;
+            }
+        }
+        let mut released = places.released;
+        released.sort();
+        prop_assert_eq!(released, (0..changes.len() as u32).collect::<Vec<_>>(), "each once");
         prop_assert!(room.unused());
     }
 }
