@@ -52,7 +52,7 @@ fn receiver(mut inbox: Inbox<ShardMsg>, handled: Arc<AtomicU64>) {
         let mut n = 0;
         for msg in out.drain(..) {
             let msgs = match msg {
-                ShardMsg::Batch(msgs) => msgs,
+                ShardMsg::Batch { msgs } => msgs,
                 ShardMsg::Shutdown => return,
                 other => vec![other],
             };
@@ -112,7 +112,7 @@ impl Pair {
         let mut msg = if n == 1 {
             msgs.into_iter().next().expect("one")
         } else {
-            ShardMsg::Batch(msgs)
+            ShardMsg::Batch { msgs }
         };
         while let Err(m) = self.to.try_send(msg) {
             msg = m;

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

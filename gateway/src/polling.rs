@@ -440,7 +440,7 @@ fn hand_over(shard: &Shard, stream: TcpStream, buf: BytesMut, to: ShardId) {
     }
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    shard.send(
+    shard.send_to_shard(
         to,
         ShardMsg::AdoptHttp {
             fd,

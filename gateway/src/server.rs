@@ -287,12 +287,12 @@ impl Ticker {
     }
 }
 
-/// Ends each room-pacing window when it is due (see `Shard::deliver`); waits without a timer
+/// Ends each room-pacing window when it is due (see `Fanout::deliver`); waits without a timer
 /// while no window is open.
 async fn pacer(shard: Rc<Shard>) {
     loop {
         let until = poll_fn(|cx| {
-            let mut p = shard.pacing.borrow_mut();
+            let mut p = shard.fanout.pacing.borrow_mut();
             match p.until {
                 Some(t) => Poll::Ready(t),
                 None => {
@@ -306,7 +306,7 @@ async fn pacer(shard: Rc<Shard>) {
         if until > now {
             glommio::timer::sleep(until - now).await;
         }
-        shard.end_pacing_window();
+        shard.fanout.end_pacing_window(&shard);
     }
 }
 

@@ -1,15 +1,22 @@
 //! A shard: one glommio executor pinned to one core, owning
 //! - the connections it accepted ([`Conn`]), per group which of them are in the room
-//!   (`local_rooms`: deliveries to a shard are written to these), per user which of them are
-//!   theirs (`by_user`: membership changes look users up there), and each one's event budget
-//!   (`event_limiter`: every client event is charged to it before it is parsed);
+//!   (`fanout`, see [`crate::fanout`]: deliveries to a shard are written to these, paced for
+//!   large rooms), per user which of them are theirs (`by_user`: membership changes look users
+//!   up there), and each one's event budget (`event_limiter`: every client event is charged to
+//!   it before it is parsed);
 //! - the rooms of the groups it owns ([`Room`], see [`corecast_shard_router::owner_of_group`]):
-//!   members, how many connections each shard has in the room, and the order of the group's
-//!   messages. Only groups that exist get a room (`unknown_groups` remembers those that do
-//!   not), and idle rooms are forgotten on the tick, so what clients name cannot make rooms
-//!   pile up;
+//!   a sans-IO state machine ([`corecast_shard_router::room`]) that decides who may use the
+//!   room, where its frames go and in what order; this file only carries out its
+//!   [`Effect`]s (sends between shards, store requests, replies, deliveries). Only groups that
+//!   exist get a room (`unknown_groups` remembers those that do not), and idle rooms are
+//!   forgotten on the tick, so what clients name cannot make rooms pile up;
 //! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
 //!   connected anywhere.
+//!
+//! Three kinds of "send" meet here, named apart: [`Shard::send_to_shard`] (a [`ShardMsg`] to
+//! another shard's inbox), writing to a socket (`Conn::push`, see [`crate::fanout`] and
+//! send.rs), and a client's `sendMessage` ([`Shard::send_message`], then
+//! `room_send_message` on the group's owner).
 //!
 //! Shards talk only through [`ShardMsg`]s in each other's bounded inboxes. All state here is
 //! thread-local (`Rc`, `RefCell`, `Cell`); no `RefCell` borrow is ever held across an `.await`,
@@ -19,9 +26,11 @@
 use crate::config::Config;
 use crate::conn::{Conn, ConnId, ConnState, SubState};
 use crate::events::{self, ClientError, Code};
+use crate::fanout::Fanout;
 use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
+use corecast_shard_router::room::{Carrier, Effect, Load, Loaded, Outcome, Send as RoomSend};
 use corecast_shard_router::{
     owner_of_group, owner_of_user, Inbox, InboxHandle, Loads, Presence, Rate, RateLimiter, Recent,
     ShardId,
@@ -33,7 +42,7 @@ use corecast_storage::{
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
 use corecast_wire::Close;
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -84,12 +93,6 @@ pub struct Origin {
     pub ack: Option<u64>,
 }
 
-/// How many `MembershipApplied` answers the admin caller of a [`ShardMsg::MembersChanged`]
-/// waits for: one from each shard for the added users, one for the removed.
-pub fn membership_answers(change: &MembershipChange, nr_shards: usize) -> usize {
-    nr_shards * (usize::from(!change.added.is_empty()) + usize::from(!change.removed.is_empty()))
-}
-
 /// When a client's message passed each hop on its way (see [`Hop`]): instants of the process's
 /// monotonic clock, comparable across shards and threads. Filled in as the message goes.
 #[derive(Debug, Clone, Copy)]
@@ -129,104 +132,141 @@ pub enum SubReason {
     Enroll,
 }
 
-/// Every message between shards. `Send + 'static`; payloads are encoded once into `Bytes`.
+/// Every message between shards (and from the store's threads, the admin listener and the
+/// ticker into a shard). `Send + 'static`; payloads are encoded once into `Bytes`.
+///
+/// Grouped by where they go: a group's owner shard (its [`Room`]), a connection's shard, a
+/// user's presence owner, every shard. Between two shards messages arrive in the order they
+/// were sent (see [`Shard::flush`]); the membership barrier relies on it.
 pub enum ShardMsg {
-    // To a group's owner shard.
+    // ---- to a group's owner shard ----
+    /// A connection asks to join the group's room; answered with [`ShardMsg::SubscribeResult`].
     Subscribe {
         group: GroupId,
+        /// The connection's user: only members may subscribe.
         user: UserId,
+        /// The connection, its shard (whose count goes up) and its ack.
         origin: Origin,
         reason: SubReason,
     },
-    Unsubscribe {
-        group: GroupId,
-        shard: ShardId,
-    },
-    /// A client's message. Goes first to the sender's presence owner, which holds the user's
-    /// rate limit across all their connections (`admitted: false`), then to the group's owner
-    /// (`admitted: true`). With the limit off it goes straight to the group's owner.
+    /// A connection on `shard` left the room (it left, was evicted, or closed): one count back.
+    Unsubscribe { group: GroupId, shard: ShardId },
+    /// A client's `sendMessage`. Goes first to the sender's presence owner, which holds the
+    /// user's rate limit across all their connections (`admitted: false`), then to the group's
+    /// owner (`admitted: true`). With the limit off it goes straight to the group's owner.
     SendMessage {
         group: GroupId,
+        /// The sender.
         user: UserId,
         text: String,
         attachments: Vec<Attachment>,
+        /// The client's idempotency key: a resend with the same one is merged or deduplicated.
         client_msg_id: Option<String>,
+        /// Where the ack (or `error` event) goes.
         origin: Origin,
+        /// Whether the sender's rate limit has passed it.
         admitted: bool,
+        /// When it passed each hop so far.
         trace: Trace,
     },
+    /// A client's `markAsRead`.
     MarkRead {
         group: GroupId,
         message: MessageId,
+        /// The reader.
         user: UserId,
         origin: Origin,
     },
+    /// From the admin API, after the store holds the change: the room updates its members and
+    /// has every shard apply it; `done` gets one `()` once all have.
     MembersChanged {
         group: GroupId,
         change: MembershipChange,
         done: std::sync::mpsc::Sender<()>,
     },
-    /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes).
+    /// A shard finished applying an Enroll/Evict (sent after its Subscribes/Unsubscribes, so
+    /// they are counted first).
     MembershipApplied {
-        done: std::sync::mpsc::Sender<()>,
+        group: GroupId,
+        /// The change's barrier, as the Enroll/Evict carried it.
+        barrier: u64,
     },
+    /// The store's answer to the room's member list (from the store's thread).
     RoomLoaded {
         group: GroupId,
+        /// `Ok(None)`: no such group.
         result: Result<Option<Group>, StoreError>,
     },
+    /// The store's answer to a message's append (from the store's thread).
     Stored {
         group: GroupId,
+        /// The id the room gave the message.
         id: MessageId,
+        /// Its hops, `committed` stamped by the store's thread.
         trace: Trace,
         result: Result<Appended, StoreError>,
     },
+    /// The store's answer to a read receipt (from the store's thread).
     ReadStored {
         group: GroupId,
         message: MessageId,
+        /// The reader.
         user: UserId,
+        /// Where the ack goes.
         origin: Origin,
+        /// `Ok(true)` when the reader was added (then `messageRead` is broadcast).
         result: Result<bool, StoreError>,
     },
-    // To the shard of a connection.
+    // ---- to the shard of a connection ----
     /// The answer to the shard's load in flight (see [`Loads`]): each user's groups, in the
     /// order of the users in the batch.
     UsersGroups {
         result: Result<Vec<Vec<GroupId>>, StoreError>,
     },
+    /// The room owner's answer to a [`ShardMsg::Subscribe`].
     SubscribeResult {
         conn: ConnId,
         group: GroupId,
+        /// As the Subscribe said; a connect-time answer counts towards the CONNECT barrier.
         reason: SubReason,
+        /// The `joinGroup` ack to answer, if any.
         ack: Option<u64>,
         result: Result<(), ClientError>,
     },
-    ToConn {
-        conn: ConnId,
-        frame: Bytes,
-    },
-    /// Frames for a room's connections on this shard. `stored_at`: when the owner broadcast
-    /// it; `ingress`: when the sender's shard parsed it (a client's message only).
+    /// One frame for one connection (an ack or an `error` event).
+    ToConn { conn: ConnId, frame: Bytes },
+    /// A frame for the room's connections on this shard.
     Deliver {
         group: GroupId,
+        /// The framed event (`newMessage`, `messageRead`), shared by every recipient.
         frame: Bytes,
+        /// A user whose connections skip it.
         except_user: Option<UserId>,
+        /// When the owner broadcast it.
         stored_at: Instant,
+        /// When the sender's shard parsed it (a client's message only).
         ingress: Option<Instant>,
     },
-    /// `users` were added to the group: their connections on this shard join its room. One
-    /// message per shard for the whole change, however many users it adds.
+    /// `users` were added to the group: their connections on this shard join its room, then
+    /// this shard answers [`ShardMsg::MembershipApplied`]. One message per shard for the whole
+    /// change, however many users it adds.
     Enroll {
         group: GroupId,
         users: Arc<[UserId]>,
-        done: std::sync::mpsc::Sender<()>,
+        /// The change's barrier at the room (see [`corecast_shard_router::room::Effect`]).
+        barrier: u64,
     },
-    /// `users` were removed from the group: their connections here leave its room.
+    /// `users` were removed from the group: their connections here leave its room, then this
+    /// shard answers [`ShardMsg::MembershipApplied`].
     Evict {
         group: GroupId,
         users: Arc<[UserId]>,
-        done: std::sync::mpsc::Sender<()>,
+        /// The change's barrier at the room.
+        barrier: u64,
     },
-    // To a user's presence owner.
+    // ---- to a user's presence owner ----
+    /// The user's connection is connected; `groups` are its rooms (whose co-members hear of
+    /// it if it is the user's first connection).
     PresenceUp {
         user: UserId,
         groups: Arc<[GroupId]>,
@@ -237,7 +277,7 @@ pub enum ShardMsg {
         user: UserId,
         groups: Arc<[GroupId]>,
     },
-    // To every shard.
+    // ---- to every shard ----
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -249,7 +289,7 @@ pub enum ShardMsg {
     },
     /// Several messages from one shard, handed over at once (one queue slot, at most one
     /// wake-up); handled in order.
-    Batch(Vec<ShardMsg>),
+    Batch { msgs: Vec<ShardMsg> },
     /// An HTTP connection whose request names a session of this shard (see polling.rs): its
     /// socket and the bytes already read from it.
     AdoptHttp {
@@ -259,43 +299,33 @@ pub enum ShardMsg {
     /// Time for [`Shard::tick`], from the process's ticker thread (see server.rs).
     Tick,
     /// Stop accepting and close every connection, spread over `window` (a graceful drain).
-    Drain {
-        window: Duration,
-    },
+    Drain { window: Duration },
+    /// Stop now: a drain with no window.
     Shutdown,
 }
 
-/// What a group's owner shard knows of it.
-struct Room {
-    /// `None` while the member list loads from the store; messages for the room wait in
-    /// `waiting` meanwhile, in arrival order.
-    members: Option<HashSet<UserId>>,
-    waiting: Vec<ShardMsg>,
-    /// Connections in the room, per shard; the room fans out to shards with a non-zero count.
-    subscribers: Vec<u32>,
-    /// Messages handed to the store and not yet broadcast, in id order. A message is broadcast
-    /// only when it and every message before it have an answer from the store, so every member
-    /// sees the group's messages in id order whatever order the store answers in.
-    pending: VecDeque<PendingSend>,
-    /// `clientMsgId`s of pending messages, so a resend while the first is in flight waits for it.
-    inflight_keys: HashMap<(UserId, String), MessageId>,
-    /// Last time anything asked for the room; an idle room is forgotten after
-    /// `server.idle_room_secs` (see [`Shard::sweep_rooms`]).
-    last_used: Instant,
-    /// The members were loaded a second time because the first answer predated the group
-    /// (see [`Shard::room_loaded`]); a second "no such group" is then final.
-    reloaded: bool,
+/// How a room's effects are carried out on its owner shard (see
+/// [`corecast_shard_router::room`]): places are this process's shards, answers go to a
+/// connection's [`Origin`], operations waiting for the member list are the [`ShardMsg`]s that
+/// asked for it.
+pub struct OwnerShard;
+
+impl Carrier for OwnerShard {
+    type Place = ShardId;
+    type Origin = Origin;
+    type Parked = ShardMsg;
+    type Stored = Rc<Committed>;
+    type Error = StoreError;
+    type Done = std::sync::mpsc::Sender<()>;
 }
 
-impl Room {
-    /// Nothing depends on the room staying in memory: no subscriber, nothing loading or
-    /// being stored. Forgetting it loses nothing; the store has its members.
-    fn idle(&self) -> bool {
-        self.members.is_some()
-            && self.waiting.is_empty()
-            && self.pending.is_empty()
-            && self.subscribers.iter().all(|&c| c == 0)
-    }
+/// A group's room on its owner shard.
+pub type Room = corecast_shard_router::Room<OwnerShard>;
+
+/// A message the store accepted, and its way there (for the hop metrics).
+pub struct Committed {
+    appended: Appended,
+    trace: Trace,
 }
 
 /// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
@@ -315,14 +345,6 @@ enum UserConns {
     Many(Vec<Rc<Conn>>),
 }
 
-struct PendingSend {
-    id: MessageId,
-    key: Option<(UserId, String)>,
-    origins: Vec<Origin>,
-    result: Option<Result<Appended, StoreError>>,
-    trace: Option<Trace>,
-}
-
 pub struct Shard {
     pub id: ShardId,
     /// This shard itself, for spawning tasks from a message handler.
@@ -330,8 +352,6 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
-    /// This shard's connections in each room.
-    local_rooms: RefCell<HashMap<GroupId, Vec<Rc<Conn>>>>,
     rooms: RefCell<HashMap<GroupId, Room>>,
     /// This shard's connections of each logged-in user, so a membership change finds a user's
     /// connections without a scan of every connection (a 100,000-member PUT with 15,000
@@ -377,8 +397,8 @@ pub struct Shard {
     /// A shard-wide read buffer: connections read into it and keep only partial frames, so an
     /// idle connection holds no read buffer of its own.
     pub scratch: RefCell<Vec<u8>>,
-    /// Room pacing (see [`Shard::deliver`]).
-    pub pacing: RefCell<Pacing>,
+    /// This shard's connections in each room, written to on a delivery, and room pacing.
+    pub fanout: Fanout,
     /// Connections with frames for the sender's next batch (send.rs).
     pub due: RefCell<crate::send::Due>,
     /// Connections that have not logged in yet (see admission.rs).
@@ -412,17 +432,6 @@ pub struct HttpWaiting {
     pub waker: RefCell<Option<Waker>>,
 }
 
-/// Frames of large rooms that wait for the end of the current pacing window.
-#[derive(Default)]
-pub struct Pacing {
-    /// End of the open window; `None` when no window is open.
-    pub until: Option<Instant>,
-    /// Connections with frames queued for the window's end.
-    pub conns: Vec<Rc<Conn>>,
-    /// The pacer task, waiting for a window to open.
-    pub waker: Option<Waker>,
-}
-
 impl Shard {
     pub fn new(id: ShardId, shared: Arc<Shared>) -> Rc<Shard> {
         let n = shared.nr_shards();
@@ -439,7 +448,6 @@ impl Shard {
             me: me.clone(),
             stats,
             conns: RefCell::new(HashMap::new()),
-            local_rooms: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
             by_user: RefCell::new(HashMap::new()),
             presence: RefCell::new(Presence::new(debounce)),
@@ -461,7 +469,7 @@ impl Shard {
             epoch: Instant::now(),
             stop_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-            pacing: RefCell::new(Pacing::default()),
+            fanout: Fanout::default(),
             due: RefCell::new(crate::send::Due::default()),
             admission: RefCell::new(crate::admission::Admission::new(
                 shared.config.server.max_pending_connections.div_ceil(n),
@@ -598,7 +606,7 @@ impl Shard {
     /// Sends `msg` to shard `to` (this shard included: it goes through the inbox too, which
     /// keeps handling out of the caller's borrows). Never blocks, never drops. The message
     /// leaves when the running task yields, batched with the others for the same shard.
-    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+    pub fn send_to_shard(&self, to: ShardId, msg: ShardMsg) {
         self.outgoing.borrow_mut()[to.index()].push(msg);
         self.schedule_flush();
     }
@@ -617,9 +625,10 @@ impl Shard {
         }
     }
 
-    fn broadcast(&self, mut make: impl FnMut() -> ShardMsg) {
+    /// Sends what `make` makes to every shard, this one included.
+    fn send_to_every_shard(&self, mut make: impl FnMut() -> ShardMsg) {
         for s in 0..self.shared.nr_shards() {
-            self.send(ShardId(s as u16), make());
+            self.send_to_shard(ShardId(s as u16), make());
         }
     }
 
@@ -642,7 +651,9 @@ impl Shard {
             let msg = match out.len() {
                 0 => continue,
                 1 => out.pop().expect("invariant: one"),
-                _ => ShardMsg::Batch(std::mem::take(out)),
+                _ => ShardMsg::Batch {
+                    msgs: std::mem::take(out),
+                },
             };
             let q = &mut overflow[to];
             if q.is_empty() {
@@ -698,7 +709,7 @@ impl Shard {
         if origin.shard == self.id {
             self.to_conn(origin.conn, frame);
         } else {
-            self.send(
+            self.send_to_shard(
                 origin.shard,
                 ShardMsg::ToConn {
                     conn: origin.conn,
@@ -818,13 +829,19 @@ impl Shard {
             }
             ShardMsg::Unsubscribe { group, shard } => {
                 if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    let c = &mut room.subscribers[shard.index()];
-                    *c = c.saturating_sub(1);
-                    room.last_used = self.last_tick.get();
+                    room.unsubscribe(shard);
+                    room.touch(self.coarse_ms());
                 }
             }
-            ShardMsg::MembershipApplied { done } => {
-                let _ = done.send(());
+            ShardMsg::MembershipApplied { group, barrier } => {
+                let released = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .and_then(|r| r.applied(barrier));
+                if let Some(e) = released {
+                    self.carry_out(&group, vec![e]);
+                }
             }
             ShardMsg::RoomLoaded { group, result } => self.room_loaded(group, result),
             ShardMsg::Stored {
@@ -865,19 +882,17 @@ impl Shard {
                 except_user,
                 stored_at,
                 ingress,
-            } => {
-                self.deliver(&group, &frame, except_user);
-                let now = Instant::now();
-                self.due.borrow_mut().queued_at(now);
-                let fanout = now.saturating_duration_since(stored_at);
-                self.stats.delivery_latency.observe(fanout);
-                if let Some(ingress) = ingress {
-                    self.stats.hop(Hop::Fanout, fanout);
-                    self.stats.hop(Hop::Total, now - ingress);
-                }
-            }
-            ShardMsg::Enroll { group, users, done } => self.enroll(group, &users, done),
-            ShardMsg::Evict { group, users, done } => self.evict(group, &users, done),
+            } => self.delivered(&group, &frame, except_user, stored_at, ingress),
+            ShardMsg::Enroll {
+                group,
+                users,
+                barrier,
+            } => self.enroll(group, &users, barrier),
+            ShardMsg::Evict {
+                group,
+                users,
+                barrier,
+            } => self.evict(group, &users, barrier),
             ShardMsg::PresenceUp { user, groups } => self.presence_up(user, groups),
             ShardMsg::PresenceDown { user, groups } => self.presence_down(user, groups),
             ShardMsg::PresenceChanged {
@@ -885,7 +900,7 @@ impl Shard {
                 online,
                 announce,
             } => self.presence_changed(user, online, announce),
-            ShardMsg::Batch(msgs) => {
+            ShardMsg::Batch { msgs } => {
                 for m in msgs {
                     self.handle(m);
                 }
@@ -993,22 +1008,17 @@ impl Shard {
         }
         let mut rooms = self.rooms.borrow_mut();
         let n = self.shared.nr_shards();
+        let now = self.coarse_ms();
         let before = rooms.len();
-        let room = rooms.entry(group.clone()).or_insert_with(|| Room {
-            members: None,
-            waiting: Vec::new(),
-            subscribers: vec![0; n],
-            pending: VecDeque::new(),
-            inflight_keys: HashMap::new(),
-            last_used: self.last_tick.get(),
-            reloaded: false,
-        });
-        room.last_used = self.last_tick.get();
-        if room.members.is_some() {
+        let room = rooms
+            .entry(group.clone())
+            .or_insert_with(|| Room::new((0..n).map(|s| ShardId(s as u16)), now));
+        room.touch(now);
+        if room.is_loaded() {
             return Some(msg);
         }
-        let first = room.waiting.is_empty();
-        room.waiting.push(msg);
+        let creates = matches!(msg, ShardMsg::MembersChanged { .. });
+        let first = room.park(msg, creates);
         if rooms.len() != before {
             self.stats.rooms.store(rooms.len() as i64, Relaxed);
         }
@@ -1039,7 +1049,7 @@ impl Shard {
         reason: SubReason,
         result: Result<(), ClientError>,
     ) {
-        self.send(
+        self.send_to_shard(
             origin.shard,
             ShardMsg::SubscribeResult {
                 conn: origin.conn,
@@ -1062,26 +1072,21 @@ impl Shard {
             ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
                 self.reply(&origin, Err(err.clone()))
             }
-            ShardMsg::MembersChanged { done, change, .. } => {
+            ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
-                for _ in 0..membership_answers(&change, self.shared.nr_shards()) {
-                    let _ = done.send(());
-                }
+                let _ = done.send(());
             }
             _ => {}
         }
     }
 
-    /// Forgets `group`'s room if nothing depends on it (see [`Room::idle`]; a room still
-    /// loading counts as idle here once its waiting operations are answered).
+    /// Forgets `group`'s room if nothing depends on it (see
+    /// [`corecast_shard_router::Room::unused`]).
     fn forget_room(&self, group: &GroupId) {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(room) = rooms.get(group) {
-            if room.waiting.is_empty()
-                && room.pending.is_empty()
-                && room.subscribers.iter().all(|&c| c == 0)
-            {
+            if room.unused() {
                 rooms.remove(group);
                 self.stats.rooms.store(rooms.len() as i64, Relaxed);
             }
@@ -1089,37 +1094,27 @@ impl Shard {
     }
 
     fn room_loaded(&self, group: GroupId, result: Result<Option<Group>, StoreError>) {
-        let (waiting, reloaded) = {
+        let loaded = {
             let mut rooms = self.rooms.borrow_mut();
             let Some(room) = rooms.get_mut(&group) else {
                 return;
             };
-            if let Ok(Some(g)) = &result {
-                room.members = Some(g.members.iter().copied().collect());
+            match &result {
+                Ok(Some(g)) => room.loaded(Load::Found(g.members.iter().copied())),
+                Ok(None) => room.loaded(Load::<[UserId; 0]>::Missing),
+                Err(_) => room.loaded(Load::<[UserId; 0]>::Failed),
             }
-            (std::mem::take(&mut room.waiting), room.reloaded)
         };
-        match result {
-            Ok(Some(_)) => {
+        match loaded {
+            Loaded::Ready(waiting) => {
                 for msg in waiting {
                     self.room_op(msg);
                 }
             }
-            Ok(None)
-                if !reloaded
-                    && waiting
-                        .iter()
-                        .any(|m| matches!(m, ShardMsg::MembersChanged { .. })) =>
-            {
-                // The group was created while it loaded (the admin API stores it, then tells
-                // this shard): the answer is already stale. Load it again, once.
-                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    room.waiting = waiting;
-                    room.reloaded = true;
-                }
-                self.load_room(group);
-            }
-            Ok(None) => {
+            // The group was created while it loaded (the admin API stores it, then tells this
+            // shard): the answer is already stale. Load it again, once.
+            Loaded::Reload => self.load_room(group),
+            Loaded::Missing(waiting) => {
                 // No such group: no room for it, and no store read for it for a while.
                 self.forget_room(&group);
                 self.unknown_groups
@@ -1130,8 +1125,10 @@ impl Shard {
                     self.refuse(msg, &err);
                 }
             }
-            Err(e) => {
-                tracing::warn!(%group, error = %e, "cannot load group members");
+            Loaded::Failed(waiting) => {
+                if let Err(e) = &result {
+                    tracing::warn!(%group, error = %e, "cannot load group members");
+                }
                 let err =
                     ClientError::new(Code::StorageUnavailable, "the store is unavailable; retry");
                 for msg in waiting {
@@ -1144,7 +1141,7 @@ impl Shard {
     }
 
     /// Forgets rooms idle for `server.idle_room_secs` (no subscriber, nothing in flight; see
-    /// [`Room::idle`]), looking every quarter of that (between 250 ms and 10 s), so rooms of
+    /// [`corecast_shard_router::Room::expired`]), looking every quarter of that (between 250 ms and 10 s), so rooms of
     /// groups nobody uses any more do not pile up. A forgotten room loads again from the
     /// store when next used.
     fn sweep_rooms(&self, now: Instant) {
@@ -1156,7 +1153,8 @@ impl Shard {
         self.rooms_swept.set(now);
         let mut rooms = self.rooms.borrow_mut();
         let before = rooms.len();
-        rooms.retain(|_, r| !(r.idle() && now.saturating_duration_since(r.last_used) >= idle));
+        let (now_ms, idle_ms) = (self.coarse_ms(), idle.as_millis() as u64);
+        rooms.retain(|_, r| !r.expired(now_ms, idle_ms));
         if rooms.len() != before {
             if rooms.capacity() > 64 && rooms.len() < rooms.capacity() / 4 {
                 rooms.shrink_to_fit();
@@ -1179,8 +1177,7 @@ impl Shard {
         self.rooms
             .borrow()
             .get(group)
-            .and_then(|r| r.members.as_ref())
-            .is_some_and(|m| m.contains(&user))
+            .is_some_and(|r| r.is_member(user))
     }
 
     fn not_member(group: &GroupId) -> ClientError {
@@ -1198,10 +1195,12 @@ impl Shard {
                 origin,
                 reason,
             } => {
-                let result = if self.is_member(&group, user) {
-                    if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                        room.subscribers[origin.shard.index()] += 1;
-                    }
+                let subscribed = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .is_some_and(|r| r.subscribe(user, origin.shard));
+                let result = if subscribed {
                     Ok(())
                 } else {
                     Err(Self::not_member(&group))
@@ -1222,7 +1221,7 @@ impl Shard {
                 self.stats
                     .hop(Hop::Owner, Instant::now().saturating_duration_since(from));
                 let message = (text, attachments, client_msg_id);
-                self.room_send(group, user, message, origin, trace)
+                self.room_send_message(group, user, message, origin, trace)
             }
             ShardMsg::MarkRead {
                 group,
@@ -1255,40 +1254,23 @@ impl Shard {
                 change,
                 done,
             } => {
-                if let Some(room) = self.rooms.borrow_mut().get_mut(&group) {
-                    if let Some(members) = room.members.as_mut() {
-                        members.extend(change.added.iter().copied());
-                        for u in &change.removed {
-                            members.remove(u);
-                        }
-                    }
-                }
                 // Every shard applies the change to its connections, then tells this shard
-                // (after its Subscribes/Unsubscribes, so they are counted first), which tells
-                // the admin caller: one answer per shard. One message per shard carries all
+                // (after its Subscribes/Unsubscribes, so they are counted first); when all
+                // have, the room releases the admin caller. One message per shard carries all
                 // the users, however many (a 100,000-member PUT was 200,000 messages).
-                if !change.added.is_empty() {
-                    let users: Arc<[UserId]> = change.added.iter().copied().collect();
-                    self.broadcast(|| ShardMsg::Enroll {
-                        group: group.clone(),
-                        users: users.clone(),
-                        done: done.clone(),
-                    });
-                }
-                if !change.removed.is_empty() {
-                    let users: Arc<[UserId]> = change.removed.iter().copied().collect();
-                    self.broadcast(|| ShardMsg::Evict {
-                        group: group.clone(),
-                        users: users.clone(),
-                        done: done.clone(),
-                    });
-                }
+                let effects = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .map(|r| r.members_changed(&change.added, &change.removed, done))
+                    .unwrap_or_default();
+                self.carry_out(&group, effects);
             }
             _ => unreachable!("invariant: only room operations reach room_op"),
         }
     }
 
-    fn room_send(
+    fn room_send_message(
         &self,
         group: GroupId,
         user: UserId,
@@ -1296,48 +1278,27 @@ impl Shard {
         origin: Origin,
         mut trace: Trace,
     ) {
-        let mut rooms = self.rooms.borrow_mut();
-        let room = rooms
-            .get_mut(&group)
-            .expect("invariant: room loaded before room_op");
-        let members = room
-            .members
-            .as_ref()
-            .expect("invariant: room loaded before room_op");
-        if !members.contains(&user) {
-            drop(rooms);
-            return self.reply(&origin, Err(Self::not_member(&group)));
-        }
-        let key = client_msg_id.clone().map(|k| (user, k));
-        if let Some(k) = &key {
-            if let Some(id) = room.inflight_keys.get(k).copied() {
-                // A resend while the first is still being stored: answer both with its outcome.
-                if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
-                    p.origins.push(origin);
-                    return;
-                }
-            }
-        }
         let now = events::now_ms();
-        let id = self.ids.borrow_mut().next(now);
-        let online = self.online.borrow();
-        let notify: Vec<UserId> = members
-            .iter()
-            .copied()
-            .filter(|m| *m != user && !online.contains(m))
-            .collect();
-        drop(online);
-        if let Some(k) = &key {
-            room.inflight_keys.insert(k.clone(), id);
-        }
-        room.pending.push_back(PendingSend {
-            id,
-            key,
-            origins: vec![origin],
-            result: None,
-            trace: None,
-        });
-        drop(rooms);
+        let sent = {
+            let mut rooms = self.rooms.borrow_mut();
+            let room = rooms
+                .get_mut(&group)
+                .expect("invariant: room loaded before room_op");
+            let online = self.online.borrow();
+            room.send(
+                user,
+                client_msg_id.clone(),
+                origin,
+                || self.ids.borrow_mut().next(now),
+                |m| online.contains(&m),
+            )
+        };
+        let (id, notify) = match sent {
+            RoomSend::Store { id, notify } => (id, notify),
+            // A resend while the first is still being stored: answered with its outcome.
+            RoomSend::Merged => return,
+            RoomSend::NotMember => return self.reply(&origin, Err(Self::not_member(&group))),
+        };
         let message = NewMessage {
             id,
             group: group.clone(),
@@ -1367,6 +1328,7 @@ impl Shard {
         );
     }
 
+    /// The store answered for message `id`: the room says what is now due, in id order.
     fn stored(
         &self,
         group: GroupId,
@@ -1374,70 +1336,73 @@ impl Shard {
         trace: Trace,
         result: Result<Appended, StoreError>,
     ) {
-        let ready = {
-            let mut rooms = self.rooms.borrow_mut();
-            let Some(room) = rooms.get_mut(&group) else {
-                return;
-            };
-            if let Some(p) = room.pending.iter_mut().find(|p| p.id == id) {
-                p.result = Some(result);
-                p.trace = Some(trace);
-            }
-            let mut ready = Vec::new();
-            while room.pending.front().is_some_and(|p| p.result.is_some()) {
-                let p = room.pending.pop_front().expect("invariant: front checked");
-                if let Some(k) = &p.key {
-                    room.inflight_keys.remove(k);
+        let outcome = match result {
+            Ok(appended) => {
+                let duplicate = appended.duplicate;
+                let c = Rc::new(Committed { appended, trace });
+                if duplicate {
+                    Outcome::Duplicate(c)
+                } else {
+                    Outcome::New(c)
                 }
-                ready.push((p, room.subscribers.clone()));
             }
-            ready
+            Err(e) => Outcome::Failed(e),
         };
-        for (p, subscribers) in ready {
-            match p
-                .result
-                .expect("invariant: only answered messages are ready")
-            {
-                Ok(appended) => {
-                    let m = &appended.message;
-                    if !appended.duplicate {
-                        self.stats.messages_in.fetch_add(1, Relaxed);
-                        let frame =
-                            event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
-                        let stored_at = Instant::now();
-                        let ingress = p.trace.map(|t| t.ingress);
-                        if let Some(answered) = p.trace.and_then(|t| t.answered) {
-                            self.stats.hop(Hop::Order, stored_at - answered);
-                        }
-                        for (s, &count) in subscribers.iter().enumerate() {
-                            if count > 0 {
-                                self.send(
-                                    ShardId(s as u16),
-                                    ShardMsg::Deliver {
-                                        group: group.clone(),
-                                        frame: frame.clone(),
-                                        except_user: None,
-                                        stored_at,
-                                        ingress,
-                                    },
-                                );
-                            }
-                        }
+        let effects = match self.rooms.borrow_mut().get_mut(&group) {
+            Some(room) => room.stored(id, outcome),
+            None => return,
+        };
+        self.carry_out(&group, effects);
+    }
+
+    /// Carries out what `group`'s room decided.
+    fn carry_out(&self, group: &GroupId, effects: Vec<Effect<OwnerShard>>) {
+        for e in effects {
+            match e {
+                Effect::Deliver { to, message } => {
+                    self.stats.messages_in.fetch_add(1, Relaxed);
+                    let m = &message.appended.message;
+                    let frame =
+                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
+                    let stored_at = Instant::now();
+                    if let Some(answered) = message.trace.answered {
+                        self.stats.hop(Hop::Order, stored_at - answered);
                     }
-                    let ack = events::sent_ack_json(m.id, m.timestamp);
-                    for o in &p.origins {
-                        self.reply(o, Ok(ack.clone()));
-                    }
+                    let ingress = Some(message.trace.ingress);
+                    self.deliver_to_shards(&to, group, &frame, stored_at, ingress);
                 }
-                Err(e) => {
-                    tracing::warn!(%group, error = %e, "message not stored");
-                    let err = ClientError::new(
-                        Code::StorageUnavailable,
-                        "the message was not stored (storage unavailable); retry with the same clientMsgId",
-                    );
-                    for o in &p.origins {
-                        self.reply(o, Err(err.clone()));
+                Effect::Reply { origin, result } => match result {
+                    Ok(c) => {
+                        let m = &c.appended.message;
+                        self.reply(&origin, Ok(events::sent_ack_json(m.id, m.timestamp)));
                     }
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "message not stored");
+                        let err = ClientError::new(
+                            Code::StorageUnavailable,
+                            "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                        );
+                        self.reply(&origin, Err(err));
+                    }
+                },
+                Effect::Enroll { to, users, barrier } => self.send_to_shard(
+                    to,
+                    ShardMsg::Enroll {
+                        group: group.clone(),
+                        users,
+                        barrier,
+                    },
+                ),
+                Effect::Evict { to, users, barrier } => self.send_to_shard(
+                    to,
+                    ShardMsg::Evict {
+                        group: group.clone(),
+                        users,
+                        barrier,
+                    },
+                ),
+                Effect::Released(done) => {
+                    let _ = done.send(());
                 }
             }
         }
@@ -1459,27 +1424,13 @@ impl Shard {
                         "messageRead",
                         &[&events::message_read_json(message, user, &group)],
                     );
-                    let subscribers = self
+                    let to = self
                         .rooms
                         .borrow()
                         .get(&group)
-                        .map(|r| r.subscribers.clone())
+                        .map(|r| r.fanout())
                         .unwrap_or_default();
-                    let stored_at = Instant::now();
-                    for (s, &count) in subscribers.iter().enumerate() {
-                        if count > 0 {
-                            self.send(
-                                ShardId(s as u16),
-                                ShardMsg::Deliver {
-                                    group: group.clone(),
-                                    frame: frame.clone(),
-                                    except_user: None,
-                                    stored_at,
-                                    ingress: None,
-                                },
-                            );
-                        }
-                    }
+                    self.deliver_to_shards(&to, &group, &frame, Instant::now(), None);
                 }
                 self.reply(&origin, Ok(events::ok_ack_json("")));
             }
@@ -1598,11 +1549,7 @@ impl Shard {
             // Take the connection into the local room at once, so that the admin call that
             // added the member returns only once deliveries reach it.
             conn.set_sub_state(&group, Some(SubState::Active));
-            self.local_rooms
-                .borrow_mut()
-                .entry(group.clone())
-                .or_default()
-                .push(conn.clone());
+            self.fanout.add(&group, conn);
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         let origin = Origin {
@@ -1610,7 +1557,7 @@ impl Shard {
             conn: conn.id,
             ack,
         };
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::Subscribe {
                 group,
@@ -1634,7 +1581,7 @@ impl Shard {
         let Some(conn) = self.conn(id) else {
             if result.is_ok() {
                 // The connection closed meanwhile: give the count back.
-                self.send(
+                self.send_to_shard(
                     owner,
                     ShardMsg::Unsubscribe {
                         group,
@@ -1648,14 +1595,10 @@ impl Shard {
             Ok(()) => {
                 if conn.sub_state(&group) == Some(SubState::Pending) {
                     conn.set_sub_state(&group, Some(SubState::Active));
-                    self.local_rooms
-                        .borrow_mut()
-                        .entry(group.clone())
-                        .or_default()
-                        .push(conn.clone());
+                    self.fanout.add(&group, &conn);
                 } else if conn.sub_state(&group).is_none() {
                     // Left (or evicted) while joining.
-                    self.send(
+                    self.send_to_shard(
                         owner,
                         ShardMsg::Unsubscribe {
                             group: group.clone(),
@@ -1675,7 +1618,7 @@ impl Shard {
             Err(e) => {
                 if conn.sub_state(&group).is_some() {
                     conn.set_sub_state(&group, None);
-                    self.remove_local(&group, id);
+                    self.fanout.remove(&group, id);
                 }
                 if reason == SubReason::Join {
                     let origin = Origin {
@@ -1704,20 +1647,10 @@ impl Shard {
                 .user()
                 .expect("invariant: connected connections have a user");
             let groups: Arc<[GroupId]> = conn.groups().into();
-            self.send(
+            self.send_to_shard(
                 owner_of_user(user, self.shared.nr_shards()),
                 ShardMsg::PresenceUp { user, groups },
             );
-        }
-    }
-
-    fn remove_local(&self, group: &GroupId, id: ConnId) {
-        let mut rooms = self.local_rooms.borrow_mut();
-        if let Some(list) = rooms.get_mut(group) {
-            list.retain(|c| c.id != id);
-            if list.is_empty() {
-                rooms.remove(group);
-            }
         }
     }
 
@@ -1739,9 +1672,9 @@ impl Shard {
         match conn.sub_state(group) {
             Some(SubState::Active) => {
                 conn.set_sub_state(group, None);
-                self.remove_local(group, conn.id);
+                self.fanout.remove(group, conn.id);
                 let owner = owner_of_group(group, self.shared.nr_shards());
-                self.send(
+                self.send_to_shard(
                     owner,
                     ShardMsg::Unsubscribe {
                         group: group.clone(),
@@ -1780,7 +1713,7 @@ impl Shard {
         } else {
             (owner_of_group(&group, self.shared.nr_shards()), true)
         };
-        self.send(
+        self.send_to_shard(
             to,
             ShardMsg::SendMessage {
                 group,
@@ -1829,7 +1762,7 @@ impl Shard {
             return self.reply(&origin, Err(e));
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::SendMessage {
                 group,
@@ -1854,7 +1787,7 @@ impl Shard {
             ack,
         };
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(
+        self.send_to_shard(
             owner,
             ShardMsg::MarkRead {
                 group,
@@ -1863,90 +1796,6 @@ impl Shard {
                 origin,
             },
         );
-    }
-
-    /// Writes `frame` to this shard's connections in the room.
-    ///
-    /// Large rooms (`server.paced_room_members` members or more on this shard) are paced, like
-    /// Nagle's algorithm for a room: a frame that finds no pacing window open is written at
-    /// once and opens one (`server.pacing_window_ms`); frames that arrive
-    /// while it is open are queued, and each connection writes all of them in one send when
-    /// it ends. At low rates nothing waits; at high rates each send carries several frames,
-    /// which is what a 5,000-member room needs (one send costs several microseconds of kernel
-    /// time; docs/benchmarks.md). `userOnline` frames to such rooms are paced the same way
-    /// ([`Shard::presence_changed`]).
-    fn deliver(&self, group: &GroupId, frame: &Bytes, except_user: Option<UserId>) {
-        let rooms = self.local_rooms.borrow();
-        let Some(list) = rooms.get(group) else {
-            return;
-        };
-        let mut pacing = self.pacing_for(list.len());
-        let mut n = 0;
-        for c in list {
-            if except_user.is_some() && c.user() == except_user {
-                continue;
-            }
-            self.write_or_queue(c, frame, pacing.as_deref_mut());
-            n += 1;
-        }
-        self.stats.deliveries.fetch_add(n, Relaxed);
-    }
-
-    /// Whether a frame for a room with `members` connections on this shard waits for the
-    /// pacing window: `Some` (the window, to queue into) when the room is paced and a window is
-    /// open; `None` when the frame goes out now, as in a small room or when it is the frame
-    /// that opens a window. Borrows the pacing state only for a paced room.
-    fn pacing_for(&self, members: usize) -> Option<RefMut<'_, Pacing>> {
-        let threshold = self.config().server.paced_room_members;
-        if threshold == 0 || members < threshold {
-            return None;
-        }
-        let mut p = self.pacing.borrow_mut();
-        if p.until.is_some() {
-            return Some(p);
-        }
-        p.until = Some(Instant::now() + self.pacing_window());
-        if let Some(w) = p.waker.take() {
-            w.wake();
-        }
-        None
-    }
-
-    /// Writes `frame` to `c` with its next send or, inside an open pacing window, queues it
-    /// for the window's end.
-    fn write_or_queue(&self, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
-        match pacing {
-            None => c.push(self, frame.clone()),
-            Some(p) => {
-                if c.queue(self, frame.clone()) && !c.paced.replace(true) {
-                    p.conns.push(c.clone());
-                }
-            }
-        }
-    }
-
-    fn pacing_window(&self) -> Duration {
-        Duration::from_millis(self.config().server.pacing_window_ms)
-    }
-
-    /// Ends the open pacing window: every connection with frames waiting writes them. The
-    /// window stays open for another period when frames were waiting (traffic goes on), and
-    /// closes when none were.
-    pub fn end_pacing_window(&self) {
-        let conns = {
-            let mut p = self.pacing.borrow_mut();
-            let conns = std::mem::take(&mut p.conns);
-            p.until = if conns.is_empty() {
-                None
-            } else {
-                Some(Instant::now() + self.pacing_window())
-            };
-            conns
-        };
-        for c in conns {
-            c.paced.set(false);
-            c.schedule(self);
-        }
     }
 
     /// Lists `conn` among `user`'s connections on this shard.
@@ -2003,7 +1852,7 @@ impl Shard {
         }
     }
 
-    fn enroll(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+    fn enroll(&self, group: GroupId, users: &[UserId], barrier: u64) {
         for &user in users {
             for c in self.user_conns(user) {
                 if matches!(c.state(), ConnState::Connected | ConnState::Subscribing) {
@@ -2012,17 +1861,17 @@ impl Shard {
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { done });
+        self.send_to_shard(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
-    fn evict(&self, group: GroupId, users: &[UserId], done: std::sync::mpsc::Sender<()>) {
+    fn evict(&self, group: GroupId, users: &[UserId], barrier: u64) {
         for &user in users {
             for c in self.user_conns(user) {
                 self.leave(&c, &group);
             }
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send(owner, ShardMsg::MembershipApplied { done });
+        self.send_to_shard(owner, ShardMsg::MembershipApplied { group, barrier });
     }
 
     /// A connection is gone: leave its rooms and give back its presence.
@@ -2052,7 +1901,7 @@ impl Shard {
             self.leave(conn, g);
         }
         if let (Some(user), true) = (conn.user(), conn.was_connected()) {
-            self.send(
+            self.send_to_shard(
                 owner_of_user(user, self.shared.nr_shards()),
                 ShardMsg::PresenceDown { user, groups },
             );
@@ -2089,7 +1938,7 @@ impl Shard {
     ) {
         match (change.announce, change.reachable) {
             (Some(a), _) => self.announce(a),
-            (None, Some(online)) => self.broadcast(|| ShardMsg::PresenceChanged {
+            (None, Some(online)) => self.send_to_every_shard(|| ShardMsg::PresenceChanged {
                 user,
                 online,
                 announce: None,
@@ -2125,7 +1974,7 @@ impl Shard {
             "userOnline",
             &[&events::user_online_json(user, online)],
         );
-        self.broadcast(|| ShardMsg::PresenceChanged {
+        self.send_to_every_shard(|| ShardMsg::PresenceChanged {
             user,
             online,
             announce: Some((groups.clone(), frame.clone())),
@@ -2146,24 +1995,7 @@ impl Shard {
         let Some((groups, frame)) = announce else {
             return;
         };
-        let (groups, frame) = (&groups[..], &frame);
-        // Each co-member's connection gets the event once, however many groups they share.
-        let rooms = self.local_rooms.borrow();
-        let mut seen: HashSet<ConnId> = HashSet::new();
-        let mut n = 0;
-        for g in groups {
-            let Some(list) = rooms.get(g) else { continue };
-            // Large rooms pace presence like messages: a member coming online is news for
-            // every other member, so connecting a room of n costs n² frames, and without pacing
-            // as many sends.
-            let mut pacing = self.pacing_for(list.len());
-            for c in list {
-                if c.user() != Some(user) && seen.insert(c.id) {
-                    self.write_or_queue(c, frame, pacing.as_deref_mut());
-                    n += 1;
-                }
-            }
-        }
+        let n = self.fanout.deliver_presence(self, user, &groups, &frame);
         self.stats.deliveries.fetch_add(n, Relaxed);
     }
 

@@ -11,6 +11,8 @@
 //! - [`Presence`]: the debounced presence of the users a shard owns, sans-IO.
 //! - [`Recent`]: a bounded set of keys that expire (the groups known not to exist).
 //! - [`Loads`]: the membership loads of connects, merged (one in flight per shard).
+//! - [`Room`]: one group's room on its owner shard, sans-IO: members, subscribers per place,
+//!   the id order of its messages, merged resends, the barrier of membership changes.
 //!
 //! Nothing here does I/O or knows about sockets; it never blocks.
 
@@ -19,13 +21,15 @@ mod loads;
 pub mod mesh;
 pub mod presence;
 mod recent;
+pub mod room;
 
-pub use corecast_ids::{GroupId, ShardId, UserId};
+pub use corecast_ids::{GroupId, MessageId, ShardId, UserId};
 pub use limiter::{Rate, RateLimiter};
 pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
 pub use recent::Recent;
+pub use room::Room;
 
 /// A 64-bit mix (splitmix64's finalizer) so that consecutive ids spread evenly over shards.
 fn mix(mut x: u64) -> u64 {

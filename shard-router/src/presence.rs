@@ -240,6 +240,27 @@ mod tests {
     }
 
     #[test]
+    fn devices_on_several_shards_count_as_one_user() {
+        // A phone whose connection landed on shard 0 and two browser tabs on shard 1: every
+        // shard reports to the user's owner, which counts them all.
+        let mut p = P::new(0);
+        let mut told = Vec::new();
+        for (shard_groups, at) in [("phone@0", 0), ("tab@1", 1), ("tab@1", 2)] {
+            told.extend(online(&p.up(1, shard_groups, at).announce));
+        }
+        assert_eq!(p.conns(&1), 3);
+        for (shard_groups, at) in [("tab@1", 3), ("phone@0", 4)] {
+            told.extend(online(&p.down(1, shard_groups, at).announce));
+        }
+        assert_eq!(told, vec![true], "online while one device is");
+        let last = p
+            .down(1, "tab@1", 5)
+            .announce
+            .expect("the last device left");
+        assert_eq!((last.online, last.groups), (false, "tab@1"));
+    }
+
+    #[test]
     fn leaving_is_announced_after_the_window_with_when_they_left() {
         let mut p = P::new(1500);
         p.up(1, "g", 0);
