@@ -94,7 +94,7 @@ pub struct Conn {
     /// The shard has forgotten this connection (`Outbox::closed`): tasks still holding it
     /// end.
     gone: Cell<bool>,
-    /// Frames are queued for the shard's next paced flush (see `Shard::deliver`).
+    /// Frames are queued for the shard's next paced flush (see `Fanout::deliver`, fanout.rs).
     pub paced: Cell<bool>,
     /// Set once the connection is closing: nothing more is queued after the close frame.
     closing: Cell<bool>,
@@ -285,7 +285,7 @@ impl Conn {
     }
 
     /// Queues `frame` without waking the writer: it goes out with the next write, which the
-    /// shard's room pacing triggers (see `Shard::deliver`). False if nothing was queued.
+    /// shard's room pacing triggers (see `Fanout::deliver`, fanout.rs). False if nothing was queued.
     pub fn queue(&self, shard: &impl Outbox, frame: Bytes) -> bool {
         if self.closing.get() {
             return false;

@@ -2,15 +2,15 @@
 //!
 //! A [`Conn`] (conn.rs) and the shard's sender (send.rs) see their shard only through these
 //! traits, so neither imports `crate::shard`: the shard drives its connections, and the
-//! connections hand their requests back through a narrow door. `Shard` implements both here,
-//! each method a call of one of its own pub fns.
+//! connections hand their requests back through a narrow door. `Shard` implements both (at the
+//! end of shard.rs), each method a call of one of its own pub fns, so this file imports no shard.
 //!
 //! Three kinds of "send" meet at a connection, and the names keep them apart:
 //! - *to the socket*: a frame queued on the connection goes out with the shard's sender's next
 //!   batch ([`Outbox::schedule_socket_write`], send.rs);
 //! - *a client's `sendMessage`*: the event, routed to the group's owner
 //!   ([`Outbox::submit_message`]);
-//! - *between shards*: `Shard::send`, which a connection never calls itself.
+//! - *between shards*: `Shard::send_to_shard`, which a connection never calls itself.
 //!
 //! Like the shard, an outbox belongs to its thread: its methods never block and never hold a
 //! `RefCell` borrow past their return, except [`Outbox::scratch`], which the caller holds only
@@ -22,12 +22,9 @@ use crate::conn::{Conn, ConnId};
 use crate::engine::{Tick, Timing};
 use crate::events::{ClientError, Command};
 use crate::metrics::ShardStats;
-use crate::send::{Due, SendSide, Sender};
-use crate::shard::{Origin, Shard};
 use corecast_shard_router::ShardId;
 use corecast_storage::{GroupId, MessageId, UserId};
-use std::cell::{Ref, RefCell, RefMut};
-use std::collections::HashMap;
+use std::cell::RefMut;
 use std::rc::Rc;
 
 /// A connection's view of its shard.
@@ -85,105 +82,4 @@ pub trait Outbox {
     /// Answers one of the connection's events: its ack if it asked for one (`ack`), else an
     /// `error` event on failure.
     fn reply(&self, conn: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>);
-}
-
-impl Outbox for Shard {
-    fn shard_id(&self) -> ShardId {
-        self.id
-    }
-
-    fn config(&self) -> &Config {
-        Shard::config(self)
-    }
-
-    fn tick_now(&self) -> Tick {
-        Shard::tick_now(self)
-    }
-
-    fn timing(&self) -> Timing {
-        Shard::timing(self)
-    }
-
-    fn stats(&self) -> &ShardStats {
-        &self.stats
-    }
-
-    fn verifier(&self) -> &Verifier {
-        &self.shared.verifier
-    }
-
-    fn scratch(&self) -> RefMut<'_, Vec<u8>> {
-        self.scratch.borrow_mut()
-    }
-
-    fn schedule_socket_write(&self, conn: ConnId) {
-        self.due.borrow_mut().add(conn);
-    }
-
-    fn next_conn_id(&self) -> ConnId {
-        Shard::next_conn_id(self)
-    }
-
-    fn register(&self, conn: Rc<Conn>) {
-        self.register_conn(conn);
-    }
-
-    fn transfer_ticket(&self, ticket: crate::admission::Ticket, conn: &Conn) {
-        Shard::transfer_ticket(self, ticket, conn);
-    }
-
-    fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
-        Shard::authenticated(self, conn, user);
-    }
-
-    fn left_namespace(&self, conn: &Rc<Conn>) {
-        self.socket_disconnected(conn);
-    }
-
-    fn closed(&self, conn: &Rc<Conn>) {
-        self.conn_closed(conn);
-    }
-
-    fn admit_event(&self, conn: &Conn, ack: Option<u64>) -> bool {
-        Shard::admit_event(self, conn, ack)
-    }
-
-    fn join(&self, conn: &Rc<Conn>, group: GroupId, ack: Option<u64>) {
-        Shard::join(self, conn, group, ack);
-    }
-
-    fn leave(&self, conn: &Rc<Conn>, group: &GroupId) {
-        Shard::leave(self, conn, group);
-    }
-
-    fn submit_message(&self, conn: &Rc<Conn>, cmd: Command, ack: Option<u64>) {
-        self.send_message(conn, cmd, ack);
-    }
-
-    fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
-        Shard::mark_read(self, conn, group, message, ack);
-    }
-
-    fn reply(&self, conn: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) {
-        let origin = Origin {
-            shard: self.id,
-            conn: conn.id,
-            ack,
-        };
-        Shard::reply(self, &origin, result);
-    }
-}
-
-impl SendSide for Shard {
-    fn due(&self) -> &RefCell<Due> {
-        &self.due
-    }
-
-    fn ring(&self) -> &RefCell<Sender> {
-        &self.sender
-    }
-
-    fn conns(&self) -> Ref<'_, HashMap<ConnId, Rc<Conn>>> {
-        self.conns.borrow()
-    }
 }

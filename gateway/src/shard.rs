@@ -2030,3 +2030,123 @@ impl Shard {
             .sweep(self.coarse_ms() as i64);
     }
 }
+
+/// What a connection asks of its shard ([`crate::outbox`]), each a call of the shard's own
+/// pub fns; here, so that outbox.rs, conn.rs and send.rs import nothing of this file.
+mod outbox_impl {
+    use super::{Origin, Shard};
+    use crate::auth::Verifier;
+    use crate::config::Config;
+    use crate::conn::{Conn, ConnId};
+    use crate::engine::{Tick, Timing};
+    use crate::events::{ClientError, Command};
+    use crate::metrics::ShardStats;
+    use crate::outbox::Outbox;
+    use crate::send::{Due, SendSide, Sender};
+    use corecast_shard_router::ShardId;
+    use corecast_storage::{GroupId, MessageId, UserId};
+    use std::cell::{Ref, RefCell, RefMut};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    impl Outbox for Shard {
+        fn shard_id(&self) -> ShardId {
+            self.id
+        }
+
+        fn config(&self) -> &Config {
+            Shard::config(self)
+        }
+
+        fn tick_now(&self) -> Tick {
+            Shard::tick_now(self)
+        }
+
+        fn timing(&self) -> Timing {
+            Shard::timing(self)
+        }
+
+        fn stats(&self) -> &ShardStats {
+            &self.stats
+        }
+
+        fn verifier(&self) -> &Verifier {
+            &self.shared.verifier
+        }
+
+        fn scratch(&self) -> RefMut<'_, Vec<u8>> {
+            self.scratch.borrow_mut()
+        }
+
+        fn schedule_socket_write(&self, conn: ConnId) {
+            self.due.borrow_mut().add(conn);
+        }
+
+        fn next_conn_id(&self) -> ConnId {
+            Shard::next_conn_id(self)
+        }
+
+        fn register(&self, conn: Rc<Conn>) {
+            self.register_conn(conn);
+        }
+
+        fn transfer_ticket(&self, ticket: crate::admission::Ticket, conn: &Conn) {
+            Shard::transfer_ticket(self, ticket, conn);
+        }
+
+        fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
+            Shard::authenticated(self, conn, user);
+        }
+
+        fn left_namespace(&self, conn: &Rc<Conn>) {
+            self.socket_disconnected(conn);
+        }
+
+        fn closed(&self, conn: &Rc<Conn>) {
+            self.conn_closed(conn);
+        }
+
+        fn admit_event(&self, conn: &Conn, ack: Option<u64>) -> bool {
+            Shard::admit_event(self, conn, ack)
+        }
+
+        fn join(&self, conn: &Rc<Conn>, group: GroupId, ack: Option<u64>) {
+            Shard::join(self, conn, group, ack);
+        }
+
+        fn leave(&self, conn: &Rc<Conn>, group: &GroupId) {
+            Shard::leave(self, conn, group);
+        }
+
+        fn submit_message(&self, conn: &Rc<Conn>, cmd: Command, ack: Option<u64>) {
+            self.send_message(conn, cmd, ack);
+        }
+
+        fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
+            Shard::mark_read(self, conn, group, message, ack);
+        }
+
+        fn reply(&self, conn: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) {
+            let origin = Origin {
+                shard: self.id,
+                conn: conn.id,
+                ack,
+            };
+            Shard::reply(self, &origin, result);
+        }
+    }
+
+    impl SendSide for Shard {
+        fn due(&self) -> &RefCell<Due> {
+            &self.due
+        }
+
+        fn ring(&self) -> &RefCell<Sender> {
+            &self.sender
+        }
+
+        fn conns(&self) -> Ref<'_, HashMap<ConnId, Rc<Conn>>> {
+            self.conns.borrow()
+        }
+    }
+}
