@@ -202,7 +202,7 @@ fn main() -> Result<()> {
         }
         Command::Migrate(args) => {
             let config = args.load()?;
-            corecast_storage::migrate(&config.store_config())
+            corecast_storage::migrate(&config.store.backend())
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("migration failed")?;
             eprintln!("corecast: schema is up to date");

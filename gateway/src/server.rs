@@ -60,7 +60,7 @@ impl Gateway {
 
         let store = match config.store.kind {
             StoreKind::Embedded | StoreKind::Scylla => {
-                corecast_storage::open(&config.store_config())
+                corecast_storage::open(&config.store.backend())
                     .map_err(|e| anyhow!("{e}"))
                     .context("cannot open the store")?
             }

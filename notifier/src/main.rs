@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use corecast_gateway::config::Config;
+use corecast_config::Config;
 use corecast_notifier::Shutdown;
 use std::path::PathBuf;
 
@@ -35,7 +35,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    corecast_gateway::config::init_logging();
+    corecast_config::init_logging();
     let args = Args::parse();
     let mut flags = Vec::new();
     for (name, value) in [

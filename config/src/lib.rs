@@ -10,6 +10,8 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use corecast_storage::{StoreConfig, StoreKind};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -155,37 +157,6 @@ pub struct LimitsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    Embedded,
-    Scylla,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// `embedded` or `scylla` (`CORECAST_STORE`).
-    pub kind: StoreKind,
-    /// Folder of the embedded store (`CORECAST_DATA_DIR`).
-    pub data_dir: PathBuf,
-    /// ScyllaDB contact points, `host:port` (`CORECAST_SCYLLA_NODES`, comma-separated).
-    pub scylla_nodes: Vec<String>,
-    /// Keyspace (`CORECAST_SCYLLA_KEYSPACE`).
-    pub scylla_keyspace: String,
-    /// Replication, as CQL's replication map without braces, e.g.
-    /// `'class': 'SimpleStrategy', 'replication_factor': 1` or
-    /// `'class': 'NetworkTopologyStrategy', 'dc1': 3` (`CORECAST_SCYLLA_REPLICATION`).
-    pub scylla_replication: String,
-    /// Consistency of reads and writes, e.g. `LOCAL_QUORUM`, `ONE`, `QUORUM`
-    /// (`CORECAST_SCYLLA_CONSISTENCY`).
-    pub scylla_consistency: String,
-    /// Local datacenter for token-aware, DC-aware routing (`CORECAST_SCYLLA_LOCAL_DC`).
-    pub scylla_local_dc: Option<String>,
-    /// Create the keyspace and tables at start (`CORECAST_SCYLLA_MIGRATE`).
-    pub migrate_on_start: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     None,
     Starttls,
@@ -295,21 +266,6 @@ impl Default for LimitsConfig {
             max_url_len: 2048,
             max_client_msg_id_len: 128,
             max_group_id_bytes: corecast_storage::GroupId::MAX_BYTES,
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            kind: StoreKind::Embedded,
-            data_dir: PathBuf::from("corecast-data"),
-            scylla_nodes: vec!["127.0.0.1:9042".into()],
-            scylla_keyspace: "corecast".into(),
-            scylla_replication: "'class': 'SimpleStrategy', 'replication_factor': 1".into(),
-            scylla_consistency: "LOCAL_QUORUM".into(),
-            scylla_local_dc: None,
-            migrate_on_start: true,
         }
     }
 }
@@ -716,9 +672,7 @@ impl Config {
                 self.limits.max_group_id_bytes
             );
         }
-        if self.store.kind == StoreKind::Scylla && self.store.scylla_nodes.is_empty() {
-            bail!("store.scylla_nodes (CORECAST_SCYLLA_NODES) is empty but store.kind is scylla");
-        }
+        self.store.validate().map_err(|e| anyhow!(e))?;
         Ok(())
     }
 
@@ -727,25 +681,6 @@ impl Config {
         match &self.auth.jwt_secret {
             Some(s) => (s, false),
             None => (DEV_JWT_SECRET, true),
-        }
-    }
-}
-
-impl Config {
-    /// The storage crate's view of `[store]`.
-    pub fn store_config(&self) -> corecast_storage::StoreConfig {
-        match self.store.kind {
-            StoreKind::Embedded => corecast_storage::StoreConfig::Embedded {
-                data_dir: self.store.data_dir.clone(),
-            },
-            StoreKind::Scylla => corecast_storage::StoreConfig::Scylla {
-                nodes: self.store.scylla_nodes.clone(),
-                keyspace: self.store.scylla_keyspace.clone(),
-                replication: self.store.scylla_replication.clone(),
-                consistency: self.store.scylla_consistency.clone(),
-                local_dc: self.store.scylla_local_dc.clone(),
-                migrate: self.store.migrate_on_start,
-            },
         }
     }
 }
