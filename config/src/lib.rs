@@ -1,678 +1,299 @@
-//! The one configuration of corecast, shared by the gateway and the notifier: a TOML file
-//! (`--config`), overridden by `CORECAST_*` environment variables, overridden by flags.
+//! The one configuration of corecast, shared by the gateway (`corecast`) and the notifier
+//! (`corecast-notifier`): a TOML file (`--config`), under `CORECAST_*` environment variables,
+//! under flags. Each section is defined beside what it configures: `[server]`, `[auth]`,
+//! `[limits]` and `[notifier]` here, `[store]` in the storage crate; [`Config`] composes them.
 //!
-//! Every key that can be overridden has one entry in [`OVERRIDES`], named by its environment
-//! variable; flags are applied through the same table, so a key is parsed and validated in one
-//! place. [`Config::validate`] runs once at start and names the bad key in its error.
+//! A key is spelled once, on its field: the field's name is its key in the file (serde) and its
+//! flag, its `#[arg(env = ...)]` its variable, its type's parser is named beside it, and its
+//! doc comment is both the reference and the `--help` text. clap puts a flag over its variable;
+//! [`Config::load`] puts both over the file, and the file over [`Default`]. Which keys a command
+//! takes as flags is the binary's choice ([`Flags`]); every key is read from its variable in
+//! every command. [`Config::validate`] runs once at start and names the bad key in its error.
+//!
+//! This crate never starts anything: it reads a file and the environment, and only the
+//! binaries call [`init_logging`].
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod auth;
+mod limits;
+mod notifier;
+mod server;
 
+pub use auth::{AuthConfig, JwtAlgorithm, DEV_JWT_SECRET};
 pub use corecast_storage::{StoreConfig, StoreKind};
+pub use limits::LimitsConfig;
+pub use notifier::{NotifierConfig, SmtpTls};
+pub use server::ServerConfig;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use serde::Deserialize;
+use std::ffi::OsStr;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration: one section per part of corecast.
+#[derive(Debug, Clone, Default, Deserialize, Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    #[command(flatten)]
     pub server: ServerConfig,
+    #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
     pub store: StoreConfig,
+    #[command(flatten)]
     pub notifier: NotifierConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Public Socket.IO listener (`CORECAST_LISTEN`).
-    pub listen: SocketAddr,
-    /// Internal admin/metrics/health listener (`CORECAST_INTERNAL_LISTEN`).
-    pub internal_listen: SocketAddr,
-    /// Threads answering internal requests; more complete requests wait in a queue of 32,
-    /// beyond which they get 503 (`CORECAST_ADMIN_THREADS`).
-    pub admin_threads: usize,
-    /// Internal connections being read at once; one more is answered 503 and closed
-    /// (`CORECAST_ADMIN_MAX_CONNECTIONS`).
-    pub admin_max_connections: usize,
-    /// Time from accept for a whole internal request to arrive, then answered 408; also how
-    /// long an answer may take to be read (`CORECAST_ADMIN_REQUEST_TIMEOUT_MS`).
-    pub admin_request_timeout_ms: u64,
-    /// Number of shards; 0 means one per online core (`CORECAST_SHARDS`).
-    pub shards: usize,
-    /// The Engine.IO path (`CORECAST_PATH`).
-    pub path: String,
-    /// Origins allowed to connect, on both transports; empty allows any
-    /// (`CORECAST_ALLOWED_ORIGINS`, comma-separated). A request without an `Origin` header
-    /// (native, mobile and server clients) is not cross-origin and always accepted.
-    pub allowed_origins: Vec<String>,
-    /// The Engine.IO transports served: `polling`, `websocket` or both
-    /// (`CORECAST_TRANSPORTS`, comma-separated; default both, as the official server).
-    pub transports: Vec<String>,
-    /// How long an upgrade probe may take from the WebSocket request to the client's upgrade
-    /// packet (`CORECAST_UPGRADE_TIMEOUT_MS`; the reference server's `upgradeTimeout`).
-    pub upgrade_timeout_ms: u64,
-    /// How long a TCP connection may take to send a complete HTTP request head, the first one
-    /// and each one after on a kept-alive connection (`CORECAST_HANDSHAKE_TIMEOUT_MS`).
-    pub handshake_timeout_ms: u64,
-    /// Connections that have not logged in yet (waiting for a request head or for CONNECT),
-    /// at most, over all shards; at the cap a new one evicts the oldest
-    /// (`CORECAST_MAX_PENDING_CONNECTIONS`; see gateway/src/admission.rs).
-    pub max_pending_connections: usize,
-    /// Of those, at most this many from one client IP; more are refused with 503
-    /// (`CORECAST_MAX_PENDING_PER_IP`; 0 = no per-address cap, e.g. behind a proxy that
-    /// hides client addresses).
-    pub max_pending_per_ip: u32,
-    /// Accepted TCP connections per second at most, over all shards; more wait in the kernel's
-    /// backlog (`CORECAST_ACCEPT_RATE`; 0 = no limit).
-    pub accept_rate: u32,
-    /// On SIGTERM (or `POST /api/drain`), connections close spread over this many seconds, so
-    /// their clients reconnect spread out (`CORECAST_DRAIN_SECS`; 0 closes all at once).
-    pub drain_secs: u64,
-    /// How often the server pings each client (`CORECAST_PING_INTERVAL_MS`).
-    pub ping_interval_ms: u64,
-    /// How long a client has to answer a ping (`CORECAST_PING_TIMEOUT_MS`).
-    pub ping_timeout_ms: u64,
-    /// How long a new WebSocket may stay without a Socket.IO CONNECT
-    /// (`CORECAST_CONNECT_TIMEOUT_MS`).
-    pub connect_timeout_ms: u64,
-    /// Largest incoming message in bytes, announced as `maxPayload`
-    /// (`CORECAST_MAX_PAYLOAD`).
-    pub max_payload: usize,
-    /// Bytes queued for one client before it is disconnected as too slow
-    /// (`CORECAST_OUTBOUND_QUEUE_BYTES`).
-    pub outbound_queue_bytes: usize,
-    /// Rooms with at least this many members connected to one shard are paced: their frames
-    /// gather for `pacing_window_ms` and go out several per send (`CORECAST_PACED_ROOM_MEMBERS`;
-    /// 0 turns pacing off).
-    pub paced_room_members: usize,
-    /// How long a paced room's frames gather (`CORECAST_PACING_WINDOW_MS`).
-    pub pacing_window_ms: u64,
-    /// Each shard hands its batch of sends to the kernel in one io_uring submission
-    /// (`CORECAST_SEND_RING`). `false` sends the same batch with one `send(2)` per connection,
-    /// for a kernel or sandbox where io_uring sends misbehave; it costs about 1 µs of CPU more
-    /// per send (docs/benchmarks.md). Without io_uring for sends, that is what happens anyway.
-    pub send_ring: bool,
-    /// Serve the demo chat page at `/demo/` on the internal listener (`CORECAST_DEMO`).
-    pub demo: bool,
-    /// A room (a group's members and subscriber counts, on its owner shard) with no
-    /// subscriber and nothing in flight is forgotten after this many seconds idle, and loaded
-    /// from the store again when next used (`CORECAST_IDLE_ROOM_SECS`; at least 1).
-    pub idle_room_secs: u64,
-    /// A user's last connection closing is announced (`userOnline` false, and the stored
-    /// presence) only once they have stayed away this long; coming back sooner announces
-    /// nothing (`CORECAST_PRESENCE_DEBOUNCE_MS`; 0 announces at once; at most 60000).
-    pub presence_debounce_ms: u64,
+/// Why the configuration cannot be used. A bad flag or variable value is refused earlier, by
+/// clap, with the variable named (`corecast_config_value`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file cannot be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or names an unknown key, or holds a bad value.
+    #[error("invalid config file {}", path.display())]
+    File {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// A value parses but makes no sense; the message names the key.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum JwtAlgorithm {
-    HS256,
-    RS256,
-    ES256,
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(Error::Invalid(format!($($arg)*)))
+    };
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// `HS256` (shared secret), `RS256` or `ES256` (public key) (`CORECAST_JWT_ALGORITHM`).
-    pub jwt_algorithm: JwtAlgorithm,
-    /// HS256 secret (`CORECAST_JWT_SECRET`), at least 32 bytes. When unset a development
-    /// secret is used and a warning printed; it is refused unless `server.listen` is a
-    /// loopback address (`auth::secret_problem`).
-    pub jwt_secret: Option<String>,
-    /// PEM public key file for RS256/ES256 (`CORECAST_JWT_PUBLIC_KEY_FILE`).
-    pub jwt_public_key_file: Option<PathBuf>,
-    /// Bearer token of the internal admin API (`CORECAST_ADMIN_TOKEN`). When unset the admin
-    /// endpoints refuse every request; health and metrics stay open.
-    pub admin_token: Option<String>,
+/// The keys a command takes as flags too, named by their variables (`CORECAST_LISTEN` is
+/// `--listen` for the gateway); every other key is read from its variable only. A binary
+/// names one set per command; docs/operations.md lists them.
+pub trait Flags {
+    const VARIABLES: &'static [&'static str];
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Messages per user per minute; 0 turns the limit off (`CORECAST_RATE_LIMIT_PER_MIN`).
-    pub rate_limit_per_min: u32,
-    /// Client events (every event: `sendMessage`, `joinGroup`, `leaveGroup`, `markAsRead`,
-    /// ...) per connection per second, sustained; more are answered `rate_limited`
-    /// (`CORECAST_EVENT_RATE_PER_SEC`; 0 turns the limit off).
-    pub event_rate_per_sec: u32,
-    /// Client events one connection may send at once above the sustained rate
-    /// (`CORECAST_EVENT_BURST`; at least 1 while the event limit is on).
-    pub event_burst: u32,
-    /// Longest message text in characters (`CORECAST_MAX_TEXT_CHARS`).
-    pub max_text_chars: usize,
-    /// Most attachments on one message (`CORECAST_MAX_ATTACHMENTS`).
-    pub max_attachments: usize,
-    /// Allowed attachment `type` values (`CORECAST_ATTACHMENT_TYPES`, comma-separated).
-    pub attachment_types: Vec<String>,
-    /// Longest attachment URL in bytes (`CORECAST_MAX_URL_LEN`).
-    pub max_url_len: usize,
-    /// Longest `clientMsgId` in bytes (`CORECAST_MAX_CLIENT_MSG_ID_LEN`).
-    pub max_client_msg_id_len: usize,
-    /// Longest group id in bytes of UTF-8, in events and in admin URLs
-    /// (`CORECAST_MAX_GROUP_ID_BYTES`); 1 to 1024.
-    pub max_group_id_bytes: usize,
+/// The configuration's part of a command line, for a binary to `#[command(flatten)]` into its
+/// arguments: `--config FILE`, every key's variable, and as flags the keys that `F` names.
+pub struct Keys<F> {
+    matches: ArgMatches,
+    flags: PhantomData<F>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    None,
-    Starttls,
-    Tls,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifierConfig {
-    /// SMTP server host (`CORECAST_SMTP_HOST`).
-    pub smtp_host: String,
-    /// SMTP server port (`CORECAST_SMTP_PORT`).
-    pub smtp_port: u16,
-    /// `none`, `starttls` or `tls` (`CORECAST_SMTP_TLS`).
-    pub smtp_tls: SmtpTls,
-    /// SMTP user; with a password, enables authentication (`CORECAST_SMTP_USER`).
-    pub smtp_user: Option<String>,
-    /// SMTP password (`CORECAST_SMTP_PASSWORD`).
-    pub smtp_password: Option<String>,
-    /// Sender address (`CORECAST_SMTP_FROM`).
-    pub smtp_from: String,
-    /// A burst of messages to one member in one group within this many seconds becomes one
-    /// email (`CORECAST_NOTIFY_COALESCE_SECS`).
-    pub coalesce_secs: u64,
-    /// First retry delay after a temporary failure (`CORECAST_NOTIFY_RETRY_INITIAL_MS`).
-    pub retry_initial_ms: u64,
-    /// Longest retry delay (`CORECAST_NOTIFY_RETRY_MAX_MS`).
-    pub retry_max_ms: u64,
-    /// Internal listener of the notifier (metrics, health) (`CORECAST_NOTIFIER_LISTEN`).
-    pub listen: SocketAddr,
-    /// Folder of optional templates `subject.txt`, `body.txt`, `body.html`
-    /// (`CORECAST_NOTIFY_TEMPLATES`).
-    pub templates_dir: Option<PathBuf>,
-    /// Public address of the chat app, used in email links (`CORECAST_NOTIFY_APP_URL`).
-    pub app_url: Option<String>,
-}
-
-impl ServerConfig {
-    pub fn polling_enabled(&self) -> bool {
-        self.transports.iter().any(|t| t == "polling")
-    }
-
-    pub fn websocket_enabled(&self) -> bool {
-        self.transports.iter().any(|t| t == "websocket")
+impl<F> Keys<F> {
+    /// The configuration these arguments give: flag over variable over file over default.
+    pub fn load(&self) -> Result<Config, Error> {
+        let file = self.matches.get_one::<PathBuf>(FILE).map(PathBuf::as_path);
+        Config::load(file, &self.matches)
     }
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:3000"
-                .parse()
-                .expect("invariant: literal address"),
-            internal_listen: "127.0.0.1:3001"
-                .parse()
-                .expect("invariant: literal address"),
-            admin_threads: 4,
-            admin_max_connections: 256,
-            admin_request_timeout_ms: 10_000,
-            shards: 0,
-            path: "/socket.io/".into(),
-            allowed_origins: Vec::new(),
-            transports: vec!["polling".into(), "websocket".into()],
-            upgrade_timeout_ms: 10_000,
-            handshake_timeout_ms: 10_000,
-            max_pending_connections: 10_000,
-            max_pending_per_ip: 1_000,
-            accept_rate: 20_000,
-            drain_secs: 10,
-            ping_interval_ms: 25_000,
-            ping_timeout_ms: 20_000,
-            connect_timeout_ms: 45_000,
-            max_payload: 1_000_000,
-            outbound_queue_bytes: 4 << 20,
-            paced_room_members: 1_000,
-            pacing_window_ms: 50,
-            send_ring: true,
-            demo: true,
-            idle_room_secs: 300,
-            presence_debounce_ms: 1_500,
+impl<F: Flags> Args for Keys<F> {
+    fn augment_args(cmd: Command) -> Command {
+        add_keys(cmd, F::VARIABLES)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        add_keys(cmd, F::VARIABLES)
+    }
+}
+
+impl<F> FromArgMatches for Keys<F> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Keys {
+            matches: matches.clone(),
+            flags: PhantomData,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.matches = matches.clone();
+        Ok(())
+    }
+}
+
+/// `T::parse()`, except that a bad value of a key exits with status 1, as every other
+/// configuration error does; other command-line mistakes exit with clap's 2, help with 0.
+pub fn parse<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        if e.kind() == ErrorKind::ValueValidation {
+            let _ = e.print();
+            std::process::exit(1);
         }
-    }
+        e.exit()
+    })
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            jwt_algorithm: JwtAlgorithm::HS256,
-            jwt_secret: None,
-            jwt_public_key_file: None,
-            admin_token: None,
+/// The id of `--config`.
+const FILE: &str = "config";
+
+/// Adds `--config` and every key of [`Config`] to `cmd`: each reads its variable, and those
+/// whose variable `flags` names are flags as well. Values never appear in `--help` (secrets).
+pub fn add_keys(cmd: Command, flags: &[&str]) -> Command {
+    let keys = Config::augment_args_for_update(Command::new("keys"));
+    let cmd = cmd
+        .arg(
+            Arg::new(FILE)
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML config file"),
+        )
+        // clap has no argument read from a variable only: one without a flag name is
+        // positional. So the keys that are not flags here become hidden positionals, and this
+        // one, added first, takes any positional value given and refuses it as clap refuses an
+        // unexpected argument: the command line takes exactly the flags named, nothing more.
+        .arg(Arg::new("stray").hide(true).value_parser(Stray));
+    cmd.args(keys.get_arguments().map(|key| {
+        let key = key.clone().hide_env_values(true);
+        let is_flag = key
+            .get_env()
+            .and_then(OsStr::to_str)
+            .is_some_and(|v| flags.contains(&v));
+        if is_flag {
+            key
+        } else {
+            key.long(None).hide(true)
         }
+    }))
+}
+
+/// Refuses a positional argument (see [`add_keys`]).
+#[derive(Clone)]
+struct Stray;
+
+impl TypedValueParser for Stray {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        _arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let message = format!("unexpected argument '{}' found\n", value.to_string_lossy());
+        Err(clap::Error::raw(ErrorKind::UnknownArgument, message).with_cmd(cmd))
     }
 }
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            rate_limit_per_min: 30,
-            event_rate_per_sec: 20,
-            event_burst: 40,
-            max_text_chars: 4000,
-            max_attachments: 10,
-            attachment_types: ["image", "video", "audio", "file"]
-                .map(String::from)
-                .to_vec(),
-            max_url_len: 2048,
-            max_client_msg_id_len: 128,
-            max_group_id_bytes: corecast_storage::GroupId::MAX_BYTES,
-        }
-    }
-}
-
-impl Default for NotifierConfig {
-    fn default() -> Self {
-        NotifierConfig {
-            smtp_host: "127.0.0.1".into(),
-            smtp_port: 25,
-            smtp_tls: SmtpTls::None,
-            smtp_user: None,
-            smtp_password: None,
-            smtp_from: "corecast <noreply@localhost>".into(),
-            coalesce_secs: 60,
-            retry_initial_ms: 1_000,
-            retry_max_ms: 300_000,
-            listen: "127.0.0.1:3002"
-                .parse()
-                .expect("invariant: literal address"),
-            templates_dir: None,
-            app_url: None,
-        }
-    }
-}
-
-/// The development secret used when none is configured. Printed loudly at start.
-pub const DEV_JWT_SECRET: &str = "corecast-development-secret-do-not-use-in-production";
-
-type Setter = fn(&mut Config, &str) -> Result<()>;
-
-fn list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn parse<T: std::str::FromStr>(v: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    v.trim().parse::<T>().map_err(|e| anyhow!("{e}"))
-}
-
-fn parse_enum<T: for<'de> Deserialize<'de>>(v: &str) -> Result<T> {
-    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(v.trim()))
-        .map_err(|e| anyhow!("{e}"))
-}
-
-fn opt(v: &str) -> Option<String> {
-    (!v.is_empty()).then(|| v.to_string())
-}
-
-/// Every overridable key: its environment variable and how to apply a value.
-pub const OVERRIDES: &[(&str, Setter)] = &[
-    ("CORECAST_LISTEN", |c, v| {
-        c.server.listen = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_INTERNAL_LISTEN", |c, v| {
-        c.server.internal_listen = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_ADMIN_THREADS", |c, v| {
-        c.server.admin_threads = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_ADMIN_MAX_CONNECTIONS", |c, v| {
-        c.server.admin_max_connections = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_ADMIN_REQUEST_TIMEOUT_MS", |c, v| {
-        c.server.admin_request_timeout_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_SHARDS", |c, v| {
-        c.server.shards = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PATH", |c, v| {
-        c.server.path = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_ALLOWED_ORIGINS", |c, v| {
-        c.server.allowed_origins = list(v);
-        Ok(())
-    }),
-    ("CORECAST_TRANSPORTS", |c, v| {
-        c.server.transports = list(v);
-        Ok(())
-    }),
-    ("CORECAST_UPGRADE_TIMEOUT_MS", |c, v| {
-        c.server.upgrade_timeout_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_HANDSHAKE_TIMEOUT_MS", |c, v| {
-        c.server.handshake_timeout_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_PENDING_CONNECTIONS", |c, v| {
-        c.server.max_pending_connections = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_PENDING_PER_IP", |c, v| {
-        c.server.max_pending_per_ip = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_ACCEPT_RATE", |c, v| {
-        c.server.accept_rate = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_DRAIN_SECS", |c, v| {
-        c.server.drain_secs = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PING_INTERVAL_MS", |c, v| {
-        c.server.ping_interval_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PING_TIMEOUT_MS", |c, v| {
-        c.server.ping_timeout_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_CONNECT_TIMEOUT_MS", |c, v| {
-        c.server.connect_timeout_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_PAYLOAD", |c, v| {
-        c.server.max_payload = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_OUTBOUND_QUEUE_BYTES", |c, v| {
-        c.server.outbound_queue_bytes = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PACED_ROOM_MEMBERS", |c, v| {
-        c.server.paced_room_members = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PACING_WINDOW_MS", |c, v| {
-        c.server.pacing_window_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_SEND_RING", |c, v| {
-        c.server.send_ring = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_DEMO", |c, v| {
-        c.server.demo = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_IDLE_ROOM_SECS", |c, v| {
-        c.server.idle_room_secs = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_PRESENCE_DEBOUNCE_MS", |c, v| {
-        c.server.presence_debounce_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_JWT_ALGORITHM", |c, v| {
-        c.auth.jwt_algorithm = parse_enum(v)?;
-        Ok(())
-    }),
-    ("CORECAST_JWT_SECRET", |c, v| {
-        c.auth.jwt_secret = opt(v);
-        Ok(())
-    }),
-    ("CORECAST_JWT_PUBLIC_KEY_FILE", |c, v| {
-        c.auth.jwt_public_key_file = opt(v).map(Into::into);
-        Ok(())
-    }),
-    ("CORECAST_ADMIN_TOKEN", |c, v| {
-        c.auth.admin_token = opt(v);
-        Ok(())
-    }),
-    ("CORECAST_RATE_LIMIT_PER_MIN", |c, v| {
-        c.limits.rate_limit_per_min = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_EVENT_RATE_PER_SEC", |c, v| {
-        c.limits.event_rate_per_sec = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_EVENT_BURST", |c, v| {
-        c.limits.event_burst = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_TEXT_CHARS", |c, v| {
-        c.limits.max_text_chars = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_ATTACHMENTS", |c, v| {
-        c.limits.max_attachments = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_ATTACHMENT_TYPES", |c, v| {
-        c.limits.attachment_types = list(v);
-        Ok(())
-    }),
-    ("CORECAST_MAX_URL_LEN", |c, v| {
-        c.limits.max_url_len = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_CLIENT_MSG_ID_LEN", |c, v| {
-        c.limits.max_client_msg_id_len = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_MAX_GROUP_ID_BYTES", |c, v| {
-        c.limits.max_group_id_bytes = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_STORE", |c, v| {
-        c.store.kind = parse_enum(v)?;
-        Ok(())
-    }),
-    ("CORECAST_DATA_DIR", |c, v| {
-        c.store.data_dir = v.into();
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_NODES", |c, v| {
-        c.store.scylla_nodes = list(v);
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_KEYSPACE", |c, v| {
-        c.store.scylla_keyspace = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_REPLICATION", |c, v| {
-        c.store.scylla_replication = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_CONSISTENCY", |c, v| {
-        c.store.scylla_consistency = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_LOCAL_DC", |c, v| {
-        c.store.scylla_local_dc = opt(v);
-        Ok(())
-    }),
-    ("CORECAST_SCYLLA_MIGRATE", |c, v| {
-        c.store.migrate_on_start = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_SMTP_HOST", |c, v| {
-        c.notifier.smtp_host = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_SMTP_PORT", |c, v| {
-        c.notifier.smtp_port = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_SMTP_TLS", |c, v| {
-        c.notifier.smtp_tls = parse_enum(v)?;
-        Ok(())
-    }),
-    ("CORECAST_SMTP_USER", |c, v| {
-        c.notifier.smtp_user = opt(v);
-        Ok(())
-    }),
-    ("CORECAST_SMTP_PASSWORD", |c, v| {
-        c.notifier.smtp_password = opt(v);
-        Ok(())
-    }),
-    ("CORECAST_SMTP_FROM", |c, v| {
-        c.notifier.smtp_from = v.to_string();
-        Ok(())
-    }),
-    ("CORECAST_NOTIFY_COALESCE_SECS", |c, v| {
-        c.notifier.coalesce_secs = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_NOTIFY_RETRY_INITIAL_MS", |c, v| {
-        c.notifier.retry_initial_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_NOTIFY_RETRY_MAX_MS", |c, v| {
-        c.notifier.retry_max_ms = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_NOTIFIER_LISTEN", |c, v| {
-        c.notifier.listen = parse(v)?;
-        Ok(())
-    }),
-    ("CORECAST_NOTIFY_TEMPLATES", |c, v| {
-        c.notifier.templates_dir = opt(v).map(Into::into);
-        Ok(())
-    }),
-    ("CORECAST_NOTIFY_APP_URL", |c, v| {
-        c.notifier.app_url = opt(v);
-        Ok(())
-    }),
-];
 
 impl Config {
-    /// Loads the file (if any), then the environment, then `flags` (pairs of an environment
-    /// variable name from [`OVERRIDES`] and a value), and validates the result.
-    pub fn load(file: Option<&std::path::Path>, flags: &[(&str, String)]) -> Result<Config> {
+    /// The file's settings (the defaults without one), with the flags and variables in
+    /// `matches` over them, validated. clap has already put each flag over its variable.
+    pub fn load(file: Option<&Path>, matches: &ArgMatches) -> Result<Config, Error> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| Error::File {
+                    path: path.into(),
+                    source,
+                })?
             }
             None => Config::default(),
         };
-        for (name, set) in OVERRIDES {
-            if let Ok(v) = std::env::var(name) {
-                set(&mut config, &v).with_context(|| format!("invalid value {v:?} for {name}"))?;
-            }
-        }
-        for (name, v) in flags {
-            let (_, set) = OVERRIDES
-                .iter()
-                .find(|(n, _)| n == name)
-                .ok_or_else(|| anyhow!("invariant: flag mapped to unknown key {name}"))?;
-            set(&mut config, v).with_context(|| format!("invalid value {v:?} for {name}"))?;
-        }
+        config
+            .update_from_arg_matches(matches)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks values that parse but make no sense; names the key in the error.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), Error> {
         let s = &self.server;
         if !s.path.starts_with('/') {
-            bail!(
+            invalid!(
                 "server.path (CORECAST_PATH) must start with '/', got {:?}",
                 s.path
             );
         }
         if s.paced_room_members > 0 && !(1..=1_000).contains(&s.pacing_window_ms) {
-            bail!("server.pacing_window_ms must be between 1 and 1000 while pacing is on");
+            invalid!("server.pacing_window_ms must be between 1 and 1000 while pacing is on");
         }
         if s.ping_interval_ms == 0 || s.ping_timeout_ms == 0 {
-            bail!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
+            invalid!("server.ping_interval_ms and server.ping_timeout_ms must be above 0");
         }
         if s.transports.is_empty() {
-            bail!("server.transports (CORECAST_TRANSPORTS) must name at least one transport: polling, websocket");
+            invalid!("server.transports (CORECAST_TRANSPORTS) must name at least one transport: polling, websocket");
         }
         if let Some(t) = s
             .transports
             .iter()
             .find(|t| *t != "polling" && *t != "websocket")
         {
-            bail!("server.transports (CORECAST_TRANSPORTS): unknown transport {t:?}; use polling, websocket or both");
+            invalid!("server.transports (CORECAST_TRANSPORTS): unknown transport {t:?}; use polling, websocket or both");
         }
         if s.max_pending_connections == 0 {
-            bail!("server.max_pending_connections (CORECAST_MAX_PENDING_CONNECTIONS) must be at least 1");
+            invalid!("server.max_pending_connections (CORECAST_MAX_PENDING_CONNECTIONS) must be at least 1");
         }
         if s.handshake_timeout_ms == 0 {
-            bail!("server.handshake_timeout_ms (CORECAST_HANDSHAKE_TIMEOUT_MS) must be at least 1");
+            invalid!(
+                "server.handshake_timeout_ms (CORECAST_HANDSHAKE_TIMEOUT_MS) must be at least 1"
+            );
         }
         if s.max_payload < 64 {
-            bail!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");
+            invalid!("server.max_payload (CORECAST_MAX_PAYLOAD) must be at least 64 bytes");
         }
         if !(1..=256).contains(&s.admin_threads) {
-            bail!(
+            invalid!(
                 "server.admin_threads (CORECAST_ADMIN_THREADS) must be between 1 and 256, got {}",
                 s.admin_threads
             );
         }
         if s.admin_max_connections == 0 || s.admin_request_timeout_ms == 0 {
-            bail!(
+            invalid!(
                 "server.admin_max_connections (CORECAST_ADMIN_MAX_CONNECTIONS) and \
                  server.admin_request_timeout_ms (CORECAST_ADMIN_REQUEST_TIMEOUT_MS) must be above 0"
             );
         }
         if s.shards > 256 {
-            bail!(
+            invalid!(
                 "server.shards (CORECAST_SHARDS) must be at most 256, got {}",
                 s.shards
             );
         }
         if s.idle_room_secs == 0 {
-            bail!("server.idle_room_secs (CORECAST_IDLE_ROOM_SECS) must be at least 1");
+            invalid!("server.idle_room_secs (CORECAST_IDLE_ROOM_SECS) must be at least 1");
         }
         if s.presence_debounce_ms > 60_000 {
-            bail!(
+            invalid!(
                 "server.presence_debounce_ms (CORECAST_PRESENCE_DEBOUNCE_MS) must be at most \
                  60000, got {}",
                 s.presence_debounce_ms
             );
         }
         if self.limits.event_rate_per_sec > 0 && self.limits.event_burst == 0 {
-            bail!(
+            invalid!(
                 "limits.event_burst (CORECAST_EVENT_BURST) must be at least 1 while \
                  limits.event_rate_per_sec (CORECAST_EVENT_RATE_PER_SEC) is on"
             );
         }
         if self.auth.jwt_algorithm != JwtAlgorithm::HS256 && self.auth.jwt_public_key_file.is_none()
         {
-            bail!(
+            invalid!(
                 "auth.jwt_algorithm {:?} needs auth.jwt_public_key_file (CORECAST_JWT_PUBLIC_KEY_FILE)",
                 self.auth.jwt_algorithm
             );
         }
         let limit = corecast_storage::GroupId::LIMIT_BYTES;
         if !(1..=limit).contains(&self.limits.max_group_id_bytes) {
-            bail!(
+            invalid!(
                 "limits.max_group_id_bytes (CORECAST_MAX_GROUP_ID_BYTES) must be between 1 and \
                  {limit}, got {}",
                 self.limits.max_group_id_bytes
             );
         }
-        self.store.validate().map_err(|e| anyhow!(e))?;
+        self.store.validate().map_err(Error::Invalid)?;
         Ok(())
     }
 
@@ -701,6 +322,73 @@ pub fn init_logging() {
 mod tests {
     use super::*;
 
+    /// Every key's variable.
+    fn variables() -> Vec<String> {
+        Config::augment_args_for_update(Command::new("keys"))
+            .get_arguments()
+            .filter_map(|a| a.get_env()?.to_str().map(String::from))
+            .collect()
+    }
+
+    /// Loads `file` with `args` on a command that takes every key as a flag (but the
+    /// notifier's `--listen`, which is the gateway's too); the error with its causes.
+    fn load(file: Option<&Path>, args: &[&str]) -> Result<Config, String> {
+        let all = variables();
+        let flags: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|v| *v != "CORECAST_NOTIFIER_LISTEN")
+            .collect();
+        let matches = add_keys(Command::new("test"), &flags)
+            .try_get_matches_from(std::iter::once("test").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::load(file, &matches).map_err(|e| {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text += &format!(": {c}");
+                cause = c.source();
+            }
+            text
+        })
+    }
+
+    #[test]
+    fn every_key_has_its_own_variable_and_parses_into_its_field() {
+        let all = variables();
+        assert_eq!(all.len(), 59, "{all:?}");
+        let mut unique = all.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "a variable names two keys");
+        assert!(all.iter().all(|v| v.starts_with("CORECAST_")));
+        // One value of the right kind for each key, whatever its type: a parser whose value
+        // is not its field's type panics here (clap checks the type on access).
+        for var in &all {
+            let flag = format!("--{}", key_flag(var));
+            let matches = ["1", "true", "127.0.0.1:1", "embedded", "HS256", "none"]
+                .into_iter()
+                .find_map(|v| {
+                    add_keys(Command::new("t"), &[var])
+                        .try_get_matches_from(["t", &flag, v])
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no sample value parses for {var}"));
+            let mut c = Config::default();
+            c.update_from_arg_matches(&matches).unwrap();
+        }
+    }
+
+    /// The flag of the key read from `var`.
+    fn key_flag(var: &str) -> String {
+        add_keys(Command::new("t"), &[var])
+            .get_arguments()
+            .find(|a| a.get_env().and_then(OsStr::to_str) == Some(var))
+            .and_then(Arg::get_long)
+            .expect("every key has a flag name")
+            .to_string()
+    }
+
     #[test]
     fn file_then_flags_with_the_key_named_on_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -710,31 +398,102 @@ mod tests {
             "[server]\nshards = 3\n[limits]\nrate_limit_per_min = 5\n",
         )
         .unwrap();
-        let c = Config::load(Some(&path), &[("CORECAST_SHARDS", "2".into())]).unwrap();
+        let c = load(Some(&path), &["--shards", "2"]).unwrap();
         assert_eq!(c.server.shards, 2);
         assert_eq!(c.limits.rate_limit_per_min, 5);
-        let err = Config::load(Some(&path), &[("CORECAST_SHARDS", "two".into())]).unwrap_err();
-        assert!(format!("{err:#}").contains("CORECAST_SHARDS"));
+        let err = load(Some(&path), &["--shards", "two"]).unwrap_err();
+        assert!(err.contains("CORECAST_SHARDS"), "{err}");
         std::fs::write(&path, "[server]\nshardz = 3\n").unwrap();
-        let err = Config::load(Some(&path), &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("shardz"), "{err:#}");
+        let err = load(Some(&path), &[]).unwrap_err();
+        assert!(err.contains("shardz"), "{err}");
+    }
+
+    #[test]
+    fn values_are_read_as_before_blanks_lists_and_empty_optionals() {
+        let c = load(
+            None,
+            &[
+                "--shards",
+                " 2 ",
+                "--transports",
+                " websocket, ,",
+                "--allowed-origins",
+                "",
+                "--jwt-secret",
+                "",
+                "--store",
+                "scylla",
+                "--scylla-nodes",
+                "a:1, b:2",
+                "--path",
+                "/x/",
+                "--demo",
+                "false",
+                "--jwt-algorithm",
+                "HS256",
+                "--smtp-tls",
+                "starttls",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.shards, 2);
+        assert_eq!(c.server.transports, ["websocket"]);
+        assert!(c.server.allowed_origins.is_empty());
+        assert_eq!(c.auth.jwt_secret, None, "empty unsets");
+        assert_eq!(c.store.kind, StoreKind::Scylla);
+        assert_eq!(c.store.scylla_nodes, ["a:1", "b:2"]);
+        assert_eq!(c.server.path, "/x/");
+        assert!(!c.server.demo);
+        assert_eq!(c.notifier.smtp_tls, SmtpTls::Starttls);
+        for (flag, bad, var) in [
+            ("--store", "sqlite", "CORECAST_STORE"),
+            ("--demo", "yes", "CORECAST_DEMO"),
+            ("--listen", "localhost", "CORECAST_LISTEN"),
+        ] {
+            let err = load(None, &[flag, bad]).unwrap_err();
+            assert!(err.contains(var) && err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_the_named_keys_are_flags_and_nothing_else_is_taken() {
+        let cmd = || add_keys(Command::new("t"), &["CORECAST_SHARDS"]);
+        let m = cmd().try_get_matches_from(["t", "--shards", "2"]).unwrap();
+        assert_eq!(Config::load(None, &m).unwrap().server.shards, 2);
+        let err = cmd()
+            .try_get_matches_from(["t", "--admin-threads", "2"])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{err}");
+        let err = cmd().try_get_matches_from(["t", "/x/"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{err}");
+        assert!(
+            err.to_string().contains("unexpected argument '/x/'"),
+            "{err}"
+        );
+        let help = cmd().render_help().to_string();
+        assert!(
+            help.contains("--shards") && help.contains("--config"),
+            "{help}"
+        );
+        assert!(!help.contains("admin-threads"), "{help}");
     }
 
     #[test]
     fn pacing_window_out_of_range_is_refused_unless_pacing_is_off() {
         let load = |members: &str, window: &str| {
-            Config::load(
+            load(
                 None,
                 &[
-                    ("CORECAST_PACED_ROOM_MEMBERS", members.into()),
-                    ("CORECAST_PACING_WINDOW_MS", window.into()),
+                    "--paced-room-members",
+                    members,
+                    "--pacing-window-ms",
+                    window,
                 ],
             )
-            .and_then(|c| c.validate().map(|_| c))
         };
         for window in ["0", "1001"] {
             let err = load("1000", window).unwrap_err();
-            assert!(format!("{err:#}").contains("pacing_window_ms"), "{err:#}");
+            assert!(err.contains("pacing_window_ms"), "{err}");
         }
         let c = load("1000", "20").unwrap();
         assert_eq!(
@@ -749,11 +508,6 @@ mod tests {
 
     #[test]
     fn event_rate_idle_rooms_and_presence_debounce_are_read_and_checked() {
-        let load = |pairs: &[(&str, &str)]| {
-            let flags: Vec<(&str, String)> =
-                pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
-            Config::load(None, &flags)
-        };
         let d = Config::default();
         assert_eq!(
             (d.limits.event_rate_per_sec, d.limits.event_burst),
@@ -761,46 +515,44 @@ mod tests {
         );
         assert_eq!(d.server.idle_room_secs, 300);
         assert_eq!(d.server.presence_debounce_ms, 1_500);
-        let c = load(&[
-            ("CORECAST_EVENT_RATE_PER_SEC", "0"),
-            ("CORECAST_EVENT_BURST", "0"),
-            ("CORECAST_IDLE_ROOM_SECS", "2"),
-            ("CORECAST_PRESENCE_DEBOUNCE_MS", "0"),
-        ])
+        let c = load(
+            None,
+            &[
+                "--event-rate-per-sec",
+                "0",
+                "--event-burst",
+                "0",
+                "--idle-room-secs",
+                "2",
+                "--presence-debounce-ms",
+                "0",
+            ],
+        )
         .unwrap();
         assert_eq!(c.limits.event_rate_per_sec, 0, "0 turns the limit off");
         assert_eq!(c.server.idle_room_secs, 2);
         assert_eq!(c.server.presence_debounce_ms, 0);
-        for (pairs, key) in [
-            (&[("CORECAST_EVENT_BURST", "0")][..], "CORECAST_EVENT_BURST"),
+        for (args, key) in [
+            (["--event-burst", "0"], "CORECAST_EVENT_BURST"),
+            (["--idle-room-secs", "0"], "CORECAST_IDLE_ROOM_SECS"),
             (
-                &[("CORECAST_IDLE_ROOM_SECS", "0")][..],
-                "CORECAST_IDLE_ROOM_SECS",
-            ),
-            (
-                &[("CORECAST_PRESENCE_DEBOUNCE_MS", "60001")][..],
+                ["--presence-debounce-ms", "60001"],
                 "CORECAST_PRESENCE_DEBOUNCE_MS",
             ),
         ] {
-            let err = load(pairs).unwrap_err();
-            assert!(format!("{err:#}").contains(key), "{err:#}");
+            let err = load(None, &args).unwrap_err();
+            assert!(err.contains(key), "{err}");
         }
     }
 
     #[test]
     fn group_id_limit_is_read_and_bounded() {
-        let load = |v: &str| {
-            Config::load(None, &[("CORECAST_MAX_GROUP_ID_BYTES", v.into())])
-                .and_then(|c| c.validate().map(|_| c))
-        };
+        let load = |v: &str| load(None, &["--max-group-id-bytes", v]);
         assert_eq!(Config::default().limits.max_group_id_bytes, 128);
         assert_eq!(load("64").unwrap().limits.max_group_id_bytes, 64);
         for bad in ["0", "1025"] {
             let err = load(bad).unwrap_err();
-            assert!(
-                format!("{err:#}").contains("CORECAST_MAX_GROUP_ID_BYTES"),
-                "{err:#}"
-            );
+            assert!(err.contains("CORECAST_MAX_GROUP_ID_BYTES"), "{err}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The `[store]` section of corecast's configuration: which backend holds the data, and its
 //! settings. It lives here, beside the backends it configures; the `corecast-config` crate
-//! composes it with the other sections. Plain data: nothing here opens anything.
+//! composes it with the other sections, and layers its flags and `CORECAST_*` variables over the
+//! file. Plain data: nothing here opens anything.
 
+use corecast_config_value::{choice, list, optional, parse, path};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -13,28 +15,36 @@ pub enum StoreKind {
     Scylla,
 }
 
-/// The `[store]` section.
-#[derive(Debug, Clone, Deserialize)]
+/// The `[store]` section. Each key's variable is in its `#[arg]`; the flags a binary takes are
+/// its choice (`corecast_config::Flags`).
+#[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `embedded` or `scylla` (`CORECAST_STORE`).
+    /// `embedded` or `scylla`.
+    #[arg(long = "store", value_name = "STORE", env = "CORECAST_STORE", value_parser = choice::<StoreKind>())]
     pub kind: StoreKind,
-    /// Folder of the embedded store (`CORECAST_DATA_DIR`).
+    /// Folder of the embedded store.
+    #[arg(long, env = "CORECAST_DATA_DIR", value_parser = path())]
     pub data_dir: PathBuf,
-    /// ScyllaDB contact points, `host:port` (`CORECAST_SCYLLA_NODES`, comma-separated).
-    pub scylla_nodes: Vec<String>,
-    /// Keyspace (`CORECAST_SCYLLA_KEYSPACE`).
+    /// ScyllaDB contact points, `host:port`, comma-separated.
+    #[arg(long, env = "CORECAST_SCYLLA_NODES", value_parser = list())]
+    pub scylla_nodes: std::vec::Vec<String>,
+    /// Keyspace.
+    #[arg(long, env = "CORECAST_SCYLLA_KEYSPACE")]
     pub scylla_keyspace: String,
     /// Replication, as CQL's replication map without braces, e.g.
     /// `'class': 'SimpleStrategy', 'replication_factor': 1` or
-    /// `'class': 'NetworkTopologyStrategy', 'dc1': 3` (`CORECAST_SCYLLA_REPLICATION`).
+    /// `'class': 'NetworkTopologyStrategy', 'dc1': 3`.
+    #[arg(long, env = "CORECAST_SCYLLA_REPLICATION")]
     pub scylla_replication: String,
-    /// Consistency of reads and writes, e.g. `LOCAL_QUORUM`, `ONE`, `QUORUM`
-    /// (`CORECAST_SCYLLA_CONSISTENCY`).
+    /// Consistency of reads and writes, e.g. `LOCAL_QUORUM`, `ONE`, `QUORUM`.
+    #[arg(long, env = "CORECAST_SCYLLA_CONSISTENCY")]
     pub scylla_consistency: String,
-    /// Local datacenter for token-aware, DC-aware routing (`CORECAST_SCYLLA_LOCAL_DC`).
-    pub scylla_local_dc: Option<String>,
-    /// Create the keyspace and tables at start (`CORECAST_SCYLLA_MIGRATE`).
+    /// Local datacenter for token-aware, DC-aware routing.
+    #[arg(long, env = "CORECAST_SCYLLA_LOCAL_DC", value_parser = optional::<String>())]
+    pub scylla_local_dc: std::option::Option<String>,
+    /// Create the keyspace and tables at start.
+    #[arg(long, env = "CORECAST_SCYLLA_MIGRATE", action = clap::ArgAction::Set, value_parser = parse::<bool>())]
     pub migrate_on_start: bool,
 }
 
