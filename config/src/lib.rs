@@ -1,14 +1,16 @@
 //! The one configuration of corecast, shared by the gateway (`corecast`) and the notifier
 //! (`corecast-notifier`): a TOML file (`--config`), under `CORECAST_*` environment variables,
-//! under flags. Each section is defined beside what it configures: `[server]`, `[auth]`,
-//! `[limits]` and `[notifier]` here, `[store]` in the storage crate; [`Config`] composes them.
+//! under flags. [`Config`] composes the sections: `[store]` is defined in the storage crate,
+//! beside the backends it configures; the gateway's `[server]`, `[auth]` and `[limits]` and the
+//! notifier's `[notifier]` are here, one module each, so that the notifier reads its
+//! configuration without building the gateway.
 //!
-//! A key is spelled once, on its field: the field's name is its key in the file (serde) and its
-//! flag, its `#[arg(env = ...)]` its variable, its type's parser is named beside it, and its
-//! doc comment is both the reference and the `--help` text. clap puts a flag over its variable;
-//! [`Config::load`] puts both over the file, and the file over [`Default`]. Which keys a command
-//! takes as flags is the binary's choice ([`Flags`]); every key is read from its variable in
-//! every command. [`Config::validate`] runs once at start and names the bad key in its error.
+//! A key is spelled once, on its field: the field's name is its key in the file (serde) and,
+//! unless its `#[arg(long = ...)]` says otherwise, its flag; its `#[arg(env = ...)]` is its
+//! variable, its value parser is named beside it, and its doc comment is both the reference
+//! and the `--help` text. clap puts a flag over its variable; [`Config::load`] puts both over
+//! the file, and the file over [`Default`]. Which keys a command takes as flags is the binary's
+//! choice ([`Flags`]); every key is read from its variable in every command. [`Config::validate`] runs once at start and names the bad key in its error.
 //!
 //! This crate never starts anything: it reads a file and the environment, and only the
 //! binaries call [`init_logging`].
