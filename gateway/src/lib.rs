@@ -4,7 +4,8 @@ pub use error::{Error, Result};
 pub mod admin;
 pub mod admission;
 pub mod auth;
-pub mod config;
+/// The configuration, from the `corecast-config` crate that the notifier shares.
+pub use corecast_config as config;
 pub mod conn;
 pub mod demo;
 pub mod engine;

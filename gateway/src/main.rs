@@ -1,10 +1,9 @@
 //! `corecast`: the gateway binary. Parses flags and calls the library.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use corecast_gateway::config::{Config, StoreKind};
+use clap::{Parser, Subcommand};
+use corecast_gateway::config::{Flags, Keys, StoreKind};
 use corecast_gateway::server::Gateway;
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +19,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        keys: Keys<ServeFlags>,
+    },
     /// Mint a development token (HS256, with the configured secret).
     Token {
         /// The user id (`sub`).
@@ -30,84 +32,39 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
         #[command(flatten)]
-        common: CommonArgs,
+        keys: Keys<TokenFlags>,
     },
     /// Create the store's schema (keyspace and tables for ScyllaDB) and exit.
-    Migrate(ServeArgs),
+    Migrate {
+        #[command(flatten)]
+        keys: Keys<ServeFlags>,
+    },
 }
 
-#[derive(Args)]
-struct CommonArgs {
-    /// TOML config file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// HS256 secret (CORECAST_JWT_SECRET).
-    #[arg(long)]
-    jwt_secret: Option<String>,
+/// The keys `serve` and `migrate` take as flags (docs/operations.md); every key is read from
+/// its variable.
+struct ServeFlags;
+
+impl Flags for ServeFlags {
+    const VARIABLES: &'static [&'static str] = &[
+        "CORECAST_LISTEN",
+        "CORECAST_INTERNAL_LISTEN",
+        "CORECAST_SHARDS",
+        "CORECAST_DATA_DIR",
+        "CORECAST_STORE",
+        "CORECAST_SCYLLA_NODES",
+        "CORECAST_ADMIN_TOKEN",
+        "CORECAST_ALLOWED_ORIGINS",
+        "CORECAST_RATE_LIMIT_PER_MIN",
+        "CORECAST_JWT_SECRET",
+    ];
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Public Socket.IO address (CORECAST_LISTEN).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Internal admin/metrics address (CORECAST_INTERNAL_LISTEN).
-    #[arg(long)]
-    internal_listen: Option<String>,
-    /// Number of shards, default one per core (CORECAST_SHARDS).
-    #[arg(long)]
-    shards: Option<String>,
-    /// Embedded store folder (CORECAST_DATA_DIR).
-    #[arg(long)]
-    data_dir: Option<String>,
-    /// `embedded` or `scylla` (CORECAST_STORE).
-    #[arg(long)]
-    store: Option<String>,
-    /// ScyllaDB contact points, comma-separated host:port (CORECAST_SCYLLA_NODES).
-    #[arg(long)]
-    scylla_nodes: Option<String>,
-    /// Admin API bearer token (CORECAST_ADMIN_TOKEN).
-    #[arg(long)]
-    admin_token: Option<String>,
-    /// Allowed WebSocket origins, comma-separated (CORECAST_ALLOWED_ORIGINS).
-    #[arg(long)]
-    allowed_origins: Option<String>,
-    /// Messages per user per minute, 0 for no limit (CORECAST_RATE_LIMIT_PER_MIN).
-    #[arg(long)]
-    rate_limit_per_min: Option<String>,
-}
+/// The keys `token` takes as flags.
+struct TokenFlags;
 
-impl CommonArgs {
-    fn flags(&self) -> Vec<(&'static str, String)> {
-        self.jwt_secret
-            .iter()
-            .map(|v| ("CORECAST_JWT_SECRET", v.clone()))
-            .collect()
-    }
-}
-
-impl ServeArgs {
-    fn load(&self) -> Result<Config> {
-        let mut flags = self.common.flags();
-        for (name, v) in [
-            ("CORECAST_LISTEN", &self.listen),
-            ("CORECAST_INTERNAL_LISTEN", &self.internal_listen),
-            ("CORECAST_SHARDS", &self.shards),
-            ("CORECAST_DATA_DIR", &self.data_dir),
-            ("CORECAST_STORE", &self.store),
-            ("CORECAST_SCYLLA_NODES", &self.scylla_nodes),
-            ("CORECAST_ADMIN_TOKEN", &self.admin_token),
-            ("CORECAST_ALLOWED_ORIGINS", &self.allowed_origins),
-            ("CORECAST_RATE_LIMIT_PER_MIN", &self.rate_limit_per_min),
-        ] {
-            if let Some(v) = v {
-                flags.push((name, v.clone()));
-            }
-        }
-        Config::load(self.common.config.as_deref(), &flags)
-    }
+impl Flags for TokenFlags {
+    const VARIABLES: &'static [&'static str] = &["CORECAST_JWT_SECRET"];
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts), then waits for one.
@@ -130,8 +87,8 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let config = args.load()?;
+fn serve(keys: Keys<ServeFlags>) -> Result<()> {
+    let config = keys.load()?;
     // Before anything is opened or printed; Gateway::start checks it again for library users.
     if let Some(problem) = corecast_gateway::auth::secret_problem(&config) {
         anyhow::bail!(problem);
@@ -186,10 +143,10 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     corecast_gateway::config::init_logging();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args),
-        Command::Token { sub, ttl, common } => {
-            let config = Config::load(common.config.as_deref(), &common.flags())?;
+    match corecast_gateway::config::parse::<Cli>().command {
+        Command::Serve { keys } => serve(keys),
+        Command::Token { sub, ttl, keys } => {
+            let config = keys.load()?;
             let (secret, dev) = config.jwt_secret();
             if dev {
                 eprintln!(
@@ -201,9 +158,9 @@ fn main() -> Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Migrate(args) => {
-            let config = args.load()?;
-            corecast_storage::migrate(&config.store_config()).context("migration failed")?;
+        Command::Migrate { keys } => {
+            let config = keys.load()?;
+            corecast_storage::migrate(&config.store.backend()).context("migration failed")?;
             eprintln!("corecast: schema is up to date");
             Ok(())
         }

@@ -66,7 +66,7 @@ impl Gateway {
 
         let store = match config.store.kind {
             StoreKind::Embedded | StoreKind::Scylla => {
-                corecast_storage::open(&config.store_config()).map_err(Error::Store)?
+                corecast_storage::open(&config.store.backend()).map_err(Error::Store)?
             }
         };
         let verifier = crate::auth::Verifier::from_config(&config)?;

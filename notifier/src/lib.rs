@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod plan;
 pub mod worker;
 
-use corecast_gateway::config::Config;
+use corecast_config::Config;
 use metrics::Metrics;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Condvar, Mutex};
@@ -161,7 +161,7 @@ pub fn start(config: &Config) -> Result<Running, Error> {
         None => compose::Templates::default(),
     };
     let mailer = mailer::Mailer::new(n)?;
-    let store = corecast_storage::open(&config.store_config())?;
+    let store = corecast_storage::open(&config.store.backend())?;
     let listener = TcpListener::bind(n.listen).map_err(|source| Error::Listen {
         addr: n.listen,
         source,

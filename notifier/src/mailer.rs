@@ -8,7 +8,7 @@
 
 use crate::compose::Content;
 use crate::Error;
-use corecast_gateway::config::{NotifierConfig, SmtpTls};
+use corecast_config::{NotifierConfig, SmtpTls};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SmtpTransport, Transport};

@@ -6,9 +6,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use corecast_gateway::config::Config;
+use corecast_config::{Flags, Keys};
 use corecast_notifier::Shutdown;
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -17,39 +16,28 @@ use std::path::PathBuf;
     about = "Emails offline corecast members about missed messages"
 )]
 struct Args {
-    /// TOML config file (the same file as the gateway's).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Internal listener for /metrics and /healthz (overrides CORECAST_NOTIFIER_LISTEN).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Embedded store folder (overrides CORECAST_DATA_DIR).
-    #[arg(long)]
-    data_dir: Option<String>,
-    /// SMTP server host (overrides CORECAST_SMTP_HOST).
-    #[arg(long)]
-    smtp_host: Option<String>,
-    /// SMTP server port (overrides CORECAST_SMTP_PORT).
-    #[arg(long)]
-    smtp_port: Option<String>,
+    /// The config file (the same as the gateway's), the variables and the flags below.
+    #[command(flatten)]
+    keys: Keys<NotifierFlags>,
+}
+
+/// The keys the notifier takes as flags (docs/operations.md); every key is read from its
+/// variable.
+struct NotifierFlags;
+
+impl Flags for NotifierFlags {
+    const VARIABLES: &'static [&'static str] = &[
+        "CORECAST_NOTIFIER_LISTEN",
+        "CORECAST_DATA_DIR",
+        "CORECAST_SMTP_HOST",
+        "CORECAST_SMTP_PORT",
+    ];
 }
 
 fn main() -> anyhow::Result<()> {
-    corecast_gateway::config::init_logging();
-    let args = Args::parse();
-    let mut flags = Vec::new();
-    for (name, value) in [
-        ("CORECAST_NOTIFIER_LISTEN", args.listen),
-        ("CORECAST_DATA_DIR", args.data_dir),
-        ("CORECAST_SMTP_HOST", args.smtp_host),
-        ("CORECAST_SMTP_PORT", args.smtp_port),
-    ] {
-        if let Some(v) = value {
-            flags.push((name, v));
-        }
-    }
-    let config =
-        Config::load(args.config.as_deref(), &flags).context("cannot load the configuration")?;
+    corecast_config::init_logging();
+    let args: Args = corecast_config::parse();
+    let config = args.keys.load().context("cannot load the configuration")?;
     let shutdown = Shutdown::new();
     stop_on_signals(shutdown.clone()).context("cannot install signal handling")?;
     corecast_notifier::run(config, shutdown).context("the notifier failed")

@@ -8,9 +8,9 @@
 //! CORECAST_TEST_SMTP_SERVER (as `scripts/test.sh` does); without aiosmtpd the tests fail and
 //! say how to install it.
 
-use corecast_gateway::config::Config;
+use corecast_config::Config;
 use corecast_storage::{
-    Attachment, Group, GroupId, MessageId, NewMessage, StoreConfig, StoreHandle, User, UserId,
+    Attachment, Backend, Group, GroupId, MessageId, NewMessage, StoreHandle, User, UserId,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -206,7 +206,7 @@ impl Chat {
     fn new() -> Chat {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
-        let store = corecast_storage::open(&StoreConfig::Embedded {
+        let store = corecast_storage::open(&Backend::Embedded {
             data_dir: data_dir.clone(),
         })
         .expect("open embedded store");

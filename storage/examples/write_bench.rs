@@ -26,12 +26,12 @@ fn main() {
     let kind = args.get(1).map(String::as_str).unwrap_or("scylla");
     let target = args.get(2).cloned();
     let config = match kind {
-        "embedded" => StoreConfig::Embedded {
+        "embedded" => Backend::Embedded {
             data_dir: target
                 .unwrap_or_else(|| "/tmp/corecast-write-bench".into())
                 .into(),
         },
-        _ => StoreConfig::Scylla {
+        _ => Backend::Scylla {
             nodes: vec![target.unwrap_or_else(|| "127.0.0.1:9042".into())],
             keyspace: format!("cc_bench_{:08x}", fastrand::u32(..)),
             replication: "'class': 'SimpleStrategy', 'replication_factor': 1".into(),

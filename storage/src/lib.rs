@@ -13,6 +13,7 @@
 //! - [`scylla`]: ScyllaDB (or Apache Cassandra) through the `scylla` driver, on its own tokio
 //!   threads, for production and for several gateway nodes sharing one store.
 
+pub mod config;
 pub mod embedded;
 mod error;
 pub mod model;
@@ -21,13 +22,14 @@ mod request;
 pub mod scylla;
 mod wal_vfs;
 
+pub use config::{StoreConfig, StoreKind};
 pub use error::Error;
 pub use model::*;
 pub use request::{Blocking, Reply, Request, StoreHandle};
 
-/// Which backend to open, and its settings.
+/// Which backend to open, and its settings ([`StoreConfig::backend`] makes one from `[store]`).
 #[derive(Debug, Clone)]
-pub enum StoreConfig {
+pub enum Backend {
     /// SQLite files in `data_dir`.
     Embedded { data_dir: std::path::PathBuf },
     /// ScyllaDB/Cassandra cluster (see [`scylla::ScyllaConfig`] for the fields).
@@ -46,11 +48,11 @@ pub enum StoreConfig {
     },
 }
 
-impl StoreConfig {
+impl Backend {
     /// The ScyllaDB settings, when this is the ScyllaDB backend.
     pub fn scylla(&self) -> Option<scylla::ScyllaConfig> {
         match self {
-            StoreConfig::Scylla {
+            Backend::Scylla {
                 nodes,
                 keyspace,
                 replication,
@@ -65,29 +67,27 @@ impl StoreConfig {
                 local_dc: local_dc.clone(),
                 migrate: *migrate,
             }),
-            StoreConfig::Embedded { .. } => None,
+            Backend::Embedded { .. } => None,
         }
     }
 }
 
 /// Creates the schema of the configured backend (`corecast migrate`). Blocking. The embedded
 /// store creates its schema whenever it opens, so this only opens and checks it.
-pub fn migrate(config: &StoreConfig) -> Result<(), Error> {
+pub fn migrate(config: &Backend) -> Result<(), Error> {
     match config {
-        StoreConfig::Embedded { data_dir } => embedded::connect(data_dir).map(|_| ()),
-        StoreConfig::Scylla { .. } => {
+        Backend::Embedded { data_dir } => embedded::connect(data_dir).map(|_| ()),
+        Backend::Scylla { .. } => {
             scylla::migrate(&config.scylla().expect("invariant: matched Scylla"))
         }
     }
 }
 
 /// Opens the configured backend and starts its threads.
-pub fn open(config: &StoreConfig) -> Result<StoreHandle, Error> {
+pub fn open(config: &Backend) -> Result<StoreHandle, Error> {
     match config {
-        StoreConfig::Embedded { data_dir } => {
-            embedded::open(data_dir, embedded::Options::default())
-        }
-        StoreConfig::Scylla { .. } => {
+        Backend::Embedded { data_dir } => embedded::open(data_dir, embedded::Options::default()),
+        Backend::Scylla { .. } => {
             scylla::open(&config.scylla().expect("invariant: matched Scylla"))
         }
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 fn open_in(dir: &Path) -> StoreHandle {
-    open(&StoreConfig::Embedded {
+    open(&Backend::Embedded {
         data_dir: dir.to_path_buf(),
     })
     .expect("open the embedded store")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 enum Kind {
     Embedded(tempfile::TempDir),
-    Scylla(StoreConfig),
+    Scylla(Backend),
 }
 
 struct Fixture {
@@ -28,8 +28,8 @@ fn scylla_nodes() -> Vec<String> {
         .collect()
 }
 
-fn scylla_config(keyspace: &str, nodes: Vec<String>) -> StoreConfig {
-    StoreConfig::Scylla {
+fn scylla_config(keyspace: &str, nodes: Vec<String>) -> Backend {
+    Backend::Scylla {
         nodes,
         keyspace: keyspace.into(),
         replication: "'class': 'SimpleStrategy', 'replication_factor': 1".into(),
@@ -60,9 +60,9 @@ impl Fixture {
         f
     }
 
-    fn config(&self) -> StoreConfig {
+    fn config(&self) -> Backend {
         match &self.kind {
-            Kind::Embedded(dir) => StoreConfig::Embedded {
+            Kind::Embedded(dir) => Backend::Embedded {
                 data_dir: dir.path().to_path_buf(),
             },
             Kind::Scylla(c) => c.clone(),
@@ -130,7 +130,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.handle = None;
-        if let Kind::Scylla(StoreConfig::Scylla {
+        if let Kind::Scylla(Backend::Scylla {
             nodes, keyspace, ..
         }) = &self.kind
         {

@@ -12,7 +12,7 @@ import jwt
 
 from gateway_process import gateway_binary
 
-DEV_SECRET = "corecast-development-secret-do-not-use-in-production"  # config.rs DEV_JWT_SECRET
+DEV_SECRET = "corecast-development-secret-do-not-use-in-production"  # config/src/auth.rs DEV_JWT_SECRET
 START_TIMEOUT = 30
 
 
