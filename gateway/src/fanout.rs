@@ -1,24 +1,22 @@
 //! Fan-out: how a room's frame reaches its members' sockets.
 //!
-//! Two steps. On the group's owner shard, [`Shard::deliver_to_shards`] hands the frame (framed
-//! once, one shared `Bytes`) to every shard that has subscribers, one [`ShardMsg::Deliver`]
-//! each. On each of those shards, [`Fanout`] writes it to the shard's own connections in the
+//! Two steps. On the group's owner shard, `Shard::deliver_to_shards` (shard.rs) hands the frame
+//! (framed once, one shared `Bytes`) to every shard that has subscribers, one
+//! `ShardMsg::Deliver` each. On each of those shards, [`Fanout`] writes it to the shard's own connections in the
 //! room: a reference count and a queue push per connection, and for large rooms the pacing
 //! window ([`Pacing`]) that makes each socket write carry several frames.
 //!
+//! It sees its shard through [`Outbox`], as a connection does, and imports nothing of shard.rs.
 //! Everything here is the shard's thread's own; no `RefCell` borrow is held across an
 //! `.await`, and nothing blocks: writing to a connection only queues for its writer task.
 
 use crate::conn::{Conn, ConnId};
-use crate::metrics::Hop;
-use crate::shard::{Shard, ShardMsg};
+use crate::outbox::Outbox;
 use bytes::Bytes;
-use corecast_shard_router::ShardId;
 use corecast_storage::{GroupId, UserId};
 use std::cell::{RefCell, RefMut};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -134,7 +132,7 @@ impl Fanout {
     /// ([`Fanout::deliver_presence`]).
     pub fn deliver(
         &self,
-        shard: &Shard,
+        shard: &impl Outbox,
         group: &GroupId,
         frame: &Bytes,
         except_user: Option<UserId>,
@@ -159,7 +157,7 @@ impl Fanout {
     /// `groups`: each connection once, however many groups they share. Returns how many.
     pub fn deliver_presence(
         &self,
-        shard: &Shard,
+        shard: &impl Outbox,
         user: UserId,
         groups: &[GroupId],
         frame: &Bytes,
@@ -186,7 +184,7 @@ impl Fanout {
     /// `Some` (the window, to queue into) when a frame for a room with `members` connections
     /// here waits for the pacing window; `None` when it goes out now. Borrows the pacing state
     /// only for a paced room.
-    fn pacing_for(&self, shard: &Shard, members: usize) -> Option<RefMut<'_, Pacing>> {
+    fn pacing_for(&self, shard: &impl Outbox, members: usize) -> Option<RefMut<'_, Pacing>> {
         let s = &shard.config().server;
         if s.paced_room_members == 0 || members < s.paced_room_members {
             return None;
@@ -199,7 +197,7 @@ impl Fanout {
     }
 
     /// Ends the open pacing window: every connection with frames waiting writes them.
-    pub fn end_pacing_window(&self, shard: &Shard) {
+    pub fn end_pacing_window(&self, shard: &impl Outbox) {
         let conns = self.pacing.borrow_mut().end(window(shard), Instant::now());
         for c in conns {
             c.paced.set(false);
@@ -208,68 +206,19 @@ impl Fanout {
     }
 }
 
-fn window(shard: &Shard) -> Duration {
+fn window(shard: &impl Outbox) -> Duration {
     Duration::from_millis(shard.config().server.pacing_window_ms)
 }
 
 /// Writes `frame` to `c` with its next send or, inside an open pacing window, queues it for
 /// the window's end.
-fn write_or_queue(shard: &Shard, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
+fn write_or_queue(shard: &impl Outbox, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
     match pacing {
         None => c.push(shard, frame.clone()),
         Some(p) => {
             if c.queue(shard, frame.clone()) && !c.paced.replace(true) {
                 p.conns.push(c.clone());
             }
-        }
-    }
-}
-
-impl Shard {
-    /// On a group's owner shard: hands `frame` to each of the shards `to` (the room's places
-    /// with subscribers), for their connections in `group`'s room. `stored_at`: when the
-    /// owner broadcast it; `ingress`: when the sender's shard parsed it (a client's message).
-    pub fn deliver_to_shards(
-        &self,
-        to: &[ShardId],
-        group: &GroupId,
-        frame: &Bytes,
-        stored_at: Instant,
-        ingress: Option<Instant>,
-    ) {
-        for &shard in to {
-            self.send_to_shard(
-                shard,
-                ShardMsg::Deliver {
-                    group: group.clone(),
-                    frame: frame.clone(),
-                    except_user: None,
-                    stored_at,
-                    ingress,
-                },
-            );
-        }
-    }
-
-    /// On a shard with connections in the room: a [`ShardMsg::Deliver`] arrived. Writes it
-    /// and records how long it took to get here.
-    pub(crate) fn delivered(
-        &self,
-        group: &GroupId,
-        frame: &Bytes,
-        except_user: Option<UserId>,
-        stored_at: Instant,
-        ingress: Option<Instant>,
-    ) {
-        let n = self.fanout.deliver(self, group, frame, except_user);
-        self.stats.deliveries.fetch_add(n, Relaxed);
-        let now = Instant::now();
-        self.due.borrow_mut().queued_at(now);
-        let fanout = now.saturating_duration_since(stored_at);
-        self.stats.delivery_latency.observe(fanout);
-        if let Some(ingress) = ingress {
-            self.stats.hop(Hop::Fanout, fanout);
-            self.stats.hop(Hop::Total, now - ingress);
         }
     }
 }

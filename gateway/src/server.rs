@@ -306,7 +306,7 @@ async fn pacer(shard: Rc<Shard>) {
         if until > now {
             glommio::timer::sleep(until - now).await;
         }
-        shard.fanout.end_pacing_window(&shard);
+        shard.fanout.end_pacing_window(&*shard);
     }
 }
 

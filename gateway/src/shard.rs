@@ -2031,6 +2031,56 @@ impl Shard {
     }
 }
 
+/// Fan-out across shards (the per-connection part is [`Fanout`], fanout.rs).
+impl Shard {
+    /// On a group's owner shard: hands `frame` to each of the shards `to` (the room's places
+    /// with subscribers), for their connections in `group`'s room. `stored_at`: when the
+    /// owner broadcast it; `ingress`: when the sender's shard parsed it (a client's message).
+    pub fn deliver_to_shards(
+        &self,
+        to: &[ShardId],
+        group: &GroupId,
+        frame: &Bytes,
+        stored_at: Instant,
+        ingress: Option<Instant>,
+    ) {
+        for &shard in to {
+            self.send_to_shard(
+                shard,
+                ShardMsg::Deliver {
+                    group: group.clone(),
+                    frame: frame.clone(),
+                    except_user: None,
+                    stored_at,
+                    ingress,
+                },
+            );
+        }
+    }
+
+    /// On a shard with connections in the room: a [`ShardMsg::Deliver`] arrived. Writes it
+    /// and records how long it took to get here.
+    pub(crate) fn delivered(
+        &self,
+        group: &GroupId,
+        frame: &Bytes,
+        except_user: Option<UserId>,
+        stored_at: Instant,
+        ingress: Option<Instant>,
+    ) {
+        let n = self.fanout.deliver(self, group, frame, except_user);
+        self.stats.deliveries.fetch_add(n, Relaxed);
+        let now = Instant::now();
+        self.due.borrow_mut().queued_at(now);
+        let fanout = now.saturating_duration_since(stored_at);
+        self.stats.delivery_latency.observe(fanout);
+        if let Some(ingress) = ingress {
+            self.stats.hop(Hop::Fanout, fanout);
+            self.stats.hop(Hop::Total, now - ingress);
+        }
+    }
+}
+
 /// What a connection asks of its shard ([`crate::outbox`]), each a call of the shard's own
 /// pub fns; here, so that outbox.rs, conn.rs and send.rs import nothing of this file.
 mod outbox_impl {
