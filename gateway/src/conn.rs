@@ -18,13 +18,13 @@ use crate::engine::{Due, Engine, PacketQueue, Polled, Sid, Transport};
 use crate::events::{self, ClientError, Code, Command, EventError};
 use crate::outbox::Outbox;
 use bytes::{Bytes, BytesMut};
+use corecast_shard_router::Subscriptions;
 use corecast_storage::{GroupId, UserId};
 use corecast_wire::packet::{self, EioPacket, SioKind};
 use corecast_wire::ws::{self, Decoder, Message, Role};
 use corecast_wire::Close;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use simd_json::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -46,15 +46,6 @@ pub enum ConnState {
     Closing,
 }
 
-/// A connection's membership in one room, as its shard sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubState {
-    /// Subscribe sent to the room's owner, no answer yet.
-    Pending,
-    /// In the room: deliveries reach it.
-    Active,
-}
-
 /// The server's Engine.IO ping, as a complete WebSocket frame.
 static PING_FRAME: [u8; 3] = [0x81, 0x01, b'2'];
 
@@ -73,9 +64,8 @@ pub struct Conn {
     user: Cell<Option<UserId>>,
     state: Cell<ConnState>,
     was_connected: Cell<bool>,
-    groups: RefCell<Vec<(GroupId, SubState)>>,
-    /// Connect-time subscriptions not yet answered (plus one while they are being sent).
-    pub pending_subs: Cell<u32>,
+    /// Its rooms as the shard sees them, and the CONNECT barrier (sans-IO, shard-router).
+    pub subs: RefCell<Subscriptions<GroupId>>,
     out: RefCell<PacketQueue>,
     /// A write the shard's sender could not finish (socket full, partial, failed) and the
     /// session finishes: the bytes and how many have gone. Nothing else is written before it.
@@ -122,8 +112,7 @@ impl Conn {
             user: Cell::new(None),
             state: Cell::new(ConnState::AwaitingConnect),
             was_connected: Cell::new(false),
-            groups: RefCell::new(Vec::new()),
-            pending_subs: Cell::new(0),
+            subs: RefCell::new(Subscriptions::default()),
             out: RefCell::new(PacketQueue::default()),
             writing: RefCell::new(None),
             fd: Cell::new(-1),
@@ -231,39 +220,13 @@ impl Conn {
         self.user.set(None);
         self.state.set(ConnState::AwaitingConnect);
         self.was_connected.set(false);
-        self.pending_subs.set(0);
         self.token_exp_ms.set(0);
-        self.groups.borrow_mut().clear();
-    }
-
-    pub fn sub_state(&self, group: &GroupId) -> Option<SubState> {
-        self.groups
-            .borrow()
-            .iter()
-            .find(|(g, _)| g == group)
-            .map(|(_, s)| *s)
-    }
-
-    pub fn set_sub_state(&self, group: &GroupId, state: Option<SubState>) {
-        let mut groups = self.groups.borrow_mut();
-        let pos = groups.iter().position(|(g, _)| g == group);
-        match (pos, state) {
-            (Some(i), Some(s)) => groups[i].1 = s,
-            (Some(i), None) => {
-                groups.swap_remove(i);
-            }
-            (None, Some(s)) => groups.push((group.clone(), s)),
-            (None, None) => {}
-        }
+        self.subs.borrow_mut().reset();
     }
 
     /// The groups this connection is in or joining.
     pub fn groups(&self) -> Vec<GroupId> {
-        self.groups
-            .borrow()
-            .iter()
-            .map(|(g, _)| g.clone())
-            .collect()
+        self.subs.borrow().groups().cloned().collect()
     }
 
     /// Queues a complete frame. A client whose queue would pass the configured bound is

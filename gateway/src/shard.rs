@@ -24,13 +24,14 @@
 //! and answers into this shard's inbox.
 
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, ConnState, SubState};
+use crate::conn::{Conn, ConnId, ConnState};
 use crate::events::{self, ClientError, Code};
 use crate::fanout::Fanout;
 use crate::metrics::{Hop, ShardStats};
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
 use corecast_shard_router::room::{Carrier, Effect, Load, Loaded, Outcome, Send as RoomSend};
+use corecast_shard_router::subs::{Left, Reason as SubReason};
 use corecast_shard_router::{
     owner_of_group, owner_of_user, Inbox, InboxHandle, Loads, Presence, Rate, RateLimiter, Recent,
     ShardId,
@@ -119,17 +120,6 @@ impl Trace {
             answered: None,
         }
     }
-}
-
-/// Why a connection subscribes to a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubReason {
-    /// At connect, for each group the user belongs to.
-    Connect,
-    /// The client's `joinGroup`.
-    Join,
-    /// The user was added to the group while connected.
-    Enroll,
 }
 
 /// Every message between shards (and from the store's threads, the admin listener and the
@@ -1511,11 +1501,14 @@ impl Shard {
         };
         match result {
             Ok(groups) => {
-                conn.pending_subs.set(conn.pending_subs.get() + 1);
+                conn.subs.borrow_mut().begin_connect();
                 for g in groups {
                     self.subscribe(&conn, user, g, SubReason::Connect, None);
                 }
-                self.sub_settled(&conn);
+                let released = conn.subs.borrow_mut().connect_sent();
+                if released {
+                    self.connect_released(&conn);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load the user's groups");
@@ -1538,17 +1531,12 @@ impl Shard {
         reason: SubReason,
         ack: Option<u64>,
     ) -> bool {
-        if conn.sub_state(&group).is_some() {
+        if !conn.subs.borrow_mut().want(&group, reason) {
             return false;
         }
-        conn.set_sub_state(&group, Some(SubState::Pending));
-        if reason == SubReason::Connect {
-            conn.pending_subs.set(conn.pending_subs.get() + 1);
-        }
         if reason == SubReason::Enroll {
-            // Take the connection into the local room at once, so that the admin call that
-            // added the member returns only once deliveries reach it.
-            conn.set_sub_state(&group, Some(SubState::Active));
+            // In the local room at once, so that the admin call that added the member
+            // returns only once deliveries reach it.
             self.fanout.add(&group, conn);
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
@@ -1591,55 +1579,43 @@ impl Shard {
             }
             return;
         };
-        match result {
-            Ok(()) => {
-                if conn.sub_state(&group) == Some(SubState::Pending) {
-                    conn.set_sub_state(&group, Some(SubState::Active));
-                    self.fanout.add(&group, &conn);
-                } else if conn.sub_state(&group).is_none() {
-                    // Left (or evicted) while joining.
-                    self.send_to_shard(
-                        owner,
-                        ShardMsg::Unsubscribe {
-                            group: group.clone(),
-                            shard: self.id,
-                        },
-                    );
-                }
-                if reason == SubReason::Join {
-                    let origin = Origin {
-                        shard: self.id,
-                        conn: id,
-                        ack,
-                    };
-                    self.reply(&origin, Ok(events::group_ack_json(&group)));
-                }
-            }
-            Err(e) => {
-                if conn.sub_state(&group).is_some() {
-                    conn.set_sub_state(&group, None);
-                    self.fanout.remove(&group, id);
-                }
-                if reason == SubReason::Join {
-                    let origin = Origin {
-                        shard: self.id,
-                        conn: id,
-                        ack,
-                    };
-                    self.reply(&origin, Err(e));
-                }
-            }
+        let answered = conn
+            .subs
+            .borrow_mut()
+            .answered(&group, reason, result.is_ok());
+        if answered.add_local {
+            self.fanout.add(&group, &conn);
         }
-        if reason == SubReason::Connect {
-            self.sub_settled(&conn);
+        if answered.remove_local {
+            self.fanout.remove(&group, id);
+        }
+        if answered.give_back {
+            // Left (or evicted) while joining.
+            self.send_to_shard(
+                owner,
+                ShardMsg::Unsubscribe {
+                    group: group.clone(),
+                    shard: self.id,
+                },
+            );
+        }
+        if reason == SubReason::Join {
+            let origin = Origin {
+                shard: self.id,
+                conn: id,
+                ack,
+            };
+            self.reply(&origin, result.map(|()| events::group_ack_json(&group)));
+        }
+        if answered.connected {
+            self.connect_released(&conn);
         }
     }
 
-    /// One connect-time subscription answered; when all are, the client is connected.
-    fn sub_settled(&self, conn: &Rc<Conn>) {
-        let left = conn.pending_subs.get().saturating_sub(1);
-        conn.pending_subs.set(left);
-        if left == 0 && conn.state() == ConnState::Subscribing {
+    /// Every connect-time subscription was answered (the barrier, `Subscriptions`): the
+    /// client is connected, unless it went meanwhile.
+    fn connect_released(&self, conn: &Rc<Conn>) {
+        if conn.state() == ConnState::Subscribing {
             conn.set_state(ConnState::Connected);
             conn.connected(self);
             self.release_ticket(conn.take_ticket());
@@ -1669,9 +1645,9 @@ impl Shard {
 
     /// The client's `leaveGroup`, an eviction, or a closing connection.
     pub fn leave(&self, conn: &Rc<Conn>, group: &GroupId) {
-        match conn.sub_state(group) {
-            Some(SubState::Active) => {
-                conn.set_sub_state(group, None);
+        let left = conn.subs.borrow_mut().leave(group);
+        match left {
+            Left::GiveBack => {
                 self.fanout.remove(group, conn.id);
                 let owner = owner_of_group(group, self.shared.nr_shards());
                 self.send_to_shard(
@@ -1682,11 +1658,8 @@ impl Shard {
                     },
                 );
             }
-            Some(SubState::Pending) => {
-                // The Subscribe's answer gives the count back (see subscribe_result).
-                conn.set_sub_state(group, None);
-            }
-            None => {}
+            // The Subscribe's answer gives the count back (see subscribe_result).
+            Left::Forgotten | Left::NotIn => {}
         }
     }
 

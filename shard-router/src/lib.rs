@@ -13,6 +13,7 @@
 //! - [`Loads`]: the membership loads of connects, merged (one in flight per shard).
 //! - [`Room`]: one group's room on its owner shard, sans-IO: members, subscribers per place,
 //!   the id order of its messages, merged resends, the barrier of membership changes.
+//! - [`Subscriptions`]: one connection's rooms as its shard sees them, and the CONNECT barrier.
 //!
 //! Nothing here does I/O or knows about sockets; it never blocks.
 
@@ -22,6 +23,7 @@ pub mod mesh;
 pub mod presence;
 mod recent;
 pub mod room;
+pub mod subs;
 
 pub use corecast_ids::{GroupId, MessageId, ShardId, UserId};
 pub use limiter::{Rate, RateLimiter};
@@ -30,6 +32,7 @@ pub use mesh::{mesh, Inbox, InboxHandle};
 pub use presence::Presence;
 pub use recent::Recent;
 pub use room::Room;
+pub use subs::Subscriptions;
 
 /// A 64-bit mix (splitmix64's finalizer) so that consecutive ids spread evenly over shards.
 fn mix(mut x: u64) -> u64 {
