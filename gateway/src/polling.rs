@@ -39,6 +39,12 @@ use std::time::Duration;
 
 /// Serves the HTTP requests of one TCP connection; `buf` holds bytes already read from it
 /// (by the shard that handed it over).
+/// Serves an HTTP connection handed over by another shard, on this shard's executor (the
+/// shard calls it through `Shared::adopt_http`).
+pub fn adopt(shard: Rc<Shard>, stream: TcpStream, buf: BytesMut) {
+    glommio::spawn_local(serve(shard, stream, buf)).detach();
+}
+
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, buf: BytesMut) {
     let waiting = shard.http_task();
     serve_requests(&shard, stream, buf, &waiting).await;

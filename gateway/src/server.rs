@@ -93,6 +93,7 @@ impl Gateway {
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            adopt_http: crate::polling::adopt,
             config,
         });
 

@@ -62,6 +62,9 @@ pub struct Shared {
     pub stats: Vec<Arc<ShardStats>>,
     /// Set when a drain begins (SIGTERM or the admin API): `/readyz` answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Serves an HTTP connection another shard handed over (`polling::adopt`): a function
+    /// the server passes in, so that the shard does not depend on the HTTP transport.
+    pub adopt_http: fn(Rc<Shard>, glommio::net::TcpStream, bytes::BytesMut),
 }
 
 impl Shared {
@@ -911,7 +914,7 @@ impl Shard {
         // SAFETY: a connected TCP socket whose ownership moves here.
         let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
         let buf = bytes::BytesMut::from(&buffered[..]);
-        glommio::spawn_local(crate::polling::serve(me, stream, buf)).detach();
+        (self.shared.adopt_http)(me, stream, buf);
     }
 
     fn begin_shutdown(&self) {
