@@ -16,8 +16,13 @@
 //!   Messages published while a node was down are not received by it: Redis pub/sub keeps no
 //!   history. The store is the source of truth; the node fills the gap from it after `Up`.
 //!
+//! On top of it, [`Registry`] keeps this node registered and tells who else is alive (a key
+//! with a time to live per node, refreshed every check).
+//!
 //! Nothing here knows about groups or frames: channel names and payloads are the caller's.
 
 pub mod bus;
+pub mod registry;
 
 pub use bus::{Bus, BusConfig, BusError, BusEvent, BusHandle, Done, Handler};
+pub use registry::{Change, ChangeHandler, Membership, Registry, RegistryConfig};

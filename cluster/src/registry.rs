@@ -1,0 +1,315 @@
+//! [`Registry`]: which nodes are alive.
+//!
+//! Each node keeps a key `{prefix}node:{id}` in Redis (its `info`: where to reach it) with a
+//! time to live of `dead_after`, and its id in the set `{prefix}nodes`. Every `check_every` it
+//! refreshes both and reads the set in one script (one round trip), and tells its handler who
+//! joined and who left. A node stopping gracefully deletes its key, and is seen leaving at the
+//! second check after; one that dies stops refreshing it, and is seen leaving once the key
+//! expired: within `dead_after` plus two checks. A node is taken as gone only when two checks in a row miss it, so a Redis restart
+//! (which loses every key; each node puts its own back at its next check) reports no one
+//! leaving. While Redis cannot be reached nothing is reported: the live set is unknown, not
+//! empty.
+//!
+//! [`Membership`] is the decision part, sans-IO; [`Registry`] runs it on a thread of its own
+//! over a [`BusHandle`].
+
+use crate::bus::{BusError, BusHandle};
+use redis::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a node registers itself.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Prefix of every key (several clusters can share one Redis).
+    pub prefix: String,
+    /// This node's id (stable across restarts when the operator sets it).
+    pub id: String,
+    /// What other nodes learn of this one (where to reach it), as the caller encodes it.
+    pub info: String,
+    /// A node that stopped refreshing its key this long ago is gone.
+    pub dead_after: Duration,
+    /// How often the key is refreshed and the set read; at most a third of `dead_after`.
+    pub check_every: Duration,
+}
+
+impl RegistryConfig {
+    pub fn new(prefix: impl Into<String>, id: impl Into<String>, info: impl Into<String>) -> Self {
+        RegistryConfig {
+            prefix: prefix.into(),
+            id: id.into(),
+            info: info.into(),
+            dead_after: Duration::from_secs(30),
+            check_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A change in the set of live nodes (this node is never in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Joined { id: String, info: String },
+    Left { id: String },
+}
+
+/// The live nodes as the checks saw them, and what changed (sans-IO).
+#[derive(Debug)]
+pub struct Membership {
+    me: String,
+    live: BTreeMap<String, String>,
+    /// Live nodes the last check missed (gone if the next one misses them too).
+    missed: BTreeSet<String>,
+}
+
+impl Membership {
+    pub fn new(me: impl Into<String>) -> Membership {
+        Membership {
+            me: me.into(),
+            live: BTreeMap::new(),
+            missed: BTreeSet::new(),
+        }
+    }
+
+    /// One check's answer: the nodes registered now, each with its info.
+    pub fn observe(&mut self, seen: BTreeMap<String, String>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let gone: Vec<String> = self
+            .live
+            .keys()
+            .filter(|id| !seen.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut missed = BTreeSet::new();
+        for id in gone {
+            if self.missed.contains(&id) {
+                self.live.remove(&id);
+                changes.push(Change::Left { id });
+            } else {
+                missed.insert(id);
+            }
+        }
+        self.missed = missed;
+        for (id, info) in seen {
+            if id == self.me {
+                continue;
+            }
+            if !self.live.contains_key(&id) {
+                changes.push(Change::Joined {
+                    id: id.clone(),
+                    info: info.clone(),
+                });
+            }
+            self.live.insert(id, info);
+        }
+        changes
+    }
+
+    /// The other live nodes, each with its info.
+    pub fn live(&self) -> &BTreeMap<String, String> {
+        &self.live
+    }
+}
+
+/// Refreshes this node's key, then lists the live nodes (removing the expired from the set):
+/// `id1, info1, id2, info2, ...`.
+const CHECK: &str = r#"
+redis.call('SET', ARGV[1] .. ARGV[2], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[2])
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local info = redis.call('GET', ARGV[1] .. id)
+  if info then
+    table.insert(out, id)
+    table.insert(out, info)
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return out
+"#;
+
+/// Receives every [`Change`], on the registry's thread.
+pub type ChangeHandler = Arc<dyn Fn(Change) + Send + Sync>;
+
+/// This node's registration, kept on a thread of its own until dropped (which deregisters it).
+pub struct Registry {
+    stop: Option<mpsc::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Registry {
+    pub fn start(bus: BusHandle, config: RegistryConfig, handler: ChangeHandler) -> Registry {
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("cc-registry".into())
+            .spawn(move || run(bus, config, handler, stopped))
+            .expect("the registry thread starts");
+        Registry {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops without deregistering, as a node that dies would (for tests of node loss).
+    pub fn abandon(mut self) {
+        self.halt(false);
+    }
+
+    fn halt(&mut self, deregister: bool) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(deregister);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.halt(true);
+    }
+}
+
+fn run(
+    bus: BusHandle,
+    config: RegistryConfig,
+    handler: ChangeHandler,
+    stopped: mpsc::Receiver<bool>,
+) {
+    let every = config
+        .check_every
+        .min(config.dead_after / 3)
+        .max(Duration::from_millis(1));
+    let set = format!("{}nodes", config.prefix);
+    let key_prefix = format!("{}node:", config.prefix);
+    let mut members = Membership::new(config.id.clone());
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match stopped.recv_timeout(wait) {
+            Ok(deregister) => {
+                if deregister {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(format!("{key_prefix}{}", config.id));
+                    let mut srem = redis::cmd("SREM");
+                    srem.arg(&set).arg(&config.id);
+                    let _ = call(&bus, del, every);
+                    let _ = call(&bus, srem, every);
+                }
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        next += every;
+        let mut check = redis::cmd("EVAL");
+        check
+            .arg(CHECK)
+            .arg(1)
+            .arg(&set)
+            .arg(&key_prefix)
+            .arg(&config.id)
+            .arg(&config.info)
+            .arg(config.dead_after.as_millis() as u64);
+        match call(&bus, check, every) {
+            Ok(Value::Array(items)) => {
+                let mut seen = BTreeMap::new();
+                let mut it = items.into_iter();
+                while let (Some(id), Some(info)) = (it.next(), it.next()) {
+                    if let (Some(id), Some(info)) = (text(id), text(info)) {
+                        seen.insert(id, info);
+                    }
+                }
+                for change in members.observe(seen) {
+                    handler(change);
+                }
+            }
+            Ok(other) => tracing::warn!(answer = ?other, "node registry: unexpected answer"),
+            // Down, or Redis too slow: the live set is unknown; try again at the next check.
+            Err(e) => tracing::debug!(error = %e, "node registry: check failed"),
+        }
+    }
+}
+
+/// A command through the bus, waiting for its answer at most `limit`.
+fn call(bus: &BusHandle, cmd: redis::Cmd, limit: Duration) -> Result<Value, BusError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    bus.command(
+        cmd,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(limit.max(Duration::from_millis(500)))
+        .unwrap_or(Err(BusError::Down))
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(ids: &[&str]) -> BTreeMap<String, String> {
+        ids.iter()
+            .map(|id| (id.to_string(), format!("addr-{id}")))
+            .collect()
+    }
+
+    #[test]
+    fn nodes_join_with_their_info_and_this_node_is_never_reported() {
+        let mut m = Membership::new("a");
+        let changes = m.observe(seen(&["a", "b"]));
+        assert_eq!(
+            changes,
+            vec![Change::Joined {
+                id: "b".into(),
+                info: "addr-b".into()
+            }]
+        );
+        assert!(m.observe(seen(&["a", "b"])).is_empty(), "nothing new");
+    }
+
+    #[test]
+    fn a_node_is_gone_only_when_two_checks_in_a_row_miss_it() {
+        let mut m = Membership::new("a");
+        m.observe(seen(&["a", "b", "c"]));
+        assert!(m.observe(seen(&["a", "c"])).is_empty(), "missed once");
+        assert!(m.observe(seen(&["a", "b", "c"])).is_empty(), "back in time");
+        assert!(m.observe(seen(&["a"])).is_empty());
+        let mut left = m.observe(seen(&["a"]));
+        left.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
+        assert_eq!(
+            left,
+            vec![
+                Change::Left { id: "b".into() },
+                Change::Left { id: "c".into() }
+            ]
+        );
+        assert_eq!(m.live().len(), 0);
+    }
+
+    #[test]
+    fn a_node_that_left_and_came_back_joins_again() {
+        let mut m = Membership::new("a");
+        m.observe(seen(&["b"]));
+        m.observe(seen(&[]));
+        assert_eq!(m.observe(seen(&[])), vec![Change::Left { id: "b".into() }]);
+        assert_eq!(
+            m.observe(seen(&["b"])),
+            vec![Change::Joined {
+                id: "b".into(),
+                info: "addr-b".into()
+            }]
+        );
+    }
+}
