@@ -590,6 +590,7 @@ impl Conn {
                 shard.reply(self, ack, Ok(events::group_ack_json(&group)));
             }
             Command::MarkAsRead { group, message } => shard.mark_read(self, group, message, ack),
+            Command::Query { group, query } => shard.query_room(self, group, query, ack),
         }
     }
 }
@@ -1076,6 +1077,9 @@ mod tests {
         }
         fn mark_read(&self, _: &Rc<Conn>, group: GroupId, m: MessageId, _: Option<u64>) {
             self.ask(format!("markAsRead {} {}", group.as_str(), m.0));
+        }
+        fn query_room(&self, _: &Rc<Conn>, group: GroupId, q: events::Query, _: Option<u64>) {
+            self.ask(format!("query {} {q:?}", group.as_str()));
         }
         fn reply(&self, _: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) {
             let what = match result {

@@ -121,7 +121,28 @@ pub enum Command {
         group: GroupId,
         message: MessageId,
     },
+    /// `getMessages` or `getOnline`: a read of the group's room, members only.
+    Query {
+        group: GroupId,
+        query: Query,
+    },
 }
+
+/// A read of a room, answered by the group's owner (members only) in the ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// `getMessages`: up to `limit` messages, newest first, strictly older than `before`.
+    Messages {
+        before: Option<MessageId>,
+        limit: usize,
+    },
+    /// `getOnline`: the members with a connection now.
+    Online,
+}
+
+/// `getMessages`' page size when the client names none, and the most it may ask for.
+pub const HISTORY_PAGE: usize = 50;
+pub const HISTORY_PAGE_MAX: usize = 100;
 
 impl Command {
     pub fn event_name(&self) -> &'static str {
@@ -131,6 +152,14 @@ impl Command {
             Command::RefreshToken { .. } => "refreshToken",
             Command::LeaveGroup { .. } => "leaveGroup",
             Command::MarkAsRead { .. } => "markAsRead",
+            Command::Query {
+                query: Query::Messages { .. },
+                ..
+            } => "getMessages",
+            Command::Query {
+                query: Query::Online,
+                ..
+            } => "getOnline",
         }
     }
 }
@@ -268,6 +297,37 @@ fn command(
             };
             Ok(Command::MarkAsRead { group, message })
         }
+        "getMessages" => {
+            let p = obj(name)?;
+            let group = group_id(p, limits)?;
+            let before = match p.get("before") {
+                None => None,
+                Some(v) if v.is_null() => None,
+                Some(v) => Some(id_value(v).map(MessageId).ok_or_else(|| {
+                    ClientError::invalid("before must be a message id (a string of digits)")
+                })?),
+            };
+            let limit = match p.get("limit") {
+                None => HISTORY_PAGE,
+                Some(v) if v.is_null() => HISTORY_PAGE,
+                Some(v) => match v.as_u64() {
+                    Some(n) if (1..=HISTORY_PAGE_MAX as u64).contains(&n) => n as usize,
+                    _ => {
+                        return Err(ClientError::invalid(format!(
+                            "limit must be an integer from 1 to {HISTORY_PAGE_MAX}"
+                        )))
+                    }
+                },
+            };
+            Ok(Command::Query {
+                group,
+                query: Query::Messages { before, limit },
+            })
+        }
+        "getOnline" => Ok(Command::Query {
+            group: group_id(obj(name)?, limits)?,
+            query: Query::Online,
+        }),
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(ClientError::new(
@@ -518,6 +578,34 @@ pub fn group_ack_json(group: &GroupId) -> Vec<u8> {
     out
 }
 
+/// `getMessages`' ack: the page, newest first, and whether older messages exist.
+pub fn history_ack_json(messages: &[StoredMessage], has_more: bool) -> Vec<u8> {
+    let mut out = b"{\"ok\":true,\"messages\":[".to_vec();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&message_json(m));
+    }
+    out.extend_from_slice(format!("],\"hasMore\":{has_more}}}").as_bytes());
+    out
+}
+
+/// `getOnline`'s ack: the group and its members with a connection now, ascending.
+pub fn online_ack_json(group: &GroupId, online: &[UserId]) -> Vec<u8> {
+    let mut out = b"{\"ok\":true,\"groupId\":".to_vec();
+    write_json_str(&mut out, group.as_str());
+    out.extend_from_slice(b",\"online\":[");
+    for (i, u) in online.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(u.0.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// The `userOnline` payload.
 pub fn user_online_json(user: UserId, online: bool) -> Vec<u8> {
     format!("{{\"userId\":{},\"isOnline\":{online}}}", user.0).into_bytes()
@@ -546,6 +634,77 @@ mod tests {
             Err(EventError::Rejected(e)) => Err(e),
             Err(EventError::Undecodable(m)) => panic!("{s} is undecodable: {m}"),
         }
+    }
+
+    #[test]
+    fn get_messages_takes_a_page_size_up_to_100_and_an_optional_before() {
+        let g = GroupId::new("g1");
+        assert_eq!(
+            parse(r#"["getMessages",{"groupId":"g1"}]"#).unwrap(),
+            Command::Query {
+                group: g.clone(),
+                query: Query::Messages {
+                    before: None,
+                    limit: HISTORY_PAGE
+                }
+            }
+        );
+        assert_eq!(
+            parse(r#"["getMessages",{"groupId":"g1","before":"42","limit":100}]"#).unwrap(),
+            Command::Query {
+                group: g.clone(),
+                query: Query::Messages {
+                    before: Some(MessageId(42)),
+                    limit: 100
+                }
+            }
+        );
+        assert_eq!(
+            parse(r#"["getMessages",{"groupId":"g1","before":null,"limit":null}]"#).unwrap(),
+            Command::Query {
+                group: g,
+                query: Query::Messages {
+                    before: None,
+                    limit: HISTORY_PAGE
+                }
+            }
+        );
+        for bad in [
+            r#"["getMessages",{"groupId":"g1","limit":0}]"#,
+            r#"["getMessages",{"groupId":"g1","limit":101}]"#,
+            r#"["getMessages",{"groupId":"g1","limit":"ten"}]"#,
+            r#"["getMessages",{"groupId":"g1","before":"x"}]"#,
+            r#"["getMessages",{}]"#,
+            r#"["getOnline",{}]"#,
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.code, Code::InvalidPayload, "{bad}: {e:?}");
+        }
+        assert_eq!(
+            parse(r#"["getOnline",{"groupId":"g1"}]"#).unwrap(),
+            Command::Query {
+                group: GroupId::new("g1"),
+                query: Query::Online
+            }
+        );
+    }
+
+    #[test]
+    fn history_and_online_acks_are_json() {
+        let v: serde_json::Value = serde_json::from_slice(&history_ack_json(&[], true)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": true, "messages": [], "hasMore": true})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&online_ack_json(
+            &GroupId::new("g\"1"),
+            &[UserId(1), UserId(7)],
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": true, "groupId": "g\"1", "online": [1, 7]})
+        );
     }
 
     #[test]

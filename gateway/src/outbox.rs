@@ -20,7 +20,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{Conn, ConnId};
 use crate::engine::{Tick, Timing};
-use crate::events::{ClientError, Command};
+use crate::events::{ClientError, Command, Query};
 use crate::metrics::ShardStats;
 use corecast_shard_router::ShardId;
 use corecast_storage::{GroupId, MessageId, UserId};
@@ -79,6 +79,8 @@ pub trait Outbox {
     fn submit_message(&self, conn: &Rc<Conn>, cmd: Command, ack: Option<u64>);
     /// `markAsRead`.
     fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>);
+    /// `getMessages` and `getOnline`: asked of the group's owner, answered in the ack.
+    fn query_room(&self, conn: &Rc<Conn>, group: GroupId, query: Query, ack: Option<u64>);
     /// Answers one of the connection's events: its ack if it asked for one (`ack`), else an
     /// `error` event on failure.
     fn reply(&self, conn: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>);

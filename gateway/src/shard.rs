@@ -170,6 +170,14 @@ pub enum ShardMsg {
         user: UserId,
         origin: Origin,
     },
+    /// A client's `getMessages` or `getOnline`.
+    Query {
+        group: GroupId,
+        /// Who asks (must be a member).
+        user: UserId,
+        query: events::Query,
+        origin: Origin,
+    },
     /// From the admin API, after the store holds the change: the room updates its members and
     /// has every shard apply it; `done` gets one `()` once all have.
     MembersChanged {
@@ -198,6 +206,13 @@ pub enum ShardMsg {
         /// Its hops, `committed` stamped by the store's thread.
         trace: Trace,
         result: Result<Appended, StoreError>,
+    },
+    /// The store's answer to `getMessages` (from the store's thread): up to `limit` + 1
+    /// messages, so that the ack can say whether there are more.
+    HistoryRead {
+        origin: Origin,
+        limit: usize,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     },
     /// The store's answer to a read receipt (from the store's thread).
     ReadStored {
@@ -808,7 +823,8 @@ impl Shard {
             } => self.admit(msg),
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
-            | ShardMsg::MarkRead { ref group, .. } => {
+            | ShardMsg::MarkRead { ref group, .. }
+            | ShardMsg::Query { ref group, .. } => {
                 if let Some(msg) = self.room_ready_or_wait(group.clone(), msg) {
                     self.room_op(msg);
                 }
@@ -860,6 +876,11 @@ impl Shard {
                 origin,
                 result,
             } => self.read_stored(group, message, user, origin, result),
+            ShardMsg::HistoryRead {
+                origin,
+                limit,
+                result,
+            } => self.history_read(origin, limit, result),
             ShardMsg::UsersGroups { result } => self.users_groups(result),
             ShardMsg::SubscribeResult {
                 conn,
@@ -1062,9 +1083,9 @@ impl Shard {
                 reason,
                 ..
             } => self.answer_subscribe(origin, group, reason, Err(err.clone())),
-            ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
-                self.reply(&origin, Err(err.clone()))
-            }
+            ShardMsg::SendMessage { origin, .. }
+            | ShardMsg::MarkRead { origin, .. }
+            | ShardMsg::Query { origin, .. } => self.reply(&origin, Err(err.clone())),
             ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
@@ -1241,6 +1262,42 @@ impl Shard {
                         result,
                     },
                 );
+            }
+            ShardMsg::Query {
+                group,
+                user,
+                query,
+                origin,
+            } => {
+                if !self.is_member(&group, user) {
+                    return self.reply(&origin, Err(Self::not_member(&group)));
+                }
+                match query {
+                    events::Query::Online => {
+                        let online = self.online.borrow();
+                        let mut ids: Vec<UserId> = self
+                            .rooms
+                            .borrow()
+                            .get(&group)
+                            .map(|r| r.members().filter(|u| online.contains(u)).collect())
+                            .unwrap_or_default();
+                        ids.sort_unstable_by_key(|u| u.0);
+                        self.reply(&origin, Ok(events::online_ack_json(&group, &ids)));
+                    }
+                    events::Query::Messages { before, limit } => self.store_to_inbox(
+                        |reply| Request::History {
+                            group,
+                            limit: limit + 1,
+                            before,
+                            reply,
+                        },
+                        move |result| ShardMsg::HistoryRead {
+                            origin,
+                            limit,
+                            result,
+                        },
+                    ),
+                }
             }
             ShardMsg::MembersChanged {
                 group,
@@ -1441,6 +1498,32 @@ impl Shard {
                     Err(ClientError::new(
                         Code::StorageUnavailable,
                         "the read receipt was not stored; retry",
+                    )),
+                )
+            }
+        }
+    }
+
+    /// The store's answer to a `getMessages`: the page, and whether there are more.
+    fn history_read(
+        &self,
+        origin: Origin,
+        limit: usize,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+    ) {
+        match result {
+            Ok(mut messages) => {
+                let has_more = messages.len() > limit;
+                messages.truncate(limit);
+                self.reply(&origin, Ok(events::history_ack_json(&messages, has_more)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "history not read");
+                self.reply(
+                    &origin,
+                    Err(ClientError::new(
+                        Code::StorageUnavailable,
+                        "the history could not be read; retry",
                     )),
                 )
             }
@@ -1774,6 +1857,32 @@ impl Shard {
         );
     }
 
+    /// A client's `getMessages` or `getOnline`: to the group's owner.
+    pub fn query_room(
+        &self,
+        conn: &Rc<Conn>,
+        group: GroupId,
+        query: events::Query,
+        ack: Option<u64>,
+    ) {
+        let user = conn.user().expect("invariant: only connected clients ask");
+        let origin = Origin {
+            shard: self.id,
+            conn: conn.id,
+            ack,
+        };
+        let owner = owner_of_group(&group, self.shared.nr_shards());
+        self.send_to_shard(
+            owner,
+            ShardMsg::Query {
+                group,
+                user,
+                query,
+                origin,
+            },
+        );
+    }
+
     /// Lists `conn` among `user`'s connections on this shard.
     fn index_user(&self, conn: &Rc<Conn>, user: UserId) {
         let mut by_user = self.by_user.borrow_mut();
@@ -2065,7 +2174,7 @@ mod outbox_impl {
     use crate::config::Config;
     use crate::conn::{Conn, ConnId};
     use crate::engine::{Tick, Timing};
-    use crate::events::{ClientError, Command};
+    use crate::events::{ClientError, Command, Query};
     use crate::metrics::ShardStats;
     use crate::outbox::Outbox;
     use crate::send::{Due, SendSide, Sender};
@@ -2150,6 +2259,10 @@ mod outbox_impl {
 
         fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
             Shard::mark_read(self, conn, group, message, ack);
+        }
+
+        fn query_room(&self, conn: &Rc<Conn>, group: GroupId, query: Query, ack: Option<u64>) {
+            Shard::query_room(self, conn, group, query, ack);
         }
 
         fn reply(&self, conn: &Conn, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) {

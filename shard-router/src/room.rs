@@ -211,6 +211,11 @@ impl<C: Carrier> Room<C> {
         }
     }
 
+    /// The members, once loaded (in no particular order).
+    pub fn members(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.members.iter().flatten().copied()
+    }
+
     pub fn is_member(&self, user: UserId) -> bool {
         self.members.as_ref().is_some_and(|m| m.contains(&user))
     }

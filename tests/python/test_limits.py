@@ -84,7 +84,8 @@ def test_every_event_is_rate_limited_per_connection_and_the_session_goes_on(
 
     kinds = [("joinGroup", {"groupId": gid}), ("leaveGroup", {"groupId": gid}),
              ("markAsRead", {"groupId": gid, "messageId": "1"}),
-             ("sendMessage", {"groupId": gid, "text": "flood", "attachments": []})]
+             ("sendMessage", {"groupId": gid, "text": "flood", "attachments": []}),
+             ("getMessages", {"groupId": gid, "limit": 1}), ("getOnline", {"groupId": gid})]
     flood = [kinds[i % len(kinds)] for i in range(400)]
     t0 = time.monotonic()
     answers = emit_all(ca, flood)
