@@ -188,7 +188,8 @@ impl BusHandle {
     /// Wants `channel`. `done(Ok)` once Redis confirmed the subscription: every message
     /// published on it after that reaches the handler. Subscriptions are counted: a channel
     /// already wanted is confirmed at once. `Err(Down)` while disconnected: the channel is
-    /// still wanted, and subscribed before the next [`BusEvent::Up`].
+    /// still wanted, and subscribed before the next [`BusEvent::Up`]. `Err(Redis)` when Redis
+    /// refuses it (an ACL without the channel): not wanted, and the connection stays up.
     pub fn subscribe(&self, channel: impl Into<String>, done: Done<()>) {
         self.call(Call::Subscribe {
             channel: channel.into(),
@@ -298,25 +299,20 @@ impl Worker {
                 Ok(link) => link,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cluster bus: cannot reach Redis");
-                    let sleep = tokio::time::sleep(backoff);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = &mut stop => return,
-                            _ = &mut sleep => break,
-                            call = calls.recv() => match call {
-                                None => return,
-                                Some(call) => self.while_down(call),
-                            },
-                        }
+                    if !self.wait_out(backoff, &mut calls, &mut stop).await {
+                        return;
                     }
                     backoff = (backoff * 2).min(self.config.max_backoff);
                     continue;
                 }
             };
             if let Err(e) = self.resubscribe(&mut link).await {
-                tracing::warn!(error = %e, "cluster bus: subscribing again failed");
+                tracing::warn!(error = %e, retry_in = ?backoff, "cluster bus: subscribing again failed");
+                drop(link);
+                if !self.wait_out(backoff, &mut calls, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(self.config.max_backoff);
                 continue;
             }
             backoff = FIRST_BACKOFF;
@@ -358,6 +354,29 @@ impl Worker {
             self.up.store(false, Ordering::Relaxed);
             tracing::warn!(epoch = self.epoch, reason = %lost, "cluster bus: lost Redis");
             (self.handler)(BusEvent::Down { epoch: self.epoch });
+        }
+    }
+
+    /// Waits `backoff` before the next connect, answering calls as down meanwhile; false
+    /// when the bus stops.
+    async fn wait_out(
+        &mut self,
+        backoff: Duration,
+        calls: &mut mpsc::Receiver<Call>,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> bool {
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut *stop => return false,
+                _ = &mut sleep => return true,
+                call = calls.recv() => match call {
+                    None => return false,
+                    Some(call) => self.while_down(call),
+                },
+            }
         }
     }
 
@@ -438,10 +457,27 @@ impl Worker {
                             done(Ok(()));
                             Ok(())
                         } else {
-                            let r =
-                                answered(self.config.timeout, link.sink.subscribe(&channel)).await;
-                            done(r.as_ref().map(|_| ()).map_err(|_| BusError::Down));
-                            r
+                            match timeout(self.config.timeout, link.sink.subscribe(&channel)).await
+                            {
+                                Ok(Ok(())) => {
+                                    done(Ok(()));
+                                    Ok(())
+                                }
+                                // Refused (say, an ACL without the channel): the link is fine.
+                                Ok(Err(e)) if refused(&e) => {
+                                    self.release(&channel);
+                                    done(Err(BusError::Redis(e.to_string())));
+                                    Ok(())
+                                }
+                                Ok(Err(e)) => {
+                                    done(Err(BusError::Down));
+                                    Err(e.to_string())
+                                }
+                                Err(_) => {
+                                    done(Err(BusError::Down));
+                                    Err("Redis did not answer in time".into())
+                                }
+                            }
                         }
                     }
                 },
@@ -523,6 +559,11 @@ fn fail_all(dones: Vec<PipeDone>, reason: String) -> String {
         }
     }
     reason
+}
+
+/// Redis answered, refusing: not a lost or slow connection.
+fn refused(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal())
 }
 
 /// A Redis future under the bus's timeout; either failure as a reason.

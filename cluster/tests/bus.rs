@@ -338,3 +338,38 @@ fn a_redis_that_stops_answering_is_noticed_by_the_ping() {
     );
     a.subscribe("g:6").unwrap();
 }
+
+#[test]
+fn a_subscribe_redis_refuses_gets_its_error_and_the_connection_stays_up() {
+    let redis = Redis::start();
+    let admin = Node::start(&redis.url());
+    // A user who may run commands but use no pub/sub channel.
+    let mut acl = redis::cmd("ACL");
+    for word in [
+        "SETUSER",
+        "nochan",
+        "on",
+        ">pw",
+        "~*",
+        "+@all",
+        "resetchannels",
+    ] {
+        acl.arg(word);
+    }
+    assert_eq!(admin.command(acl), Ok(redis::Value::Okay));
+    let a = Node::start(&format!("redis://nochan:pw@127.0.0.1:{}", redis.port));
+    match a.subscribe("g:7") {
+        Err(BusError::Redis(msg)) => assert!(msg.contains("no permissions"), "{msg}"),
+        other => panic!("the subscribe was answered {other:?}"),
+    }
+    assert_eq!(admin.subscribers("g:7"), 0);
+    // Not taken for a lost connection: no Down, commands still go through.
+    assert_eq!(
+        a.command(redis::cmd("PING")),
+        Ok(redis::Value::SimpleString("PONG".into()))
+    );
+    assert!(
+        a.events.try_recv().is_err(),
+        "no event: the connection stayed up"
+    );
+}
