@@ -1837,24 +1837,12 @@ impl Shard {
     }
 
     pub fn mark_read(&self, conn: &Rc<Conn>, group: GroupId, message: MessageId, ack: Option<u64>) {
-        let user = conn
-            .user()
-            .expect("invariant: only connected clients mark read");
-        let origin = Origin {
-            shard: self.id,
-            conn: conn.id,
-            ack,
-        };
-        let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send_to_shard(
-            owner,
-            ShardMsg::MarkRead {
-                group,
-                message,
-                user,
-                origin,
-            },
-        );
+        self.to_group_owner(conn, ack, group, |group, user, origin| ShardMsg::MarkRead {
+            group,
+            message,
+            user,
+            origin,
+        });
     }
 
     /// A client's `getMessages` or `getOnline`: to the group's owner.
@@ -1865,22 +1853,33 @@ impl Shard {
         query: events::Query,
         ack: Option<u64>,
     ) {
-        let user = conn.user().expect("invariant: only connected clients ask");
+        self.to_group_owner(conn, ack, group, |group, user, origin| ShardMsg::Query {
+            group,
+            user,
+            query,
+            origin,
+        });
+    }
+
+    /// Sends a connected client's request about `group` to the group's owner, answered to
+    /// the connection (`ack`).
+    fn to_group_owner(
+        &self,
+        conn: &Conn,
+        ack: Option<u64>,
+        group: GroupId,
+        make: impl FnOnce(GroupId, UserId, Origin) -> ShardMsg,
+    ) {
+        let user = conn
+            .user()
+            .expect("invariant: only connected clients ask their groups' owners");
         let origin = Origin {
             shard: self.id,
             conn: conn.id,
             ack,
         };
         let owner = owner_of_group(&group, self.shared.nr_shards());
-        self.send_to_shard(
-            owner,
-            ShardMsg::Query {
-                group,
-                user,
-                query,
-                origin,
-            },
-        );
+        self.send_to_shard(owner, make(group, user, origin));
     }
 
     /// Lists `conn` among `user`'s connections on this shard.
