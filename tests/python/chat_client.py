@@ -65,6 +65,13 @@ class ChatClient:
         """Emits `event` asking for an ack and returns the ack payload (bounded wait)."""
         return self.sio.call(event, data, timeout=timeout)
 
+    def send_message(self, gid: str, text: str, **extra) -> dict:
+        """Sends a chat message to group `gid` and returns its ack, which must be `ok`
+        (`extra` adds fields such as `clientMsgId`)."""
+        ack = self.call("sendMessage", {"groupId": gid, "text": text, "attachments": [], **extra})
+        assert ack.get("ok") is True, f"sendMessage {text!r} -> {ack!r}"
+        return ack
+
     def emit(self, event: str, data) -> None:
         """Emits `event` without asking for an ack (failures then arrive as `error` events)."""
         self.sio.emit(event, data)

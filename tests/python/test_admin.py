@@ -12,12 +12,6 @@ def gw(module_gateway):
     return module_gateway
 
 
-def send(client, gid, text):
-    ack = client.call("sendMessage", {"groupId": gid, "text": text, "attachments": []})
-    assert ack.get("ok") is True, ack
-    return ack
-
-
 # ----- auth ----------------------------------------------------------------------------------------
 
 ADMIN_CALLS = [
@@ -96,9 +90,9 @@ def test_group_replace_changes_live_membership(gw, connect, make_group, new_id):
     gw.put_group(gid, [a], "without b")
     ack = cb.call("sendMessage", {"groupId": gid, "text": "am I in?", "attachments": []})
     assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
-    m1 = send(ca, gid, "b is gone")
+    m1 = ca.send_message(gid, "b is gone")
     gw.put_group(gid, [a, b], "with b again")
-    m2 = send(ca, gid, "b is back")
+    m2 = ca.send_message(gid, "b is back")
     cb.wait_for("newMessage", lambda m: m["id"] == m2["id"])
     assert m1["id"] not in [m["id"] for m in cb.events("newMessage")]
 
@@ -110,13 +104,13 @@ def test_added_member_receives_at_once(gw, connect, make_group, new_id):
     newcomer = new_id()
     gw.put_user(newcomer)
     ca, cn = connect(gw, a), connect(gw, newcomer)
-    before = send(ca, gid, "before joining")
+    before = ca.send_message(gid, "before joining")
     gw.add_member(gid, newcomer)
-    after = send(ca, gid, "after joining")  # no joinGroup: the open connection is in the room
+    after = ca.send_message(gid, "after joining")  # no joinGroup: the open connection is in the room
     cn.wait_for("newMessage", lambda m: m["id"] == after["id"])
     assert [m["id"] for m in cn.events("newMessage")] == [after["id"]]
     assert before["id"] != after["id"]
-    assert send(cn, gid, "newcomer speaks")["ok"] is True
+    assert cn.send_message(gid, "newcomer speaks")["ok"] is True
     assert newcomer in gw.admin("GET", f"/api/groups/{gid}").json()["members"]
 
 
@@ -125,7 +119,7 @@ def test_added_member_on_several_tabs(gw, connect, make_group, new_id):
     newcomer = new_id()
     tabs = [connect(gw, newcomer) for _ in range(4)]
     gw.add_member(gid, newcomer)
-    after = send(connect(gw, a), gid, "to every tab")
+    after = connect(gw, a).send_message(gid, "to every tab")
     for t in tabs:
         t.wait_for("newMessage", lambda m: m["id"] == after["id"])
 
@@ -135,7 +129,7 @@ def test_removed_member_stops_receiving_and_cannot_send(gw, connect, make_group)
     ca = connect(gw, a)
     tabs = [connect(gw, b) for _ in range(3)]
     gw.remove_member(gid, b)
-    gone = send(ca, gid, "after removal")
+    gone = ca.send_message(gid, "after removal")
     for t in tabs:
         ack = t.call("sendMessage", {"groupId": gid, "text": "still here?", "attachments": []})
         assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
@@ -143,7 +137,7 @@ def test_removed_member_stops_receiving_and_cannot_send(gw, connect, make_group)
         assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
     # Marker: add back, then a later message arrives on every tab and the earlier one did not.
     gw.add_member(gid, b)
-    back = send(ca, gid, "after re-adding")
+    back = ca.send_message(gid, "after re-adding")
     for t in tabs:
         t.wait_for("newMessage", lambda m: m["id"] == back["id"])
         assert gone["id"] not in [m["id"] for m in t.events("newMessage")]
@@ -155,7 +149,7 @@ def test_removed_member_stops_receiving_and_cannot_send(gw, connect, make_group)
 def test_history_newest_first_with_paging(gw, connect, make_group):
     gid, (a,) = make_group(gw, 1)
     ca = connect(gw, a)
-    ids = [send(ca, gid, f"h{i}")["id"] for i in range(7)]
+    ids = [ca.send_message(gid, f"h{i}")["id"] for i in range(7)]
     all_ = gw.history(gid, limit=50)
     assert [m["id"] for m in all_] == ids[::-1]
     assert [m["text"] for m in all_] == [f"h{i}" for i in range(6, -1, -1)]
@@ -171,7 +165,7 @@ def test_history_newest_first_with_paging(gw, connect, make_group):
 
 def test_history_default_limit(gw, connect, make_group):
     gid, (a,) = make_group(gw, 1)
-    send(connect(gw, a), gid, "one")
+    connect(gw, a).send_message(gid, "one")
     assert len(gw.history(gid)) == 1
 
 
@@ -227,7 +221,7 @@ def test_metrics_count_traffic(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
     t0 = gw.admin("GET", "/metrics").text
-    ack = send(ca, gid, "count me")
+    ack = ca.send_message(gid, "count me")
     cb.wait_for("newMessage", lambda m: m["id"] == ack["id"])
     ca.wait_for("newMessage", lambda m: m["id"] == ack["id"])
     bad = ca.call("sendMessage", {"groupId": gid, "text": "", "attachments": []})

@@ -4,17 +4,11 @@ import threading
 import uuid
 
 
-def send(client, gid, text, **extra):
-    ack = client.call("sendMessage", {"groupId": gid, "text": text, "attachments": [], **extra})
-    assert ack.get("ok") is True, ack
-    return ack
-
-
 def test_acked_messages_survive_kill9(gateway, connect, make_group):
     gid, (a, b) = make_group(gateway, 2)
     ca, cb = connect(gateway, a), connect(gateway, b)
-    acked = [send(ca, gid, f"durable {i}") for i in range(20)]
-    ack = send(cb, gid, "last before the crash")
+    acked = [ca.send_message(gid, f"durable {i}") for i in range(20)]
+    ack = cb.send_message(gid, "last before the crash")
     cb_read = cb.call("markAsRead", {"messageId": acked[0]["id"], "groupId": gid})
     assert cb_read == {"ok": True}
     gateway.kill9()
@@ -27,7 +21,7 @@ def test_acked_messages_survive_kill9(gateway, connect, make_group):
     assert b in first["readBy"], first
     # Users, groups and membership survived too: members connect and chat again.
     ca2, cb2 = connect(gateway, a), connect(gateway, b)
-    again = send(ca2, gid, "after restart")
+    again = ca2.send_message(gid, "after restart")
     cb2.wait_for("newMessage", lambda m: m["id"] == again["id"])
     assert int(again["id"]) > int(ack["id"]), "ids went backwards after the restart"
 
@@ -74,16 +68,16 @@ def test_client_msg_id_dedup_survives_restart(gateway, connect, make_group):
     """A client that resends after the gateway came back gets the original ack."""
     gid, (a,) = make_group(gateway, 1)
     cmid = str(uuid.uuid4())
-    first = send(connect(gateway, a), gid, "sent once", clientMsgId=cmid)
+    first = connect(gateway, a).send_message(gid, "sent once", clientMsgId=cmid)
     gateway.kill9()
     gateway.start()
-    again = send(connect(gateway, a), gid, "sent once", clientMsgId=cmid)
+    again = connect(gateway, a).send_message(gid, "sent once", clientMsgId=cmid)
     assert (again["id"], again["timestamp"]) == (first["id"], first["timestamp"])
     assert [m["id"] for m in gateway.history(gid)] == [first["id"]]
 
 
 def test_graceful_restart_keeps_everything(gateway, connect, make_group):
     gid, (a,) = make_group(gateway, 1)
-    ids = [send(connect(gateway, a), gid, f"g{i}")["id"] for i in range(3)]
+    ids = [connect(gateway, a).send_message(gid, f"g{i}")["id"] for i in range(3)]
     gateway.restart()
     assert [m["id"] for m in gateway.history(gid)] == ids[::-1]

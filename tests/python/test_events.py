@@ -14,12 +14,6 @@ def gw(module_gateway):
     return module_gateway
 
 
-def send(client, gid, text, **extra):
-    ack = client.call("sendMessage", {"groupId": gid, "text": text, "attachments": [], **extra})
-    assert ack.get("ok") is True, ack
-    return ack
-
-
 def test_send_message_ack_and_broadcast_shape(gw, connect, make_group):
     gid, (a, b, c) = make_group(gw, 3)
     ca, cb, cc = connect(gw, a), connect(gw, b), connect(gw, c)  # no joinGroup: joined at connect
@@ -49,7 +43,7 @@ def test_emit_without_ack_is_broadcast(gw, connect, make_group):
 def test_every_connection_of_a_user_receives(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     b1, b2, b3 = connect(gw, b), connect(gw, b), connect(gw, b)
-    ack = send(connect(gw, a), gid, "to all tabs")
+    ack = connect(gw, a).send_message(gid, "to all tabs")
     for c in (b1, b2, b3):
         c.wait_for("newMessage", lambda m: m["id"] == ack["id"])
 
@@ -57,7 +51,7 @@ def test_every_connection_of_a_user_receives(gw, connect, make_group):
 def test_message_ids_increase(gw, connect, make_group):
     gid, (a,) = make_group(gw, 1)
     ca = connect(gw, a)
-    ids = [int(send(ca, gid, f"m{i}")["id"]) for i in range(5)]
+    ids = [int(ca.send_message(gid, f"m{i}")["id"]) for i in range(5)]
     assert ids == sorted(ids) and len(set(ids)) == 5, ids
 
 
@@ -87,7 +81,7 @@ def test_send_not_member_ack_and_error_event(gw, connect, make_group, new_id):
     assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
     co.emit("sendMessage", {"groupId": gid, "text": "let me in", "attachments": []})
     assert co.wait_for("error")["code"] == "not_member"
-    marker = send(ca, gid, "marker")
+    marker = ca.send_message(gid, "marker")
     ca.wait_for("newMessage", lambda m: m["id"] == marker["id"])
     assert [m["text"] for m in ca.events("newMessage")] == ["marker"]
     assert [m["text"] for m in gw.history(gid)] == ["marker"]
@@ -97,11 +91,11 @@ def test_leave_group_stops_delivery_to_that_connection(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, b_left, b_stays = connect(gw, a), connect(gw, b), connect(gw, b)
     assert b_left.call("leaveGroup", {"groupId": gid}) == {"ok": True, "groupId": gid}
-    m1 = send(ca, gid, "while away")
+    m1 = ca.send_message(gid, "while away")
     b_stays.wait_for("newMessage", lambda m: m["id"] == m1["id"])  # only that connection left
     # Marker: join again, then a later message of the same group must arrive, after m1 would have.
     assert b_left.call("joinGroup", {"groupId": gid}) == {"ok": True, "groupId": gid}
-    m2 = send(ca, gid, "back again")
+    m2 = ca.send_message(gid, "back again")
     b_left.wait_for("newMessage", lambda m: m["id"] == m2["id"])
     assert [m["id"] for m in b_left.events("newMessage")] == [m2["id"]]
 
@@ -109,7 +103,7 @@ def test_leave_group_stops_delivery_to_that_connection(gw, connect, make_group):
 def test_mark_as_read_broadcasts_and_persists(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
-    msg = send(ca, gid, "read me")
+    msg = ca.send_message(gid, "read me")
     assert cb.call("markAsRead", {"messageId": msg["id"], "groupId": gid}) == {"ok": True}
     want = {"messageId": msg["id"], "userId": b, "groupId": gid}
     for c in (ca, cb):
@@ -131,7 +125,7 @@ def test_mark_as_read_message_of_another_group_not_found(gw, connect, make_group
     g1, (a,) = make_group(gw, 1)
     g2, _ = make_group(gw, 0, extra_members=[a])
     ca = connect(gw, a)
-    msg = send(ca, g1, "in g1")
+    msg = ca.send_message(g1, "in g1")
     ack = ca.call("markAsRead", {"messageId": msg["id"], "groupId": g2})
     assert ack["ok"] is False and ack["error"]["code"] == "not_found", ack
 
@@ -140,7 +134,7 @@ def test_mark_as_read_not_member(gw, connect, make_group, new_id):
     gid, (a,) = make_group(gw, 1)
     outsider = new_id()
     gw.put_user(outsider)
-    msg = send(connect(gw, a), gid, "private")
+    msg = connect(gw, a).send_message(gid, "private")
     ack = connect(gw, outsider).call("markAsRead", {"messageId": msg["id"], "groupId": gid})
     assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
 
@@ -149,10 +143,10 @@ def test_client_msg_id_resend_gets_original_ack_once(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
     cmid = str(uuid.uuid4())
-    first = send(ca, gid, "once", clientMsgId=cmid)
-    again = send(ca, gid, "once", clientMsgId=cmid)
+    first = ca.send_message(gid, "once", clientMsgId=cmid)
+    again = ca.send_message(gid, "once", clientMsgId=cmid)
     assert (again["id"], again["timestamp"]) == (first["id"], first["timestamp"])
-    marker = send(ca, gid, "marker")
+    marker = ca.send_message(gid, "marker")
     cb.wait_for("newMessage", lambda m: m["id"] == marker["id"])
     assert [m["id"] for m in cb.events("newMessage")] == [first["id"], marker["id"]]
     assert [m["id"] for m in gw.history(gid)] == [marker["id"], first["id"]]
@@ -163,12 +157,12 @@ def test_client_msg_id_resend_after_reconnect(gw, connect, make_group):
     cb = connect(gw, b)
     cmid = str(uuid.uuid4())
     ca = connect(gw, a)
-    first = send(ca, gid, "retry me", clientMsgId=cmid)
+    first = ca.send_message(gid, "retry me", clientMsgId=cmid)
     ca.close()
     ca2 = connect(gw, a)
-    again = send(ca2, gid, "retry me", clientMsgId=cmid)
+    again = ca2.send_message(gid, "retry me", clientMsgId=cmid)
     assert (again["id"], again["timestamp"]) == (first["id"], first["timestamp"])
-    marker = send(ca2, gid, "marker")
+    marker = ca2.send_message(gid, "marker")
     cb.wait_for("newMessage", lambda m: m["id"] == marker["id"])
     assert [m["id"] for m in cb.events("newMessage")] == [first["id"], marker["id"]]
     assert len(gw.history(gid)) == 2
@@ -179,9 +173,9 @@ def test_client_msg_id_is_scoped_to_user_and_group(gw, connect, make_group):
     g2, _ = make_group(gw, 0, extra_members=[a, b])
     ca, cb = connect(gw, a), connect(gw, b)
     cmid = "same-client-id"
-    m_a1 = send(ca, g1, "a in g1", clientMsgId=cmid)
-    m_a2 = send(ca, g2, "a in g2", clientMsgId=cmid)
-    m_b1 = send(cb, g1, "b in g1", clientMsgId=cmid)
+    m_a1 = ca.send_message(g1, "a in g1", clientMsgId=cmid)
+    m_a2 = ca.send_message(g2, "a in g2", clientMsgId=cmid)
+    m_b1 = cb.send_message(g1, "b in g1", clientMsgId=cmid)
     assert len({m_a1["id"], m_a2["id"], m_b1["id"]}) == 3
     assert {m["text"] for m in gw.history(g1)} == {"a in g1", "b in g1"}
 
@@ -191,13 +185,13 @@ def test_rate_limit(start_gateway, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
     for i in range(3):
-        send(ca, gid, f"ok {i}")
+        ca.send_message(gid, f"ok {i}")
     ack = ca.call("sendMessage", {"groupId": gid, "text": "one too many", "attachments": []})
     assert ack["ok"] is False and ack["error"]["code"] == "rate_limited" and ack["error"]["message"], ack
     ca.emit("sendMessage", {"groupId": gid, "text": "still too many", "attachments": []})
     assert ca.wait_for("error")["code"] == "rate_limited"
     # Per user: the other member is not limited; a second connection of `a` is.
-    marker = send(cb, gid, "b is fine")
+    marker = cb.send_message(gid, "b is fine")
     ca.wait_for("newMessage", lambda m: m["id"] == marker["id"])
     texts = [m["text"] for m in gw.history(gid)]
     assert texts == ["b is fine", "ok 2", "ok 1", "ok 0"], texts
@@ -209,7 +203,7 @@ def test_rate_limit_counts_all_connections_of_a_user(start_gateway, connect, mak
     gid, (a,) = make_group(gw, 1)
     tabs = [connect(gw, a) for _ in range(6)]  # 4 shards: several tabs sit on other shards
     for i in range(3):
-        send(tabs[0], gid, f"ok {i}")
+        tabs[0].send_message(gid, f"ok {i}")
     acks = [t.call("sendMessage", {"groupId": gid, "text": f"tab {i}", "attachments": []})
             for i, t in enumerate(tabs)]
     accepted = [i for i, ack in enumerate(acks) if ack.get("ok")]

@@ -9,16 +9,10 @@ def gw(module_gateway):
     return module_gateway
 
 
-def send(client, gid, text):
-    ack = client.call("sendMessage", {"groupId": gid, "text": text, "attachments": []})
-    assert ack.get("ok") is True, ack
-    return ack
-
-
 def test_get_messages_pages_newest_first_with_the_broadcast_shape(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
-    acks = [send(ca, gid, f"m{i}") for i in range(7)]
+    acks = [ca.send_message(gid, f"m{i}") for i in range(7)]
     broadcast = {m["id"]: m for m in (cb.wait_for("newMessage", lambda m, i=ack["id"]: m["id"] == i)
                                       for ack in acks)}
     newest_first = [ack["id"] for ack in reversed(acks)]
@@ -41,7 +35,7 @@ def test_get_messages_pages_newest_first_with_the_broadcast_shape(gw, connect, m
 def test_get_messages_shows_who_read_what(gw, connect, make_group):
     gid, (a, b) = make_group(gw, 2)
     ca, cb = connect(gw, a), connect(gw, b)
-    msg = send(ca, gid, "read me")
+    msg = ca.send_message(gid, "read me")
     assert cb.call("markAsRead", {"groupId": gid, "messageId": msg["id"]}) == {"ok": True}
     page = ca.call("getMessages", {"groupId": gid, "limit": 1})
     assert sorted(page["messages"][0]["readBy"]) == sorted([a, b]), page

@@ -228,12 +228,6 @@ def joined(client, gid):
     return client
 
 
-def send(client, gid, text, **extra):
-    ack = client.call("sendMessage", {"groupId": gid, "text": text, "attachments": [], **extra})
-    assert ack.get("ok") is True, f"sendMessage {text!r} -> {ack!r}"
-    return ack
-
-
 def addr(uid: int) -> str:
     return f"user{uid}@example.test"
 
@@ -275,7 +269,7 @@ def test_burst_to_offline_member_is_one_email(start_gateway, smtp, start_notifie
     c1 = joined(connect(gw, u1), gid)
     c3 = joined(connect(gw, u3), gid)
     texts = ["first hello from alice", f"second with {TRICKY} inside", "third and last"]
-    acks = [send(c1, gid, t) for t in texts]
+    acks = [c1.send_message(gid, t) for t in texts]
     for a in acks:  # user 3 really is online and in the room
         c3.wait_for("newMessage", lambda m, a=a: m.get("id") == a["id"])
 
@@ -328,7 +322,7 @@ def test_member_online_before_window_closes_gets_no_email(start_gateway, smtp, s
 
     cs = joined(connect(gw, sender), gid)
     t0 = time.monotonic()
-    acks = [send(cs, gid, f"while you were away {i}") for i in range(2)]
+    acks = [cs.send_message(gid, f"while you were away {i}") for i in range(2)]
     cl = joined(connect(gw, late), gid)  # comes online and can read the history now
     connected_after = time.monotonic() - t0
     assert connected_after < coalesce - 1, (
@@ -363,13 +357,13 @@ def test_notifier_started_later_after_gateway_restarts_sends_everything(
     c = joined(connect(gw, sender), gid)
     for i in range(3):
         texts.append(f"before graceful restart {i}")
-        send(c, gid, texts[-1])
+        c.send_message(gid, texts[-1])
     c.close()
     gw.restart()
     c = joined(connect(gw, sender), gid)
     for i in range(3):
         texts.append(f"before kill nine {i}")
-        send(c, gid, texts[-1])
+        c.send_message(gid, texts[-1])
     c.close()
     gw.kill9()
     gw.start()
@@ -400,7 +394,7 @@ def test_notifier_killed_mid_batch_still_sends_every_notice(start_gateway, smtp,
     gid = new_id()
     gw.put_group(gid, [sender] + members, "Team")
     c = joined(connect(gw, sender), gid)
-    send(c, gid, "a message for thirty offline members")
+    c.send_message(gid, "a message for thirty offline members")
 
     first = start_notifier(gw, smtp, coalesce_secs=1)
     _poll("the first email", lambda: smtp.mails(), MAIL_TIMEOUT, 0.01)
