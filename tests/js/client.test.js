@@ -190,3 +190,22 @@ test("the sender's own markAsRead is acked and not broadcast", async () => {
     assert.deepEqual(c.events.filter((e) => e.event === 'messageRead').map((e) => e.payload.userId), [b]);
   }
 });
+
+test('after a dropped transport the stock client reconnects unrecovered and fetches what it missed with getMessages', async () => {
+  const { gid, users: [a, b] } = await group(2);
+  const ca = await client(a);
+  const cb = await client(b, { io: { reconnection: true, reconnectionDelay: 100 } });
+  const reconnected = new Promise((resolve) => cb.socket.once('connect', resolve));
+  cb.socket.io.engine.close();
+  await cb.waitFor('disconnect');
+  const missed = await ca.call('sendMessage', { groupId: gid, text: 'while you were away', attachments: [] });
+  assert.equal(missed.ok, true, JSON.stringify(missed));
+  await reconnected;
+  // corecast offers no connection state recovery (no pid in the CONNECT answer), so the client
+  // does not claim one (`recovered` is falsy), and the history over the socket holds the
+  // message it missed.
+  assert.ok(!cb.socket.recovered, `recovered: ${cb.socket.recovered}`);
+  const page = await cb.call('getMessages', { groupId: gid, limit: 10 });
+  assert.equal(page.ok, true, JSON.stringify(page));
+  assert.deepEqual(page.messages.map((m) => m.id), [missed.id]);
+});
