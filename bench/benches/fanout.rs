@@ -12,6 +12,7 @@
 //! quiet gateway (every message wakes the other shard), `n = 256` a busy one.
 
 use bytes::Bytes;
+use corecast_gateway::recovery::Event;
 use corecast_gateway::shard::ShardMsg;
 use corecast_shard_router::{mesh, GroupId, Inbox, InboxHandle};
 use corecast_wire::packet;
@@ -104,6 +105,7 @@ impl Pair {
             .map(|_| ShardMsg::Deliver {
                 group: group.clone(),
                 frame: packet::event_frame(Role::Server, "newMessage", &[black_box(NEW_MESSAGE)]),
+                event: Event::Unstored,
                 except_user: None,
                 stored_at,
                 ingress: Some(stored_at),

@@ -18,12 +18,14 @@
 mod auth;
 mod limits;
 mod notifier;
+mod recovery;
 mod server;
 
 pub use auth::{AuthConfig, JwtAlgorithm, DEV_JWT_SECRET};
 pub use corecast_storage::{StoreConfig, StoreKind};
 pub use limits::LimitsConfig;
 pub use notifier::{NotifierConfig, SmtpTls};
+pub use recovery::RecoveryConfig;
 pub use server::ServerConfig;
 
 use clap::builder::TypedValueParser;
@@ -48,6 +50,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[command(flatten)]
     pub notifier: NotifierConfig,
+    #[command(flatten)]
+    pub recovery: RecoveryConfig,
 }
 
 /// Why the configuration cannot be used. A bad flag or variable value is refused earlier, by
@@ -358,7 +362,7 @@ mod tests {
     #[test]
     fn every_key_has_its_own_variable_and_parses_into_its_field() {
         let all = variables();
-        assert_eq!(all.len(), 59, "{all:?}");
+        assert_eq!(all.len(), 63, "{all:?}");
         let mut unique = all.clone();
         unique.sort();
         unique.dedup();

@@ -1,5 +1,5 @@
 //! JWT verification (`corecast_gateway::auth::Verifier::verify`), on the token a client puts
-//! in its CONNECT auth payload, and that payload's parsing (`auth::connect_token`).
+//! in its CONNECT auth payload, and that payload's parsing (`auth::connect_auth`).
 //!
 //! Input: byte 0 picks the mode.
 //! - Auth payload (`mode & 3 == 2`): the rest is the CONNECT packet's JSON. A token is found
@@ -15,7 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use corecast_gateway::auth::{connect_token, AuthError, Verifier};
+use corecast_gateway::auth::{connect_auth, AuthError, Verifier};
 use corecast_gateway::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     let v = verifier();
     if mode & 3 == 2 {
         let mut payload = rest.to_vec();
-        if let Some(token) = connect_token(&mut payload) {
+        if let Some(token) = connect_auth(&mut payload).token {
             let parsed: Result<Value, _> = serde_json::from_slice(rest);
             let Ok(Value::Object(obj)) = parsed else {
                 panic!("a token found in a payload that is not a JSON object: {rest:?}");

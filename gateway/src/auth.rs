@@ -96,13 +96,29 @@ pub enum AuthError {
 /// RS256 and ES256 use no secret, so nothing is checked for them.
 /// The token of a CONNECT packet's auth payload (`{ "token": "<jwt>" }`), parsed in place;
 /// `None` when there is no payload, it is not JSON, or it has no string `token`.
-pub fn connect_token(data: &mut [u8]) -> Option<String> {
+/// What a CONNECT's auth payload carries: the token, and on a reconnect of socket.io-client
+/// the `pid` and `offset` of connection state recovery (recovery.rs).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConnectAuth {
+    pub token: Option<String>,
+    pub pid: Option<String>,
+    pub offset: Option<String>,
+}
+
+pub fn connect_auth(data: &mut [u8]) -> ConnectAuth {
     use simd_json::prelude::*;
     if data.is_empty() {
-        return None;
+        return ConnectAuth::default();
     }
-    let v = simd_json::to_borrowed_value(data).ok()?;
-    v.get("token").and_then(|t| t.as_str()).map(str::to_string)
+    let Ok(v) = simd_json::to_borrowed_value(data) else {
+        return ConnectAuth::default();
+    };
+    let field = |k: &str| v.get(k).and_then(|t| t.as_str()).map(str::to_string);
+    ConnectAuth {
+        token: field("token"),
+        pid: field("pid"),
+        offset: field("offset"),
+    }
 }
 
 pub fn secret_problem(config: &Config) -> Option<String> {
@@ -357,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_connect_payload_gives_its_string_token_only() {
-        let token = |s: &str| connect_token(&mut s.as_bytes().to_vec());
+        let token = |s: &str| connect_auth(&mut s.as_bytes().to_vec()).token;
         assert_eq!(token(r#"{"token":"abc"}"#), Some("abc".into()));
         assert_eq!(token(r#"{"token":"a\u0062c","x":1}"#), Some("abc".into()));
         for none in [
@@ -370,6 +386,13 @@ mod tests {
         ] {
             assert_eq!(token(none), None, "{none:?}");
         }
+        let auth = connect_auth(&mut br#"{"token":"t","pid":"p","offset":"o"}"#.to_vec());
+        assert_eq!(
+            (auth.pid.as_deref(), auth.offset.as_deref()),
+            (Some("p"), Some("o"))
+        );
+        let auth = connect_auth(&mut br#"{"token":"t","pid":3}"#.to_vec());
+        assert_eq!((auth.pid, auth.offset), (None, None), "strings only");
     }
     const FAR: u64 = 4_000_000_000;
 

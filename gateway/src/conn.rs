@@ -17,9 +17,10 @@ pub use crate::engine::Tick;
 use crate::engine::{Due, Engine, PacketQueue, Polled, Sid, Transport};
 use crate::events::{self, ClientError, Code, Command, EventError};
 use crate::outbox::Outbox;
+use crate::recovery::{Event, Recovery};
 use bytes::{Bytes, BytesMut};
 use corecast_shard_router::Subscriptions;
-use corecast_storage::{GroupId, UserId};
+use corecast_storage::{GroupId, MessageId, StoredMessage, UserId};
 use corecast_wire::packet::{self, EioPacket, SioKind};
 use corecast_wire::ws::{self, Decoder, Message, Role};
 use corecast_wire::Close;
@@ -100,6 +101,11 @@ pub struct Conn {
     ticket: Cell<Option<crate::admission::Ticket>>,
     /// Binary attachments still to skip after a refused binary packet.
     skip_binary: Cell<u32>,
+    /// The client keeps recovery offsets (its handshake said so: `recovery::takes_offsets`).
+    takes_offsets: Cell<bool>,
+    /// Connection state recovery (recovery.rs), from CONNECT on, for a client that keeps
+    /// offsets while recovery is on.
+    recovery: RefCell<Option<Box<Recovery>>>,
 }
 
 impl Conn {
@@ -129,6 +135,111 @@ impl Conn {
             token_exp_ms: Cell::new(0),
             ticket: Cell::new(None),
             skip_binary: Cell::new(0),
+            takes_offsets: Cell::new(false),
+            recovery: RefCell::new(None),
+        }
+    }
+
+    pub fn set_takes_offsets(&self, yes: bool) {
+        self.takes_offsets.set(yes);
+    }
+
+    /// A recovering CONNECT waits for its replay (see [`Conn::replay_plan`]).
+    pub fn is_recovering(&self) -> bool {
+        self.recovery
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.replay.is_some())
+    }
+
+    /// A connect-time subscription's answer: the room's settled id, which a recovering
+    /// CONNECT reads the store up to.
+    pub fn subscribed_at(&self, group: &GroupId, settled: MessageId) {
+        if let Some(replay) = self
+            .recovery
+            .borrow_mut()
+            .as_mut()
+            .and_then(|r| r.replay.as_mut())
+        {
+            replay.settled.push((group.clone(), settled));
+        }
+    }
+
+    /// Every connect-time subscription answered: the store reads a recovering CONNECT needs,
+    /// as (group, after, up to), each group whose settled id is past the position. Empty when
+    /// it needs none (or is not recovering).
+    pub fn replay_plan(&self) -> Vec<(GroupId, MessageId, MessageId)> {
+        let mut rec = self.recovery.borrow_mut();
+        let Some(r) = rec.as_mut() else {
+            return Vec::new();
+        };
+        let Some(replay) = r.replay.as_ref() else {
+            return Vec::new();
+        };
+        let plan: Vec<_> = replay
+            .settled
+            .iter()
+            .map(|(g, upto)| (g.clone(), r.after(g), *upto))
+            .filter(|(_, after, upto)| after < upto)
+            .collect();
+        let replay = r.replay.as_mut().expect("invariant: checked above");
+        replay.reads_left = plan.len();
+        replay.missed = Some(Vec::new());
+        plan
+    }
+
+    /// One store read of the replay answered. True when it was the last: the CONNECT can be
+    /// answered. More than `max_events` missed, or a failed read, gives recovery up.
+    pub fn replayed<E: std::fmt::Display>(
+        &self,
+        result: Result<Vec<StoredMessage>, E>,
+        max_events: usize,
+    ) -> bool {
+        let mut rec = self.recovery.borrow_mut();
+        let Some(replay) = rec.as_mut().and_then(|r| r.replay.as_mut()) else {
+            return false;
+        };
+        replay.reads_left = replay.reads_left.saturating_sub(1);
+        match (result, replay.missed.as_mut()) {
+            (Ok(msgs), Some(missed)) if missed.len() + msgs.len() <= max_events => {
+                missed.extend(msgs)
+            }
+            (Ok(_), Some(_)) => replay.missed = None,
+            (Err(e), _) => {
+                tracing::warn!(conn = self.id.0, error = %e, "recovery read failed: a fresh session");
+                replay.missed = None;
+            }
+            (Ok(_), None) => {}
+        }
+        replay.reads_left == 0
+    }
+
+    /// `frame`, an event of `group`, for this connection: with its offset if it keeps one,
+    /// held back while a recovering CONNECT waits, or `None` for a message it already has.
+    pub fn frame_for(
+        &self,
+        shard: &impl Outbox,
+        group: &GroupId,
+        event: Event,
+        frame: &Bytes,
+    ) -> Option<Bytes> {
+        let mut rec = self.recovery.borrow_mut();
+        let Some(r) = rec.as_mut() else {
+            return Some(frame.clone());
+        };
+        if let Some(replay) = r.replay.as_mut() {
+            replay.held_bytes += frame.len();
+            if replay.held_bytes > shard.config().server.outbound_queue_bytes {
+                drop(rec);
+                self.abort(shard, Close::SlowConsumer);
+                return None;
+            }
+            replay.held.push((group.clone(), event, frame.clone()));
+            return None;
+        }
+        match r.offset_for(group, event)? {
+            None => Some(frame.clone()),
+            Some(offset) => packet::with_offset(frame, &offset),
         }
     }
 
@@ -370,13 +481,69 @@ impl Conn {
         self.close(shard, Close::ConnectRefused);
     }
 
-    /// All connect-time subscriptions answered: accept the CONNECT.
+    /// All connect-time subscriptions answered (and a recovery's store reads): accept the
+    /// CONNECT. A recovering one keeps its pid and is followed by the messages it missed, then
+    /// by what was delivered meanwhile; one whose recovery was given up gets a new pid.
     pub fn connected(&self, shard: &impl Outbox) {
         self.was_connected.set(true);
         self.connect_deadline.set(None);
+        let replay = self.end_replay(shard);
         let mut p = Vec::new();
-        packet::write_connect(&mut p, &self.sid(shard).to_string());
+        let pid = self.recovery.borrow().as_ref().map(|r| r.pid.clone());
+        packet::write_connect(&mut p, &self.sid(shard).to_string(), pid.as_deref());
         self.push(shard, ws::text_frame(Role::Server, &p));
+        let Some((missed, held)) = replay else { return };
+        shard
+            .stats()
+            .recovered_messages
+            .fetch_add(missed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for m in missed {
+            let frame =
+                packet::event_frame(Role::Server, "newMessage", &[&events::message_json(&m)]);
+            self.write_event(shard, &m.group, Event::Message(m.id), &frame);
+        }
+        for (group, event, frame) in held {
+            self.write_event(shard, &group, event, &frame);
+        }
+    }
+
+    /// Ends a recovering CONNECT's wait: the messages it missed and the deliveries held, or,
+    /// if recovery was given up, a fresh session and the deliveries held.
+    #[allow(clippy::type_complexity)]
+    fn end_replay(
+        &self,
+        shard: &impl Outbox,
+    ) -> Option<(Vec<StoredMessage>, Vec<(GroupId, Event, Bytes)>)> {
+        let mut rec = self.recovery.borrow_mut();
+        let r = rec.as_mut()?;
+        let replay = r.replay.take()?;
+        let missed = match replay.missed {
+            Some(m) => {
+                shard
+                    .stats()
+                    .recoveries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m
+            }
+            None => {
+                shard
+                    .stats()
+                    .recoveries_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let user = self
+                    .user()
+                    .expect("invariant: a recovering connection has a user");
+                **r = Recovery::fresh(shard.pids(), user, events::now_ms() as u64);
+                Vec::new()
+            }
+        };
+        Some((missed, replay.held))
+    }
+
+    fn write_event(&self, shard: &impl Outbox, group: &GroupId, event: Event, frame: &Bytes) {
+        if let Some(f) = self.frame_for(shard, group, event, frame) {
+            self.push(shard, f);
+        }
     }
 
     /// Whether a closing long-polling session has had its grace period: nobody fetched the
@@ -546,7 +713,8 @@ impl Conn {
         if self.state() != ConnState::AwaitingConnect {
             return;
         }
-        let Some(token) = crate::auth::connect_token(data) else {
+        let auth = crate::auth::connect_auth(data);
+        let Some(token) = auth.token else {
             return self.connect_error(
                 shard,
                 Code::Unauthenticated,
@@ -558,10 +726,47 @@ impl Conn {
                 self.token_exp_ms.set(exp_ms);
                 self.user.set(Some(user));
                 self.state.set(ConnState::Subscribing);
+                self.begin_session(shard, user, auth.pid.as_deref(), auth.offset.as_deref());
                 shard.authenticated(self, user);
             }
             Err(e) => self.connect_error(shard, Code::Unauthenticated, &e.to_string()),
         }
+    }
+
+    /// The session's recovery state at CONNECT: none for a client that keeps no offsets (or
+    /// with recovery off); a recovery when the `pid` and offset allow one; else a fresh
+    /// session with a new pid.
+    fn begin_session(
+        &self,
+        shard: &impl Outbox,
+        user: UserId,
+        pid: Option<&str>,
+        offset: Option<&str>,
+    ) {
+        let cfg = &shard.config().recovery;
+        if !cfg.enabled || !self.takes_offsets.get() {
+            *self.recovery.borrow_mut() = None;
+            return;
+        }
+        let now = events::now_ms() as u64;
+        let resumed = pid.and_then(|pid| {
+            Recovery::resume(
+                shard.pids(),
+                user,
+                pid,
+                offset,
+                now,
+                cfg.max_age_secs.saturating_mul(1000),
+            )
+        });
+        if pid.is_some() && resumed.is_none() {
+            shard
+                .stats()
+                .recoveries_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let r = resumed.unwrap_or_else(|| Recovery::fresh(shard.pids(), user, now));
+        *self.recovery.borrow_mut() = Some(Box::new(r));
     }
 
     /// `refreshToken`: a valid token for the same user moves the session's expiry.
@@ -606,6 +811,7 @@ pub fn start_websocket<O: Outbox + 'static>(
     response: Vec<u8>,
     pipelined: BytesMut,
     ticket: Option<crate::admission::Ticket>,
+    takes_offsets: bool,
 ) {
     let conn = Rc::new(Conn::new(
         shard.next_conn_id(),
@@ -613,6 +819,7 @@ pub fn start_websocket<O: Outbox + 'static>(
         shard.tick_now(),
         &*shard,
     ));
+    conn.set_takes_offsets(takes_offsets);
     conn.fd.set(stream.as_raw_fd());
     conn.push(&*shard, Bytes::from(response));
     conn.push(
@@ -983,6 +1190,7 @@ mod tests {
     struct FakeShard {
         config: Config,
         verifier: Verifier,
+        pids: crate::recovery::PidKey,
         stats: ShardStats,
         scratch: RefCell<Vec<u8>>,
         epoch: Instant,
@@ -993,6 +1201,7 @@ mod tests {
         fn new() -> FakeShard {
             let config = Config::default();
             FakeShard {
+                pids: crate::recovery::PidKey::new(b"test"),
                 verifier: Verifier::from_config(&config)
                     .expect("the development secret on loopback"),
                 config,
@@ -1035,6 +1244,9 @@ mod tests {
         }
         fn verifier(&self) -> &Verifier {
             &self.verifier
+        }
+        fn pids(&self) -> &crate::recovery::PidKey {
+            &self.pids
         }
         fn scratch(&self) -> RefMut<'_, Vec<u8>> {
             self.scratch.borrow_mut()

@@ -12,6 +12,7 @@
 
 use crate::conn::{Conn, ConnId};
 use crate::outbox::Outbox;
+use crate::recovery::Event;
 use bytes::Bytes;
 use corecast_storage::{GroupId, UserId};
 use std::cell::{RefCell, RefMut};
@@ -120,7 +121,8 @@ impl Fanout {
     }
 
     /// Writes `frame` to this shard's connections in the room (but `except_user`'s); returns
-    /// how many.
+    /// how many. A connection that keeps recovery offsets gets a copy with its own offset
+    /// (`Conn::frame_for`): the event is encoded once, not per recipient.
     ///
     /// Large rooms (`server.paced_room_members` members or more on this shard) are paced, like
     /// Nagle's algorithm for a room: a frame that finds no pacing window open is written at
@@ -135,6 +137,7 @@ impl Fanout {
         shard: &impl Outbox,
         group: &GroupId,
         frame: &Bytes,
+        event: Event,
         except_user: Option<UserId>,
     ) -> u64 {
         let rooms = self.rooms.borrow();
@@ -147,8 +150,10 @@ impl Fanout {
             if except_user.is_some() && c.user() == except_user {
                 continue;
             }
-            write_or_queue(shard, c, frame, pacing.as_deref_mut());
-            n += 1;
+            if let Some(f) = c.frame_for(shard, group, event, frame) {
+                write_or_queue(shard, c, f, pacing.as_deref_mut());
+                n += 1;
+            }
         }
         n
     }
@@ -173,7 +178,7 @@ impl Fanout {
             let mut pacing = self.pacing_for(shard, list.len());
             for c in list {
                 if c.user() != Some(user) && seen.insert(c.id) {
-                    write_or_queue(shard, c, frame, pacing.as_deref_mut());
+                    write_or_queue(shard, c, frame.clone(), pacing.as_deref_mut());
                     n += 1;
                 }
             }
@@ -212,11 +217,11 @@ fn window(shard: &impl Outbox) -> Duration {
 
 /// Writes `frame` to `c` with its next send or, inside an open pacing window, queues it for
 /// the window's end.
-fn write_or_queue(shard: &impl Outbox, c: &Rc<Conn>, frame: &Bytes, pacing: Option<&mut Pacing>) {
+fn write_or_queue(shard: &impl Outbox, c: &Rc<Conn>, frame: Bytes, pacing: Option<&mut Pacing>) {
     match pacing {
-        None => c.push(shard, frame.clone()),
+        None => c.push(shard, frame),
         Some(p) => {
-            if c.queue(shard, frame.clone()) && !c.paced.replace(true) {
+            if c.queue(shard, frame) && !c.paced.replace(true) {
                 p.conns.push(c.clone());
             }
         }

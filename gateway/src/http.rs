@@ -52,10 +52,19 @@ pub enum Route {
         close: bool,
     },
     /// Switch to WebSocket with this 101 response: a new session (`sid: None`), or the
-    /// upgrade of the long-polling session `sid`.
-    WebSocket { sid: Option<Sid>, response: Vec<u8> },
+    /// upgrade of the long-polling session `sid`. `offsets`: a new session's client keeps
+    /// recovery offsets (`recovery::takes_offsets`).
+    WebSocket {
+        sid: Option<Sid>,
+        response: Vec<u8>,
+        offsets: bool,
+    },
     /// Long-polling handshake: a new session, answered with the open packet.
-    PollOpen { cors: Cors, close: bool },
+    PollOpen {
+        cors: Cors,
+        close: bool,
+        offsets: bool,
+    },
     /// Long-polling GET of session `sid`: answered when it has packets.
     PollGet { sid: Sid, cors: Cors, close: bool },
     /// Long-polling POST of session `sid` with a body of `content_length` bytes.
@@ -256,6 +265,7 @@ fn decide(req: &httparse::Request<'_, '_>, policy: &Policy<'_>) -> Route {
         return Route::WebSocket {
             sid,
             response: response.into_bytes(),
+            offsets: crate::recovery::takes_offsets(query),
         };
     }
 
@@ -264,7 +274,11 @@ fn decide(req: &httparse::Request<'_, '_>, policy: &Policy<'_>) -> Route {
         if method != "GET" {
             return refuse(EioError::BadHandshakeMethod, &cors);
         }
-        return Route::PollOpen { cors, close };
+        return Route::PollOpen {
+            cors,
+            close,
+            offsets: crate::recovery::takes_offsets(query),
+        };
     };
     match method {
         "GET" => Route::PollGet { sid, cors, close },
@@ -450,12 +464,27 @@ mod tests {
             Route::WebSocket {
                 sid: None,
                 response,
+                offsets: true,
             } => {
                 let s = String::from_utf8(response).unwrap();
                 assert!(s.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{s}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_python_engineio_handshake_is_routed_without_offsets() {
+        let python = "/socket.io/?transport=polling&EIO=4&t=1764750000.1234";
+        assert!(matches!(
+            route(&req("GET", python, ""), &ANY),
+            Route::PollOpen { offsets: false, .. }
+        ));
+        let python = "/socket.io/?transport=websocket&EIO=4&t=1764750000.1234";
+        assert!(matches!(
+            route(&ws_req(python, ""), &ANY),
+            Route::WebSocket { offsets: false, .. }
+        ));
     }
 
     #[test]
@@ -469,7 +498,8 @@ mod tests {
             ),
             Route::PollOpen {
                 cors: None,
-                close: false
+                close: false,
+                offsets: true,
             }
         );
         assert_eq!(
@@ -635,7 +665,8 @@ mod tests {
             route(&req("GET", poll, ""), &policy),
             Route::PollOpen {
                 cors: None,
-                close: false
+                close: false,
+                offsets: true,
             }
         );
         assert_eq!(
@@ -645,7 +676,8 @@ mod tests {
             ),
             Route::PollOpen {
                 cors: Some("http://good.example".into()),
-                close: false
+                close: false,
+                offsets: true,
             }
         );
     }
@@ -709,14 +741,16 @@ mod tests {
             r(""),
             Route::PollOpen {
                 cors: None,
-                close: true
+                close: true,
+                offsets: true,
             }
         );
         assert_eq!(
             r("Connection: keep-alive\r\n"),
             Route::PollOpen {
                 cors: None,
-                close: false
+                close: false,
+                offsets: true,
             }
         );
     }

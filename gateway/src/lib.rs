@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod polling;
+pub mod recovery;
 pub mod send;
 pub mod server;
 pub mod shard;

@@ -112,6 +112,11 @@ pub struct ShardStats {
     /// them (merged, see `corecast_shard_router::Loads`).
     pub group_loads: AtomicU64,
     pub group_load_requests: AtomicU64,
+    /// Connection state recovery: CONNECTs recovered, refused (a fresh session instead), and
+    /// the messages replayed to the recovered ones.
+    pub recoveries: AtomicU64,
+    pub recoveries_refused: AtomicU64,
+    pub recovered_messages: AtomicU64,
     pub delivery_latency: Histogram,
     pub store_latency: Histogram,
     pub hops: [Histogram; Hop::ALL.len()],
@@ -232,6 +237,21 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
             "corecast_slow_disconnects_total",
             "Clients disconnected because their outbound queue was full.",
             |s| s.slow_disconnects.load(Relaxed),
+        ),
+        (
+            "corecast_recoveries_total",
+            "Reconnecting clients whose session was recovered (connection state recovery).",
+            |s| s.recoveries.load(Relaxed),
+        ),
+        (
+            "corecast_recoveries_refused_total",
+            "Reconnecting clients given a fresh session instead: a pid not theirs, past the window or the event limit, or a failed read.",
+            |s| s.recoveries_refused.load(Relaxed),
+        ),
+        (
+            "corecast_recovered_messages_total",
+            "Messages replayed from the store to recovered clients.",
+            |s| s.recovered_messages.load(Relaxed),
         ),
         (
             "corecast_admission_evictions_total",

@@ -42,6 +42,8 @@ pub trait Outbox {
     fn stats(&self) -> &ShardStats;
     /// Checks the tokens of CONNECT and `refreshToken`.
     fn verifier(&self) -> &Verifier;
+    /// Makes and checks the session ids of connection state recovery.
+    fn pids(&self) -> &crate::recovery::PidKey;
     /// The shard's read buffer, shared by its WebSocket sessions; held only while one reads.
     fn scratch(&self) -> RefMut<'_, Vec<u8>>;
 

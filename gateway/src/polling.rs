@@ -143,13 +143,15 @@ async fn serve_requests(
             Route::WebSocket {
                 sid: None,
                 response,
+                offsets,
             } => {
-                conn::start_websocket(shard, stream, response, buf, ticket);
+                conn::start_websocket(shard, stream, response, buf, ticket, offsets);
                 return;
             }
             Route::WebSocket {
                 sid: Some(sid),
                 response,
+                ..
             } => {
                 let Some(conn) = session(&shard, &sid) else {
                     let _ = write_all(&mut stream, &EioError::UnknownSid.response(&None)).await;
@@ -166,13 +168,18 @@ async fn serve_requests(
                 }
                 return;
             }
-            Route::PollOpen { cors, close } => {
+            Route::PollOpen {
+                cors,
+                close,
+                offsets,
+            } => {
                 let conn = Rc::new(Conn::new(
                     shard.next_conn_id(),
                     Transport::Polling,
                     shard.tick_now(),
                     &*shard,
                 ));
+                conn.set_takes_offsets(offsets);
                 shard.register_conn(conn.clone());
                 if let Some(t) = ticket {
                     shard.transfer_ticket(t, &conn);

@@ -70,6 +70,7 @@ impl Gateway {
             }
         };
         let verifier = crate::auth::Verifier::from_config(&config)?;
+        let pids = crate::recovery::PidKey::from_config(&config);
 
         // One listening socket per shard on the same port; the kernel spreads connections.
         let first = listen_socket(config.server.listen)?;
@@ -87,6 +88,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             public_addr,
             verifier,
+            pids,
             store,
             inboxes: handles,
             stats: (0..nr_shards)

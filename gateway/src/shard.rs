@@ -28,6 +28,7 @@ use crate::conn::{Conn, ConnId, ConnState};
 use crate::events::{self, ClientError, Code};
 use crate::fanout::Fanout;
 use crate::metrics::{Hop, ShardStats};
+use crate::recovery::Event;
 use bytes::Bytes;
 use corecast_shard_router::presence::Announce;
 use corecast_shard_router::room::{Carrier, Effect, Load, Loaded, Outcome, Send as RoomSend};
@@ -57,6 +58,8 @@ pub struct Shared {
     /// The address the public listener is bound to (the configured port may be 0).
     pub public_addr: std::net::SocketAddr,
     pub verifier: crate::auth::Verifier,
+    /// Signs and checks the session ids of connection state recovery.
+    pub pids: crate::recovery::PidKey,
     pub store: StoreHandle,
     pub inboxes: Vec<InboxHandle<ShardMsg>>,
     pub stats: Vec<Arc<ShardStats>>,
@@ -214,6 +217,12 @@ pub enum ShardMsg {
         limit: usize,
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     },
+    /// The store's answer to one of a recovering CONNECT's reads (from the store's thread):
+    /// messages of one group the client missed, oldest first.
+    Replayed {
+        conn: ConnId,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+    },
     /// The store's answer to a read receipt (from the store's thread).
     ReadStored {
         group: GroupId,
@@ -239,7 +248,9 @@ pub enum ShardMsg {
         reason: SubReason,
         /// The `joinGroup` ack to answer, if any.
         ack: Option<u64>,
-        result: Result<(), ClientError>,
+        /// In the room, with the room's settled id then (`Room::settled`: what a recovering
+        /// CONNECT reads the store up to), or refused.
+        result: Result<MessageId, ClientError>,
     },
     /// One frame for one connection (an ack or an `error` event).
     ToConn { conn: ConnId, frame: Bytes },
@@ -248,6 +259,8 @@ pub enum ShardMsg {
         group: GroupId,
         /// The framed event (`newMessage`, `messageRead`), shared by every recipient.
         frame: Bytes,
+        /// What it is, for the recipients' recovery offsets.
+        event: Event,
         /// A user whose connections skip it.
         except_user: Option<UserId>,
         /// When the owner broadcast it.
@@ -890,13 +903,15 @@ impl Shard {
                 result,
             } => self.subscribe_result(conn, group, reason, ack, result),
             ShardMsg::ToConn { conn, frame } => self.to_conn(conn, frame),
+            ShardMsg::Replayed { conn, result } => self.replayed(conn, result),
             ShardMsg::Deliver {
                 group,
                 frame,
+                event,
                 except_user,
                 stored_at,
                 ingress,
-            } => self.delivered(&group, &frame, except_user, stored_at, ingress),
+            } => self.delivered(&group, &frame, event, except_user, stored_at, ingress),
             ShardMsg::Enroll {
                 group,
                 users,
@@ -1061,7 +1076,7 @@ impl Shard {
         origin: Origin,
         group: GroupId,
         reason: SubReason,
-        result: Result<(), ClientError>,
+        result: Result<MessageId, ClientError>,
     ) {
         self.send_to_shard(
             origin.shard,
@@ -1209,16 +1224,11 @@ impl Shard {
                 origin,
                 reason,
             } => {
-                let subscribed = self
-                    .rooms
-                    .borrow_mut()
-                    .get_mut(&group)
-                    .is_some_and(|r| r.subscribe(user, origin.shard));
-                let result = if subscribed {
-                    Ok(())
-                } else {
-                    Err(Self::not_member(&group))
-                };
+                let settled = self.rooms.borrow_mut().get_mut(&group).and_then(|r| {
+                    r.subscribe(user, origin.shard)
+                        .then(|| r.settled(events::now_ms() as u64))
+                });
+                let result = settled.ok_or_else(|| Self::not_member(&group));
                 self.answer_subscribe(origin, group, reason, result);
             }
             ShardMsg::SendMessage {
@@ -1419,7 +1429,8 @@ impl Shard {
                         self.stats.hop(Hop::Order, stored_at - answered);
                     }
                     let ingress = Some(message.trace.ingress);
-                    self.deliver_to_shards(&to, group, &frame, stored_at, ingress);
+                    let event = Event::Message(m.id);
+                    self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
                 }
                 Effect::Reply { origin, result } => match result {
                     Ok(c) => {
@@ -1480,7 +1491,7 @@ impl Shard {
                         .get(&group)
                         .map(|r| r.fanout())
                         .unwrap_or_default();
-                    self.deliver_to_shards(&to, &group, &frame, Instant::now(), None);
+                    self.deliver_to_shards(&to, &group, &frame, Event::Read, Instant::now(), None);
                 }
                 self.reply(&origin, Ok(events::ok_ack_json("")));
             }
@@ -1649,7 +1660,7 @@ impl Shard {
         group: GroupId,
         reason: SubReason,
         ack: Option<u64>,
-        result: Result<(), ClientError>,
+        result: Result<MessageId, ClientError>,
     ) {
         let owner = owner_of_group(&group, self.shared.nr_shards());
         let Some(conn) = self.conn(id) else {
@@ -1669,6 +1680,9 @@ impl Shard {
             .subs
             .borrow_mut()
             .answered(&group, reason, result.is_ok());
+        if let (Ok(settled), SubReason::Connect, true) = (&result, reason, answered.add_local) {
+            conn.subscribed_at(&group, *settled);
+        }
         if answered.add_local {
             self.fanout.add(&group, &conn);
         }
@@ -1691,7 +1705,7 @@ impl Shard {
                 conn: id,
                 ack,
             };
-            self.reply(&origin, result.map(|()| events::group_ack_json(&group)));
+            self.reply(&origin, result.map(|_| events::group_ack_json(&group)));
         }
         if answered.connected {
             self.connect_released(&conn);
@@ -1699,8 +1713,46 @@ impl Shard {
     }
 
     /// Every connect-time subscription was answered (the barrier, `Subscriptions`): the
-    /// client is connected, unless it went meanwhile.
+    /// client is connected, unless it went meanwhile; a recovering client once the store has
+    /// answered what it missed ([`ShardMsg::Replayed`]).
     fn connect_released(&self, conn: &Rc<Conn>) {
+        if conn.state() != ConnState::Subscribing {
+            return;
+        }
+        let plan = conn.replay_plan();
+        if plan.is_empty() {
+            return self.finish_connect(conn);
+        }
+        let limit = self.config().recovery.max_events + 1;
+        for (group, after, upto) in plan {
+            let id = conn.id;
+            self.store_to_inbox(
+                |reply| Request::Since {
+                    group,
+                    after,
+                    upto,
+                    limit,
+                    reply,
+                },
+                move |result| ShardMsg::Replayed { conn: id, result },
+            );
+        }
+    }
+
+    /// A recovering CONNECT's store read answered ([`ShardMsg::Replayed`]).
+    fn replayed(
+        &self,
+        id: ConnId,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+    ) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.replayed(result, self.config().recovery.max_events) {
+            self.finish_connect(&conn);
+        }
+    }
+
+    /// Answers the CONNECT (and what a recovery replays), and announces the user online.
+    fn finish_connect(&self, conn: &Rc<Conn>) {
         if conn.state() == ConnState::Subscribing {
             conn.set_state(ConnState::Connected);
             conn.connected(self);
@@ -2125,6 +2177,7 @@ impl Shard {
         to: &[ShardId],
         group: &GroupId,
         frame: &Bytes,
+        event: Event,
         stored_at: Instant,
         ingress: Option<Instant>,
     ) {
@@ -2134,6 +2187,7 @@ impl Shard {
                 ShardMsg::Deliver {
                     group: group.clone(),
                     frame: frame.clone(),
+                    event,
                     except_user: None,
                     stored_at,
                     ingress,
@@ -2148,11 +2202,12 @@ impl Shard {
         &self,
         group: &GroupId,
         frame: &Bytes,
+        event: Event,
         except_user: Option<UserId>,
         stored_at: Instant,
         ingress: Option<Instant>,
     ) {
-        let n = self.fanout.deliver(self, group, frame, except_user);
+        let n = self.fanout.deliver(self, group, frame, event, except_user);
         self.stats.deliveries.fetch_add(n, Relaxed);
         let now = Instant::now();
         self.due.borrow_mut().queued_at(now);
@@ -2176,6 +2231,7 @@ mod outbox_impl {
     use crate::events::{ClientError, Command, Query};
     use crate::metrics::ShardStats;
     use crate::outbox::Outbox;
+    use crate::recovery::PidKey;
     use crate::send::{Due, SendSide, Sender};
     use corecast_shard_router::ShardId;
     use corecast_storage::{GroupId, MessageId, UserId};
@@ -2206,6 +2262,10 @@ mod outbox_impl {
 
         fn verifier(&self) -> &Verifier {
             &self.shared.verifier
+        }
+
+        fn pids(&self) -> &PidKey {
+            &self.shared.pids
         }
 
         fn scratch(&self) -> RefMut<'_, Vec<u8>> {

@@ -20,6 +20,7 @@
 mod limiter;
 mod loads;
 pub mod mesh;
+pub mod position;
 pub mod presence;
 mod recent;
 pub mod room;
@@ -29,6 +30,7 @@ pub use corecast_ids::{GroupId, MessageId, ShardId, UserId};
 pub use limiter::{Rate, RateLimiter};
 pub use loads::Loads;
 pub use mesh::{mesh, Inbox, InboxHandle};
+pub use position::Position;
 pub use presence::Presence;
 pub use recent::Recent;
 pub use room::Room;

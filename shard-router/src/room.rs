@@ -152,6 +152,8 @@ pub struct Room<C: Carrier> {
     barriers: Vec<Barrier<C::Done>>,
     next_barrier: u64,
     last_used_ms: u64,
+    /// The newest id this room handed out (see [`Room::settled`]).
+    last_id: Option<MessageId>,
 }
 
 impl<C: Carrier> Room<C> {
@@ -168,6 +170,7 @@ impl<C: Carrier> Room<C> {
             barriers: Vec::new(),
             next_barrier: 0,
             last_used_ms: now_ms,
+            last_id: None,
         }
     }
 
@@ -248,6 +251,23 @@ impl<C: Carrier> Room<C> {
             .map_or(0, |&(_, n)| n)
     }
 
+    /// The room's settled id at `now_ms`: every message of the group with an id up to it has
+    /// been answered by the store (it is stored, or it never will be), and every message with a
+    /// greater id is still to be delivered, to the places subscribed when it is. So a
+    /// connection that subscribes now and reads the store up to this id, then takes the
+    /// deliveries that follow, sees each message once (connection state recovery).
+    ///
+    /// With messages waiting for the store, it is just below the oldest of them. With none, it
+    /// is the newest id handed out, or, if that is older (a room loaded since its last
+    /// message), just below the first id of `now_ms`: ids handed out later are greater.
+    pub fn settled(&self, now_ms: u64) -> MessageId {
+        if let Some(p) = self.pending.front() {
+            return MessageId(p.id.0.saturating_sub(1));
+        }
+        let now = MessageId::new(now_ms as i64, 0, 0).0.saturating_sub(1);
+        MessageId(self.last_id.map_or(now, |l| l.0.max(now)))
+    }
+
     /// The places with subscribers: where a delivery goes.
     pub fn fanout(&self) -> Vec<C::Place> {
         self.subscribers
@@ -282,6 +302,7 @@ impl<C: Carrier> Room<C> {
             }
         }
         let id = next_id();
+        self.last_id = Some(id);
         let notify = members
             .iter()
             .copied()
@@ -482,6 +503,31 @@ mod tests {
         let (delivered, answered) = split(r.stored(MessageId(1), Outcome::New(1)));
         assert_eq!(delivered, vec![(1, vec![2]), (2, vec![2]), (3, vec![2])]);
         assert_eq!(answered.len(), 3);
+    }
+
+    /// A subscriber that reads the store up to the settled id and then takes the deliveries
+    /// sees each message once: everything up to it is answered, everything after is delivered
+    /// later.
+    #[test]
+    fn the_settled_id_splits_the_store_from_the_deliveries_to_come() {
+        let ms = 1_800_000_000_000u64;
+        let id = |t: u64, seq: u16| MessageId::new(t as i64, 1, seq);
+        let below_first_of = |t: u64| MessageId(MessageId::new(t as i64, 0, 0).0 - 1);
+        let mut r = room(&[1]);
+        // A room loaded since its last message: just below the first id of now.
+        assert_eq!(r.settled(ms), below_first_of(ms));
+        assert!(r.settled(ms) > id(ms - 1, 500), "older ids are settled");
+        // Messages waiting for the store: just below the oldest.
+        let (a, b) = (id(ms, 3), id(ms, 4));
+        r.send(UserId(1), None, "a", || a, |_| true);
+        r.send(UserId(1), None, "b", || b, |_| true);
+        assert_eq!(r.settled(ms), MessageId(a.0 - 1));
+        r.stored(b, Outcome::New(2));
+        assert_eq!(r.settled(ms), MessageId(a.0 - 1), "b waits for a");
+        r.stored(a, Outcome::New(1));
+        // All answered in the same millisecond: the newest id handed out, not below now's first.
+        assert_eq!(r.settled(ms), b);
+        assert_eq!(r.settled(ms + 5), below_first_of(ms + 5));
     }
 
     #[test]

@@ -613,6 +613,13 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             before,
             reply,
         } => done(reply, false, history(c, &group, limit, before)),
+        Request::Since {
+            group,
+            after,
+            upto,
+            limit,
+            reply,
+        } => done(reply, false, since(c, &group, after, upto, limit)),
         Request::SetPresence {
             user,
             online,
@@ -951,6 +958,30 @@ fn history(
             row_to_message(group, row)
         }),
     )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let mut m = sql(r)?;
+        m.read_by = with_sender(m.sender, readers(c, group, m.id)?);
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn since(
+    c: &Connection,
+    group: &GroupId,
+    after: MessageId,
+    upto: MessageId,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, Error> {
+    let mut st = sql(c.prepare_cached(
+        "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
+         WHERE group_id = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4",
+    ))?;
+    let rows = sql(st.query_map(
+        params![group.as_str(), after.0 as i64, upto.0 as i64, limit as i64],
+        |row| row_to_message(group, row),
+    ))?;
     let mut out = Vec::new();
     for r in rows {
         let mut m = sql(r)?;

@@ -80,6 +80,16 @@ pub enum Request {
         before: Option<MessageId>,
         reply: Reply<Vec<StoredMessage>>,
     },
+    /// Up to `limit` messages of the group with ids in `(after, upto]`, oldest first: what a
+    /// client that had reached `after` missed, up to the room's settled id `upto` (connection
+    /// state recovery).
+    Since {
+        group: GroupId,
+        after: MessageId,
+        upto: MessageId,
+        limit: usize,
+        reply: Reply<Vec<StoredMessage>>,
+    },
     /// Records the user's presence: online or offline since `at`.
     SetPresence {
         user: UserId,
@@ -133,6 +143,7 @@ impl Request {
             Request::MarkRead { reply, .. } => reply(Err(err)),
             Request::GetMessage { reply, .. } => reply(Err(err)),
             Request::History { reply, .. } => reply(Err(err)),
+            Request::Since { reply, .. } => reply(Err(err)),
             Request::SetPresence { reply, .. } => reply(Err(err)),
             Request::GetPresence { reply, .. } => reply(Err(err)),
             Request::PendingNotices { reply, .. } => reply(Err(err)),
@@ -173,6 +184,7 @@ impl Request {
                 | Request::GroupsOfUsers { .. }
                 | Request::GetMessage { .. }
                 | Request::History { .. }
+                | Request::Since { .. }
                 | Request::GetPresence { .. }
                 | Request::PendingNotices { .. }
                 | Request::FailedNoticeCount { .. }
@@ -310,6 +322,21 @@ impl Blocking<'_> {
             group,
             limit,
             before,
+            reply,
+        })
+    }
+    pub fn since(
+        &self,
+        group: GroupId,
+        after: MessageId,
+        upto: MessageId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        self.call(|reply| Request::Since {
+            group,
+            after,
+            upto,
+            limit,
             reply,
         })
     }

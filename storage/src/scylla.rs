@@ -311,6 +311,8 @@ struct Statements {
     mark_read: PreparedStatement,
     history_buckets: PreparedStatement,
     history_page: PreparedStatement,
+    since_buckets: PreparedStatement,
+    since_page: PreparedStatement,
     set_presence: PreparedStatement,
     get_presence: PreparedStatement,
     notice_buckets: PreparedStatement,
@@ -370,6 +372,8 @@ impl Statements {
             mark_read: p(format!("UPDATE {k}.messages USING TIMESTAMP ? SET read_by = read_by + ? WHERE group_id = ? AND bucket = ? AND id = ?")).await?,
             history_buckets: p(format!("SELECT bucket FROM {k}.group_buckets WHERE group_id = ? AND bucket <= ? LIMIT ?")).await?,
             history_page: p(format!("SELECT {m} FROM {k}.messages WHERE group_id = ? AND bucket = ? AND id < ? LIMIT ?")).await?,
+            since_buckets: p(format!("SELECT bucket FROM {k}.group_buckets WHERE group_id = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket ASC LIMIT ?")).await?,
+            since_page: p(format!("SELECT {m} FROM {k}.messages WHERE group_id = ? AND bucket = ? AND id > ? AND id <= ? ORDER BY id ASC LIMIT ?")).await?,
             set_presence: p(format!("INSERT INTO {k}.presence (user_id, online, last_seen) VALUES (?, ?, ?) USING TIMESTAMP ?")).await?,
             get_presence: p(format!("SELECT online, last_seen FROM {k}.presence WHERE user_id = ?")).await?,
             notice_buckets: p(format!("SELECT bucket FROM {k}.notice_buckets WHERE p = 0")).await?,
@@ -801,6 +805,13 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
             before,
             reply,
         } => reply(history(db, &group, limit, before).await),
+        Request::Since {
+            group,
+            after,
+            upto,
+            limit,
+            reply,
+        } => reply(since(db, &group, after, upto, limit).await),
         Request::SetPresence {
             user,
             online,
@@ -1242,6 +1253,56 @@ async fn history(
         match buckets.last() {
             Some(&last) if buckets.len() == BUCKET_PAGE as usize && last > i32::MIN => {
                 from_bucket = last - 1
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The group's messages in `(after, upto]`, oldest first: its non-empty buckets from
+/// `after`'s to `upto`'s, ascending.
+async fn since(
+    db: &Db,
+    group: &GroupId,
+    after: MessageId,
+    upto: MessageId,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, Error> {
+    let mut out = Vec::new();
+    if limit == 0 || upto <= after {
+        return Ok(out);
+    }
+    let (mut from_bucket, last_bucket) = (message_bucket(after), message_bucket(upto));
+    let (lo, hi) = (after.0 as i64, upto.0 as i64);
+    loop {
+        let qr = db
+            .session
+            .execute_unpaged(
+                &db.st.since_buckets,
+                (group.as_str(), from_bucket, last_bucket, BUCKET_PAGE),
+            )
+            .await
+            .map_err(unavailable)?;
+        let buckets: Vec<i32> = rows::<(i32,)>(qr)?.into_iter().map(|(b,)| b).collect();
+        for &b in &buckets {
+            let want = (limit - out.len()).min(i32::MAX as usize) as i32;
+            let qr = db
+                .session
+                .execute_unpaged(&db.st.since_page, (group.as_str(), b, lo, hi, want))
+                .await
+                .map_err(unavailable)?;
+            out.extend(
+                rows::<MessageRow>(qr)?
+                    .into_iter()
+                    .map(|r| to_message(group, r)),
+            );
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+        match buckets.last() {
+            Some(&last) if buckets.len() == BUCKET_PAGE as usize && last < last_bucket => {
+                from_bucket = last + 1
             }
             _ => return Ok(out),
         }

@@ -173,6 +173,7 @@ suite!(
     mark_read_and_unknown_message,
     concurrent_read_by_from_many_users,
     history_newest_first_with_pagination_edges,
+    since_oldest_first_between_bounds,
     presence,
     notices_pending_delete_fail_count,
     restart_durability,
@@ -502,6 +503,69 @@ fn concurrent_read_by_from_many_users(f: Fixture) {
         expected
     );
     assert_eq!(added.load(std::sync::atomic::Ordering::Relaxed), 80);
+}
+
+/// What connection state recovery reads: a group's messages after one id and up to another,
+/// oldest first, across buckets and empty days, with a limit.
+fn since_oldest_first_between_bounds(f: Fixture) {
+    let s = f.s();
+    s.put_group(group("9", "nine", &[1])).unwrap();
+    let mut ids = Vec::new();
+    for day in [0i64, 1, 4] {
+        for i in 0..3u16 {
+            let m = msg("9", 1, BASE + day * DAY + i as i64 * 1000, i, None);
+            ids.push(m.id);
+            s.append_message(m, vec![]).unwrap();
+        }
+    }
+    s.append_message(msg("19", 1, BASE + DAY, 0, None), vec![])
+        .unwrap();
+    let since = |after: MessageId, upto: MessageId, limit| -> Vec<MessageId> {
+        s.since(GroupId::new("9"), after, upto, limit)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    let before_all = MessageId::new(BASE - 30 * DAY, 0, 0);
+    let after_all = MessageId::new(BASE + 40 * DAY, 0, 0);
+    assert_eq!(
+        since(before_all, after_all, 100),
+        ids,
+        "everything, oldest first"
+    );
+    assert_eq!(
+        since(before_all, after_all, 4),
+        ids[..4].to_vec(),
+        "the limit"
+    );
+    assert_eq!(
+        since(ids[2], after_all, 100),
+        ids[3..].to_vec(),
+        "strictly after"
+    );
+    assert_eq!(
+        since(ids[2], ids[6], 100),
+        ids[3..7].to_vec(),
+        "up to, inclusive"
+    );
+    assert_eq!(
+        since(MessageId::new(BASE + 2 * DAY, 0, 0), after_all, 100),
+        ids[6..].to_vec(),
+        "from an empty day"
+    );
+    assert_eq!(
+        since(ids[8], after_all, 100),
+        vec![],
+        "nothing after the newest"
+    );
+    assert_eq!(since(ids[5], ids[3], 100), vec![], "an empty range");
+    assert_eq!(since(before_all, after_all, 0), vec![]);
+    let first = s
+        .since(GroupId::new("9"), before_all, after_all, 1)
+        .unwrap();
+    assert_eq!(first[0].group, GroupId::new("9"));
+    assert_eq!(first[0].read_by, vec![UserId(1)], "the sender has read it");
 }
 
 fn history_newest_first_with_pagination_edges(f: Fixture) {

@@ -167,6 +167,20 @@ class Gateway {
     return jwt.sign({ sub, iat: now, exp: now + 3600, ...claims }, this.jwtSecret, { algorithm: 'HS256' });
   }
 
+  /**
+   * Resolves once /readyz answers 200 (the store is reachable: a gateway on Cassandra starts
+   * before its session has connected). Polls, as one waits for a service to come up.
+   */
+  async waitReady(timeoutMs = 60000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await fetch(`http://${this.internal}/readyz`).catch(() => null);
+      if (r && r.status === 200) return;
+      if (Date.now() > deadline) throw new Error(`/readyz not 200 within ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+
   /** A request to the internal listener with the admin bearer token; returns { status, body, text }. */
   async admin(method, urlPath, json, { token } = {}) {
     const headers = { Authorization: `Bearer ${token ?? this.adminToken}` };
@@ -224,8 +238,8 @@ class ChatClient {
     this.socket = null;
   }
 
-  record(event, payload) {
-    this.events.push({ event, payload });
+  record(event, payload, extra = []) {
+    this.events.push({ event, payload, extra });
     for (const w of this.waiters) w();
   }
 
@@ -287,7 +301,9 @@ function connect(gw, userId, { token, expectFailure = false, timeoutMs = DEFAULT
     ...ioOpts,
   });
   client.socket = socket;
-  socket.onAny((event, ...args) => client.record(event, args.length === 1 ? args[0] : args));
+  // A stored event's last argument is its connection state recovery offset (a string after
+  // the payload); the payload is the first.
+  socket.onAny((event, ...args) => client.record(event, args[0], args.slice(1)));
   socket.on('disconnect', (reason) => client.record('disconnect', reason));
   return new Promise((resolve, reject) => {
     socket.once('connect', () => {

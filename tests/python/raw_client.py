@@ -168,7 +168,8 @@ class RawClient:
                     i += 1
                 args = json.loads(body[i:])
                 if args and args[0] == event:
-                    data = args[1] if len(args) == 2 else args[1:]
+                    # The payload; a stored event's recovery offset may follow it.
+                    data = args[1] if len(args) >= 2 else None
                     if predicate is None or predicate(data):
                         return (data,)
             return None
@@ -190,7 +191,7 @@ class RawClient:
                 body = item[2:].lstrip("0123456789")
                 args = json.loads(body)
                 if args and args[0] == event:
-                    out.append(args[1] if len(args) == 2 else args[1:])
+                    out.append(args[1] if len(args) >= 2 else None)
         return out
 
     def close(self) -> None:

@@ -286,10 +286,16 @@ pub fn push_polling_packet(out: &mut Vec<u8>, packet: &[u8]) {
     out.extend_from_slice(packet);
 }
 
-/// `40{"sid":"..."}`: CONNECT accepted on the default namespace.
-pub fn write_connect(out: &mut Vec<u8>, sid: &str) {
+/// `40{"sid":"..."}`: CONNECT accepted on the default namespace; `40{"sid":"...","pid":"..."}`
+/// with the private session id of connection state recovery, which the client sends back
+/// when it reconnects.
+pub fn write_connect(out: &mut Vec<u8>, sid: &str, pid: Option<&str>) {
     out.extend_from_slice(b"40{\"sid\":");
     put_json_str(out, sid);
+    if let Some(pid) = pid {
+        out.extend_from_slice(b",\"pid\":");
+        put_json_str(out, pid);
+    }
     out.push(b'}');
 }
 
@@ -372,6 +378,43 @@ pub fn event_frame_with_ack(role: Role, ack_id: u64, event: &str, args_json: &[&
         args: args_json,
     };
     ws::frame(role, ws::OP_TEXT, &payload)
+}
+
+/// `frame` (a server's text frame carrying an event, `42[...]`, as [`event_frame`] makes it)
+/// with one more argument, the string `offset`, last: what the client of connection state
+/// recovery keeps. One copy of the frame with a new header; the event is not encoded again.
+/// `None` if `frame` is not one such frame.
+pub fn with_offset(frame: &[u8], offset: &str) -> Option<Bytes> {
+    let mut frames = ws::server_frames(frame);
+    let (ws::OP_TEXT, event) = frames.next()? else {
+        return None;
+    };
+    if frames.next().is_some() || !event.starts_with(b"42") || !event.ends_with(b"]") {
+        return None;
+    }
+    Some(ws::frame(
+        Role::Server,
+        ws::OP_TEXT,
+        &OffsetPayload {
+            event: &event[..event.len() - 1],
+            offset,
+        },
+    ))
+}
+
+struct OffsetPayload<'a> {
+    /// The event without its closing `]`.
+    event: &'a [u8],
+    offset: &'a str,
+}
+
+impl Payload for OffsetPayload<'_> {
+    fn write_to<S: Sink>(&self, out: &mut S) {
+        out.put(self.event);
+        out.put_byte(b',');
+        put_json_str(out, self.offset);
+        out.put_byte(b']');
+    }
 }
 
 /// One complete WebSocket text frame carrying `43<id>[args]`, in one allocation.
@@ -680,11 +723,17 @@ mod tests {
         );
 
         out.clear();
-        write_connect(&mut out, "s1d");
+        write_connect(&mut out, "s1d", None);
         assert_eq!(out, br#"40{"sid":"s1d"}"#);
         assert_eq!(
             data_of(std::str::from_utf8(&out).unwrap()),
             json!({"sid": "s1d"})
+        );
+        out.clear();
+        write_connect(&mut out, "s1d", Some("p.1"));
+        assert_eq!(
+            data_of(std::str::from_utf8(&out).unwrap()),
+            json!({"sid": "s1d", "pid": "p.1"})
         );
 
         out.clear();
@@ -781,5 +830,22 @@ mod tests {
         }
         let elapsed = start.elapsed();
         println!("event_frame: {:?}/frame ({total} bytes)", elapsed / n);
+    }
+
+    #[test]
+    fn an_offset_is_added_as_the_last_argument_without_encoding_the_event_again() {
+        for text in ["short", &"long ".repeat(40), &"longer ".repeat(10_000)] {
+            let msg = serde_json::to_vec(&json!({"text": text})).unwrap();
+            let frame = event_frame(Role::Server, "newMessage", &[&msg]);
+            let with = with_offset(&frame, "3f.a-b").unwrap();
+            let (op, payload) = ws::server_frames(&with).next().unwrap();
+            assert_eq!(op, ws::OP_TEXT);
+            let args: Value = serde_json::from_slice(&payload[2..]).unwrap();
+            assert_eq!(args, json!(["newMessage", {"text": text}, "3f.a-b"]));
+            assert_eq!(ws::server_frames(&with).count(), 1, "one whole frame");
+        }
+        let ack = ack_frame(Role::Server, 1, &[b"{}"]);
+        assert_eq!(with_offset(&ack, "1"), None, "an ack is not an event");
+        assert_eq!(with_offset(b"\x81\x05", "1"), None, "a cut frame");
     }
 }

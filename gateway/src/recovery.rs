@@ -1,0 +1,309 @@
+//! Connection state recovery, served from the store (docs/protocol.md, "Reconnecting").
+//!
+//! socket.io-client (4.6 and later) keeps the `pid` a server gives in its CONNECT answer and the
+//! offset it sends as the last argument of each event, and sends both back in the CONNECT of
+//! its next session. corecast answers a recovering CONNECT only after writing, from the store,
+//! every message of the user's groups that the client missed, in each group's order; the
+//! client then has `socket.recovered === true`.
+//!
+//! - **pid** ([`PidKey`]): `<start>.<nonce>.<mac>`, the session's start (milliseconds, base
+//!   36), a random nonce, and an HMAC-SHA256 over the user, start and nonce. A pid is only
+//!   good for the user it was made for: another user's, or a forged one, gets a fresh session.
+//! - **offset**: a [`Position`] (shard-router), per connection: the last id delivered per
+//!   recently active group and a floor for the rest. Each event's frame is encoded once; each
+//!   recipient gets a copy with its own offset appended (`wire::packet::with_offset`).
+//! - **replay**: while the CONNECT waits for its subscriptions, each room's owner answers with
+//!   its settled id (`Room::settled`): the store holds every message up to it, and every later
+//!   one will be delivered. The connection reads the store from its position to each settled
+//!   id ([`Replay`]) and holds back live deliveries until the CONNECT is answered; then it
+//!   writes the replayed messages, then the held ones.
+//!
+//! Clients that cannot recover get no offset and no pid, so that handlers written for the
+//! event's own arguments keep working: python-socketio calls a handler with every argument.
+//! It is recognised by its Engine.IO handshake, whose `t` is seconds with a fraction
+//! (`t=1764750000.123`); socket.io-client's is a short random word ([`takes_offsets`]).
+
+use bytes::Bytes;
+use corecast_shard_router::position::{group_key, parse36, put36};
+use corecast_shard_router::Position;
+use corecast_storage::{GroupId, MessageId, StoredMessage, UserId};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Whether the client whose Engine.IO handshake had `query` keeps offsets (see the module's
+/// doc): every client but python-engineio's.
+pub fn takes_offsets(query: &str) -> bool {
+    !query
+        .split('&')
+        .any(|kv| kv.strip_prefix("t=").is_some_and(|t| t.contains('.')))
+}
+
+/// Makes and checks session ids (pid). The key is the operator's `CORECAST_RECOVERY_SECRET`,
+/// else the HS256 JWT secret, else random per process.
+pub struct PidKey {
+    key: Vec<u8>,
+}
+
+const MAC_BYTES: usize = 16;
+
+impl PidKey {
+    pub fn new(key: &[u8]) -> PidKey {
+        PidKey { key: key.to_vec() }
+    }
+
+    /// The key `config` names (see the type's doc).
+    pub fn from_config(config: &crate::config::Config) -> PidKey {
+        use crate::config::JwtAlgorithm;
+        if let Some(s) = &config.recovery.secret {
+            return PidKey::new(s.as_bytes());
+        }
+        if config.auth.jwt_algorithm == JwtAlgorithm::HS256 {
+            return PidKey::new(config.jwt_secret().0.as_bytes());
+        }
+        if config.recovery.enabled {
+            tracing::warn!(
+                "no CORECAST_RECOVERY_SECRET and no HS256 secret: session ids are signed with a \
+                 random key, so connection state recovery does not survive a restart"
+            );
+        }
+        PidKey::random()
+    }
+
+    /// A random key: pids do not outlive the process.
+    pub fn random() -> PidKey {
+        PidKey {
+            key: (0..32).map(|_| fastrand::u8(..)).collect(),
+        }
+    }
+
+    fn mac(&self, user: UserId, start_ms: u64, nonce: u64) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("invariant: HMAC takes any key");
+        mac.update(b"corecast pid v1\0");
+        mac.update(&user.0.to_be_bytes());
+        mac.update(&start_ms.to_be_bytes());
+        mac.update(&nonce.to_be_bytes());
+        mac
+    }
+
+    /// A new pid for `user`'s session started at `start_ms`.
+    pub fn mint(&self, user: UserId, start_ms: u64) -> String {
+        let nonce = fastrand::u64(..);
+        let tag = self.mac(user, start_ms, nonce).finalize().into_bytes();
+        let mut pid = format!("{}.{}.", base36(start_ms), base36(nonce));
+        for b in &tag[..MAC_BYTES] {
+            pid.push_str(&format!("{b:02x}"));
+        }
+        pid
+    }
+
+    /// The session start of `pid` if it is one of ours for `user`.
+    pub fn verify(&self, pid: &str, user: UserId) -> Option<u64> {
+        let mut parts = pid.split('.');
+        let start = parse36(parts.next()?)?;
+        let nonce = parse36(parts.next()?)?;
+        let tag = parts.next()?;
+        if parts.next().is_some() || tag.len() != 2 * MAC_BYTES {
+            return None;
+        }
+        let tag: Vec<u8> = (0..MAC_BYTES)
+            .map(|i| u8::from_str_radix(tag.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        self.mac(user, start, nonce)
+            .verify_truncated_left(&tag)
+            .ok()
+            .map(|()| start)
+    }
+}
+
+fn base36(n: u64) -> String {
+    let mut out = Vec::new();
+    put36(&mut out, n);
+    String::from_utf8(out).expect("invariant: base 36 is ASCII")
+}
+
+/// What a delivery is, for the offset: a stored message (its id), a read receipt, or an
+/// event that is not stored (`userOnline`), which carries no offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Message(MessageId),
+    Read,
+    Unstored,
+}
+
+/// A connection's recovery state: its session's pid, its position, and, while a recovering
+/// CONNECT waits, the replay.
+pub struct Recovery {
+    pub pid: String,
+    /// The session's start; a fresh session's floor.
+    pub position: Position,
+    /// `Some` from a recovering CONNECT until it is answered.
+    pub replay: Option<Replay>,
+}
+
+/// A recovering CONNECT's replay (see the module's doc).
+#[derive(Default)]
+pub struct Replay {
+    /// Each subscribed group's settled id, as its owner answered.
+    pub settled: Vec<(GroupId, MessageId)>,
+    /// Store reads not answered yet.
+    pub reads_left: usize,
+    /// What the store returned, per group, oldest first; `None` once recovery is given up
+    /// (a read failed, or more than the limit was missed).
+    pub missed: Option<Vec<StoredMessage>>,
+    /// Live deliveries held back until the CONNECT is answered, and their bytes.
+    pub held: Vec<(GroupId, Event, Bytes)>,
+    pub held_bytes: usize,
+}
+
+impl Recovery {
+    /// A fresh session for `user` at `now_ms`: a new pid, nothing delivered.
+    pub fn fresh(key: &PidKey, user: UserId, now_ms: u64) -> Recovery {
+        Recovery {
+            pid: key.mint(user, now_ms),
+            position: Position::new(session_floor(now_ms)),
+            replay: None,
+        }
+    }
+
+    /// The recovery a CONNECT with `pid` and `offset` asks for, if it may have it: a pid of
+    /// this user's, an offset that parses (or none: the client had received nothing), and a
+    /// position younger than `max_age_ms`.
+    pub fn resume(
+        key: &PidKey,
+        user: UserId,
+        pid: &str,
+        offset: Option<&str>,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Option<Recovery> {
+        let start = key.verify(pid, user)?;
+        let position = match offset {
+            Some(o) => Position::decode(o)?,
+            None => Position::new(session_floor(start)),
+        };
+        let age = (now_ms as i64).saturating_sub(position.newest_ms());
+        if age > max_age_ms as i64 || start > now_ms {
+            return None;
+        }
+        Some(Recovery {
+            pid: pid.to_string(),
+            position,
+            replay: Some(Replay::default()),
+        })
+    }
+
+    /// The id after which `group` has messages this connection has not had.
+    pub fn after(&self, group: &GroupId) -> MessageId {
+        self.position.after(group_key(group))
+    }
+
+    /// The offset to send with a delivery of `event` in `group`, or `None` when it carries none
+    /// (not stored) or must not be written (a message the connection already has).
+    pub fn offset_for(&mut self, group: &GroupId, event: Event) -> Option<Option<String>> {
+        match event {
+            Event::Unstored => Some(None),
+            Event::Read => Some(Some(self.offset())),
+            Event::Message(id) => {
+                let key = group_key(group);
+                if id <= self.position.after(key) {
+                    return None;
+                }
+                self.position.delivered(key, id);
+                Some(Some(self.offset()))
+            }
+        }
+    }
+
+    pub fn offset(&self) -> String {
+        let mut out = Vec::with_capacity(16);
+        self.position.encode(&mut out);
+        String::from_utf8(out).expect("invariant: an offset is ASCII")
+    }
+}
+
+/// A session's floor at `ms`: just below the first id of that millisecond.
+fn session_floor(ms: u64) -> MessageId {
+    MessageId(MessageId::new(ms as i64, 0, 0).0.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_pid_is_good_only_for_its_user_and_key() {
+        let key = PidKey::new(b"a key of some length, 32 bytes..");
+        let pid = key.mint(UserId(7), NOW);
+        assert_eq!(key.verify(&pid, UserId(7)), Some(NOW));
+        assert_eq!(key.verify(&pid, UserId(8)), None, "another user's");
+        assert_eq!(PidKey::new(b"another key").verify(&pid, UserId(7)), None);
+        assert_ne!(key.mint(UserId(7), NOW), pid, "each session its own");
+        let mut forged = pid.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(key.verify(&forged, UserId(7)), None, "a changed tag");
+        for bad in ["", "x", "1.2", "1.2.3", &format!("{pid}.1"), "1.2.zz"] {
+            assert_eq!(key.verify(bad, UserId(7)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_recovery_needs_a_good_pid_and_a_position_inside_the_window() {
+        let key = PidKey::new(b"k");
+        let pid = key.mint(UserId(1), NOW);
+        let day = 86_400_000;
+        let r = Recovery::resume(&key, UserId(1), &pid, None, NOW + 5, day).unwrap();
+        assert_eq!(r.pid, pid, "the same session goes on");
+        assert_eq!(
+            r.after(&GroupId::new("g")),
+            session_floor(NOW),
+            "no offset: from the start"
+        );
+        assert!(Recovery::resume(&key, UserId(2), &pid, None, NOW, day).is_none());
+        assert!(Recovery::resume(&key, UserId(1), &pid, Some("no!"), NOW, day).is_none());
+        assert!(
+            Recovery::resume(&key, UserId(1), &pid, None, NOW + day + 1, day).is_none(),
+            "past the window"
+        );
+        let mut live = Recovery::fresh(&key, UserId(1), NOW);
+        let m = MessageId::new(NOW as i64 + 10, 0, 0);
+        let offset = live
+            .offset_for(&GroupId::new("g"), Event::Message(m))
+            .unwrap();
+        let r = Recovery::resume(&key, UserId(1), &live.pid, offset.as_deref(), NOW + 20, day);
+        assert_eq!(r.unwrap().after(&GroupId::new("g")), m);
+    }
+
+    #[test]
+    fn offsets_follow_deliveries_and_a_message_had_is_not_written_again() {
+        let mut r = Recovery::fresh(&PidKey::new(b"k"), UserId(1), NOW);
+        let g = GroupId::new("g");
+        let (a, b) = (
+            MessageId::new(NOW as i64 + 1, 0, 0),
+            MessageId::new(NOW as i64 + 2, 0, 0),
+        );
+        assert_eq!(r.offset_for(&g, Event::Unstored), Some(None));
+        let first = r.offset_for(&g, Event::Message(b)).unwrap().unwrap();
+        assert_eq!(
+            r.offset_for(&g, Event::Message(a)),
+            None,
+            "older than what it has"
+        );
+        assert_eq!(r.offset_for(&g, Event::Message(b)), None, "had it");
+        assert_eq!(r.offset_for(&g, Event::Read), Some(Some(first.clone())));
+        assert_eq!(r.after(&g), b);
+    }
+
+    #[test]
+    fn python_engineio_handshakes_are_told_apart() {
+        assert!(takes_offsets("EIO=4&transport=polling&t=PxkQ3aB"));
+        assert!(takes_offsets("EIO=4&transport=websocket"));
+        assert!(!takes_offsets(
+            "transport=polling&EIO=4&t=1764750000.1234567"
+        ));
+        assert!(!takes_offsets("transport=websocket&EIO=4&t=1764750000.5"));
+    }
+}
