@@ -237,10 +237,7 @@ impl Conn {
             replay.held.push((group.clone(), event, frame.clone()));
             return None;
         }
-        match r.offset_for(group, event)? {
-            None => Some(frame.clone()),
-            Some(offset) => packet::with_offset(frame, &offset),
-        }
+        r.frame_for(group, event, frame)
     }
 
     /// The Engine.IO/Socket.IO session id: random, names the shard, unique per connection.

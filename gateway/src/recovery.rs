@@ -198,21 +198,26 @@ impl Recovery {
         self.position.after(group_key(group))
     }
 
-    /// The offset to send with a delivery of `event` in `group`, or `None` when it carries none
-    /// (not stored) or must not be written (a message the connection already has).
-    pub fn offset_for(&mut self, group: &GroupId, event: Event) -> Option<Option<String>> {
+    /// `frame`, a delivery of `event` in `group`, as this connection gets it: with its offset
+    /// appended (stored events), as is (`userOnline`), or `None` for a message it already has.
+    pub fn frame_for(&mut self, group: &GroupId, event: Event, frame: &Bytes) -> Option<Bytes> {
         match event {
-            Event::Unstored => Some(None),
-            Event::Read => Some(Some(self.offset())),
+            Event::Unstored => return Some(frame.clone()),
+            Event::Read => {}
             Event::Message(id) => {
                 let key = group_key(group);
                 if id <= self.position.after(key) {
                     return None;
                 }
                 self.position.delivered(key, id);
-                Some(Some(self.offset()))
             }
         }
+        OFFSET.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            self.position.encode(&mut buf);
+            corecast_wire::packet::with_offset(frame, &buf)
+        })
     }
 
     pub fn offset(&self) -> String {
@@ -220,6 +225,11 @@ impl Recovery {
         self.position.encode(&mut out);
         String::from_utf8(out).expect("invariant: an offset is ASCII")
     }
+}
+
+thread_local! {
+    /// An offset being written (per thread, so that writing one allocates nothing).
+    static OFFSET: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A session's floor at `ms`: just below the first id of that millisecond.
@@ -270,30 +280,52 @@ mod tests {
         );
         let mut live = Recovery::fresh(&key, UserId(1), NOW);
         let m = MessageId::new(NOW as i64 + 10, 0, 0);
-        let offset = live
-            .offset_for(&GroupId::new("g"), Event::Message(m))
-            .unwrap();
-        let r = Recovery::resume(&key, UserId(1), &live.pid, offset.as_deref(), NOW + 20, day);
+        let frame = event(&GroupId::new("g"));
+        assert!(live
+            .frame_for(&GroupId::new("g"), Event::Message(m), &frame)
+            .is_some());
+        let offset = live.offset();
+        let r = Recovery::resume(&key, UserId(1), &live.pid, Some(&offset), NOW + 20, day);
         assert_eq!(r.unwrap().after(&GroupId::new("g")), m);
+    }
+
+    fn event(group: &GroupId) -> Bytes {
+        let json = format!("{{\"groupId\":\"{}\"}}", group.as_str());
+        corecast_wire::packet::event_frame(
+            corecast_wire::ws::Role::Server,
+            "newMessage",
+            &[json.as_bytes()],
+        )
+    }
+
+    /// The offset a frame carries: its last argument.
+    fn offset_of(frame: &Bytes) -> Option<String> {
+        let (_, payload) = corecast_wire::ws::server_frames(frame).next()?;
+        let args: serde_json::Value = serde_json::from_slice(&payload[2..]).ok()?;
+        Some(args.as_array()?.get(2)?.as_str()?.to_string())
     }
 
     #[test]
     fn offsets_follow_deliveries_and_a_message_had_is_not_written_again() {
         let mut r = Recovery::fresh(&PidKey::new(b"k"), UserId(1), NOW);
         let g = GroupId::new("g");
+        let frame = event(&g);
         let (a, b) = (
             MessageId::new(NOW as i64 + 1, 0, 0),
             MessageId::new(NOW as i64 + 2, 0, 0),
         );
-        assert_eq!(r.offset_for(&g, Event::Unstored), Some(None));
-        let first = r.offset_for(&g, Event::Message(b)).unwrap().unwrap();
+        let online = r.frame_for(&g, Event::Unstored, &frame).unwrap();
+        assert_eq!(online, frame, "not stored: as is");
+        let first = r.frame_for(&g, Event::Message(b), &frame).unwrap();
+        assert_eq!(offset_of(&first), Some(r.offset()));
         assert_eq!(
-            r.offset_for(&g, Event::Message(a)),
+            r.frame_for(&g, Event::Message(a), &frame),
             None,
             "older than what it has"
         );
-        assert_eq!(r.offset_for(&g, Event::Message(b)), None, "had it");
-        assert_eq!(r.offset_for(&g, Event::Read), Some(Some(first.clone())));
+        assert_eq!(r.frame_for(&g, Event::Message(b), &frame), None, "had it");
+        let read = r.frame_for(&g, Event::Read, &frame).unwrap();
+        assert_eq!(offset_of(&read), offset_of(&first), "a read moves nothing");
         assert_eq!(r.after(&g), b);
     }
 
