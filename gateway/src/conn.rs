@@ -166,16 +166,17 @@ impl Conn {
     }
 
     /// Every connect-time subscription answered: the store reads a recovering CONNECT needs,
-    /// as (group, after, up to), each group whose settled id is past the position. Empty when
-    /// it needs none (or is not recovering).
-    pub fn replay_plan(&self) -> Vec<(GroupId, MessageId, MessageId)> {
+    /// as (group, after, up to), each group whose settled id is past the position, and the
+    /// attempt they belong to. Empty when it needs none (or is not recovering).
+    pub fn replay_plan(&self) -> (u32, Vec<(GroupId, MessageId, MessageId)>) {
         let mut rec = self.recovery.borrow_mut();
         let Some(r) = rec.as_mut() else {
-            return Vec::new();
+            return (0, Vec::new());
         };
         let Some(replay) = r.replay.as_ref() else {
-            return Vec::new();
+            return (0, Vec::new());
         };
+        let attempt = replay.attempt;
         let plan: Vec<_> = replay
             .settled
             .iter()
@@ -185,13 +186,14 @@ impl Conn {
         let replay = r.replay.as_mut().expect("invariant: checked above");
         replay.reads_left = plan.len();
         replay.missed = Some(Vec::new());
-        plan
+        (attempt, plan)
     }
 
     /// One store read of the replay answered. True when it was the last: the CONNECT can be
     /// answered. More than `max_events` missed, or a failed read, gives recovery up.
     pub fn replayed<E: std::fmt::Display>(
         &self,
+        attempt: u32,
         result: Result<Vec<StoredMessage>, E>,
         max_events: usize,
     ) -> bool {
@@ -199,6 +201,9 @@ impl Conn {
         let Some(replay) = rec.as_mut().and_then(|r| r.replay.as_mut()) else {
             return false;
         };
+        if replay.attempt != attempt || replay.missed.is_none() && replay.reads_left == 0 {
+            return false; // an earlier CONNECT's read, or one before this one's plan
+        }
         replay.reads_left = replay.reads_left.saturating_sub(1);
         match (result, replay.missed.as_mut()) {
             (Ok(msgs), Some(missed)) if missed.len() + msgs.len() <= max_events => {

@@ -148,6 +148,9 @@ pub struct Replay {
     pub settled: Vec<(GroupId, MessageId)>,
     /// Store reads not answered yet.
     pub reads_left: usize,
+    /// Which recovering CONNECT of the connection this is: an answer to an earlier one's read
+    /// (the client left the namespace and came back meanwhile) is ignored.
+    pub attempt: u32,
     /// What the store returned, per group, oldest first; `None` once recovery is given up
     /// (a read failed, or more than the limit was missed).
     pub missed: Option<Vec<StoredMessage>>,
@@ -189,7 +192,10 @@ impl Recovery {
         Some(Recovery {
             pid: pid.to_string(),
             position,
-            replay: Some(Replay::default()),
+            replay: Some(Replay {
+                attempt: next_attempt(),
+                ..Replay::default()
+            }),
         })
     }
 
@@ -230,6 +236,17 @@ impl Recovery {
 thread_local! {
     /// An offset being written (per thread, so that writing one allocates nothing).
     static OFFSET: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A number for a recovering CONNECT, distinct from the thread's others for a long while.
+fn next_attempt() -> u32 {
+    thread_local! {
+        static NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    NEXT.with(|n| {
+        n.set(n.get().wrapping_add(1));
+        n.get()
+    })
 }
 
 /// A session's floor at `ms`: just below the first id of that millisecond.

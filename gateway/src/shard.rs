@@ -221,6 +221,8 @@ pub enum ShardMsg {
     /// messages of one group the client missed, oldest first.
     Replayed {
         conn: ConnId,
+        /// The recovering CONNECT it was read for (`Replay::attempt`).
+        attempt: u32,
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     },
     /// The store's answer to a read receipt (from the store's thread).
@@ -903,7 +905,11 @@ impl Shard {
                 result,
             } => self.subscribe_result(conn, group, reason, ack, result),
             ShardMsg::ToConn { conn, frame } => self.to_conn(conn, frame),
-            ShardMsg::Replayed { conn, result } => self.replayed(conn, result),
+            ShardMsg::Replayed {
+                conn,
+                attempt,
+                result,
+            } => self.replayed(conn, attempt, result),
             ShardMsg::Deliver {
                 group,
                 frame,
@@ -1719,7 +1725,7 @@ impl Shard {
         if conn.state() != ConnState::Subscribing {
             return;
         }
-        let plan = conn.replay_plan();
+        let (attempt, plan) = conn.replay_plan();
         if plan.is_empty() {
             return self.finish_connect(conn);
         }
@@ -1734,7 +1740,11 @@ impl Shard {
                     limit,
                     reply,
                 },
-                move |result| ShardMsg::Replayed { conn: id, result },
+                move |result| ShardMsg::Replayed {
+                    conn: id,
+                    attempt,
+                    result,
+                },
             );
         }
     }
@@ -1743,10 +1753,11 @@ impl Shard {
     fn replayed(
         &self,
         id: ConnId,
+        attempt: u32,
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     ) {
         let Some(conn) = self.conn(id) else { return };
-        if conn.replayed(result, self.config().recovery.max_events) {
+        if conn.replayed(attempt, result, self.config().recovery.max_events) {
             self.finish_connect(&conn);
         }
     }
