@@ -190,12 +190,14 @@ impl Conn {
     }
 
     /// One store read of the replay answered. True when it was the last: the CONNECT can be
-    /// answered. More than `max_events` missed, or a failed read, gives recovery up.
+    /// answered. More than `max_events` missed, more than half the outbound queue's bound
+    /// (`max_bytes`) of them (they are queued at once), or a failed read, gives recovery up.
     pub fn replayed<E: std::fmt::Display>(
         &self,
         attempt: u32,
         result: Result<Vec<StoredMessage>, E>,
         max_events: usize,
+        max_bytes: usize,
     ) -> bool {
         let mut rec = self.recovery.borrow_mut();
         let Some(replay) = rec.as_mut().and_then(|r| r.replay.as_mut()) else {
@@ -205,8 +207,22 @@ impl Conn {
             return false; // an earlier CONNECT's read, or one before this one's plan
         }
         replay.reads_left = replay.reads_left.saturating_sub(1);
+        // A frame is about the text (escaped), its attachments and 200 bytes of the rest.
+        let bytes = |m: &StoredMessage| {
+            2 * m.text.len()
+                + m.attachments
+                    .iter()
+                    .map(|a| a.url.len() + 32)
+                    .sum::<usize>()
+                + 200
+        };
         match (result, replay.missed.as_mut()) {
-            (Ok(msgs), Some(missed)) if missed.len() + msgs.len() <= max_events => {
+            (Ok(msgs), Some(missed))
+                if missed.len() + msgs.len() <= max_events
+                    && replay.missed_bytes + msgs.iter().map(bytes).sum::<usize>()
+                        <= max_bytes / 2 =>
+            {
+                replay.missed_bytes += msgs.iter().map(bytes).sum::<usize>();
                 missed.extend(msgs)
             }
             (Ok(_), Some(_)) => replay.missed = None,

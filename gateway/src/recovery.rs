@@ -154,6 +154,8 @@ pub struct Replay {
     /// What the store returned, per group, oldest first; `None` once recovery is given up
     /// (a read failed, or more than the limit was missed).
     pub missed: Option<Vec<StoredMessage>>,
+    /// About how many bytes the missed messages take as frames (see `Conn::replayed`).
+    pub missed_bytes: usize,
     /// Live deliveries held back until the CONNECT is answered, and their bytes.
     pub held: Vec<(GroupId, Event, Bytes)>,
     pub held_bytes: usize,

@@ -1757,7 +1757,9 @@ impl Shard {
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     ) {
         let Some(conn) = self.conn(id) else { return };
-        if conn.replayed(attempt, result, self.config().recovery.max_events) {
+        let cfg = self.config();
+        let max_bytes = cfg.server.outbound_queue_bytes;
+        if conn.replayed(attempt, result, cfg.recovery.max_events, max_bytes) {
             self.finish_connect(&conn);
         }
     }

@@ -165,8 +165,14 @@ test('a forged pid, or another user\'s, gets a fresh session: recovered is false
   assert.deepEqual(texts(cb, gid), ['seen'], 'nothing replayed');
 });
 
-test('past the event limit or the window, a fresh session: recovered is false and the client reloads', async () => {
-  for (const env of [{ CORECAST_RECOVERY_MAX_EVENTS: '2' }, { CORECAST_RECOVERY_MAX_AGE: '0' }]) {
+test('past the event limit, the window or the queue\'s room, a fresh session: recovered is false and the client reloads', async () => {
+  const long = (c) => c.repeat(3000);
+  for (const [env, sent] of [
+    [{ CORECAST_RECOVERY_MAX_EVENTS: '2' }, ['x', 'y', 'z']],
+    [{ CORECAST_RECOVERY_MAX_AGE: '0' }, ['x', 'y', 'z']],
+    // More than half the outbound queue's bound: they would be queued at once.
+    [{ CORECAST_OUTBOUND_QUEUE_BYTES: '16384' }, [long('x'), long('y'), long('z')]],
+  ]) {
     const gw = await startGateway(env);
     try {
       const [a, b] = [fx.fresh(), fx.fresh()];
@@ -178,11 +184,11 @@ test('past the event limit or the window, a fresh session: recovered is false an
       const cb = await connect(gw, b);
       try {
         await dropAndReconnect(cb, async () => {
-          for (const t of ['x', 'y', 'z']) await send(ca, gid, t);
+          for (const t of sent) await send(ca, gid, t);
         });
         assert.equal(cb.socket.recovered, false, JSON.stringify(env));
         const page = await cb.call('getMessages', { groupId: gid });
-        assert.deepEqual(page.messages.map((m) => m.text), ['z', 'y', 'x'], 'the history has them');
+        assert.deepEqual(page.messages.map((m) => m.text), [...sent].reverse(), 'the history has them');
         assert.deepEqual(texts(cb, gid), [], 'nothing replayed');
       } finally {
         ca.close();
