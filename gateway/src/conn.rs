@@ -502,7 +502,10 @@ impl Conn {
     /// All connect-time subscriptions answered (and a recovery's store reads): accept the
     /// CONNECT. A recovering one keeps its pid and is followed by the messages it missed, then
     /// by what was delivered meanwhile; one whose recovery was given up gets a new pid.
-    pub fn connected(&self, shard: &impl Outbox) {
+    ///
+    /// Returns, for a recovered CONNECT, when the client's position was reached: the shard
+    /// then tells it the presence news since (`recovery::PresenceLog`).
+    pub fn connected(&self, shard: &impl Outbox) -> Option<i64> {
         self.was_connected.set(true);
         self.connect_deadline.set(None);
         let replay = self.end_replay(shard);
@@ -510,7 +513,7 @@ impl Conn {
         let pid = self.recovery.borrow().as_ref().map(|r| r.pid.clone());
         packet::write_connect(&mut p, &self.sid(shard).to_string(), pid.as_deref());
         self.push(shard, ws::text_frame(Role::Server, &p));
-        let Some((missed, held)) = replay else { return };
+        let (since, missed, held) = replay?;
         shard
             .stats()
             .recovered_messages
@@ -523,6 +526,7 @@ impl Conn {
         for (group, event, frame) in held {
             self.write_event(shard, &group, event, &frame);
         }
+        since
     }
 
     /// Ends a recovering CONNECT's wait: the messages it missed and the deliveries held, or,
@@ -531,17 +535,21 @@ impl Conn {
     fn end_replay(
         &self,
         shard: &impl Outbox,
-    ) -> Option<(Vec<StoredMessage>, Vec<(GroupId, Event, Bytes)>)> {
+    ) -> Option<(
+        Option<i64>,
+        Vec<StoredMessage>,
+        Vec<(GroupId, Event, Bytes)>,
+    )> {
         let mut rec = self.recovery.borrow_mut();
         let r = rec.as_mut()?;
         let replay = r.replay.take()?;
-        let missed = match replay.missed {
+        let (since, missed) = match replay.missed {
             Some(m) => {
                 shard
                     .stats()
                     .recoveries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                m
+                (Some(replay.since_ms), m)
             }
             None => {
                 shard
@@ -552,10 +560,10 @@ impl Conn {
                     .user()
                     .expect("invariant: a recovering connection has a user");
                 **r = Recovery::fresh(shard.pids(), user, events::now_ms() as u64);
-                Vec::new()
+                (None, Vec::new())
             }
         };
-        Some((missed, replay.held))
+        Some((since, missed, replay.held))
     }
 
     fn write_event(&self, shard: &impl Outbox, group: &GroupId, event: Event, frame: &Bytes) {

@@ -148,6 +148,9 @@ pub struct Replay {
     pub settled: Vec<(GroupId, MessageId)>,
     /// Store reads not answered yet.
     pub reads_left: usize,
+    /// When the client's position was reached (wall milliseconds): presence announced since
+    /// then is news to it ([`PresenceLog`]).
+    pub since_ms: i64,
     /// Which recovering CONNECT of the connection this is: an answer to an earlier one's read
     /// (the client left the namespace and came back meanwhile) is ignored.
     pub attempt: u32,
@@ -187,7 +190,8 @@ impl Recovery {
             Some(o) => Position::decode(o)?,
             None => Position::new(session_floor(start)),
         };
-        let age = (now_ms as i64).saturating_sub(position.newest_ms());
+        let since_ms = position.newest_ms();
+        let age = (now_ms as i64).saturating_sub(since_ms);
         if age > max_age_ms as i64 || start > now_ms {
             return None;
         }
@@ -196,6 +200,7 @@ impl Recovery {
             position,
             replay: Some(Replay {
                 attempt: next_attempt(),
+                since_ms,
                 ..Replay::default()
             }),
         })
@@ -238,6 +243,73 @@ impl Recovery {
 thread_local! {
     /// An offset being written (per thread, so that writing one allocates nothing).
     static OFFSET: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The presence announcements a shard made lately (`userOnline`, to its connections), so that
+/// a recovered client learns the current state of the co-members whose state changed while it
+/// was away: [`PresenceLog::since`]. Bounded by age and count; after a restart it starts empty.
+pub struct PresenceLog {
+    /// (wall ms, user, the groups announced to, the frame), oldest first.
+    entries: std::collections::VecDeque<(i64, UserId, std::sync::Arc<[GroupId]>, Bytes)>,
+}
+
+impl PresenceLog {
+    /// Announcements older than this are forgotten.
+    pub const MAX_AGE_MS: i64 = 10 * 60_000;
+    /// At most this many are kept.
+    pub const MAX_ENTRIES: usize = 65_536;
+
+    pub fn new() -> PresenceLog {
+        PresenceLog {
+            entries: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        at_ms: i64,
+        user: UserId,
+        groups: std::sync::Arc<[GroupId]>,
+        frame: Bytes,
+    ) {
+        self.entries.push_back((at_ms, user, groups, frame));
+        while self.entries.len() > Self::MAX_ENTRIES
+            || self
+                .entries
+                .front()
+                .is_some_and(|e| e.0 < at_ms - Self::MAX_AGE_MS)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The latest announcement of each user but `me` made at `since_ms` or later to one of
+    /// `groups`, oldest first: the current state of the co-members whose state changed since.
+    pub fn since(
+        &self,
+        since_ms: i64,
+        me: UserId,
+        groups: &std::collections::HashSet<GroupId>,
+    ) -> Vec<Bytes> {
+        let from = self.entries.partition_point(|e| e.0 < since_ms);
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<Bytes> = self
+            .entries
+            .range(from..)
+            .rev()
+            .filter(|(_, u, g, _)| *u != me && g.iter().any(|g| groups.contains(g)))
+            .filter(|(_, u, _, _)| seen.insert(*u))
+            .map(|(_, _, _, f)| f.clone())
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+impl Default for PresenceLog {
+    fn default() -> Self {
+        PresenceLog::new()
+    }
 }
 
 /// A number for a recovering CONNECT, distinct from the thread's others for a long while.
@@ -346,6 +418,38 @@ mod tests {
         let read = r.frame_for(&g, Event::Read, &frame).unwrap();
         assert_eq!(offset_of(&read), offset_of(&first), "a read moves nothing");
         assert_eq!(r.after(&g), b);
+    }
+
+    #[test]
+    fn a_recovered_client_hears_the_latest_presence_of_co_members_since_it_left() {
+        let g = |s: &str| GroupId::new(s);
+        let groups: std::sync::Arc<[GroupId]> = vec![g("a"), g("b")].into();
+        let other: std::sync::Arc<[GroupId]> = vec![g("z")].into();
+        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let mut log = PresenceLog::new();
+        log.record(100, UserId(2), groups.clone(), f("2 on"));
+        log.record(200, UserId(3), groups.clone(), f("3 on"));
+        log.record(300, UserId(2), groups.clone(), f("2 off"));
+        log.record(310, UserId(4), other, f("4 on"));
+        log.record(320, UserId(1), groups.clone(), f("me"));
+        let mine: std::collections::HashSet<GroupId> = [g("b")].into();
+        assert_eq!(
+            log.since(150, UserId(1), &mine),
+            vec![f("3 on"), f("2 off")]
+        );
+        assert_eq!(log.since(250, UserId(1), &mine), vec![f("2 off")]);
+        assert!(log.since(400, UserId(1), &mine).is_empty());
+        log.record(
+            300 + PresenceLog::MAX_AGE_MS + 1,
+            UserId(5),
+            groups,
+            f("5 on"),
+        );
+        assert_eq!(
+            log.since(0, UserId(1), &mine),
+            vec![f("5 on")],
+            "older ones forgotten"
+        );
     }
 
     #[test]

@@ -392,6 +392,8 @@ pub struct Shard {
     event_limiter: RefCell<RateLimiter<ConnId>>,
     /// Groups the store said do not exist (see [`UNKNOWN_GROUPS`]).
     unknown_groups: RefCell<Recent<GroupId>>,
+    /// Presence announced lately, for recovered clients (`Shard::presence_news`).
+    presence_log: RefCell<crate::recovery::PresenceLog>,
     /// The membership loads of this shard's connects, merged: one store request in flight.
     loads: RefCell<Loads<UserId, ConnId>>,
     /// When idle rooms were last looked for.
@@ -478,6 +480,7 @@ impl Shard {
             limiter: RefCell::new(RateLimiter::new(rate)),
             event_limiter: RefCell::new(RateLimiter::new(event_rate)),
             unknown_groups: RefCell::new(Recent::new(UNKNOWN_GROUPS, UNKNOWN_GROUP_TTL_MS)),
+            presence_log: RefCell::new(crate::recovery::PresenceLog::new()),
             loads: RefCell::new(Loads::new(LOAD_BATCH)),
             rooms_swept: Cell::new(Instant::now()),
             last_tick: Cell::new(Instant::now()),
@@ -1768,7 +1771,9 @@ impl Shard {
     fn finish_connect(&self, conn: &Rc<Conn>) {
         if conn.state() == ConnState::Subscribing {
             conn.set_state(ConnState::Connected);
-            conn.connected(self);
+            if let Some(since) = conn.connected(self) {
+                self.presence_news(conn, since);
+            }
             self.release_ticket(conn.take_ticket());
             let user = conn
                 .user()
@@ -1778,6 +1783,17 @@ impl Shard {
                 owner_of_user(user, self.shared.nr_shards()),
                 ShardMsg::PresenceUp { user, groups },
             );
+        }
+    }
+
+    /// A recovered client is told the current state of the co-members whose presence was
+    /// announced since `since_ms` (while it was away), once each: the `userOnline` it missed.
+    fn presence_news(&self, conn: &Rc<Conn>, since_ms: i64) {
+        let Some(user) = conn.user() else { return };
+        let groups: HashSet<GroupId> = conn.groups().into_iter().collect();
+        let frames = self.presence_log.borrow().since(since_ms, user, &groups);
+        for f in frames {
+            conn.push(self, f);
         }
     }
 
@@ -2144,6 +2160,12 @@ impl Shard {
         let Some((groups, frame)) = announce else {
             return;
         };
+        self.presence_log.borrow_mut().record(
+            events::now_ms(),
+            user,
+            groups.clone(),
+            frame.clone(),
+        );
         let n = self.fanout.deliver_presence(self, user, &groups, &frame);
         self.stats.deliveries.fetch_add(n, Relaxed);
     }

@@ -130,6 +130,30 @@ test('recovery several times in a row, once while the server still holds the hal
   assert.deepEqual(texts(cb, gid), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5']);
 });
 
+test('a recovered client hears the presence changes of co-members while it was away', async () => {
+  const { users: [a, b, c, d] } = await group(4);
+  const ca = await client(a);
+  const cb = await client(b);
+  const cd = await client(d);
+  await cb.waitFor('userOnline', (p) => p.userId === d && p.isOnline === true);
+  cb.socket.io.engine.close();
+  await cb.waitFor('disconnect');
+  // While b is away, c comes online and d goes offline (announced once the debounce window
+  // has passed: a, who stayed, hears both).
+  await client(c);
+  await ca.waitFor('userOnline', (p) => p.userId === c && p.isOnline === true);
+  cd.close();
+  await ca.waitFor('userOnline', (p) => p.userId === d && p.isOnline === false);
+  const before = cb.events.length;
+  await reconnect(cb);
+  assert.equal(cb.socket.recovered, true);
+  await cb.waitFor('userOnline', (p) => p.userId === c && p.isOnline === true);
+  await cb.waitFor('userOnline', (p) => p.userId === d && p.isOnline === false);
+  const news = cb.events.slice(before).filter((e) => e.event === 'userOnline');
+  assert.deepEqual(news.map((e) => [e.payload.userId, e.payload.isOnline]).filter(([u]) => u !== a && u !== b),
+    [[c, true], [d, false]], 'once each, the current state');
+});
+
 test('recovery over long-polling (#4968)', async () => {
   const { gid, users: [a, b] } = await group(2);
   const ca = await client(a);
