@@ -108,7 +108,8 @@ pub struct GroupTally {
 /// threads (and processes); every count is of clients except where it says messages.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RecoveryTally {
-    /// Clients that dropped their connection and reconnected with their pid and offset.
+    /// Clients that had a session when they dropped it, and reconnected with its pid and
+    /// offset (a client whose first connect failed is not one of them).
     pub clients: u64,
     /// Of which the CONNECT was answered again.
     pub back: u64,

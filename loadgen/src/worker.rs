@@ -103,6 +103,9 @@ struct Recovery {
     dup: u32,
     /// Reconnected in the storm and is waiting for its missed messages.
     waiting: bool,
+    /// Had a session when the clients dropped: only these are the storm's clients (one whose
+    /// first connect failed comes back with no pid, to a fresh session, and is not counted).
+    away: bool,
 }
 
 pub struct Final {
@@ -457,7 +460,9 @@ impl Worker {
         }
         let missed = u64::from(self.cfg.args.missed);
         for c in &self.conns {
-            let Some(r) = &c.rec else { continue };
+            let Some(r) = c.rec.as_deref().filter(|r| r.away) else {
+                continue;
+            };
             let t = &mut self.stats.recovery;
             t.clients += 1;
             t.missed_expected += missed;
@@ -1163,7 +1168,7 @@ impl Worker {
         let Some(r) = self.conns[i].rec.as_deref_mut() else {
             return;
         };
-        if storm_round {
+        if storm_round && r.away {
             let t = &mut self.stats.recovery;
             t.back += 1;
             if !pid.is_empty() && pid == r.pid.as_slice() {
@@ -1216,7 +1221,9 @@ impl Worker {
 
     fn drop_clients(&mut self) {
         for i in 0..self.conns.len() {
-            if self.conns[i].rec.is_some() {
+            let c = &mut self.conns[i];
+            if let Some(r) = c.rec.as_deref_mut() {
+                r.away = c.state == State::Ready;
                 self.close(i);
             }
         }
