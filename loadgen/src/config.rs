@@ -24,6 +24,12 @@ pub enum Scenario {
     /// Everyone connects at once (no connect rate limit), then everyone drops and
     /// reconnects at once; reports connects/s and handshake latency of both rounds.
     ConnectStorm,
+    /// Connection state recovery at scale: every client but one sender per group drops at
+    /// once, `--missed` messages go into each group meanwhile, then every client reconnects at
+    /// once with its pid and offset; live traffic at `--rate` continues throughout. Reports
+    /// recovered vs fresh sessions, missed messages lost or duplicated, the time until every
+    /// client has all it missed, and live latency during the storm.
+    RecoveryStorm,
 }
 
 /// How each session reaches the server (Engine.IO's two transports).
@@ -143,6 +149,9 @@ pub struct Args {
     /// Internal: this process is child `proc-index` of `procs` (set by the parent).
     #[arg(long, hide = true, default_value_t = 0)]
     pub proc_index: u32,
+    /// recovery-storm: messages sent into each group while its clients are away.
+    #[arg(long, default_value_t = 20)]
+    pub missed: u32,
     /// Ask for an ack on every send (counts ack errors, measures ack latency).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ack: bool,
@@ -234,8 +243,21 @@ impl Config {
                 args.conns.div_ceil(max_per_proc)
             );
         }
-        if args.scenario == Scenario::ConnectStorm {
+        if matches!(
+            args.scenario,
+            Scenario::ConnectStorm | Scenario::RecoveryStorm
+        ) {
             args.connect_rate = 0.0;
+        }
+        if args.scenario == Scenario::RecoveryStorm {
+            // Its phases (drop, missed sends, reconnect) are driven by one process's main
+            // thread; 10,000 clients fit in one process.
+            if args.procs != 1 {
+                bail!("--scenario recovery-storm runs in one process (--procs 1)");
+            }
+            if args.missed == 0 || args.missed > 100_000 {
+                bail!("--missed must be 1 to 100,000");
+            }
         }
         let group_size = match (args.scenario, args.group_size) {
             (_, Some(k)) => k,
@@ -248,6 +270,9 @@ impl Config {
             (Scenario::LargeRoom, None) => 1,
             _ => args.conns / group_size,
         };
+        if args.scenario == Scenario::RecoveryStorm && (group_size < 2 || nr_groups == 0) {
+            bail!("--scenario recovery-storm needs groups of at least 2 (a sender and a client)");
+        }
         if u64::from(nr_groups) * u64::from(group_size) > u64::from(args.conns) {
             bail!("--groups {nr_groups} of --group-size {group_size} need more than --conns");
         }
@@ -294,7 +319,15 @@ impl Config {
 
     /// Whether this scenario sends messages.
     pub fn sends(&self) -> bool {
-        matches!(self.args.scenario, Scenario::Fanout | Scenario::LargeRoom) && self.args.rate > 0.0
+        matches!(
+            self.args.scenario,
+            Scenario::Fanout | Scenario::LargeRoom | Scenario::RecoveryStorm
+        ) && self.args.rate > 0.0
+    }
+
+    /// Whether this run is a recovery storm (one sender per group stays connected).
+    pub fn storm(&self) -> bool {
+        self.args.scenario == Scenario::RecoveryStorm
     }
 
     /// Global user index `i` (0-based) lives in process `i % procs`, and there in thread

@@ -129,11 +129,7 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
         cmds.push(tx);
     }
     drop(ev_tx);
-    let broadcast = |c: &dyn Fn() -> Cmd| {
-        for tx in &cmds {
-            let _ = tx.send(c());
-        }
-    };
+    let broadcast = |c: &dyn Fn() -> Cmd| broadcast(&cmds, c);
     let mut pump = Pump::new(cfg.clone(), t0, ev_rx);
 
     // Connect rounds (connect-storm: a second round where everyone reconnects at once).
@@ -144,43 +140,7 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
     };
     let mut connect_rounds = Vec::new();
     for round in 0..rounds {
-        let start = now_ns();
-        broadcast(&|| Cmd::Connect {
-            round,
-            start_ns: start,
-        });
-        let mut cr = ConnectRound::default();
-        let mut last = start;
-        let mut done = 0;
-        while done < cfg.nr_threads {
-            match pump.next(now_ns() + 1_000_000_000) {
-                Some(Event::RoundDone {
-                    attempted,
-                    ready,
-                    last_ready_ns,
-                }) => {
-                    cr.attempted += attempted;
-                    cr.ready += ready;
-                    last = last.max(last_ready_ns);
-                    done += 1;
-                }
-                Some(_) => {}
-                None if pump.closed => bail!("an event loop died during connect"),
-                None => {}
-            }
-        }
-        cr.seconds = (last - start) as f64 / 1e9;
-        log(
-            cfg,
-            &format!(
-                "connect round {round}: {}/{} ready in {:.2}s ({:.0}/s)",
-                cr.ready,
-                cr.attempted,
-                cr.seconds,
-                cr.ready as f64 / cr.seconds.max(1e-9)
-            ),
-        );
-        connect_rounds.push(cr);
+        connect_rounds.push(connect_round(cfg, &cmds, &mut pump, round, now_ns())?);
     }
 
     // Children wait for the parent's go, which carries the common send start.
@@ -203,9 +163,19 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
     let mut loadgen_cpu = 0.0;
     let mut loadgen_user = 0.0;
     let mut send_wall = 0.0;
+    let (mut storm_s, mut storm_live_s) = (0.0, 0.0);
     if cfg.args.scenario == Scenario::Idle {
         pump.run_until(now_ns() + cfg.duration.as_nanos() as u64);
         server.mark("end");
+    } else if cfg.storm() {
+        let (user0, sys0) = cpu_split(libc::RUSAGE_SELF);
+        let start = now_ns() + 20_000_000;
+        (storm_s, storm_live_s) =
+            recovery_storm(cfg, &cmds, &mut pump, server, &mut connect_rounds, start)?;
+        let (user1, sys1) = cpu_split(libc::RUSAGE_SELF);
+        loadgen_cpu = (user1 - user0) + (sys1 - sys0);
+        loadgen_user = user1 - user0;
+        send_wall = (now_ns() - start) as f64 / 1e9;
     } else if cfg.sends() {
         let start = go_start.unwrap_or_else(|| now_ns() + 20_000_000);
         let measure = start + cfg.warmup.as_nanos() as u64;
@@ -252,7 +222,155 @@ fn run_local(cfg: &Arc<Config>, server: &mut ServerSample) -> anyhow::Result<(Ra
     raw.loadgen_cpu_s = loadgen_cpu;
     raw.loadgen_user_s = loadgen_user;
     raw.send_wall_s = send_wall;
-    Ok((raw, cfg.duration.as_secs_f64()))
+    raw.storm_s = storm_s;
+    // The measured window: a storm's live latency is measured from the reconnect round's
+    // start until sending ended.
+    let secs = if cfg.storm() {
+        storm_live_s
+    } else {
+        cfg.duration.as_secs_f64()
+    };
+    Ok((raw, secs))
+}
+
+fn broadcast(cmds: &[mpsc::Sender<Cmd>], c: &dyn Fn() -> Cmd) {
+    for tx in cmds {
+        let _ = tx.send(c());
+    }
+}
+
+/// One connect round on every thread, from `start`: until each has every connection ready
+/// or failed.
+fn connect_round(
+    cfg: &Config,
+    cmds: &[mpsc::Sender<Cmd>],
+    pump: &mut Pump,
+    round: usize,
+    start: u64,
+) -> anyhow::Result<ConnectRound> {
+    broadcast(cmds, &|| Cmd::Connect {
+        round,
+        start_ns: start,
+    });
+    let mut cr = ConnectRound::default();
+    let mut last = start;
+    let mut done = 0;
+    while done < cfg.nr_threads {
+        match pump.next(now_ns() + 1_000_000_000) {
+            Some(Event::RoundDone {
+                attempted,
+                ready,
+                last_ready_ns,
+            }) => {
+                cr.attempted += attempted;
+                cr.ready += ready;
+                last = last.max(last_ready_ns);
+                done += 1;
+            }
+            Some(_) => {}
+            None if pump.closed => bail!("an event loop died during connect"),
+            None => {}
+        }
+    }
+    cr.seconds = (last - start) as f64 / 1e9;
+    log(
+        cfg,
+        &format!(
+            "connect round {round}: {}/{} ready in {:.2}s ({:.0}/s)",
+            cr.ready,
+            cr.attempted,
+            cr.seconds,
+            cr.ready as f64 / cr.seconds.max(1e-9)
+        ),
+    );
+    Ok(cr)
+}
+
+/// Waits for one `want` event from every thread (bounded by `--connect-timeout`).
+fn from_every_thread(
+    cfg: &Config,
+    pump: &mut Pump,
+    what: &str,
+    want: impl Fn(&Event) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = now_ns() + cfg.connect_timeout.as_nanos() as u64 + 5_000_000_000;
+    let mut done = 0;
+    while done < cfg.nr_threads {
+        match pump.next(deadline) {
+            Some(ev) if want(&ev) => done += 1,
+            Some(_) => {}
+            None if pump.closed => bail!("an event loop died while waiting for {what}"),
+            None if now_ns() >= deadline => bail!("timed out waiting for {what}"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// `--scenario recovery-storm` after everyone connected: live traffic from `start`; after the
+/// warm-up every client but the senders drops; `--missed` messages go into each group (all
+/// acknowledged, so stored, before anyone comes back); everyone reconnects at once with pid
+/// and offset; live traffic stops once every client has what it missed, plus the drain.
+/// Returns the seconds from the reconnect round's start until the last client had all, and
+/// until live sending ended.
+fn recovery_storm(
+    cfg: &Config,
+    cmds: &[mpsc::Sender<Cmd>],
+    pump: &mut Pump,
+    server: &mut ServerSample,
+    connect_rounds: &mut Vec<ConnectRound>,
+    start: u64,
+) -> anyhow::Result<(f64, f64)> {
+    server.mark("send_start");
+    broadcast(cmds, &|| Cmd::Send {
+        start_ns: start,
+        measure_ns: u64::MAX, // from the reconnect round on (the worker sets it)
+        end_ns: u64::MAX,
+    });
+    pump.run_until(start + cfg.warmup.as_nanos() as u64);
+    broadcast(cmds, &|| Cmd::Drop);
+    from_every_thread(cfg, pump, "the drop", |e| matches!(e, Event::Dropped))?;
+    let t = now_ns();
+    let per_group = cfg.args.missed;
+    broadcast(cmds, &|| Cmd::SendMissed { per_group });
+    from_every_thread(cfg, pump, "the missed messages' acks", |e| {
+        matches!(e, Event::MissedStored)
+    })?;
+    log(
+        cfg,
+        &format!(
+            "dropped; {per_group} missed messages per group stored in {:.2}s",
+            (now_ns() - t) as f64 / 1e9
+        ),
+    );
+    server.mark("storm_start");
+    let round_start = now_ns();
+    connect_rounds.push(connect_round(cfg, cmds, pump, 1, round_start)?);
+    let mut last_full = round_start;
+    // The workers give up on missing messages at --connect-timeout after the round's start.
+    let deadline = round_start + cfg.connect_timeout.as_nanos() as u64 + 5_000_000_000;
+    while pump.recovered.len() < cfg.nr_threads {
+        if pump.next(now_ns() + 50_000_000).is_none() && pump.closed {
+            bail!("an event loop died during the recovery");
+        }
+        if now_ns() >= deadline {
+            bail!("timed out waiting for the clients' recovery");
+        }
+    }
+    for &at in &pump.recovered {
+        last_full = last_full.max(at);
+    }
+    server.mark("storm_end");
+    let storm_s = (last_full - round_start) as f64 / 1e9;
+    log(
+        cfg,
+        &format!("every client had all it missed after {storm_s:.2}s"),
+    );
+    let end = now_ns();
+    broadcast(cmds, &|| Cmd::EndSend { end_ns: end });
+    pump.run_until(now_ns() + cfg.drain.as_nanos() as u64);
+    server.mark("send_end");
+    Ok((storm_s, (end - round_start) as f64 / 1e9))
 }
 
 /// Collects per-second intervals from the threads and prints the progress line.
@@ -263,6 +381,8 @@ struct Pump {
     seconds: BTreeMap<u32, Second>,
     printed: u32,
     closed: bool,
+    /// recovery-storm: each thread's `Recovered` (it may come during the connect round).
+    recovered: Vec<u64>,
 }
 
 impl Pump {
@@ -274,6 +394,7 @@ impl Pump {
             seconds: BTreeMap::new(),
             printed: 0,
             closed: false,
+            recovered: Vec::new(),
         }
     }
 
@@ -287,6 +408,7 @@ impl Pump {
             }
             let wait = Duration::from_nanos((deadline_ns - now).min(100_000_000));
             match self.rx.recv_timeout(wait) {
+                Ok(Event::Recovered { last_full_ns }) => self.recovered.push(last_full_ns),
                 Ok(Event::Interval(iv)) => {
                     self.seconds
                         .entry(iv.sec)

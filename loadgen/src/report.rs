@@ -79,6 +79,9 @@ pub struct Report {
     pub config: RunConfig,
     pub connect: Vec<ConnectSummary>,
     pub send: Option<SendSummary>,
+    /// recovery-storm only (the send summary's latency is then the live traffic's during the
+    /// storm, at the connections that stayed).
+    pub recovery: Option<RecoverySummary>,
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
     pub server: Option<ServerSummary>,
@@ -169,6 +172,20 @@ pub struct SendSummary {
 }
 
 #[derive(Debug, Serialize)]
+pub struct RecoverySummary {
+    /// Missed messages sent into each group while its clients were away.
+    pub missed_per_group: u32,
+    #[serde(flatten)]
+    pub tally: crate::stats::RecoveryTally,
+    /// From the reconnect round's start until every client had every message it missed.
+    pub all_recovered_s: f64,
+    /// Per client: its reconnect's start to its last missed message.
+    pub per_client: Percentiles,
+    /// Server CPU seconds from the reconnect round's start to the last client's recovery.
+    pub server_cpu_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct ServerSummary {
     pub pid: u32,
     pub rss_start_kib: Option<u64>,
@@ -236,7 +253,24 @@ impl Report {
                 latency_curve: curve,
             }
         });
-        let ready = raw.connect_rounds.last().map_or(0, |c| c.ready);
+        let recovery = cfg.storm().then(|| RecoverySummary {
+            missed_per_group: cfg.args.missed,
+            tally: raw.recovery.clone(),
+            all_recovered_s: raw.storm_s,
+            per_client: Percentiles::of(&m.recover),
+            server_cpu_s: match (server.get("storm_start"), server.get("storm_end")) {
+                (Some(a), Some(b)) => Some(b.1 - a.1),
+                _ => None,
+            },
+        });
+        // RSS is sampled once everyone connected: the first round of a recovery storm.
+        let rounds = &raw.connect_rounds;
+        let ready = if cfg.storm() {
+            rounds.first()
+        } else {
+            rounds.last()
+        }
+        .map_or(0, |c| c.ready);
         let server = cfg.args.server_pid.map(|pid| {
             let start = server.get("start");
             let connected = server.get("connected");
@@ -287,6 +321,7 @@ impl Report {
             },
             connect,
             send,
+            recovery,
             errors_total: raw.errors.values().sum(),
             errors: raw.errors.clone(),
             server,
@@ -360,6 +395,34 @@ impl Report {
                 s,
                 "  ack      {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
+            );
+        }
+        if let Some(r) = &self.recovery {
+            let t = &r.tally;
+            let p = &r.per_client;
+            let _ = writeln!(
+                s,
+                "recovery: {} clients dropped, {} back: {} recovered, {} fresh | {} missed per group, {} stored",
+                t.clients, t.back, t.recovered, t.fresh, r.missed_per_group, t.stored
+            );
+            let _ = writeln!(
+                s,
+                "  missed messages: {} expected, {} lost ({} clients), {} duplicated ({} clients); {} clients complete",
+                t.missed_expected,
+                t.missed_lost,
+                t.clients_with_loss,
+                t.missed_duplicated,
+                t.clients_with_duplicates,
+                t.complete
+            );
+            let _ = writeln!(
+                s,
+                "  all recovered {:.2}s after the reconnect round's start | per client reconnect → all missed ms p50 {:.2} p99 {:.2} max {:.2} | server CPU {}",
+                r.all_recovered_s,
+                p.p50_ms,
+                p.p99_ms,
+                p.max_ms,
+                r.server_cpu_s.map_or("-".into(), |c| format!("{c:.2}s"))
             );
         }
         if let Some(sv) = &self.server {

@@ -104,6 +104,48 @@ pub struct GroupTally {
     pub out_of_order: u64,
 }
 
+/// `--scenario recovery-storm`: what the clients that dropped and came back got. Summed over
+/// threads (and processes); every count is of clients except where it says messages.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryTally {
+    /// Clients that had a session when they dropped it, and reconnected with its pid and
+    /// offset (a client whose first connect failed is not one of them).
+    pub clients: u64,
+    /// Of which the CONNECT was answered again.
+    pub back: u64,
+    /// Answered with the pid they sent (the session recovered).
+    pub recovered: u64,
+    /// Answered with a new pid (a fresh session: nothing replayed).
+    pub fresh: u64,
+    /// Got every message sent to their group while they were away.
+    pub complete: u64,
+    /// Missed messages the server acknowledged (stored) while the clients were away.
+    pub stored: u64,
+    /// Messages: missed ones expected over all clients, never received, received twice (or
+    /// out of their group's order).
+    pub missed_expected: u64,
+    pub missed_lost: u64,
+    pub missed_duplicated: u64,
+    pub clients_with_loss: u64,
+    pub clients_with_duplicates: u64,
+}
+
+impl RecoveryTally {
+    pub fn add(&mut self, o: &RecoveryTally) {
+        self.clients += o.clients;
+        self.back += o.back;
+        self.recovered += o.recovered;
+        self.fresh += o.fresh;
+        self.complete += o.complete;
+        self.stored += o.stored;
+        self.missed_expected += o.missed_expected;
+        self.missed_lost += o.missed_lost;
+        self.missed_duplicated += o.missed_duplicated;
+        self.clients_with_loss += o.clients_with_loss;
+        self.clients_with_duplicates += o.clients_with_duplicates;
+    }
+}
+
 /// One second of one thread's work (`sec` counts from the run's start).
 #[derive(Debug)]
 pub struct Interval {
@@ -164,6 +206,10 @@ pub struct ThreadStats {
     pub sent: u64,
     pub sent_measured: u64,
     pub acks_ok: u64,
+    /// recovery-storm: the clients that came back, and each one's time from its reconnect
+    /// to its last missed message.
+    pub recovery: RecoveryTally,
+    pub recover: Histogram<u64>,
     // The current second.
     pub iv_sec: u32,
     pub iv_sent: u64,
@@ -190,6 +236,8 @@ impl ThreadStats {
             sent: 0,
             sent_measured: 0,
             acks_ok: 0,
+            recovery: RecoveryTally::default(),
+            recover: new_histogram(),
             iv_sec: 0,
             iv_sent: 0,
             iv_delivered: 0,
@@ -269,6 +317,14 @@ pub struct RawReport {
     #[serde(default)]
     pub loadgen_user_s: f64,
     pub send_wall_s: f64,
+    #[serde(default)]
+    pub recovery: RecoveryTally,
+    /// recovery-storm: reconnect to last missed message, per client (a histogram, base64).
+    #[serde(default)]
+    pub recover: String,
+    /// recovery-storm: from the reconnect round's start until every client had all it missed.
+    #[serde(default)]
+    pub storm_s: f64,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -283,6 +339,7 @@ pub struct Merged {
     pub latency: Histogram<u64>,
     pub ack: Histogram<u64>,
     pub handshake: Vec<Histogram<u64>>,
+    pub recover: Histogram<u64>,
     pub raw: RawReport,
 }
 
@@ -298,6 +355,7 @@ impl Merged {
             latency: new_histogram(),
             ack: new_histogram(),
             handshake: Vec::new(),
+            recover: new_histogram(),
             raw: RawReport::default(),
         }
     }
@@ -305,6 +363,8 @@ impl Merged {
     pub fn add_thread(&mut self, t: &ThreadStats) {
         let _ = self.latency.add(&t.latency);
         let _ = self.ack.add(&t.ack);
+        let _ = self.recover.add(&t.recover);
+        self.raw.recovery.add(&t.recovery);
         add_handshakes(&mut self.handshake, t.handshake.iter());
         for (k, v) in &t.errors {
             *self.raw.errors.entry(k.clone()).or_default() += v;
@@ -330,6 +390,7 @@ impl Merged {
         self.raw.latency = hist_b64::encode(&self.latency);
         self.raw.ack = hist_b64::encode(&self.ack);
         self.raw.handshake = self.handshake.iter().map(hist_b64::encode).collect();
+        self.raw.recover = hist_b64::encode(&self.recover);
         self.raw
     }
 
@@ -337,6 +398,11 @@ impl Merged {
     pub fn add_raw(&mut self, r: RawReport) -> anyhow::Result<()> {
         self.latency.add(hist_b64::decode(&r.latency)?)?;
         self.ack.add(hist_b64::decode(&r.ack)?)?;
+        if !r.recover.is_empty() {
+            self.recover.add(hist_b64::decode(&r.recover)?)?;
+        }
+        self.raw.recovery.add(&r.recovery);
+        self.raw.storm_s = self.raw.storm_s.max(r.storm_s);
         let hs = r
             .handshake
             .iter()

@@ -17,6 +17,12 @@
 //! `memmem`); no allocation, no lock, no atomic; one clock read per read batch; everything
 //! queued for a socket goes out in one write after the batch.
 //! Never blocks except in `poll`.
+//!
+//! `--scenario recovery-storm` adds, per dropping client, only a [`Recovery`]: the pid of its
+//! session, the offset of the last event it got (a few dozen bytes, rewritten in place), and
+//! three counters for the messages it missed. The first member of each group is the group's
+//! only sender and stays connected throughout, so live traffic and the missed messages flow
+//! while everyone else is away.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -50,6 +56,12 @@ pub enum Cmd {
         measure_ns: u64,
         end_ns: u64,
     },
+    /// recovery-storm: close every dropping client's connection (keeping its pid and offset).
+    Drop,
+    /// recovery-storm: send `per_group` messages into each owned group through its sender.
+    SendMissed { per_group: u32 },
+    /// Send nothing intended at or after `end_ns`.
+    EndSend { end_ns: u64 },
     /// Report and exit.
     Stop,
 }
@@ -62,7 +74,38 @@ pub enum Event {
         ready: u64,
         last_ready_ns: u64,
     },
+    /// recovery-storm: the dropping clients are closed.
+    Dropped,
+    /// recovery-storm: every missed message sent here was answered by its ack.
+    MissedStored,
+    /// recovery-storm: every client here that came back has all it missed (or gave up at
+    /// `--connect-timeout`); when the last one had.
+    Recovered {
+        last_full_ns: u64,
+    },
     Final(Box<Final>),
+}
+
+/// Ack ids of missed messages start here (16 digits, the most the gateway takes): live sends'
+/// ack ids are nanoseconds since the run's start, far below.
+const MISSED_ACK_BASE: u64 = 5_000_000_000_000_000;
+
+/// A dropping client's recovery state (recovery-storm only).
+#[derive(Default)]
+struct Recovery {
+    /// The pid of the CONNECT answer, sent back in the next CONNECT.
+    pid: Vec<u8>,
+    /// The last argument of the last `newMessage`: the client's position.
+    offset: Vec<u8>,
+    /// Missed messages: the next index expected, received, received again or out of order.
+    next: u32,
+    got: u32,
+    dup: u32,
+    /// Reconnected in the storm and is waiting for its missed messages.
+    waiting: bool,
+    /// Had a session when the clients dropped: only these are the storm's clients (one whose
+    /// first connect failed comes back with no pid, to a fresh session, and is not counted).
+    away: bool,
 }
 
 pub struct Final {
@@ -97,6 +140,8 @@ struct Conn {
     track: Track,
     /// Long-polling sessions only: the rest of the session's client state.
     polling: Option<Box<PollState>>,
+    /// recovery-storm: a client that drops and recovers (every member but each group's sender).
+    rec: Option<Box<Recovery>>,
 }
 
 impl Conn {
@@ -201,6 +246,13 @@ pub struct Worker {
     ready: u64,
     last_ready_ns: u64,
     send: Option<SendPlan>,
+    /// recovery-storm: the text of missed messages, their acks still to come, clients back
+    /// and still waiting for missed ones, and when the last one got all.
+    missed_finder: memmem::Finder<'static>,
+    missed_acks_pending: u64,
+    missed_waiting: usize,
+    awaiting_recovery: bool,
+    last_full_ns: u64,
     tx: Sender<Event>,
 }
 
@@ -230,7 +282,8 @@ impl Worker {
                 if cfg.proc_of(first) == me && cfg.thread_of(first) == id {
                     match owned.last_mut() {
                         Some(og) if og.g == g => {
-                            if og.senders.len() < MAX_SENDERS_PER_GROUP {
+                            // A storm sends from the first member only, which stays connected.
+                            if og.senders.len() < MAX_SENDERS_PER_GROUP && !cfg.storm() {
                                 og.senders.push(conns.len());
                             }
                         }
@@ -243,7 +296,12 @@ impl Worker {
                     }
                 }
             }
+            let sends = owned
+                .last()
+                .is_some_and(|og| og.senders.last() == Some(&conns.len()));
+            let rec = (cfg.storm() && group.is_some() && !sends).then(Box::default);
             conns.push(Conn {
+                rec,
                 user_idx: u,
                 group,
                 state: State::Idle,
@@ -281,6 +339,11 @@ impl Worker {
             ready: 0,
             last_ready_ns: 0,
             send: None,
+            missed_finder: memmem::Finder::new(b"\"text\":\"cm:"),
+            missed_acks_pending: 0,
+            missed_waiting: 0,
+            awaiting_recovery: false,
+            last_full_ns: 0,
             tx,
         })
     }
@@ -296,6 +359,13 @@ impl Worker {
                     measure_ns,
                     end_ns,
                 }) => self.begin_send(start_ns, measure_ns, end_ns),
+                Ok(Cmd::Drop) => self.drop_clients(),
+                Ok(Cmd::SendMissed { per_group }) => self.send_missed(per_group),
+                Ok(Cmd::EndSend { end_ns }) => {
+                    if let Some(p) = &mut self.send {
+                        p.end_ns = p.end_ns.min(end_ns);
+                    }
+                }
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
             }
@@ -307,6 +377,16 @@ impl Worker {
                     self.expire_handshakes(now);
                 }
                 self.check_round_done();
+            }
+            if self.awaiting_recovery
+                && (self.missed_waiting == 0
+                    || now.saturating_sub(self.round_start_ns)
+                        > self.cfg.connect_timeout.as_nanos() as u64)
+            {
+                self.awaiting_recovery = false;
+                let _ = self.tx.send(Event::Recovered {
+                    last_full_ns: self.last_full_ns.max(self.round_start_ns),
+                });
             }
             self.send_due(now);
             self.flush_dirty();
@@ -378,6 +458,21 @@ impl Worker {
                 t.out_of_order += c.track.out_of_order;
             }
         }
+        let missed = u64::from(self.cfg.args.missed);
+        for c in &self.conns {
+            let Some(r) = c.rec.as_deref().filter(|r| r.away) else {
+                continue;
+            };
+            let t = &mut self.stats.recovery;
+            t.clients += 1;
+            t.missed_expected += missed;
+            let lost = missed.saturating_sub(u64::from(r.got));
+            t.missed_lost += lost;
+            t.missed_duplicated += u64::from(r.dup);
+            t.clients_with_loss += u64::from(lost > 0);
+            t.clients_with_duplicates += u64::from(r.dup > 0);
+            t.complete += u64::from(lost == 0);
+        }
         let fin = Final {
             stats: std::mem::take(&mut self.stats),
             groups: groups.into_iter().collect(),
@@ -388,9 +483,21 @@ impl Worker {
     // ---- connecting ----
 
     fn begin_round(&mut self, round: usize, start_ns: u64) {
+        let storm = self.cfg.storm() && round > 0;
         for i in 0..self.conns.len() {
+            if storm && self.conns[i].rec.is_none() {
+                continue; // a sender: stays connected
+            }
             self.close(i);
             self.conns[i].state = State::Idle;
+        }
+        if storm {
+            // Live latency is measured from here on: during the storm.
+            if let Some(p) = &mut self.send {
+                p.measure_ns = start_ns;
+            }
+            self.missed_waiting = 0;
+            self.last_full_ns = start_ns;
         }
         while self.stats.handshake.len() <= round {
             self.stats.handshake.push(stats::new_histogram());
@@ -418,6 +525,9 @@ impl Worker {
         {
             let i = self.next_connect;
             self.next_connect += 1;
+            if self.round.unwrap_or(0) > 0 && self.cfg.storm() && self.conns[i].rec.is_none() {
+                continue; // a storm's sender, still connected
+            }
             self.attempted += 1;
             match self.open_socket(i) {
                 Ok(()) => {
@@ -494,6 +604,9 @@ impl Worker {
 
     fn check_round_done(&mut self) {
         if self.next_connect == self.conns.len() && self.inflight == 0 {
+            if self.cfg.storm() && self.round.unwrap_or(0) > 0 {
+                self.awaiting_recovery = true;
+            }
             self.round = None;
             let _ = self.tx.send(Event::RoundDone {
                 attempted: self.attempted,
@@ -704,7 +817,19 @@ impl Worker {
                     p.sid = sid.to_owned();
                     polling::write_get(&mut p.get_request, &self.cfg.args.path, &self.host, sid);
                 }
-                let auth = self.minter.auth_json(self.cfg.user_id(c.user_idx));
+                let mut auth = self.minter.auth_json(self.cfg.user_id(c.user_idx));
+                if let Some(r) = c.rec.as_deref().filter(|r| !r.pid.is_empty()) {
+                    // `{"token":"…","pid":"…","offset":"…"}`: neither has characters to escape
+                    // (base 36, dots and dashes), as socket.io-client sends them back.
+                    auth.pop();
+                    auth.extend_from_slice(b",\"pid\":\"");
+                    auth.extend_from_slice(&r.pid);
+                    if !r.offset.is_empty() {
+                        auth.extend_from_slice(b"\",\"offset\":\"");
+                        auth.extend_from_slice(&r.offset);
+                    }
+                    auth.extend_from_slice(b"\"}");
+                }
                 self.pkt.clear();
                 packet::write_connect_request(&mut self.pkt, Some(&auth));
                 c.queue(&self.pkt);
@@ -940,6 +1065,10 @@ impl Worker {
                 self.stats.error(&format!("event:{code}"));
             }
             SioKind::Event => {}
+            SioKind::Ack if p.ack_id.is_some_and(|a| a >= MISSED_ACK_BASE) => {
+                let ok = memmem::find(data, b"\"ok\":true").is_some();
+                self.on_missed_ack(ok, data);
+            }
             SioKind::Ack => {
                 if memmem::find(data, b"\"ok\":true").is_some() {
                     self.stats.acks_ok += 1;
@@ -959,6 +1088,9 @@ impl Worker {
                     self.last_ready_ns = now;
                     let r = self.round.unwrap_or(0);
                     stats::record(&mut self.stats.handshake[r], (now - c.started_ns) / 1000);
+                    if c.rec.is_some() {
+                        self.on_connect_answer(i, data);
+                    }
                 }
             }
             SioKind::ConnectError => {
@@ -973,10 +1105,24 @@ impl Worker {
 
     /// `["newMessage",{"id":"<id>",...,"text":"cc:<group>:<seq>:<intended ns>:<sender>:...",...}]`
     fn on_delivery(&mut self, i: usize, data: &[u8], now: u64) {
+        if let Some(r) = self.conns[i].rec.as_deref_mut() {
+            if let Some(offset) = last_string_arg(data) {
+                r.offset.clear();
+                r.offset.extend_from_slice(offset);
+            }
+        }
         let Some(id) = message_id(data) else {
             return self.stats.error("delivery_without_id");
         };
         let Some(at) = self.text_finder.find(data) else {
+            if self.cfg.storm() {
+                if let Some(at) = self.missed_finder.find(data) {
+                    let mut rest = &data[at + self.missed_finder.needle().len()..];
+                    if let (Some(g), Some(k)) = (take_num(&mut rest), take_num(&mut rest)) {
+                        return self.on_missed(i, g, k, now);
+                    }
+                }
+            }
             return self.stats.error("delivery_without_loadgen_text");
         };
         let mut rest = &data[at + self.text_finder.needle().len()..];
@@ -1000,11 +1146,142 @@ impl Worker {
         st.delivered += 1;
         st.iv_delivered += 1;
         let send = self.send.as_ref();
-        if send.is_some_and(|p| sent_ns >= p.measure_ns && sent_ns < p.end_ns) {
+        // A storm's live latency is that of connections that stayed (a dropping client gets
+        // what was sent while it was away late, by design).
+        let live = c.rec.is_none();
+        if live && send.is_some_and(|p| sent_ns >= p.measure_ns && sent_ns < p.end_ns) {
             let us = now.saturating_sub(sent_ns) / 1000;
             stats::record(&mut st.latency, us);
             stats::record(&mut st.iv_latency, us);
             st.delivered_measured += 1;
+        }
+    }
+
+    // ---- recovery storm ----
+
+    /// The CONNECT answer of a dropping client: the session's pid, and in the storm whether it
+    /// is the one the client sent (recovered) or a new one (fresh: nothing will be replayed).
+    fn on_connect_answer(&mut self, i: usize, data: &[u8]) {
+        let storm_round = self.round.unwrap_or(0) > 0;
+        let pid = json_str_field(data, b"\"pid\":\"").unwrap_or("").as_bytes();
+        let missed = self.cfg.args.missed;
+        let Some(r) = self.conns[i].rec.as_deref_mut() else {
+            return;
+        };
+        if storm_round && r.away {
+            let t = &mut self.stats.recovery;
+            t.back += 1;
+            if !pid.is_empty() && pid == r.pid.as_slice() {
+                t.recovered += 1;
+                if r.got < missed {
+                    r.waiting = true;
+                    self.missed_waiting += 1;
+                } else {
+                    stats::record(&mut self.stats.recover, 1);
+                }
+            } else {
+                t.fresh += 1;
+            }
+        }
+        if pid.is_empty() {
+            self.stats.error("connect_without_pid");
+        }
+        r.pid.clear();
+        r.pid.extend_from_slice(pid);
+    }
+
+    /// Missed message `k` of group `g`, received by connection `i`.
+    fn on_missed(&mut self, i: usize, g: u64, k: u64, now: u64) {
+        let missed = self.cfg.args.missed;
+        let c = &mut self.conns[i];
+        if c.group != Some(g as u32) {
+            return self.stats.error("delivery_wrong_group");
+        }
+        self.stats.delivered += 1;
+        self.stats.iv_delivered += 1;
+        let Some(r) = c.rec.as_deref_mut() else {
+            return; // the sender's own copy
+        };
+        let k = k.min(u64::from(u32::MAX)) as u32;
+        // One connection sent them in index order, so they arrive in it (a group's order):
+        // an index below the next expected is a duplicate, or out of order.
+        if k < r.next || k >= missed {
+            r.dup += 1;
+            return;
+        }
+        r.next = k + 1;
+        r.got += 1;
+        if r.got == missed && r.waiting {
+            r.waiting = false;
+            self.missed_waiting -= 1;
+            self.last_full_ns = self.last_full_ns.max(now);
+            stats::record(&mut self.stats.recover, (now - c.started_ns) / 1000);
+        }
+    }
+
+    fn drop_clients(&mut self) {
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            if let Some(r) = c.rec.as_deref_mut() {
+                r.away = c.state == State::Ready;
+                self.close(i);
+            }
+        }
+        let _ = self.tx.send(Event::Dropped);
+    }
+
+    /// Sends `per_group` messages into each owned group through its (only) sender, each with
+    /// an ack: the missed messages are stored once every ack is back.
+    fn send_missed(&mut self, per_group: u32) {
+        use std::io::Write;
+        for og in &self.owned {
+            let sender = og.senders[0];
+            let c = &mut self.conns[sender];
+            if c.state != State::Ready {
+                self.stats.error("missed_sender_not_ready");
+                continue;
+            }
+            let uid = self.cfg.user_id(c.user_idx);
+            for k in 0..per_group {
+                self.json.clear();
+                let _ = write!(self.json, r#"{{"groupId":"{}","text":""#, og.gid);
+                let text_from = self.json.len();
+                let _ = write!(self.json, "cm:{}:{k}:", og.g);
+                let header_len = self.json.len() - text_from;
+                for _ in header_len..self.cfg.args.msg_size {
+                    self.json.push(b'x');
+                }
+                let _ = write!(
+                    self.json,
+                    r#"","attachments":[],"clientMsgId":"lgm-{uid}-{}-{k}"}}"#,
+                    self.t0_ns
+                );
+                self.pkt.clear();
+                let ack = MISSED_ACK_BASE + u64::from(k);
+                packet::write_event(&mut self.pkt, Some(ack), "sendMessage", &[&self.json]);
+                c.queue(&self.pkt);
+                self.missed_acks_pending += 1;
+            }
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(sender);
+            }
+        }
+        if self.missed_acks_pending == 0 {
+            let _ = self.tx.send(Event::MissedStored);
+        }
+    }
+
+    fn on_missed_ack(&mut self, ok: bool, data: &[u8]) {
+        if ok {
+            self.stats.recovery.stored += 1;
+        } else {
+            let code = json_str_field(data, b"\"code\":\"").unwrap_or("unknown");
+            self.stats.error(&format!("missed_ack:{code}"));
+        }
+        self.missed_acks_pending = self.missed_acks_pending.saturating_sub(1);
+        if self.missed_acks_pending == 0 {
+            let _ = self.tx.send(Event::MissedStored);
         }
     }
 
@@ -1212,6 +1489,14 @@ fn message_id(data: &[u8]) -> Option<u64> {
     })
 }
 
+/// The last argument of an event when it is a string without escapes: the offset corecast
+/// appends (`42["newMessage",{…},"<offset>"]`, the frame's data from `[`).
+fn last_string_arg(data: &[u8]) -> Option<&[u8]> {
+    let body = data.strip_suffix(b"\"]")?;
+    let open = body.iter().rposition(|&b| b == b'"')?;
+    (open >= 2 && body[open - 1] == b',' && body[open - 2] == b'}').then(|| &body[open + 1..])
+}
+
 /// The string value after `key` (e.g. `"code":"`), if it has no escapes.
 fn json_str_field<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let at = memmem::find(data, key)? + key.len();
@@ -1270,6 +1555,17 @@ mod tests {
             None
         );
         assert_eq!(message_id(br#"["newMessage",{"text":"x"}]"#), None);
+    }
+
+    #[test]
+    fn offset_is_the_last_string_argument() {
+        let d = br#"["newMessage",{"id":"7","text":"a\"b"},"k2f.3-1x"]"#;
+        assert_eq!(last_string_arg(d), Some(&b"k2f.3-1x"[..]));
+        assert_eq!(
+            last_string_arg(br#"["newMessage",{"id":"7","text":"x"}]"#),
+            None
+        );
+        assert_eq!(last_string_arg(br#"["newMessage","x"]"#), None);
     }
 
     #[test]

@@ -82,3 +82,30 @@ def test_the_report_breaks_a_message_s_time_down_by_hop(start_gateway, tmp_path)
     inside = sum(hops[h]["mean_us"] for h in ("limiter", "owner", "store", "store_reply",
                                               "order", "fanout"))
     assert hops["total"]["mean_us"] == pytest.approx(inside, rel=0.15), hops
+
+
+def test_recovery_storm_every_client_gets_what_it_missed_once(start_gateway, tmp_path):
+    """`--scenario recovery-storm`: every client but each group's sender drops at once, 5
+    messages go into each group while they are away, and all reconnect at once with their pid
+    and offset while live traffic goes on: every one of them comes back recovered (the CONNECT
+    answer carries the pid it sent) and gets each missed message once, and no live message is
+    lost or duplicated either."""
+    gw = start_gateway(CORECAST_ACCEPT_RATE=0, CORECAST_MAX_PENDING_PER_IP=0)
+    conns, size, missed = 200, 10, 5
+    report = run_loadgen(gw, tmp_path, "--scenario", "recovery-storm", "--conns", conns,
+                         "--group-size", size, "--missed", missed, "--rate", 40,
+                         "--warmup", 0.5, "--drain", 0.5, "--connect-timeout", 20)
+    assert report["errors_total"] == 0, report["errors"]
+    groups = conns // size
+    clients = conns - groups  # each group's first member sends and stays connected
+    r = report["recovery"]
+    assert r["stored"] == groups * missed, r
+    assert (r["clients"], r["back"], r["recovered"], r["fresh"]) == (clients, clients, clients, 0), r
+    assert r["missed_expected"] == clients * missed, r
+    assert (r["missed_lost"], r["missed_duplicated"]) == (0, 0), r
+    assert r["complete"] == clients, r
+    assert r["per_client"]["count"] == clients, r
+    assert 0 < r["all_recovered_s"] < 20, r
+    s = report["send"]
+    assert s["sent"] > 0, s
+    assert (s["lost"], s["duplicated"], s["out_of_order"]) == (0, 0, 0), s
