@@ -958,13 +958,7 @@ fn history(
             row_to_message(group, row)
         }),
     )?;
-    let mut out = Vec::new();
-    for r in rows {
-        let mut m = sql(r)?;
-        m.read_by = with_sender(m.sender, readers(c, group, m.id)?);
-        out.push(m);
-    }
-    Ok(out)
+    with_readers(c, group, rows)
 }
 
 fn since(
@@ -982,6 +976,15 @@ fn since(
         params![group.as_str(), after.0 as i64, upto.0 as i64, limit as i64],
         |row| row_to_message(group, row),
     ))?;
+    with_readers(c, group, rows)
+}
+
+/// Messages read from the `messages` table, each with its readers.
+fn with_readers(
+    c: &Connection,
+    group: &GroupId,
+    rows: impl Iterator<Item = rusqlite::Result<StoredMessage>>,
+) -> Result<Vec<StoredMessage>, Error> {
     let mut out = Vec::new();
     for r in rows {
         let mut m = sql(r)?;

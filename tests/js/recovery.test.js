@@ -35,6 +35,35 @@ function texts(c, gid, event = 'newMessage') {
   return c.events.filter((e) => e.event === event && e.payload.groupId === gid).map((e) => e.payload.text);
 }
 
+/**
+ * Runs `body({ gw, gid, users })` against a gateway of its own started with `env`, with `n`
+ * fresh users in a fresh group; the clients it connects through `connectTo` are closed, and
+ * the gateway stopped, afterwards.
+ */
+async function ownGateway(env, n, body) {
+  const gw = await startGateway(env);
+  const open = [];
+  try {
+    if (env.CORECAST_STORE === 'scylla') await gw.waitReady();
+    const users = [];
+    for (let i = 0; i < n; i++) {
+      users.push(fx.fresh());
+      await gw.putUser(users[i]);
+    }
+    const gid = `g-${fx.fresh()}`;
+    await gw.putGroup(gid, users);
+    const connectTo = async (u, opts) => {
+      const c = await connect(gw, u, opts);
+      open.push(c);
+      return c;
+    };
+    await body({ gw, gid, users, connectTo });
+  } finally {
+    for (const c of open) c.close();
+    await gw.stop();
+  }
+}
+
 async function send(c, gid, text) {
   const ack = await c.call('sendMessage', { groupId: gid, text, attachments: [] });
   assert.equal(ack.ok, true, JSON.stringify(ack));
@@ -197,94 +226,52 @@ test('past the event limit, the window or the queue\'s room, a fresh session: re
     // More than half the outbound queue's bound: they would be queued at once.
     [{ CORECAST_OUTBOUND_QUEUE_BYTES: '16384' }, [long('x'), long('y'), long('z')]],
   ]) {
-    const gw = await startGateway(env);
-    try {
-      const [a, b] = [fx.fresh(), fx.fresh()];
-      await gw.putUser(a);
-      await gw.putUser(b);
-      const gid = `g-${fx.fresh()}`;
-      await gw.putGroup(gid, [a, b]);
-      const ca = await connect(gw, a);
-      const cb = await connect(gw, b);
-      try {
-        await dropAndReconnect(cb, async () => {
-          for (const t of sent) await send(ca, gid, t);
-        });
-        assert.equal(cb.socket.recovered, false, JSON.stringify(env));
-        const page = await cb.call('getMessages', { groupId: gid });
-        assert.deepEqual(page.messages.map((m) => m.text), [...sent].reverse(), 'the history has them');
-        assert.deepEqual(texts(cb, gid), [], 'nothing replayed');
-      } finally {
-        ca.close();
-        cb.close();
-      }
-    } finally {
-      await gw.stop();
-    }
+    await ownGateway(env, 2, async ({ gid, users: [a, b], connectTo }) => {
+      const ca = await connectTo(a);
+      const cb = await connectTo(b);
+      await dropAndReconnect(cb, async () => {
+        for (const t of sent) await send(ca, gid, t);
+      });
+      assert.equal(cb.socket.recovered, false, JSON.stringify(env));
+      const page = await cb.call('getMessages', { groupId: gid });
+      assert.deepEqual(page.messages.map((m) => m.text), [...sent].reverse(), 'the history has them');
+      assert.deepEqual(texts(cb, gid), [], 'nothing replayed');
+    });
   }
 });
 
 test('with CORECAST_RECOVERY=false there is no pid and no offset', async () => {
-  const gw = await startGateway({ CORECAST_RECOVERY: 'false' });
-  try {
-    const [a] = [fx.fresh()];
-    await gw.putUser(a);
-    const gid = `g-${fx.fresh()}`;
-    await gw.putGroup(gid, [a]);
-    const ca = await connect(gw, a);
-    try {
-      assert.equal(ca.socket._pid, undefined);
-      await send(ca, gid, 'plain');
-      await ca.waitFor('newMessage', (m) => m.text === 'plain');
-      assert.deepEqual(ca.events.find((e) => e.event === 'newMessage').extra, []);
-    } finally {
-      ca.close();
-    }
-  } finally {
-    await gw.stop();
-  }
+  await ownGateway({ CORECAST_RECOVERY: 'false' }, 1, async ({ gid, users: [a], connectTo }) => {
+    const ca = await connectTo(a);
+    assert.equal(ca.socket._pid, undefined);
+    await send(ca, gid, 'plain');
+    await ca.waitFor('newMessage', (m) => m.text === 'plain');
+    assert.deepEqual(ca.events.find((e) => e.event === 'newMessage').extra, []);
+  });
 });
 
 /** A gateway killed with SIGKILL and started again: the client that was connected recovers. */
 async function recoversAcrossKill9(env) {
-  const gw = await startGateway(env);
-  try {
-    await gw.waitReady();
-    const [a, b] = [fx.fresh(), fx.fresh()];
-    await gw.putUser(a);
-    await gw.putUser(b);
-    const gid = `g-${fx.fresh()}`;
-    await gw.putGroup(gid, [a, b]);
-    const ca = await connect(gw, a);
-    const cb = await connect(gw, b);
-    try {
-      const ack = await send(ca, gid, 'before the crash');
-      await cb.waitFor('newMessage', (m) => m.id === ack.id);
-      ca.close();
-      await gw.kill9();
-      await cb.waitFor('disconnect');
-      await gw.start();
-      await gw.waitReady();
-      // Sent while b is away, by a client of the restarted gateway.
-      const ca2 = await connect(gw, a);
-      try {
-        await send(ca2, gid, 'after the restart 1');
-        await send(ca2, gid, 'after the restart 2');
-        await reconnect(cb);
-        assert.equal(cb.socket.recovered, true);
-        await send(ca2, gid, 'live');
-        await cb.waitFor('newMessage', (m) => m.text === 'live');
-        assert.deepEqual(texts(cb, gid), ['before the crash', 'after the restart 1', 'after the restart 2', 'live']);
-      } finally {
-        ca2.close();
-      }
-    } finally {
-      ca.close();
-      cb.close();
-    }
-  } finally {
-    await gw.stop();
-  }
+  await ownGateway(env, 2, async ({ gw, gid, users: [a, b], connectTo }) => {
+    const ca = await connectTo(a);
+    const cb = await connectTo(b);
+    const ack = await send(ca, gid, 'before the crash');
+    await cb.waitFor('newMessage', (m) => m.id === ack.id);
+    ca.close();
+    await gw.kill9();
+    await cb.waitFor('disconnect');
+    await gw.start();
+    if (env.CORECAST_STORE === 'scylla') await gw.waitReady();
+    // Sent while b is away, by a client of the restarted gateway.
+    const ca2 = await connectTo(a);
+    await send(ca2, gid, 'after the restart 1');
+    await send(ca2, gid, 'after the restart 2');
+    await reconnect(cb);
+    assert.equal(cb.socket.recovered, true);
+    await send(ca2, gid, 'live');
+    await cb.waitFor('newMessage', (m) => m.text === 'live');
+    assert.deepEqual(texts(cb, gid), ['before the crash', 'after the restart 1', 'after the restart 2', 'live']);
+  });
 }
 
 test('recovery across a gateway kill -9 and restart, on the embedded store', async () => {
