@@ -105,7 +105,7 @@ pub struct Conn {
     takes_offsets: Cell<bool>,
     /// Connection state recovery (recovery.rs), from CONNECT on, for a client that keeps
     /// offsets while recovery is on.
-    recovery: RefCell<Option<Box<Recovery>>>,
+    recovery: RefCell<Option<Recovery>>,
 }
 
 impl Conn {
@@ -510,7 +510,12 @@ impl Conn {
         self.connect_deadline.set(None);
         let replay = self.end_replay(shard);
         let mut p = Vec::new();
-        let pid = self.recovery.borrow().as_ref().map(|r| r.pid.clone());
+        let pid = self.recovery.borrow().as_ref().map(|r| {
+            let user = self
+                .user()
+                .expect("invariant: a session with recovery has a user");
+            shard.pids().pid(user, r.session)
+        });
         packet::write_connect(&mut p, &self.sid(shard).to_string(), pid.as_deref());
         self.push(shard, ws::text_frame(Role::Server, &p));
         let (since, missed, held) = replay?;
@@ -556,10 +561,7 @@ impl Conn {
                     .stats()
                     .recoveries_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let user = self
-                    .user()
-                    .expect("invariant: a recovering connection has a user");
-                **r = Recovery::fresh(shard.pids(), user, events::now_ms() as u64);
+                *r = Recovery::fresh(events::now_ms() as u64);
                 (None, Vec::new())
             }
         };
@@ -791,8 +793,8 @@ impl Conn {
                 .recoveries_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let r = resumed.unwrap_or_else(|| Recovery::fresh(shard.pids(), user, now));
-        *self.recovery.borrow_mut() = Some(Box::new(r));
+        let r = resumed.unwrap_or_else(|| Recovery::fresh(now));
+        *self.recovery.borrow_mut() = Some(r);
     }
 
     /// `refreshToken`: a valid token for the same user moves the session's expiry.

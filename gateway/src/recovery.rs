@@ -86,19 +86,26 @@ impl PidKey {
         mac
     }
 
-    /// A new pid for `user`'s session started at `start_ms`.
-    pub fn mint(&self, user: UserId, start_ms: u64) -> String {
-        let nonce = fastrand::u64(..);
-        let tag = self.mac(user, start_ms, nonce).finalize().into_bytes();
-        let mut pid = format!("{}.{}.", base36(start_ms), base36(nonce));
+    /// `user`'s pid for `session`: the same text each time.
+    pub fn pid(&self, user: UserId, session: Session) -> String {
+        let tag = self
+            .mac(user, session.start_ms, session.nonce)
+            .finalize()
+            .into_bytes();
+        let mut pid = format!("{}.{}.", base36(session.start_ms), base36(session.nonce));
         for b in &tag[..MAC_BYTES] {
             pid.push_str(&format!("{b:02x}"));
         }
         pid
     }
 
-    /// The session start of `pid` if it is one of ours for `user`.
-    pub fn verify(&self, pid: &str, user: UserId) -> Option<u64> {
+    /// A new pid for `user`'s session started at `start_ms`.
+    pub fn mint(&self, user: UserId, start_ms: u64) -> String {
+        self.pid(user, Session::new(start_ms))
+    }
+
+    /// The session `pid` names if it is one of ours for `user`.
+    pub fn verify(&self, pid: &str, user: UserId) -> Option<Session> {
         let mut parts = pid.split('.');
         let start = parse36(parts.next()?)?;
         let nonce = parse36(parts.next()?)?;
@@ -112,7 +119,27 @@ impl PidKey {
         self.mac(user, start, nonce)
             .verify_truncated_left(&tag)
             .ok()
-            .map(|()| start)
+            .map(|()| Session {
+                start_ms: start,
+                nonce,
+            })
+    }
+}
+
+/// What a pid names: a session's start and its nonce (the pid's text is made from these and
+/// the user when it is written, so a connection holds 16 bytes, not the text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub start_ms: u64,
+    nonce: u64,
+}
+
+impl Session {
+    pub fn new(start_ms: u64) -> Session {
+        Session {
+            start_ms,
+            nonce: fastrand::u64(..),
+        }
     }
 }
 
@@ -131,14 +158,13 @@ pub enum Event {
     Unstored,
 }
 
-/// A connection's recovery state: its session's pid, its position, and, while a recovering
-/// CONNECT waits, the replay.
+/// A connection's recovery state: its session (what its pid names), its position, and, while
+/// a recovering CONNECT waits, the replay.
 pub struct Recovery {
-    pub pid: String,
-    /// The session's start; a fresh session's floor.
+    pub session: Session,
     pub position: Position,
     /// `Some` from a recovering CONNECT until it is answered.
-    pub replay: Option<Replay>,
+    pub replay: Option<Box<Replay>>,
 }
 
 /// A recovering CONNECT's replay (see the module's doc).
@@ -165,10 +191,10 @@ pub struct Replay {
 }
 
 impl Recovery {
-    /// A fresh session for `user` at `now_ms`: a new pid, nothing delivered.
-    pub fn fresh(key: &PidKey, user: UserId, now_ms: u64) -> Recovery {
+    /// A fresh session at `now_ms`: a new pid, nothing delivered.
+    pub fn fresh(now_ms: u64) -> Recovery {
         Recovery {
-            pid: key.mint(user, now_ms),
+            session: Session::new(now_ms),
             position: Position::new(session_floor(now_ms)),
             replay: None,
         }
@@ -185,7 +211,8 @@ impl Recovery {
         now_ms: u64,
         max_age_ms: u64,
     ) -> Option<Recovery> {
-        let start = key.verify(pid, user)?;
+        let session = key.verify(pid, user)?;
+        let start = session.start_ms;
         let position = match offset {
             Some(o) => Position::decode(o)?,
             None => Position::new(session_floor(start)),
@@ -196,13 +223,13 @@ impl Recovery {
             return None;
         }
         Some(Recovery {
-            pid: pid.to_string(),
+            session,
             position,
-            replay: Some(Replay {
+            replay: Some(Box::new(Replay {
                 attempt: next_attempt(),
                 since_ms,
                 ..Replay::default()
-            }),
+            })),
         })
     }
 
@@ -249,13 +276,14 @@ thread_local! {
 /// a recovered client learns the current state of the co-members whose state changed while it
 /// was away: [`PresenceLog::since`]. Bounded by age and count; after a restart it starts empty.
 pub struct PresenceLog {
-    /// (wall ms, user, the groups announced to, the frame), oldest first.
-    entries: std::collections::VecDeque<(i64, UserId, std::sync::Arc<[GroupId]>, Bytes)>,
+    /// (wall ms, user, online, the groups announced to), oldest first.
+    entries: std::collections::VecDeque<(i64, UserId, bool, std::sync::Arc<[GroupId]>)>,
 }
 
 impl PresenceLog {
-    /// Announcements older than this are forgotten.
-    pub const MAX_AGE_MS: i64 = 10 * 60_000;
+    /// Announcements older than this are forgotten (socket.io's own recovery keeps sessions
+    /// for as long by default).
+    pub const MAX_AGE_MS: i64 = 2 * 60_000;
     /// At most this many are kept.
     pub const MAX_ENTRIES: usize = 65_536;
 
@@ -269,10 +297,10 @@ impl PresenceLog {
         &mut self,
         at_ms: i64,
         user: UserId,
+        online: bool,
         groups: std::sync::Arc<[GroupId]>,
-        frame: Bytes,
     ) {
-        self.entries.push_back((at_ms, user, groups, frame));
+        self.entries.push_back((at_ms, user, online, groups));
         while self.entries.len() > Self::MAX_ENTRIES
             || self
                 .entries
@@ -284,22 +312,23 @@ impl PresenceLog {
     }
 
     /// The latest announcement of each user but `me` made at `since_ms` or later to one of
-    /// `groups`, oldest first: the current state of the co-members whose state changed since.
+    /// `groups`, oldest first, as (user, online): the current state of the co-members whose
+    /// state changed since.
     pub fn since(
         &self,
         since_ms: i64,
         me: UserId,
         groups: &std::collections::HashSet<GroupId>,
-    ) -> Vec<Bytes> {
+    ) -> Vec<(UserId, bool)> {
         let from = self.entries.partition_point(|e| e.0 < since_ms);
         let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<Bytes> = self
+        let mut out: Vec<(UserId, bool)> = self
             .entries
             .range(from..)
             .rev()
-            .filter(|(_, u, g, _)| *u != me && g.iter().any(|g| groups.contains(g)))
+            .filter(|(_, u, _, g)| *u != me && g.iter().any(|g| groups.contains(g)))
             .filter(|(_, u, _, _)| seen.insert(*u))
-            .map(|(_, _, _, f)| f.clone())
+            .map(|&(_, u, online, _)| (u, online))
             .collect();
         out.reverse();
         out
@@ -338,7 +367,9 @@ mod tests {
     fn a_pid_is_good_only_for_its_user_and_key() {
         let key = PidKey::new(b"a key of some length, 32 bytes..");
         let pid = key.mint(UserId(7), NOW);
-        assert_eq!(key.verify(&pid, UserId(7)), Some(NOW));
+        assert_eq!(key.verify(&pid, UserId(7)).map(|s| s.start_ms), Some(NOW));
+        let session = key.verify(&pid, UserId(7)).unwrap();
+        assert_eq!(key.pid(UserId(7), session), pid, "written again the same");
         assert_eq!(key.verify(&pid, UserId(8)), None, "another user's");
         assert_eq!(PidKey::new(b"another key").verify(&pid, UserId(7)), None);
         assert_ne!(key.mint(UserId(7), NOW), pid, "each session its own");
@@ -357,7 +388,11 @@ mod tests {
         let pid = key.mint(UserId(1), NOW);
         let day = 86_400_000;
         let r = Recovery::resume(&key, UserId(1), &pid, None, NOW + 5, day).unwrap();
-        assert_eq!(r.pid, pid, "the same session goes on");
+        assert_eq!(
+            key.pid(UserId(1), r.session),
+            pid,
+            "the same session goes on"
+        );
         assert_eq!(
             r.after(&GroupId::new("g")),
             session_floor(NOW),
@@ -369,14 +404,15 @@ mod tests {
             Recovery::resume(&key, UserId(1), &pid, None, NOW + day + 1, day).is_none(),
             "past the window"
         );
-        let mut live = Recovery::fresh(&key, UserId(1), NOW);
+        let mut live = Recovery::fresh(NOW);
+        let live_pid = key.pid(UserId(1), live.session);
         let m = MessageId::new(NOW as i64 + 10, 0, 0);
         let frame = event(&GroupId::new("g"));
         assert!(live
             .frame_for(&GroupId::new("g"), Event::Message(m), &frame)
             .is_some());
         let offset = live.offset();
-        let r = Recovery::resume(&key, UserId(1), &live.pid, Some(&offset), NOW + 20, day);
+        let r = Recovery::resume(&key, UserId(1), &live_pid, Some(&offset), NOW + 20, day);
         assert_eq!(r.unwrap().after(&GroupId::new("g")), m);
     }
 
@@ -398,7 +434,7 @@ mod tests {
 
     #[test]
     fn offsets_follow_deliveries_and_a_message_had_is_not_written_again() {
-        let mut r = Recovery::fresh(&PidKey::new(b"k"), UserId(1), NOW);
+        let mut r = Recovery::fresh(NOW);
         let g = GroupId::new("g");
         let frame = event(&g);
         let (a, b) = (
@@ -425,29 +461,24 @@ mod tests {
         let g = |s: &str| GroupId::new(s);
         let groups: std::sync::Arc<[GroupId]> = vec![g("a"), g("b")].into();
         let other: std::sync::Arc<[GroupId]> = vec![g("z")].into();
-        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
         let mut log = PresenceLog::new();
-        log.record(100, UserId(2), groups.clone(), f("2 on"));
-        log.record(200, UserId(3), groups.clone(), f("3 on"));
-        log.record(300, UserId(2), groups.clone(), f("2 off"));
-        log.record(310, UserId(4), other, f("4 on"));
-        log.record(320, UserId(1), groups.clone(), f("me"));
+        log.record(100, UserId(2), true, groups.clone());
+        log.record(200, UserId(3), true, groups.clone());
+        log.record(300, UserId(2), false, groups.clone());
+        log.record(310, UserId(4), true, other);
+        log.record(320, UserId(1), true, groups.clone());
         let mine: std::collections::HashSet<GroupId> = [g("b")].into();
+        let (two, three) = (UserId(2), UserId(3));
         assert_eq!(
             log.since(150, UserId(1), &mine),
-            vec![f("3 on"), f("2 off")]
+            vec![(three, true), (two, false)]
         );
-        assert_eq!(log.since(250, UserId(1), &mine), vec![f("2 off")]);
+        assert_eq!(log.since(250, UserId(1), &mine), vec![(two, false)]);
         assert!(log.since(400, UserId(1), &mine).is_empty());
-        log.record(
-            300 + PresenceLog::MAX_AGE_MS + 1,
-            UserId(5),
-            groups,
-            f("5 on"),
-        );
+        log.record(300 + PresenceLog::MAX_AGE_MS + 1, UserId(5), true, groups);
         assert_eq!(
             log.since(0, UserId(1), &mine),
-            vec![f("5 on")],
+            vec![(UserId(5), true)],
             "older ones forgotten"
         );
     }

@@ -1791,9 +1791,14 @@ impl Shard {
     fn presence_news(&self, conn: &Rc<Conn>, since_ms: i64) {
         let Some(user) = conn.user() else { return };
         let groups: HashSet<GroupId> = conn.groups().into_iter().collect();
-        let frames = self.presence_log.borrow().since(since_ms, user, &groups);
-        for f in frames {
-            conn.push(self, f);
+        let news = self.presence_log.borrow().since(since_ms, user, &groups);
+        for (u, online) in news {
+            let frame = event_frame(
+                Role::Server,
+                "userOnline",
+                &[&events::user_online_json(u, online)],
+            );
+            conn.push(self, frame);
         }
     }
 
@@ -2160,12 +2165,9 @@ impl Shard {
         let Some((groups, frame)) = announce else {
             return;
         };
-        self.presence_log.borrow_mut().record(
-            events::now_ms(),
-            user,
-            groups.clone(),
-            frame.clone(),
-        );
+        self.presence_log
+            .borrow_mut()
+            .record(events::now_ms(), user, online, groups.clone());
         let n = self.fanout.deliver_presence(self, user, &groups, &frame);
         self.stats.deliveries.fetch_add(n, Relaxed);
     }
