@@ -144,14 +144,6 @@ impl Conn {
         self.takes_offsets.set(yes);
     }
 
-    /// A recovering CONNECT waits for its replay (see [`Conn::replay_plan`]).
-    pub fn is_recovering(&self) -> bool {
-        self.recovery
-            .borrow()
-            .as_ref()
-            .is_some_and(|r| r.replay.is_some())
-    }
-
     /// A connect-time subscription's answer: the room's settled id, which a recovering
     /// CONNECT reads the store up to.
     pub fn subscribed_at(&self, group: &GroupId, settled: MessageId) {
@@ -216,13 +208,15 @@ impl Conn {
                     .sum::<usize>()
                 + 200
         };
+        let size = result
+            .as_ref()
+            .map_or(0, |msgs| msgs.iter().map(bytes).sum::<usize>());
         match (result, replay.missed.as_mut()) {
             (Ok(msgs), Some(missed))
                 if missed.len() + msgs.len() <= max_events
-                    && replay.missed_bytes + msgs.iter().map(bytes).sum::<usize>()
-                        <= max_bytes / 2 =>
+                    && replay.missed_bytes + size <= max_bytes / 2 =>
             {
-                replay.missed_bytes += msgs.iter().map(bytes).sum::<usize>();
+                replay.missed_bytes += size;
                 missed.extend(msgs)
             }
             (Ok(_), Some(_)) => replay.missed = None,

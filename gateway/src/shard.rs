@@ -1793,12 +1793,7 @@ impl Shard {
         let groups: HashSet<GroupId> = conn.groups().into_iter().collect();
         let news = self.presence_log.borrow().since(since_ms, user, &groups);
         for (u, online) in news {
-            let frame = event_frame(
-                Role::Server,
-                "userOnline",
-                &[&events::user_online_json(u, online)],
-            );
-            conn.push(self, frame);
+            conn.push(self, user_online_frame(u, online));
         }
     }
 
@@ -2139,11 +2134,7 @@ impl Shard {
                 }
             }),
         });
-        let frame = event_frame(
-            Role::Server,
-            "userOnline",
-            &[&events::user_online_json(user, online)],
-        );
+        let frame = user_online_frame(user, online);
         self.send_to_every_shard(|| ShardMsg::PresenceChanged {
             user,
             online,
@@ -2255,6 +2246,15 @@ impl Shard {
             self.stats.hop(Hop::Total, now - ingress);
         }
     }
+}
+
+/// The `userOnline` frame saying `user` is `online` (or not), framed once for every recipient.
+fn user_online_frame(user: UserId, online: bool) -> Bytes {
+    event_frame(
+        Role::Server,
+        "userOnline",
+        &[&events::user_online_json(user, online)],
+    )
 }
 
 /// What a connection asks of its shard ([`crate::outbox`]), each a call of the shard's own

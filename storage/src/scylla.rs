@@ -1208,6 +1208,24 @@ async fn mark_read(
     Ok(true)
 }
 
+/// The group's messages that `st` selects with `values` (one bucket's page).
+async fn message_page(
+    db: &Db,
+    group: &GroupId,
+    st: &PreparedStatement,
+    values: impl scylla::serialize::row::SerializeRow,
+) -> Result<Vec<StoredMessage>, Error> {
+    let qr = db
+        .session
+        .execute_unpaged(st, values)
+        .await
+        .map_err(unavailable)?;
+    Ok(rows::<MessageRow>(qr)?
+        .into_iter()
+        .map(|r| to_message(group, r))
+        .collect())
+}
+
 async fn history(
     db: &Db,
     group: &GroupId,
@@ -1236,15 +1254,14 @@ async fn history(
         let buckets: Vec<i32> = rows::<(i32,)>(qr)?.into_iter().map(|(b,)| b).collect();
         for &b in &buckets {
             let want = (limit - out.len()).min(i32::MAX as usize) as i32;
-            let qr = db
-                .session
-                .execute_unpaged(&db.st.history_page, (group.as_str(), b, bound, want))
-                .await
-                .map_err(unavailable)?;
             out.extend(
-                rows::<MessageRow>(qr)?
-                    .into_iter()
-                    .map(|r| to_message(group, r)),
+                message_page(
+                    db,
+                    group,
+                    &db.st.history_page,
+                    (group.as_str(), b, bound, want),
+                )
+                .await?,
             );
             if out.len() >= limit {
                 return Ok(out);
@@ -1286,15 +1303,14 @@ async fn since(
         let buckets: Vec<i32> = rows::<(i32,)>(qr)?.into_iter().map(|(b,)| b).collect();
         for &b in &buckets {
             let want = (limit - out.len()).min(i32::MAX as usize) as i32;
-            let qr = db
-                .session
-                .execute_unpaged(&db.st.since_page, (group.as_str(), b, lo, hi, want))
-                .await
-                .map_err(unavailable)?;
             out.extend(
-                rows::<MessageRow>(qr)?
-                    .into_iter()
-                    .map(|r| to_message(group, r)),
+                message_page(
+                    db,
+                    group,
+                    &db.st.since_page,
+                    (group.as_str(), b, lo, hi, want),
+                )
+                .await?,
             );
             if out.len() >= limit {
                 return Ok(out);
