@@ -220,6 +220,12 @@ impl BusHandle {
         self.call(Call::Command { cmd, done });
     }
 
+    /// `done(Ok)` once Redis answered every publish and command this handle's bus was given
+    /// before (a PING in their order): a publish made before it has reached its subscribers.
+    pub fn flushed(&self, done: Done<()>) {
+        self.command(redis::cmd("PING"), Box::new(move |r| done(r.map(|_| ()))));
+    }
+
     fn call(&self, call: Call) {
         match self.calls.try_send(call) {
             Ok(()) => {}

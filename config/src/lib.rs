@@ -16,12 +16,14 @@
 //! binaries call [`init_logging`].
 
 mod auth;
+mod cluster;
 mod limits;
 mod notifier;
 mod recovery;
 mod server;
 
 pub use auth::{AuthConfig, JwtAlgorithm, DEV_JWT_SECRET};
+pub use cluster::ClusterConfig;
 pub use corecast_storage::{StoreConfig, StoreKind};
 pub use limits::LimitsConfig;
 pub use notifier::{NotifierConfig, SmtpTls};
@@ -52,6 +54,8 @@ pub struct Config {
     pub notifier: NotifierConfig,
     #[command(flatten)]
     pub recovery: RecoveryConfig,
+    #[command(flatten)]
+    pub cluster: ClusterConfig,
 }
 
 /// Why the configuration cannot be used. A bad flag or variable value is refused earlier, by
@@ -300,6 +304,13 @@ impl Config {
             );
         }
         self.store.validate().map_err(Error::Invalid)?;
+        self.cluster.validate().map_err(Error::Invalid)?;
+        if self.cluster.enabled() && self.store.kind != StoreKind::Scylla {
+            invalid!(
+                "cluster mode (CORECAST_CLUSTER) needs the shared store: set store.kind \
+                 (CORECAST_STORE) to scylla; the embedded store is one node's own"
+            );
+        }
         Ok(())
     }
 
@@ -362,7 +373,7 @@ mod tests {
     #[test]
     fn every_key_has_its_own_variable_and_parses_into_its_field() {
         let all = variables();
-        assert_eq!(all.len(), 63, "{all:?}");
+        assert_eq!(all.len(), 65, "{all:?}");
         let mut unique = all.clone();
         unique.sort();
         unique.dedup();
@@ -559,6 +570,40 @@ mod tests {
         for bad in ["0", "1025"] {
             let err = load(bad).unwrap_err();
             assert!(err.contains("CORECAST_MAX_GROUP_ID_BYTES"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_needs_the_shared_store_a_redis_url_and_a_plain_node_id() {
+        assert!(!Config::default().cluster.enabled(), "one node by default");
+        let redis = ["--cluster", "redis://127.0.0.1:6379"];
+        let err = load(None, &redis).unwrap_err();
+        assert!(
+            err.contains("CORECAST_STORE") && err.contains("scylla"),
+            "{err}"
+        );
+        let scylla = ["--store", "scylla"];
+        let c = load(
+            None,
+            &[&redis[..], &scylla[..], &["--node-id", "gw-1.a_b"]].concat(),
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.cluster.node_id.as_deref(), Some("gw-1.a_b"));
+        let err = load(
+            None,
+            &[&["--cluster", "127.0.0.1:6379"][..], &scylla[..]].concat(),
+        )
+        .unwrap_err();
+        assert!(err.contains("CORECAST_CLUSTER"), "{err}");
+        for bad in ["a b", "x:y", &"n".repeat(65)] {
+            let err = load(
+                None,
+                &[&redis[..], &scylla[..], &["--node-id", bad]].concat(),
+            )
+            .unwrap_err();
+            assert!(err.contains("CORECAST_NODE_ID"), "{bad}: {err}");
         }
     }
 }

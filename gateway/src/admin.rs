@@ -131,7 +131,10 @@ fn route(shared: &Shared, req: &Request) -> Response {
         ("GET", ["metrics"]) => {
             let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
             let depths: Vec<usize> = shared.inboxes.iter().map(|h| h.len()).collect();
-            let body = crate::metrics::render(&stats, &depths, shared.store.queue_depth());
+            let mut body = crate::metrics::render(&stats, &depths, shared.store.queue_depth());
+            if let Some(c) = &shared.cluster {
+                c.render(&mut body);
+            }
             return Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -339,6 +342,10 @@ fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
     if change.added.is_empty() && change.removed.is_empty() {
         return;
     }
+    let (change_added, change_removed) = match shared.cluster {
+        Some(_) => (change.added.clone(), change.removed.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let owner: ShardId = owner_of_group(&group, shared.nr_shards());
     shared.send_blocking(
@@ -352,5 +359,15 @@ fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
     // The room answers once every shard has applied the change (its barrier).
     if rx.recv_timeout(Duration::from_secs(10)).is_err() {
         tracing::warn!(%group, "membership change not confirmed by every shard in time");
+    }
+    // Cluster mode: the other nodes' rooms apply it too when it reaches them; this call does
+    // not wait for them (yet).
+    if let Some(c) = &shared.cluster {
+        let change = crate::cluster::Members {
+            group: group.as_str().to_owned(),
+            added: change_added,
+            removed: change_removed,
+        };
+        c.publish(crate::cluster::members_channel(), change.encode(&c.me));
     }
 }

@@ -56,6 +56,10 @@ pub enum Error {
     /// The public listening socket reports no IP address.
     #[error("listening socket has no IP address")]
     NoIpAddress,
+    /// Cluster mode could not start: the bus (Redis) named by `CORECAST_CLUSTER` did not
+    /// answer; the text says what to check.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[source] corecast_storage::Error),

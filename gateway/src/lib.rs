@@ -4,6 +4,7 @@ pub use error::{Error, Result};
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 /// The configuration, from the `corecast-config` crate that the notifier shares.
 pub use corecast_config as config;
 pub mod conn;

@@ -34,6 +34,8 @@ pub struct Gateway {
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     admin: admin::AdminServer,
     ticker: Ticker,
+    /// Cluster mode: the bus thread and this node's registration, stopped after the shards.
+    cluster: Option<crate::cluster::Node>,
 }
 
 fn listen_socket(addr: SocketAddr) -> Result<Socket> {
@@ -85,6 +87,14 @@ impl Gateway {
                 what: "the shards' doorbell sockets",
                 source,
             })?;
+        let (cluster, cluster_handle) = if config.cluster.enabled() {
+            let info = format!("public={public_addr}");
+            let (node, handle) = crate::cluster::start(&config.cluster, handles.clone(), info)
+                .map_err(|e| Error::Cluster(e.to_string()))?;
+            (Some(node), Some(handle))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared {
             public_addr,
             verifier,
@@ -96,6 +106,7 @@ impl Gateway {
                 .collect(),
             draining: std::sync::atomic::AtomicBool::new(false),
             adopt_http: crate::polling::adopt,
+            cluster: cluster_handle,
             config,
         });
 
@@ -139,6 +150,7 @@ impl Gateway {
             shards,
             admin,
             ticker,
+            cluster,
         })
     }
 
@@ -157,6 +169,8 @@ impl Gateway {
         }
         self.ticker.stop();
         self.admin.stop();
+        // Deregisters this node, then stops the bus.
+        drop(self.cluster);
     }
 
     /// The store handle (for tests and tools).

@@ -68,6 +68,8 @@ pub struct Shared {
     /// Serves an HTTP connection another shard handed over (`polling::adopt`): a function
     /// the server passes in, so that the shard does not depend on the HTTP transport.
     pub adopt_http: fn(Rc<Shard>, glommio::net::TcpStream, bytes::BytesMut),
+    /// The way to the other nodes, in cluster mode (see [`crate::cluster`]).
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 impl Shared {
@@ -77,16 +79,22 @@ impl Shared {
 
     /// Sends from a thread that may block (the internal listener, the store's threads): waits
     /// for room in a full inbox instead of failing.
-    pub fn send_blocking(&self, to: ShardId, mut msg: ShardMsg) {
-        let mut backoff = 50;
-        loop {
-            match self.inboxes[to.index()].try_send(msg) {
-                Ok(()) => return,
-                Err(m) => {
-                    msg = m;
-                    std::thread::sleep(std::time::Duration::from_micros(backoff));
-                    backoff = (backoff * 2).min(5_000);
-                }
+    pub fn send_blocking(&self, to: ShardId, msg: ShardMsg) {
+        send_blocking(&self.inboxes, to, msg);
+    }
+}
+
+/// [`Shared::send_blocking`] with the inboxes alone (the cluster bus's thread starts before
+/// `Shared` exists).
+pub fn send_blocking(inboxes: &[InboxHandle<ShardMsg>], to: ShardId, mut msg: ShardMsg) {
+    let mut backoff = 50;
+    loop {
+        match inboxes[to.index()].try_send(msg) {
+            Ok(()) => return,
+            Err(m) => {
+                msg = m;
+                std::thread::sleep(std::time::Duration::from_micros(backoff));
+                backoff = (backoff * 2).min(5_000);
             }
         }
     }
@@ -95,6 +103,27 @@ impl Shared {
 /// Where an answer goes: a connection on a shard, and the ack id it asked for (if any).
 #[derive(Debug, Clone, Copy)]
 pub struct Origin {
+    pub shard: ShardId,
+    pub conn: ConnId,
+    pub ack: Option<u64>,
+}
+
+/// Where the answer to a `sendMessage` goes: a connection of this node, or, in cluster mode,
+/// one of the node that forwarded it to this one (the group's owner node).
+#[derive(Debug, Clone)]
+pub enum SendOrigin {
+    Local(Origin),
+    Remote(RemoteOrigin),
+}
+
+/// A connection on another node, for the answer to a `sendMessage` it forwarded here.
+#[derive(Debug, Clone)]
+pub struct RemoteOrigin {
+    /// The node, whose bus channel the answer is published on.
+    pub node: Arc<str>,
+    /// The message's group: the answer goes through its owner shard there, after the group's
+    /// deliveries, so that the sender sees its `newMessage` before its ack, as on one node.
+    pub group: GroupId,
     pub shard: ShardId,
     pub conn: ConnId,
     pub ack: Option<u64>,
@@ -117,7 +146,7 @@ pub struct Trace {
 }
 
 impl Trace {
-    fn new(ingress: Instant) -> Trace {
+    pub(crate) fn new(ingress: Instant) -> Trace {
         Trace {
             ingress,
             admitted: None,
@@ -158,8 +187,9 @@ pub enum ShardMsg {
         attachments: Vec<Attachment>,
         /// The client's idempotency key: a resend with the same one is merged or deduplicated.
         client_msg_id: Option<String>,
-        /// Where the ack (or `error` event) goes.
-        origin: Origin,
+        /// Where the ack (or `error` event) goes: a connection here, or on the node that
+        /// forwarded it (cluster mode).
+        origin: SendOrigin,
         /// Whether the sender's rate limit has passed it.
         admitted: bool,
         /// When it passed each hop so far.
@@ -236,7 +266,34 @@ pub enum ShardMsg {
         /// `Ok(true)` when the reader was added (then `messageRead` is broadcast).
         result: Result<bool, StoreError>,
     },
+    /// Cluster mode: a group message another node published (its owner's), for this node's
+    /// connections in the room: delivered to the room's places as a local one is.
+    BusDeliver {
+        group: GroupId,
+        id: MessageId,
+        frame: Bytes,
+    },
+    /// Cluster mode: the owner node's answer to a `sendMessage` this node forwarded, for
+    /// connection `conn` of shard `shard` (through the group's owner shard, after the group's
+    /// deliveries it handled before).
+    BusAnswer {
+        group: GroupId,
+        shard: ShardId,
+        conn: ConnId,
+        frame: Bytes,
+    },
+    /// Cluster mode: Redis confirmed (or not) the subscription to the group's channel; the
+    /// Subscribes waiting for it are answered now.
+    BusSubscribed {
+        group: GroupId,
+        result: Result<(), corecast_cluster::BusError>,
+    },
     // ---- to the shard of a connection ----
+    /// An answer to a client request made elsewhere (after a bus call): an ack or an `error`.
+    Reply {
+        origin: Origin,
+        result: Result<Vec<u8>, ClientError>,
+    },
     /// The answer to the shard's load in flight (see [`Loads`]): each user's groups, in the
     /// order of the users in the batch.
     UsersGroups {
@@ -301,6 +358,9 @@ pub enum ShardMsg {
         groups: Arc<[GroupId]>,
     },
     // ---- to every shard ----
+    /// Cluster mode: the live nodes changed (this one included, sorted); group owner nodes
+    /// are decided over these.
+    Nodes { live: Arc<[Arc<str>]> },
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -335,7 +395,7 @@ pub struct OwnerShard;
 
 impl Carrier for OwnerShard {
     type Place = ShardId;
-    type Origin = Origin;
+    type Origin = SendOrigin;
     type Parked = ShardMsg;
     type Stored = Rc<Committed>;
     type Error = StoreError;
@@ -436,6 +496,33 @@ pub struct Shard {
     http_waiting: RefCell<HashMap<u64, Rc<HttpWaiting>>>,
     next_http: Cell<u64>,
     pub sender: RefCell<crate::send::Sender>,
+    /// Cluster mode: the live nodes (see [`ShardMsg::Nodes`]); this node alone until the
+    /// registry's first check.
+    nodes: RefCell<Arc<[Arc<str>]>>,
+    /// Cluster mode: the bus subscriptions of the rooms this shard owns (see
+    /// [`Shard::when_on_bus`]).
+    bus_rooms: RefCell<HashMap<GroupId, BusRoom>>,
+}
+
+/// A room's subscription to its group's bus channel.
+enum BusRoom {
+    /// Asked; the Subscribes to answer once Redis confirms it.
+    Subscribing(Vec<WaitingSubscribe>),
+    /// Confirmed (or wanted while the bus is down: it is subscribed again before `Up`).
+    Subscribed,
+}
+
+/// A Subscribe's answer, held until the room is on the bus.
+struct WaitingSubscribe {
+    origin: Origin,
+    reason: SubReason,
+    result: Result<MessageId, ClientError>,
+}
+
+thread_local! {
+    /// Answers of bus calls that the bus refused at once, on the calling shard's own thread
+    /// (queue full, bus stopped): handled when the call returns (see [`Shard::bus_call`]).
+    static BUS_REFUSED: RefCell<Vec<ShardMsg>> = const { RefCell::new(Vec::new()) };
 }
 
 pub const SCRATCH_BYTES: usize = 64 * 1024;
@@ -515,6 +602,11 @@ impl Shard {
                 id,
                 shared.config.server.send_ring,
             )),
+            nodes: RefCell::new(match &shared.cluster {
+                Some(c) => Arc::from(vec![c.me.clone()]),
+                None => Arc::from(Vec::new()),
+            }),
+            bus_rooms: RefCell::new(HashMap::new()),
             shared,
         })
     }
@@ -723,14 +815,8 @@ impl Shard {
 
     /// Answers a client request: an ack if it asked for one, else an `error` event on failure.
     pub fn reply(&self, origin: &Origin, result: Result<Vec<u8>, ClientError>) {
-        if let Err(e) = &result {
-            self.stats.error(e.code);
-        }
-        let frame = match (origin.ack, result) {
-            (Some(id), Ok(json)) => ack_frame(Role::Server, id, &[&json]),
-            (Some(id), Err(e)) => ack_frame(Role::Server, id, &[&e.to_ack_json()]),
-            (None, Ok(_)) => return,
-            (None, Err(e)) => event_frame(Role::Server, "error", &[&e.to_json()]),
+        let Some(frame) = self.reply_frame(origin.ack, result) else {
+            return;
         };
         if origin.shard == self.id {
             self.to_conn(origin.conn, frame);
@@ -742,6 +828,43 @@ impl Shard {
                     frame,
                 },
             );
+        }
+    }
+
+    /// The frame answering a request (see [`Shard::reply`]); `None` when there is nothing to
+    /// send (a success nobody asked an ack for). Counts errors.
+    fn reply_frame(&self, ack: Option<u64>, result: Result<Vec<u8>, ClientError>) -> Option<Bytes> {
+        if let Err(e) = &result {
+            self.stats.error(e.code);
+        }
+        Some(match (ack, result) {
+            (Some(id), Ok(json)) => ack_frame(Role::Server, id, &[&json]),
+            (Some(id), Err(e)) => ack_frame(Role::Server, id, &[&e.to_ack_json()]),
+            (None, Ok(_)) => return None,
+            (None, Err(e)) => event_frame(Role::Server, "error", &[&e.to_json()]),
+        })
+    }
+
+    /// Answers a `sendMessage`: on this node through [`Shard::reply`], on another over the
+    /// bus, to its node's channel (after every group message this shard published before).
+    fn answer(&self, origin: &SendOrigin, result: Result<Vec<u8>, ClientError>) {
+        match origin {
+            SendOrigin::Local(o) => self.reply(o, result),
+            SendOrigin::Remote(r) => {
+                let Some(frame) = self.reply_frame(r.ack, result) else {
+                    return;
+                };
+                let Some(c) = &self.shared.cluster else {
+                    return;
+                };
+                let answer = crate::cluster::Answer {
+                    group: r.group.clone(),
+                    shard: r.shard,
+                    conn: r.conn,
+                    frame,
+                };
+                c.publish(crate::cluster::node_channel(&r.node), answer.encode());
+            }
         }
     }
 
@@ -839,6 +962,11 @@ impl Shard {
             ShardMsg::SendMessage {
                 admitted: false, ..
             } => self.admit(msg),
+            ShardMsg::SendMessage {
+                ref group,
+                origin: SendOrigin::Local(_),
+                ..
+            } if self.owner_node_elsewhere(group).is_some() => self.forward(msg),
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
             | ShardMsg::MarkRead { ref group, .. }
@@ -871,6 +999,13 @@ impl Shard {
                 }
             }
             ShardMsg::RoomLoaded { group, result } => self.room_loaded(group, result),
+            ShardMsg::BusDeliver { group, id, frame } => self.bus_delivered(&group, id, &frame),
+            ShardMsg::BusAnswer {
+                shard, conn, frame, ..
+            } => self.send_to_shard(shard, ShardMsg::ToConn { conn, frame }),
+            ShardMsg::BusSubscribed { group, result } => self.bus_subscribed(group, result),
+            ShardMsg::Reply { origin, result } => self.reply(&origin, result),
+            ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
             ShardMsg::Stored {
                 group,
                 id,
@@ -1107,9 +1242,10 @@ impl Shard {
                 reason,
                 ..
             } => self.answer_subscribe(origin, group, reason, Err(err.clone())),
-            ShardMsg::SendMessage { origin, .. }
-            | ShardMsg::MarkRead { origin, .. }
-            | ShardMsg::Query { origin, .. } => self.reply(&origin, Err(err.clone())),
+            ShardMsg::SendMessage { origin, .. } => self.answer(&origin, Err(err.clone())),
+            ShardMsg::MarkRead { origin, .. } | ShardMsg::Query { origin, .. } => {
+                self.reply(&origin, Err(err.clone()))
+            }
             ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
@@ -1127,6 +1263,8 @@ impl Shard {
             if room.unused() {
                 rooms.remove(group);
                 self.stats.rooms.store(rooms.len() as i64, Relaxed);
+                drop(rooms);
+                self.off_bus(group);
             }
         }
     }
@@ -1192,7 +1330,14 @@ impl Shard {
         let mut rooms = self.rooms.borrow_mut();
         let before = rooms.len();
         let (now_ms, idle_ms) = (self.coarse_ms(), idle.as_millis() as u64);
-        rooms.retain(|_, r| !r.expired(now_ms, idle_ms));
+        let mut forgotten = Vec::new();
+        rooms.retain(|g, r| {
+            let keep = !r.expired(now_ms, idle_ms);
+            if !keep && self.shared.cluster.is_some() {
+                forgotten.push(g.clone());
+            }
+            keep
+        });
         if rooms.len() != before {
             if rooms.capacity() > 64 && rooms.len() < rooms.capacity() / 4 {
                 rooms.shrink_to_fit();
@@ -1200,6 +1345,9 @@ impl Shard {
             self.stats.rooms.store(rooms.len() as i64, Relaxed);
         }
         drop(rooms);
+        for g in &forgotten {
+            self.off_bus(g);
+        }
         self.unknown_groups.borrow_mut().sweep(self.coarse_ms());
     }
 
@@ -1238,6 +1386,14 @@ impl Shard {
                         .then(|| r.settled(events::now_ms() as u64))
                 });
                 let result = settled.ok_or_else(|| Self::not_member(&group));
+                if result.is_ok() && self.shared.cluster.is_some() {
+                    let waiting = WaitingSubscribe {
+                        origin,
+                        reason,
+                        result,
+                    };
+                    return self.when_on_bus(group, waiting);
+                }
                 self.answer_subscribe(origin, group, reason, result);
             }
             ShardMsg::SendMessage {
@@ -1344,7 +1500,7 @@ impl Shard {
         group: GroupId,
         user: UserId,
         (text, attachments, client_msg_id): (String, Vec<Attachment>, Option<String>),
-        origin: Origin,
+        origin: SendOrigin,
         mut trace: Trace,
     ) {
         let now = events::now_ms();
@@ -1357,7 +1513,7 @@ impl Shard {
             room.send(
                 user,
                 client_msg_id.clone(),
-                origin,
+                origin.clone(),
                 || self.ids.borrow_mut().next(now),
                 |m| online.contains(&m),
             )
@@ -1366,7 +1522,7 @@ impl Shard {
             RoomSend::Store { id, notify } => (id, notify),
             // A resend while the first is still being stored: answered with its outcome.
             RoomSend::Merged => return,
-            RoomSend::NotMember => return self.reply(&origin, Err(Self::not_member(&group))),
+            RoomSend::NotMember => return self.answer(&origin, Err(Self::not_member(&group))),
         };
         let message = NewMessage {
             id,
@@ -1426,6 +1582,11 @@ impl Shard {
 
     /// Carries out what `group`'s room decided.
     fn carry_out(&self, group: &GroupId, effects: Vec<Effect<OwnerShard>>) {
+        // Cluster mode: whether a group message went onto the bus in this turn, and the
+        // answers to this node's senders that follow it: they go once Redis has taken the
+        // publish (see below), so an ack means the other nodes have the message too.
+        let mut published = false;
+        let mut after_publish = Vec::new();
         for e in effects {
             match e {
                 Effect::Deliver { to, message } => {
@@ -1439,22 +1600,37 @@ impl Shard {
                     }
                     let ingress = Some(message.trace.ingress);
                     let event = Event::Message(m.id);
+                    if let Some(c) = &self.shared.cluster {
+                        let on_bus = crate::cluster::GroupMessage {
+                            from: &c.me,
+                            id: m.id,
+                            frame: frame.clone(),
+                        };
+                        c.publish(crate::cluster::group_channel(group), on_bus.encode());
+                        published = true;
+                    }
                     self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
                 }
-                Effect::Reply { origin, result } => match result {
-                    Ok(c) => {
-                        let m = &c.appended.message;
-                        self.reply(&origin, Ok(events::sent_ack_json(m.id, m.timestamp)));
+                Effect::Reply { origin, result } => {
+                    let result = match result {
+                        Ok(c) => {
+                            let m = &c.appended.message;
+                            Ok(events::sent_ack_json(m.id, m.timestamp))
+                        }
+                        Err(e) => {
+                            tracing::warn!(%group, error = %e, "message not stored");
+                            Err(ClientError::new(
+                                Code::StorageUnavailable,
+                                "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                            ))
+                        }
+                    };
+                    match origin {
+                        SendOrigin::Local(o) if published => after_publish.push((o, result)),
+                        // A remote origin's answer is published after the group message.
+                        origin => self.answer(&origin, result),
                     }
-                    Err(e) => {
-                        tracing::warn!(%group, error = %e, "message not stored");
-                        let err = ClientError::new(
-                            Code::StorageUnavailable,
-                            "the message was not stored (storage unavailable); retry with the same clientMsgId",
-                        );
-                        self.reply(&origin, Err(err));
-                    }
-                },
+                }
                 Effect::Enroll { to, users, barrier } => self.send_to_shard(
                     to,
                     ShardMsg::Enroll {
@@ -1475,6 +1651,22 @@ impl Shard {
                     let _ = done.send(());
                 }
             }
+        }
+        if !after_publish.is_empty() {
+            // A PING after the publishes: the bus sends commands in order on one connection,
+            // so its answer comes after Redis took them. Answered also when the bus is down
+            // (the message is stored; other nodes fill the gap from the store).
+            self.bus_call(
+                |bus, done| bus.flushed(done),
+                move |_| {
+                    Some(ShardMsg::Batch {
+                        msgs: after_publish
+                            .into_iter()
+                            .map(|(origin, result)| ShardMsg::Reply { origin, result })
+                            .collect(),
+                    })
+                },
+            );
         }
     }
 
@@ -1842,11 +2034,11 @@ impl Shard {
         else {
             unreachable!("invariant: called with sendMessage only")
         };
-        let origin = Origin {
+        let origin = SendOrigin::Local(Origin {
             shard: self.id,
             conn: conn.id,
             ack,
-        };
+        });
         let limited = self.config().limits.rate_limit_per_min > 0;
         let (to, admitted) = if limited {
             (owner_of_user(user, self.shared.nr_shards()), false)
@@ -1899,7 +2091,7 @@ impl Shard {
                     wait
                 ),
             );
-            return self.reply(&origin, Err(e));
+            return self.answer(&origin, Err(e));
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send_to_shard(
@@ -2192,6 +2384,189 @@ impl Shard {
         self.event_limiter
             .borrow_mut()
             .sweep(self.coarse_ms() as i64);
+    }
+}
+
+/// Cluster mode: a group's owner node, forwarding, and rooms on the bus (see
+/// [`crate::cluster`]). Without `CORECAST_CLUSTER` none of this runs.
+impl Shard {
+    /// The group's owner node when it is not this one (cluster mode only).
+    fn owner_node_elsewhere(&self, group: &GroupId) -> Option<Arc<str>> {
+        let c = self.shared.cluster.as_ref()?;
+        let nodes = self.nodes.borrow();
+        let owner = corecast_shard_router::owner_node_of_group(group, &nodes)?;
+        (**owner != *c.me).then(|| owner.clone())
+    }
+
+    /// A `sendMessage` of a connection of this node, for a group another node owns: published
+    /// on that node's channel. Its answer comes back over the bus ([`ShardMsg::BusAnswer`]);
+    /// a publish that reached no one (the owner node is not subscribed: gone) or failed is
+    /// answered here.
+    fn forward(&self, msg: ShardMsg) {
+        let ShardMsg::SendMessage {
+            group,
+            user,
+            text,
+            attachments,
+            client_msg_id,
+            origin: SendOrigin::Local(origin),
+            ..
+        } = msg
+        else {
+            unreachable!("invariant: forward is called with a local SendMessage only")
+        };
+        let (Some(c), Some(owner)) = (&self.shared.cluster, self.owner_node_elsewhere(&group))
+        else {
+            return;
+        };
+        let forward = crate::cluster::Forward {
+            group: group.as_str().to_owned(),
+            user: user.0,
+            text,
+            attachments,
+            client_msg_id,
+            node: c.me.to_string(),
+            shard: origin.shard.0,
+            conn: origin.conn.0,
+            ack: origin.ack,
+        };
+        c.stats.forwarded.fetch_add(1, Relaxed);
+        c.stats.published.fetch_add(1, Relaxed);
+        let channel = crate::cluster::node_channel(&owner);
+        let payload = forward.encode();
+        self.bus_call(
+            |bus, done| bus.publish(channel, payload, Some(done)),
+            move |r| {
+                let reason = match r {
+                    Ok(n) if n > 0 => return None,
+                    Ok(_) => "the group's owner node is not reachable",
+                    Err(_) => "the cluster bus is unavailable",
+                };
+                let e = ClientError::new(
+                    Code::StorageUnavailable,
+                    format!("{reason}; retry with the same clientMsgId"),
+                );
+                Some(ShardMsg::Reply {
+                    origin,
+                    result: Err(e),
+                })
+            },
+        );
+    }
+
+    /// Answers `waiting` once `group`'s room is on the bus: the room subscribes to the
+    /// group's channel at its first Subscribe, and no Subscribe is answered before Redis
+    /// confirmed it, so a connection that is in the room gets every message the owner node
+    /// publishes from then on.
+    fn when_on_bus(&self, group: GroupId, waiting: WaitingSubscribe) {
+        let mut rooms = self.bus_rooms.borrow_mut();
+        match rooms.get_mut(&group) {
+            Some(BusRoom::Subscribed) => {
+                drop(rooms);
+                let WaitingSubscribe {
+                    origin,
+                    reason,
+                    result,
+                } = waiting;
+                self.answer_subscribe(origin, group, reason, result);
+            }
+            Some(BusRoom::Subscribing(list)) => list.push(waiting),
+            None => {
+                rooms.insert(group.clone(), BusRoom::Subscribing(vec![waiting]));
+                drop(rooms);
+                let channel = crate::cluster::group_channel(&group);
+                self.bus_call(
+                    |bus, done| bus.subscribe(channel, done),
+                    move |result| Some(ShardMsg::BusSubscribed { group, result }),
+                );
+            }
+        }
+    }
+
+    /// Redis's answer to a room's subscription.
+    fn bus_subscribed(&self, group: GroupId, result: Result<(), corecast_cluster::BusError>) {
+        use corecast_cluster::BusError;
+        let waiting = {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            let Some(BusRoom::Subscribing(_)) = rooms.get(&group) else {
+                return; // forgotten meanwhile (its Subscribes were answered then)
+            };
+            let kept = match &result {
+                // Down: still wanted, subscribed again before the bus is up.
+                Ok(()) | Err(BusError::Down) => rooms.insert(group.clone(), BusRoom::Subscribed),
+                // Not counted by the bus: the next Subscribe asks again.
+                Err(_) => rooms.remove(&group),
+            };
+            match kept {
+                Some(BusRoom::Subscribing(list)) => list,
+                _ => Vec::new(),
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(%group, error = %e, "room not subscribed on the cluster bus: other nodes' messages do not reach it live");
+        }
+        for w in waiting {
+            self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
+        }
+    }
+
+    /// The room of `group` is forgotten: its bus subscription is given back.
+    fn off_bus(&self, group: &GroupId) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let Some(was) = self.bus_rooms.borrow_mut().remove(group) else {
+            return;
+        };
+        if let BusRoom::Subscribing(list) = was {
+            for w in list {
+                self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
+            }
+        }
+        c.bus
+            .unsubscribe(crate::cluster::group_channel(group), Box::new(|_| {}));
+    }
+
+    /// A group message another node published: to this node's places in the room, as the
+    /// owner's own deliveries go.
+    fn bus_delivered(&self, group: &GroupId, id: MessageId, frame: &Bytes) {
+        let to = match self.rooms.borrow().get(group) {
+            Some(room) => room.fanout(),
+            None => return,
+        };
+        self.deliver_to_shards(&to, group, frame, Event::Message(id), Instant::now(), None);
+    }
+
+    /// Calls the bus with a `done` whose outcome `answer` turns into a message for this
+    /// shard's inbox. From the bus thread it waits for room in the inbox; a call the bus
+    /// refuses at once (queue full, stopped) is answered on this thread, which must not wait
+    /// on its own inbox: that answer is queued as this shard's next message instead.
+    fn bus_call<T: 'static>(
+        &self,
+        call: impl FnOnce(&corecast_cluster::BusHandle, corecast_cluster::Done<T>),
+        answer: impl FnOnce(Result<T, corecast_cluster::BusError>) -> Option<ShardMsg> + Send + 'static,
+    ) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let me = self.id;
+        let here = std::thread::current().id();
+        call(
+            &c.bus,
+            Box::new(move |r| {
+                let Some(msg) = answer(r) else { return };
+                if std::thread::current().id() == here {
+                    BUS_REFUSED.with(|q| q.borrow_mut().push(msg));
+                } else {
+                    shared.send_blocking(me, msg);
+                }
+            }),
+        );
+        let refused = BUS_REFUSED.with(|q| std::mem::take(&mut *q.borrow_mut()));
+        for msg in refused {
+            self.send_to_shard(self.id, msg);
+        }
     }
 }
 

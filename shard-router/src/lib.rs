@@ -62,6 +62,21 @@ pub fn owner_of_group(group: &GroupId, nr_shards: usize) -> ShardId {
     ShardId((mix(fnv1a(group.as_str().as_bytes())) % nr_shards.max(1) as u64) as u16)
 }
 
+/// The node that owns a group in a cluster, among the `nodes` alive (cluster mode): the one
+/// with the highest score of the pair (node, group), rendezvous hashing, so that every node
+/// that sees the same live set agrees, and a node joining or leaving moves only the groups it
+/// takes or had. Inside the owner node the room lives on [`owner_of_group`]'s shard. `None`
+/// when `nodes` is empty. Pure and fixed across versions, as [`owner_of_group`] is.
+pub fn owner_node_of_group<'a, N: AsRef<str>>(group: &GroupId, nodes: &'a [N]) -> Option<&'a N> {
+    let g = mix(fnv1a(group.as_str().as_bytes()));
+    let score = |n: &N| mix(fnv1a(n.as_ref().as_bytes()) ^ g);
+    nodes.iter().max_by(|a, b| {
+        score(a)
+            .cmp(&score(b))
+            .then_with(|| a.as_ref().cmp(b.as_ref()))
+    })
+}
+
 /// The shard that owns a user's presence count.
 pub fn owner_of_user(user: UserId, nr_shards: usize) -> ShardId {
     // A different salt from groups, so a user and a group with the same number need not share.
@@ -103,6 +118,31 @@ mod tests {
             .map(|g| owner_of_group(&GroupId::new(*g), 16).0)
             .collect();
         assert_eq!(owners, PINNED_OWNERS_OF_16);
+    }
+
+    #[test]
+    fn owner_nodes_agree_spread_and_move_only_what_a_leaving_node_had() {
+        let three = ["node-a", "node-b", "node-c"];
+        let two = ["node-a", "node-c"];
+        let mut counts = [0usize; 3];
+        for g in 0..3000 {
+            let id = GroupId::new(format!("team-{g}"));
+            let owner = owner_node_of_group(&id, &three).unwrap();
+            let mut reversed = three;
+            reversed.reverse();
+            assert_eq!(
+                owner,
+                owner_node_of_group(&id, &reversed).unwrap(),
+                "order-free"
+            );
+            counts[three.iter().position(|n| n == owner).unwrap()] += 1;
+            let after = owner_node_of_group(&id, &two).unwrap();
+            if *owner != "node-b" {
+                assert_eq!(owner, after, "only node-b's groups move");
+            }
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert!(owner_node_of_group::<&str>(&GroupId::new("x"), &[]).is_none());
     }
 
     // Computed by an independent implementation (Python) of the same two functions.

@@ -1,0 +1,50 @@
+//! The `[cluster]` section: several gateway nodes as one, over a Redis bus
+//! (docs/operations.md, "Several nodes").
+
+use corecast_config_value::optional;
+use serde::Deserialize;
+
+/// The `[cluster]` section. Unset `url`: one node, and nothing of the cluster runs.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The cluster bus, `redis://host:port` (Redis 7 or Valkey): cluster mode, with the
+    /// shared ScyllaDB store (`CORECAST_STORE=scylla`). Unset: one node on its own.
+    #[arg(long = "cluster", env = "CORECAST_CLUSTER", value_parser = optional::<String>())]
+    pub url: std::option::Option<String>,
+    /// This node's name in the cluster (letters, digits, `.`, `_`, `-`; at most 64). Unset:
+    /// a random one per start.
+    #[arg(long, env = "CORECAST_NODE_ID", value_parser = optional::<String>())]
+    pub node_id: std::option::Option<String>,
+}
+
+impl ClusterConfig {
+    /// Whether the node runs as part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// Checks the section; the error names the bad key.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!(
+                    "cluster.url (CORECAST_CLUSTER) must be redis://host:port, got {url:?}"
+                ));
+            }
+        }
+        if let Some(id) = &self.node_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(format!(
+                    "cluster.node_id (CORECAST_NODE_ID) must be 1 to 64 letters, digits, '.', \
+                     '_' or '-', got {id:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,598 @@
+//! Cluster mode (`CORECAST_CLUSTER=redis://...`): this node's way to the other gateway nodes,
+//! over the bus of `corecast-cluster` (Redis pub/sub on a thread of its own).
+//!
+//! What goes over the bus, and on which channel (every name starts with [`PREFIX`]):
+//! - `g:{group}`: each stored message of the group, published once by the group's owner node
+//!   (the message id and the encoded `newMessage` frame). Every node with connections in the
+//!   group's room is subscribed (its room's owner shard subscribes before it answers the
+//!   first Subscribe) and hands the frame to its shards as it does a local delivery. One
+//!   publisher per group and Redis's per-connection order give every node the owner's order.
+//! - `n:{node}`: what is for one node: a `sendMessage` forwarded by a node that does not own
+//!   the group, and the answer (ack) to one, published after the group's message.
+//! - `members`: a membership change made through one node's admin API, for the others' rooms.
+//!
+//! The owner node of a group is [`corecast_shard_router::owner_node_of_group`] over the live
+//! nodes of the [`Registry`]; each shard holds a replica of that list (`ShardMsg::Nodes`).
+//!
+//! Everything arriving on the bus is decoded on the bus thread and handed to a shard's inbox
+//! (waiting for room when the inbox is full, as the store's threads do: Redis then buffers for
+//! this node). Nothing here runs on a reactor except the encoding of what a shard publishes.
+
+use crate::shard::{RemoteOrigin, SendOrigin, ShardMsg, Trace};
+use bytes::{BufMut, Bytes, BytesMut};
+use corecast_cluster::{Bus, BusConfig, BusEvent, BusHandle, Change, Registry, RegistryConfig};
+use corecast_shard_router::{owner_of_group, InboxHandle, ShardId};
+use corecast_storage::{Attachment, GroupId, MembershipChange, MessageId, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The start of every channel and key name of corecast in Redis.
+pub const PREFIX: &str = "corecast:";
+
+/// How long a node waits at start for Redis to confirm its own channels.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel of a group's messages.
+pub fn group_channel(group: &GroupId) -> String {
+    format!("{PREFIX}g:{}", group.as_str())
+}
+
+/// The channel of what is for one node.
+pub fn node_channel(node: &str) -> String {
+    format!("{PREFIX}n:{node}")
+}
+
+/// The channel of membership changes.
+pub fn members_channel() -> String {
+    format!("{PREFIX}members")
+}
+
+/// What the shards and the admin listener use of the cluster (in `Shared`).
+pub struct ClusterHandle {
+    pub bus: BusHandle,
+    /// This node's id.
+    pub me: Arc<str>,
+    pub stats: Arc<ClusterStats>,
+}
+
+/// The bus's counters, for `/metrics`.
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Live nodes, this one included, as the registry saw them last.
+    pub nodes: AtomicI64,
+    /// 1 while connected to Redis.
+    pub bus_up: AtomicI64,
+    /// Bus messages published (group messages, forwards, answers, membership changes).
+    pub published: AtomicU64,
+    /// Publishes that failed (Redis unreachable, the bus queue full): for a group message,
+    /// the other nodes' members did not get it live.
+    pub publish_failures: AtomicU64,
+    /// Bus messages received.
+    pub received: AtomicU64,
+    /// `sendMessage`s forwarded to the group's owner node.
+    pub forwarded: AtomicU64,
+    /// Bus messages that could not be decoded (a node of another version?).
+    pub undecodable: AtomicU64,
+    /// Times the bus connected to Redis (the first time included).
+    pub connects: AtomicU64,
+}
+
+impl ClusterHandle {
+    /// Publishes `payload` on `channel`, counting it, and its failure.
+    pub fn publish(&self, channel: String, payload: Bytes) {
+        self.stats.published.fetch_add(1, Relaxed);
+        let stats = self.stats.clone();
+        self.bus.publish(
+            channel,
+            payload,
+            Some(Box::new(move |r| {
+                if r.is_err() {
+                    stats.publish_failures.fetch_add(1, Relaxed);
+                }
+            })),
+        );
+    }
+
+    /// Renders the counters in Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        for (name, kind, help, v) in [
+            (
+                "corecast_cluster_nodes",
+                "gauge",
+                "Live gateway nodes in the cluster, this one included.",
+                s.nodes.load(Relaxed) as u64,
+            ),
+            (
+                "corecast_bus_up",
+                "gauge",
+                "1 while the cluster bus is connected to Redis.",
+                s.bus_up.load(Relaxed) as u64,
+            ),
+            (
+                "corecast_bus_connects_total",
+                "counter",
+                "Times the cluster bus connected to Redis.",
+                s.connects.load(Relaxed),
+            ),
+            (
+                "corecast_bus_published_total",
+                "counter",
+                "Messages published on the cluster bus.",
+                s.published.load(Relaxed),
+            ),
+            (
+                "corecast_bus_publish_failures_total",
+                "counter",
+                "Publishes on the cluster bus that failed (Redis unreachable or the bus queue full).",
+                s.publish_failures.load(Relaxed),
+            ),
+            (
+                "corecast_bus_received_total",
+                "counter",
+                "Messages received from the cluster bus.",
+                s.received.load(Relaxed),
+            ),
+            (
+                "corecast_bus_forwarded_total",
+                "counter",
+                "sendMessage events forwarded to the group's owner node.",
+                s.forwarded.load(Relaxed),
+            ),
+            (
+                "corecast_bus_undecodable_total",
+                "counter",
+                "Cluster bus messages that could not be decoded.",
+                s.undecodable.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+}
+
+/// The cluster parts a running node owns: its registration and the bus thread. Dropping it
+/// deregisters the node, then stops the bus.
+pub struct Node {
+    registry: Option<Registry>,
+    bus: Option<Bus>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.registry.take());
+        drop(self.bus.take());
+    }
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cluster.url (CORECAST_CLUSTER): {0}")]
+    Bus(#[from] corecast_cluster::BusError),
+    #[error(
+        "the cluster bus at {url} did not confirm this node's channels within {secs} s \
+         (is redis-server running there?): {reason}"
+    )]
+    Unreachable {
+        url: String,
+        secs: u64,
+        reason: String,
+    },
+}
+
+/// Starts the bus and the registration; returns once Redis confirmed this node's channels.
+/// `info` is what the other nodes learn of this one.
+pub fn start(
+    config: &corecast_config::ClusterConfig,
+    inboxes: Vec<InboxHandle<ShardMsg>>,
+    info: String,
+) -> Result<(Node, ClusterHandle), StartError> {
+    let url = config.url.clone().unwrap_or_default();
+    let me: Arc<str> = match &config.node_id {
+        Some(id) => id.as_str().into(),
+        None => format!("node-{:08x}", fastrand::u32(..)).into(),
+    };
+    let stats = Arc::new(ClusterStats::default());
+    stats.nodes.store(1, Relaxed);
+    let router = Arc::new(Router {
+        inboxes,
+        me: me.clone(),
+        stats: stats.clone(),
+    });
+    let on_bus = router.clone();
+    let bus = Bus::start(
+        BusConfig::new(url.clone()),
+        Arc::new(move |ev| on_bus.on_bus(ev)),
+    )?;
+    let handle = bus.handle();
+    // This node's own channels, confirmed before any client can connect. The bus connects in
+    // the background: a subscribe before it is up is only noted (and made at `Up`).
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    let unreachable = |reason: String| StartError::Unreachable {
+        url: url.clone(),
+        secs: START_TIMEOUT.as_secs(),
+        reason,
+    };
+    while !handle.is_up() {
+        if std::time::Instant::now() >= deadline {
+            return Err(unreachable("not connected".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for channel in [node_channel(&me), members_channel()] {
+        let tx = tx.clone();
+        handle.subscribe(channel, Box::new(move |r| drop(tx.send(r))));
+    }
+    for _ in 0..2 {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(wait) {
+            // Down: lost again at once; still wanted, and subscribed before the next `Up`.
+            Ok(Ok(())) | Ok(Err(corecast_cluster::BusError::Down)) => {}
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("no answer".into())),
+        }
+    }
+    let others = Mutex::new(BTreeSet::<String>::new());
+    let on_change = router.clone();
+    let registry = Registry::start(
+        handle.clone(),
+        RegistryConfig::new(PREFIX, me.to_string(), info),
+        Arc::new(move |change| {
+            let mut others = others.lock().expect("invariant: the registry thread alone");
+            match change {
+                Change::Joined { id, .. } => {
+                    tracing::info!(node = %id, "cluster: a node joined");
+                    others.insert(id);
+                }
+                Change::Left { id } => {
+                    tracing::info!(node = %id, "cluster: a node left");
+                    others.remove(&id);
+                }
+            }
+            on_change.nodes_changed(&others);
+        }),
+    );
+    tracing::info!(node = %me, bus = %url, "cluster mode: this node is on the bus");
+    Ok((
+        Node {
+            registry: Some(registry),
+            bus: Some(bus),
+        },
+        ClusterHandle {
+            bus: handle,
+            me,
+            stats,
+        },
+    ))
+}
+
+/// Hands what arrives on the bus to the shards (on the bus and registry threads).
+struct Router {
+    inboxes: Vec<InboxHandle<ShardMsg>>,
+    me: Arc<str>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Router {
+    fn send(&self, to: ShardId, msg: ShardMsg) {
+        crate::shard::send_blocking(&self.inboxes, to, msg);
+    }
+
+    fn owner(&self, group: &GroupId) -> ShardId {
+        owner_of_group(group, self.inboxes.len())
+    }
+
+    fn nodes_changed(&self, others: &BTreeSet<String>) {
+        let mut live: Vec<Arc<str>> = others.iter().map(|s| Arc::from(s.as_str())).collect();
+        live.push(self.me.clone());
+        live.sort();
+        self.stats.nodes.store(live.len() as i64, Relaxed);
+        let live: Arc<[Arc<str>]> = live.into();
+        for s in 0..self.inboxes.len() {
+            self.send(ShardId(s as u16), ShardMsg::Nodes { live: live.clone() });
+        }
+    }
+
+    fn on_bus(&self, ev: BusEvent) {
+        match ev {
+            BusEvent::Message { channel, payload } => {
+                self.stats.received.fetch_add(1, Relaxed);
+                if self.route(&channel, payload).is_none() {
+                    self.stats.undecodable.fetch_add(1, Relaxed);
+                    tracing::warn!(%channel, "cluster bus: a message that cannot be decoded");
+                }
+            }
+            BusEvent::Up { epoch } => {
+                self.stats.bus_up.store(1, Relaxed);
+                self.stats.connects.fetch_add(1, Relaxed);
+                if epoch > 1 {
+                    // Redis pub/sub keeps no history: what was published while this node was
+                    // away is in the store, not on the bus (filling the gap is not built yet).
+                    tracing::warn!(
+                        epoch,
+                        "cluster bus: connected again; group messages published meanwhile \
+                         were not received live"
+                    );
+                }
+            }
+            BusEvent::Down { .. } => self.stats.bus_up.store(0, Relaxed),
+        }
+    }
+
+    /// Routes one bus message; `None` when it cannot be decoded.
+    fn route(&self, channel: &str, payload: Bytes) -> Option<()> {
+        let name = channel.strip_prefix(PREFIX)?;
+        if let Some(group) = name.strip_prefix("g:") {
+            let m = GroupMessage::decode(payload)?;
+            if m.from != *self.me {
+                let group = GroupId::new(group);
+                let msg = ShardMsg::BusDeliver {
+                    group: group.clone(),
+                    id: m.id,
+                    frame: m.frame,
+                };
+                self.send(self.owner(&group), msg);
+            }
+            return Some(());
+        }
+        if name == "members" {
+            let (from, change) = Members::decode(&payload)?;
+            if from != *self.me {
+                let group = GroupId::new(change.group);
+                // Nobody waits for the other nodes' barriers yet (see docs/architecture.md).
+                let (done, _) = std::sync::mpsc::channel();
+                let msg = ShardMsg::MembersChanged {
+                    group: group.clone(),
+                    change: MembershipChange {
+                        added: change.added,
+                        removed: change.removed,
+                    },
+                    done,
+                };
+                self.send(self.owner(&group), msg);
+            }
+            return Some(());
+        }
+        if name.strip_prefix("n:")? != &*self.me {
+            return Some(()); // not ours (a channel just unsubscribed)
+        }
+        match payload.first()? {
+            b'S' => {
+                let f: Forward = serde_json::from_slice(&payload[1..]).ok()?;
+                let group = GroupId::new(f.group);
+                let origin = SendOrigin::Remote(RemoteOrigin {
+                    node: f.node.into(),
+                    group: group.clone(),
+                    shard: ShardId(f.shard),
+                    conn: crate::conn::ConnId(f.conn),
+                    ack: f.ack,
+                });
+                let msg = ShardMsg::SendMessage {
+                    group: group.clone(),
+                    user: UserId(f.user),
+                    text: f.text,
+                    attachments: f.attachments,
+                    client_msg_id: f.client_msg_id,
+                    origin,
+                    // The origin node applied the sender's rate limit.
+                    admitted: true,
+                    trace: Trace::new(std::time::Instant::now()),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'A' => {
+                let a = Answer::decode(payload)?;
+                if a.shard.index() >= self.inboxes.len() {
+                    return None;
+                }
+                let msg = ShardMsg::BusAnswer {
+                    group: a.group.clone(),
+                    shard: a.shard,
+                    conn: a.conn,
+                    frame: a.frame,
+                };
+                self.send(self.owner(&a.group), msg);
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+// ---- what travels on the bus ----
+
+/// A group's message: `M`, the publishing node, the message id, the encoded frame.
+pub struct GroupMessage<'a> {
+    pub from: &'a str,
+    pub id: MessageId,
+    pub frame: Bytes,
+}
+
+/// Decoded [`GroupMessage`] (the node id copied, the frame a slice of the payload).
+struct GroupMessageIn {
+    from: String,
+    id: MessageId,
+    frame: Bytes,
+}
+
+impl GroupMessage<'_> {
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(2 + self.from.len() + 8 + self.frame.len());
+        b.put_u8(b'M');
+        put_short(&mut b, self.from.as_bytes());
+        b.put_u64(self.id.0);
+        b.extend_from_slice(&self.frame);
+        b.freeze()
+    }
+
+    fn decode(payload: Bytes) -> Option<GroupMessageIn> {
+        if payload.first() != Some(&b'M') {
+            return None;
+        }
+        let (from, at) = get_short(&payload, 1)?;
+        let from = std::str::from_utf8(from).ok()?.to_owned();
+        let id = u64::from_be_bytes(payload.get(at..at + 8)?.try_into().ok()?);
+        Some(GroupMessageIn {
+            from,
+            id: MessageId(id),
+            frame: payload.slice(at + 8..),
+        })
+    }
+}
+
+/// A `sendMessage` for the group's owner node (`S` and this, as JSON).
+#[derive(Serialize, Deserialize)]
+pub struct Forward {
+    pub group: String,
+    pub user: u64,
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    pub client_msg_id: Option<String>,
+    /// Where the answer goes: the node, its shard, the connection, the ack id.
+    pub node: String,
+    pub shard: u16,
+    pub conn: u64,
+    pub ack: Option<u64>,
+}
+
+impl Forward {
+    pub fn encode(&self) -> Bytes {
+        let mut out = vec![b'S'];
+        serde_json::to_writer(&mut out, self).expect("invariant: a Forward serialises");
+        out.into()
+    }
+}
+
+/// The answer to a forwarded `sendMessage`, for a connection of the origin node: `A`, the
+/// group (answers go through its owner shard there, after the group's deliveries), the
+/// shard, the connection, the frame (an ack or an `error` event).
+pub struct Answer {
+    pub group: GroupId,
+    pub shard: ShardId,
+    pub conn: crate::conn::ConnId,
+    pub frame: Bytes,
+}
+
+impl Answer {
+    pub fn encode(&self) -> Bytes {
+        let g = self.group.as_str().as_bytes();
+        let mut b = BytesMut::with_capacity(1 + 2 + g.len() + 2 + 8 + self.frame.len());
+        b.put_u8(b'A');
+        b.put_u16(g.len() as u16);
+        b.extend_from_slice(g);
+        b.put_u16(self.shard.0);
+        b.put_u64(self.conn.0);
+        b.extend_from_slice(&self.frame);
+        b.freeze()
+    }
+
+    fn decode(payload: Bytes) -> Option<Answer> {
+        let len = u16::from_be_bytes(payload.get(1..3)?.try_into().ok()?) as usize;
+        let group = std::str::from_utf8(payload.get(3..3 + len)?).ok()?;
+        let group = GroupId::new(group);
+        let at = 3 + len;
+        let shard = u16::from_be_bytes(payload.get(at..at + 2)?.try_into().ok()?);
+        let conn = u64::from_be_bytes(payload.get(at + 2..at + 10)?.try_into().ok()?);
+        Some(Answer {
+            group,
+            shard: ShardId(shard),
+            conn: crate::conn::ConnId(conn),
+            frame: payload.slice(at + 10..),
+        })
+    }
+}
+
+/// A membership change for the other nodes: `C`, the node it was made on, then JSON.
+#[derive(Serialize, Deserialize)]
+pub struct Members {
+    pub group: String,
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+}
+
+impl Members {
+    pub fn encode(&self, from: &str) -> Bytes {
+        let mut out = vec![b'C'];
+        put_short_vec(&mut out, from.as_bytes());
+        serde_json::to_writer(&mut out, self).expect("invariant: a change serialises");
+        out.into()
+    }
+
+    fn decode(payload: &[u8]) -> Option<(String, Members)> {
+        if payload.first() != Some(&b'C') {
+            return None;
+        }
+        let (from, at) = get_short(payload, 1)?;
+        let from = std::str::from_utf8(from).ok()?.to_owned();
+        Some((from, serde_json::from_slice(payload.get(at..)?).ok()?))
+    }
+}
+
+/// A node id, at most 255 bytes (config allows 64), with its length first.
+fn put_short(b: &mut BytesMut, s: &[u8]) {
+    let s = &s[..s.len().min(255)];
+    b.put_u8(s.len() as u8);
+    b.extend_from_slice(s);
+}
+
+fn put_short_vec(b: &mut Vec<u8>, s: &[u8]) {
+    let s = &s[..s.len().min(255)];
+    b.push(s.len() as u8);
+    b.extend_from_slice(s);
+}
+
+/// The bytes [`put_short`] wrote at `at`, and where what follows starts.
+fn get_short(b: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let len = *b.get(at)? as usize;
+    Some((b.get(at + 1..at + 1 + len)?, at + 1 + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_messages_decode_as_encoded() {
+        let frame = Bytes::from_static(b"\x81\x0542[\"newMessage\",{}]");
+        let m = GroupMessage {
+            from: "node-a",
+            id: MessageId(42),
+            frame: frame.clone(),
+        }
+        .encode();
+        let back = GroupMessage::decode(m).unwrap();
+        assert_eq!(
+            (back.from.as_str(), back.id, back.frame),
+            ("node-a", MessageId(42), frame.clone())
+        );
+        let a = Answer {
+            group: GroupId::new("Zürich ☕"),
+            shard: ShardId(3),
+            conn: crate::conn::ConnId(77),
+            frame: frame.clone(),
+        }
+        .encode();
+        let back = Answer::decode(a).unwrap();
+        assert_eq!(back.group, GroupId::new("Zürich ☕"));
+        assert_eq!(
+            (back.shard, back.conn.0, back.frame),
+            (ShardId(3), 77, frame)
+        );
+        let c = Members {
+            group: "g".into(),
+            added: vec![UserId(1)],
+            removed: vec![],
+        }
+        .encode("node-b");
+        let (from, back) = Members::decode(&c).unwrap();
+        assert_eq!((from.as_str(), back.added), ("node-b", vec![UserId(1)]));
+        assert!(GroupMessage::decode(Bytes::from_static(b"M\x09short")).is_none());
+        assert!(Answer::decode(Bytes::from_static(b"A\x00")).is_none());
+    }
+}

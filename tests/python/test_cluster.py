@@ -1,0 +1,250 @@
+"""Several gateway nodes as one (issue 18, cluster mode): three `corecast serve` processes on
+one Redis (`CORECAST_CLUSTER`) and one Cassandra, stock python-socketio clients spread over the
+nodes.
+
+- group messages sent on every node reach every member on every node exactly once, in id
+  order, and every sender gets its ack;
+- a membership change made through one node's admin API reaches the rooms of the others;
+- cluster mode refuses the embedded store.
+
+Needs `redis-server` (Debian's package; scripts/test.sh installs it) and Cassandra
+(scripts/cassandra.sh start; CORECAST_TEST_SCYLLA_NODES). Each test starts its own Redis on a
+free port below 32768 and gives its nodes a fresh keyspace; every port the test listens on is
+below 32768.
+"""
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from cassandra_util import REPO_ROOT, require_cassandra, scylla_nodes
+from gateway_process import gateway_binary
+from polling import poll
+
+pytestmark = pytest.mark.cassandra
+
+NODES = 3
+READY_TIMEOUT = 120.0
+
+
+def _free_port() -> int:
+    """A port below 32768 (under the kernel's ephemeral range) that nothing listens on."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 20000 and 32000")
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A redis-server of this test's own, on 127.0.0.1; its URL."""
+    exe = shutil.which("redis-server")
+    assert exe, ("redis-server not found: install Debian's redis-server "
+                 "(apt-get install redis-server; scripts/test.sh does)")
+    port = _free_port()
+    log = open(tmp_path / "redis.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        poll(f"redis-server on port {port} to answer PING", lambda: _redis_answers(port), 10, 0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def cassandra():
+    """A Cassandra node that answers CQL. Another test run may be restarting the shared node
+    (test_scylla.py's fault test does): wait for it first, and start it with
+    scripts/cassandra.sh only if it still does not answer."""
+    def answers():
+        try:
+            require_cassandra(timeout=3)
+            return True
+        except AssertionError:
+            return False
+    deadline = time.monotonic() + 180
+    while not answers() and time.monotonic() < deadline:
+        time.sleep(1)
+    if not answers():
+        env = dict(os.environ, CASSANDRA_KEEP_DATA="1",
+                   CORECAST_CASSANDRA_PORT=scylla_nodes()[0].rsplit(":", 1)[1])
+        r = subprocess.run(["bash", str(REPO_ROOT / "scripts/cassandra.sh"), "start"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"scripts/cassandra.sh start failed:\n{r.stdout}\n{r.stderr}"
+        require_cassandra()
+    return scylla_nodes()
+
+
+def _metric(gw, name: str) -> float:
+    text = gw.admin("GET", "/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in {gw.internal}/metrics")
+
+
+def _ready(gw) -> bool:
+    try:
+        return gw.admin("GET", "/readyz", timeout=5).status_code == 200
+    except Exception:  # noqa: BLE001 - still starting
+        return False
+
+
+@pytest.fixture
+def cluster(cassandra, redis, start_gateway):
+    """Three nodes in cluster mode on one keyspace, each seeing all three alive."""
+    keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
+    nodes = []
+    for i in range(NODES):
+        # One at a time: the first creates the schema, the others find it.
+        gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
+                           CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
+                           CORECAST_NODE_ID=f"node-{i}", CORECAST_SHARDS=2,
+                           CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
+                           CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}")
+        poll(f"node-{i} /readyz", lambda gw=gw: _ready(gw), READY_TIMEOUT, 0.2)
+        nodes.append(gw)
+    for i, gw in enumerate(nodes):
+        poll(f"node-{i} to see {NODES} live nodes",
+             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == NODES, 15, 0.1)
+    return nodes
+
+
+def _flood(senders, gid, per_sender):
+    """Each sender sends `per_sender` messages, all senders at once, each waiting for its
+    acks; returns every ack."""
+    acks, errors, lock = [], [], threading.Lock()
+
+    def run(n, c):
+        for i in range(per_sender):
+            try:
+                ack = c.call("sendMessage", {"groupId": gid, "text": f"s{n}-{i}",
+                                             "attachments": []}, timeout=30)
+            except Exception as e:  # reported below
+                with lock:
+                    errors.append(f"sender {n}: {e!r}")
+                return
+            with lock:
+                (acks if ack.get("ok") is True else errors).append(ack)
+
+    threads = [threading.Thread(target=run, args=(n, c)) for n, c in enumerate(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    return acks
+
+
+def _messages(client, gid):
+    return [m for m in client.events("newMessage") if m["groupId"] == gid]
+
+
+def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, connect, new_id):
+    per_node, per_sender = 3, 20
+    admin = cluster[0]
+    users = [new_id() for _ in range(per_node * NODES)]
+    for u in users:
+        admin.put_user(u)
+    gid = f"g-{new_id()}"
+    admin.put_group(gid, users)
+    # Member k on node k % 3; one user has a second tab on the next node.
+    clients = [connect(cluster[k % NODES], u) for k, u in enumerate(users)]
+    clients.append(connect(cluster[1], users[0]))
+    senders = clients[:NODES]  # one on each node
+    acks = _flood(senders, gid, per_sender)
+    total = NODES * per_sender
+    assert len(acks) == total
+    acked = sorted(int(a["id"]) for a in acks)
+    assert len(set(acked)) == total, "duplicate ids"
+    # A last message from node 0: once a member has it, every earlier one was delivered (they
+    # come in id order), so what it holds then is all it will get.
+    marker = senders[0].send_message(gid, "marker")
+    expected = [str(i) for i in acked] + [marker["id"]]
+    for k, c in enumerate(clients):
+        c.wait_for("newMessage", lambda m: m["id"] == marker["id"], timeout=30)
+        got = [m["id"] for m in _messages(c, gid)]
+        node = k % NODES if k < len(users) else 1
+        assert got == expected, (
+            f"member {k} on node-{node}: {len(got)} messages, expected {len(expected)}; "
+            f"duplicates: {len(got) - len(set(got))}; missing: "
+            f"{sorted(set(expected) - set(got))[:5]}; in order: {got == sorted(got, key=int)}")
+    # What the store holds is what was acked, and senders on two of the three nodes went
+    # through the owner node: the cross-node path was taken.
+    stored = sorted(int(m["id"]) for m in admin.history(gid, limit=100))
+    want = acked + [int(marker["id"])]
+    assert stored == want, (f"history holds {len(stored)}, {len(want)} acked; not stored: "
+                            f"{sorted(set(want) - set(stored))[:5]}, not acked: "
+                            f"{sorted(set(stored) - set(want))[:5]}")
+    forwarded = sum(_metric(gw, "corecast_bus_forwarded_total") for gw in cluster)
+    assert forwarded in (per_sender * (NODES - 1), per_sender * (NODES - 1) + 1), forwarded
+
+
+def test_a_membership_change_on_one_node_reaches_the_rooms_of_the_others(cluster, connect,
+                                                                        new_id):
+    a, b, newcomer = new_id(), new_id(), new_id()
+    for u in (a, b, newcomer):
+        cluster[1].put_user(u)
+    gid = f"g-{new_id()}"
+    cluster[1].put_group(gid, [a, b])
+    ca = connect(cluster[0], a)
+    cn = connect(cluster[2], newcomer)
+    ca.send_message(gid, "before")
+    # Added through node 1's admin API; the newcomer is connected to node 2.
+    cluster[1].add_member(gid, newcomer)
+
+    def joined():
+        ack = cn.call("joinGroup", {"groupId": gid})
+        return ack.get("ok") is True
+    poll("node 2 to take the newcomer into the room", joined, 10, 0.1)
+    ack = ca.send_message(gid, "welcome")
+    got = cn.wait_for("newMessage", lambda m: m["groupId"] == gid, timeout=15)
+    assert got["id"] == ack["id"] and got["text"] == "welcome", got
+
+    # Removed through node 2's admin API: node 0's room (and the owner's) drop the member.
+    cluster[2].remove_member(gid, a)
+
+    def refused():
+        ack = ca.call("sendMessage", {"groupId": gid, "text": "still here?", "attachments": []})
+        return ack.get("ok") is False and ack["error"]["code"] == "not_member"
+    poll("the removed member's sends to be refused", refused, 10, 0.2)
+
+
+def test_cluster_mode_refuses_the_embedded_store(redis, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORECAST_")}
+    env.update(CORECAST_CLUSTER=redis, CORECAST_DATA_DIR=str(tmp_path / "data"),
+               CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
+               CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}")
+    r = subprocess.run([str(gateway_binary()), "serve"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0
+    assert "CORECAST_STORE" in r.stderr and "scylla" in r.stderr, r.stderr
