@@ -78,6 +78,8 @@ pub struct ClusterStats {
     pub undecodable: AtomicU64,
     /// Times the bus connected to Redis (the first time included).
     pub connects: AtomicU64,
+    /// Group messages delivered from the store after a bus reconnection (the gap).
+    pub gap_filled: AtomicU64,
 }
 
 impl ClusterHandle {
@@ -142,6 +144,12 @@ impl ClusterHandle {
                 "counter",
                 "sendMessage events forwarded to the group's owner node.",
                 s.forwarded.load(Relaxed),
+            ),
+            (
+                "corecast_bus_gap_filled_total",
+                "counter",
+                "Group messages read from the store after a bus reconnection, that the bus did not bring.",
+                s.gap_filled.load(Relaxed),
             ),
             (
                 "corecast_bus_undecodable_total",
@@ -313,12 +321,11 @@ impl Router {
                 self.stats.connects.fetch_add(1, Relaxed);
                 if epoch > 1 {
                     // Redis pub/sub keeps no history: what was published while this node was
-                    // away is in the store, not on the bus (filling the gap is not built yet).
-                    tracing::warn!(
-                        epoch,
-                        "cluster bus: connected again; group messages published meanwhile \
-                         were not received live"
-                    );
+                    // away is in the store; each room reads it there (`Shard::bus_up`).
+                    tracing::info!(epoch, "cluster bus: connected again; filling the gap");
+                    for s in 0..self.inboxes.len() {
+                        self.send(ShardId(s as u16), ShardMsg::BusUp);
+                    }
                 }
             }
             BusEvent::Down { .. } => self.stats.bus_up.store(0, Relaxed),

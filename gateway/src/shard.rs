@@ -282,6 +282,11 @@ pub enum ShardMsg {
         conn: ConnId,
         frame: Bytes,
     },
+    /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
+    GapRead {
+        group: GroupId,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+    },
     /// Cluster mode: Redis confirmed (or not) the subscription to the group's channel; the
     /// Subscribes waiting for it are answered now.
     BusSubscribed {
@@ -361,6 +366,8 @@ pub enum ShardMsg {
     /// Cluster mode: the live nodes changed (this one included, sorted); group owner nodes
     /// are decided over these.
     Nodes { live: Arc<[Arc<str>]> },
+    /// Cluster mode: the bus is connected to Redis again after a loss: fill the gap.
+    BusUp,
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -504,13 +511,35 @@ pub struct Shard {
     bus_rooms: RefCell<HashMap<GroupId, BusRoom>>,
 }
 
-/// A room's subscription to its group's bus channel.
-enum BusRoom {
-    /// Asked; the Subscribes to answer once Redis confirms it.
-    Subscribing(Vec<WaitingSubscribe>),
-    /// Confirmed (or wanted while the bus is down: it is subscribed again before `Up`).
-    Subscribed,
+/// A room's subscription to its group's bus channel, and what this node delivered from it.
+struct BusRoom {
+    /// The Subscribes to answer once Redis confirms the subscription; `None` once it has (or
+    /// the bus was down: the channel is still wanted, and subscribed again before `Up`).
+    waiting: Option<Vec<WaitingSubscribe>>,
+    /// The room's settled id when the subscription was confirmed: a gap fill with nothing
+    /// delivered since reads after it.
+    since: MessageId,
+    /// The newest group message delivered from the bus or a gap fill; older ones that come
+    /// again are not delivered twice.
+    delivered: Option<MessageId>,
+    /// While a gap fill's store read is out: the bus's messages that arrived meanwhile, to
+    /// deliver after the messages read.
+    held: Option<Vec<(MessageId, Bytes)>>,
 }
+
+impl BusRoom {
+    fn subscribing(waiting: WaitingSubscribe) -> BusRoom {
+        BusRoom {
+            waiting: Some(vec![waiting]),
+            since: MessageId(0),
+            delivered: None,
+            held: None,
+        }
+    }
+}
+
+/// Messages one gap-fill read brings at most; a longer gap is read in several.
+const GAP_READ: usize = 1000;
 
 /// A Subscribe's answer, held until the room is on the bus.
 struct WaitingSubscribe {
@@ -1006,6 +1035,8 @@ impl Shard {
             ShardMsg::BusSubscribed { group, result } => self.bus_subscribed(group, result),
             ShardMsg::Reply { origin, result } => self.reply(&origin, result),
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
+            ShardMsg::BusUp => self.bus_up(),
+            ShardMsg::GapRead { group, result } => self.gap_read(group, result),
             ShardMsg::Stored {
                 group,
                 id,
@@ -2461,7 +2492,7 @@ impl Shard {
     fn when_on_bus(&self, group: GroupId, waiting: WaitingSubscribe) {
         let mut rooms = self.bus_rooms.borrow_mut();
         match rooms.get_mut(&group) {
-            Some(BusRoom::Subscribed) => {
+            Some(BusRoom { waiting: None, .. }) => {
                 drop(rooms);
                 let WaitingSubscribe {
                     origin,
@@ -2470,9 +2501,12 @@ impl Shard {
                 } = waiting;
                 self.answer_subscribe(origin, group, reason, result);
             }
-            Some(BusRoom::Subscribing(list)) => list.push(waiting),
+            Some(BusRoom {
+                waiting: Some(list),
+                ..
+            }) => list.push(waiting),
             None => {
-                rooms.insert(group.clone(), BusRoom::Subscribing(vec![waiting]));
+                rooms.insert(group.clone(), BusRoom::subscribing(waiting));
                 drop(rooms);
                 let channel = crate::cluster::group_channel(&group);
                 self.bus_call(
@@ -2486,21 +2520,28 @@ impl Shard {
     /// Redis's answer to a room's subscription.
     fn bus_subscribed(&self, group: GroupId, result: Result<(), corecast_cluster::BusError>) {
         use corecast_cluster::BusError;
+        let settled = self
+            .rooms
+            .borrow()
+            .get(&group)
+            .map(|r| r.settled(events::now_ms() as u64));
         let waiting = {
             let mut rooms = self.bus_rooms.borrow_mut();
-            let Some(BusRoom::Subscribing(_)) = rooms.get(&group) else {
+            let Some(room) = rooms.get_mut(&group) else {
                 return; // forgotten meanwhile (its Subscribes were answered then)
             };
-            let kept = match &result {
+            let waiting = room.waiting.take().unwrap_or_default();
+            match &result {
                 // Down: still wanted, subscribed again before the bus is up.
-                Ok(()) | Err(BusError::Down) => rooms.insert(group.clone(), BusRoom::Subscribed),
+                Ok(()) | Err(BusError::Down) => {
+                    room.since = settled.unwrap_or(MessageId(0));
+                }
                 // Not counted by the bus: the next Subscribe asks again.
-                Err(_) => rooms.remove(&group),
-            };
-            match kept {
-                Some(BusRoom::Subscribing(list)) => list,
-                _ => Vec::new(),
+                Err(_) => {
+                    rooms.remove(&group);
+                }
             }
+            waiting
         };
         if let Err(e) = &result {
             tracing::warn!(%group, error = %e, "room not subscribed on the cluster bus: other nodes' messages do not reach it live");
@@ -2518,23 +2559,145 @@ impl Shard {
         let Some(was) = self.bus_rooms.borrow_mut().remove(group) else {
             return;
         };
-        if let BusRoom::Subscribing(list) = was {
-            for w in list {
-                self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
-            }
+        for w in was.waiting.into_iter().flatten() {
+            self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
         }
         c.bus
             .unsubscribe(crate::cluster::group_channel(group), Box::new(|_| {}));
     }
 
     /// A group message another node published: to this node's places in the room, as the
-    /// owner's own deliveries go.
+    /// owner's own deliveries go. Held while a gap fill reads the store; one this node
+    /// delivered already (from a gap fill) is dropped.
     fn bus_delivered(&self, group: &GroupId, id: MessageId, frame: &Bytes) {
+        {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            if let Some(r) = rooms.get_mut(group) {
+                if let Some(held) = &mut r.held {
+                    held.push((id, frame.clone()));
+                    return;
+                }
+                if r.delivered.is_some_and(|d| id <= d) {
+                    return;
+                }
+                r.delivered = Some(id);
+            }
+        }
+        self.deliver_here(group, id, frame);
+    }
+
+    /// Hands a group message to the shards with connections in the room.
+    fn deliver_here(&self, group: &GroupId, id: MessageId, frame: &Bytes) {
         let to = match self.rooms.borrow().get(group) {
             Some(room) => room.fanout(),
             None => return,
         };
         self.deliver_to_shards(&to, group, frame, Event::Message(id), Instant::now(), None);
+    }
+
+    /// The bus is connected again after a loss: what the owner nodes published meanwhile did
+    /// not arrive. For each room on the bus whose group another node owns, read the store
+    /// after the last message delivered, holding the bus's new messages meanwhile (they come
+    /// after the gap). The owner node publishes a message only after the store has it, so
+    /// everything published before the subscription was made again is in the store.
+    fn bus_up(&self) {
+        let groups: Vec<(GroupId, MessageId)> = self
+            .bus_rooms
+            .borrow()
+            .iter()
+            .filter(|(_, r)| r.waiting.is_none() && r.held.is_none())
+            .map(|(g, r)| (g.clone(), r.delivered.unwrap_or(r.since)))
+            .collect();
+        for (group, after) in groups {
+            if self.owner_node_elsewhere(&group).is_none() {
+                continue; // this node's own messages were delivered here as they were stored
+            }
+            if let Some(r) = self.bus_rooms.borrow_mut().get_mut(&group) {
+                r.held = Some(Vec::new());
+            }
+            self.read_gap(group, after);
+        }
+    }
+
+    fn read_gap(&self, group: GroupId, after: MessageId) {
+        let read = group.clone();
+        self.store_to_inbox(
+            |reply| Request::Since {
+                group: read,
+                after,
+                upto: MessageId(i64::MAX as u64),
+                limit: GAP_READ,
+                reply,
+            },
+            move |result| ShardMsg::GapRead { group, result },
+        );
+    }
+
+    /// A gap fill's store read answered: deliver what the bus did not bring, in id order and
+    /// below the first message the bus brought since (later ones come from the bus), then the
+    /// held ones. A failed read leaves the gap (the members' clients get it by recovery).
+    fn gap_read(
+        &self,
+        group: GroupId,
+        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+    ) {
+        let (boundary, mut last) = match self.bus_rooms.borrow().get(&group) {
+            Some(r) => (
+                r.held.as_ref().and_then(|h| h.first()).map(|&(id, _)| id),
+                r.delivered.unwrap_or(r.since),
+            ),
+            None => return,
+        };
+        let mut more = false;
+        match result {
+            Ok(messages) => {
+                more = messages.len() >= GAP_READ;
+                let mut filled = 0u64;
+                for m in &messages {
+                    if m.id <= last {
+                        continue;
+                    }
+                    if boundary.is_some_and(|b| m.id >= b) {
+                        more = false;
+                        break;
+                    }
+                    let frame =
+                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
+                    self.deliver_here(&group, m.id, &frame);
+                    last = m.id;
+                    filled += 1;
+                }
+                if filled > 0 {
+                    tracing::info!(%group, filled, "cluster bus: gap filled from the store");
+                    if let Some(c) = &self.shared.cluster {
+                        c.stats.gap_filled.fetch_add(filled, Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "cluster bus: the gap could not be read from the store");
+            }
+        }
+        let held = {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            let Some(r) = rooms.get_mut(&group) else {
+                return;
+            };
+            if last > r.delivered.unwrap_or(MessageId(0)) {
+                r.delivered = Some(last);
+            }
+            if more {
+                None
+            } else {
+                r.held.take()
+            }
+        };
+        if more {
+            return self.read_gap(group, last);
+        }
+        for (id, frame) in held.into_iter().flatten() {
+            self.bus_delivered(&group, id, &frame);
+        }
     }
 
     /// Calls the bus with a `done` whose outcome `answer` turns into a message for this
