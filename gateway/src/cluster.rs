@@ -328,7 +328,12 @@ impl Router {
                     }
                 }
             }
-            BusEvent::Down { .. } => self.stats.bus_up.store(0, Relaxed),
+            BusEvent::Down { .. } => {
+                self.stats.bus_up.store(0, Relaxed);
+                for s in 0..self.inboxes.len() {
+                    self.send(ShardId(s as u16), ShardMsg::BusDown);
+                }
+            }
         }
     }
 
@@ -402,6 +407,7 @@ impl Router {
                     group: a.group.clone(),
                     shard: a.shard,
                     conn: a.conn,
+                    ack: a.ack,
                     frame: a.frame,
                 };
                 self.send(self.owner(&a.group), msg);
@@ -483,18 +489,22 @@ pub struct Answer {
     pub group: GroupId,
     pub shard: ShardId,
     pub conn: crate::conn::ConnId,
+    /// The ack id answered (`None`: an `error` event).
+    pub ack: Option<u64>,
     pub frame: Bytes,
 }
 
 impl Answer {
     pub fn encode(&self) -> Bytes {
         let g = self.group.as_str().as_bytes();
-        let mut b = BytesMut::with_capacity(1 + 2 + g.len() + 2 + 8 + self.frame.len());
+        let mut b = BytesMut::with_capacity(1 + 2 + g.len() + 2 + 8 + 9 + self.frame.len());
         b.put_u8(b'A');
         b.put_u16(g.len() as u16);
         b.extend_from_slice(g);
         b.put_u16(self.shard.0);
         b.put_u64(self.conn.0);
+        b.put_u8(u8::from(self.ack.is_some()));
+        b.put_u64(self.ack.unwrap_or(0));
         b.extend_from_slice(&self.frame);
         b.freeze()
     }
@@ -506,11 +516,14 @@ impl Answer {
         let at = 3 + len;
         let shard = u16::from_be_bytes(payload.get(at..at + 2)?.try_into().ok()?);
         let conn = u64::from_be_bytes(payload.get(at + 2..at + 10)?.try_into().ok()?);
+        let has_ack = *payload.get(at + 10)? == 1;
+        let ack = u64::from_be_bytes(payload.get(at + 11..at + 19)?.try_into().ok()?);
         Some(Answer {
             group,
             shard: ShardId(shard),
             conn: crate::conn::ConnId(conn),
-            frame: payload.slice(at + 10..),
+            ack: has_ack.then_some(ack),
+            frame: payload.slice(at + 19..),
         })
     }
 }
@@ -582,14 +595,15 @@ mod tests {
             group: GroupId::new("Zürich ☕"),
             shard: ShardId(3),
             conn: crate::conn::ConnId(77),
+            ack: Some(5),
             frame: frame.clone(),
         }
         .encode();
         let back = Answer::decode(a).unwrap();
         assert_eq!(back.group, GroupId::new("Zürich ☕"));
         assert_eq!(
-            (back.shard, back.conn.0, back.frame),
-            (ShardId(3), 77, frame)
+            (back.shard, back.conn.0, back.ack, back.frame),
+            (ShardId(3), 77, Some(5), frame)
         );
         let c = Members {
             group: "g".into(),

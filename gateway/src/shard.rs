@@ -280,8 +280,19 @@ pub enum ShardMsg {
         group: GroupId,
         shard: ShardId,
         conn: ConnId,
+        /// The ack it answers (`None`: an `error` event for a send that asked for none).
+        ack: Option<u64>,
         frame: Bytes,
     },
+    /// Cluster mode: a forwarded `sendMessage` will get no answer from the owner node (the
+    /// publish reached no one or failed): answer it here with `reason`.
+    ForwardLost {
+        origin: Origin,
+        reason: &'static str,
+    },
+    /// Cluster mode: the bus lost Redis: forwarded `sendMessage`s still waiting for their
+    /// answer are answered now (theirs may be lost).
+    BusDown,
     /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
     GapRead {
         group: GroupId,
@@ -509,7 +520,15 @@ pub struct Shard {
     /// Cluster mode: the bus subscriptions of the rooms this shard owns (see
     /// [`Shard::when_on_bus`]).
     bus_rooms: RefCell<HashMap<GroupId, BusRoom>>,
+    /// Cluster mode: `sendMessage`s this shard forwarded to their group's owner node, waiting
+    /// for its answer (by origin shard, connection and ack id), since when. One that waits
+    /// longer than [`FORWARD_TIMEOUT`], or while the bus is lost, is answered here.
+    forwards: RefCell<HashMap<(ShardId, ConnId, u64), Instant>>,
 }
+
+/// How long a forwarded `sendMessage` waits for the owner node's answer before its sender
+/// is told to retry (the owner node died, or its answer was lost with Redis).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A room's subscription to its group's bus channel, and what this node delivered from it.
 struct BusRoom {
@@ -522,9 +541,11 @@ struct BusRoom {
     /// The newest group message delivered from the bus or a gap fill; older ones that come
     /// again are not delivered twice.
     delivered: Option<MessageId>,
-    /// While a gap fill's store read is out: the bus's messages that arrived meanwhile, to
-    /// deliver after the messages read.
+    /// From the loss of the bus until its gap is filled: the bus's messages that arrived
+    /// meanwhile (after it connected again), to deliver after the messages read.
     held: Option<Vec<(MessageId, Bytes)>>,
+    /// A gap fill's store read is out.
+    filling: bool,
 }
 
 impl BusRoom {
@@ -534,6 +555,7 @@ impl BusRoom {
             since: MessageId(0),
             delivered: None,
             held: None,
+            filling: false,
         }
     }
 }
@@ -636,6 +658,7 @@ impl Shard {
                 None => Arc::from(Vec::new()),
             }),
             bus_rooms: RefCell::new(HashMap::new()),
+            forwards: RefCell::new(HashMap::new()),
             shared,
         })
     }
@@ -890,6 +913,7 @@ impl Shard {
                     group: r.group.clone(),
                     shard: r.shard,
                     conn: r.conn,
+                    ack: r.ack,
                     frame,
                 };
                 c.publish(crate::cluster::node_channel(&r.node), answer.encode());
@@ -1030,8 +1054,25 @@ impl Shard {
             ShardMsg::RoomLoaded { group, result } => self.room_loaded(group, result),
             ShardMsg::BusDeliver { group, id, frame } => self.bus_delivered(&group, id, &frame),
             ShardMsg::BusAnswer {
-                shard, conn, frame, ..
-            } => self.send_to_shard(shard, ShardMsg::ToConn { conn, frame }),
+                shard,
+                conn,
+                ack,
+                frame,
+                ..
+            } => {
+                // An answer given up on (see `forwards`) is not given twice.
+                let waited = ack.is_none_or(|ack| {
+                    self.forwards
+                        .borrow_mut()
+                        .remove(&(shard, conn, ack))
+                        .is_some()
+                });
+                if waited {
+                    self.send_to_shard(shard, ShardMsg::ToConn { conn, frame });
+                }
+            }
+            ShardMsg::ForwardLost { origin, reason } => self.forward_lost(origin, reason),
+            ShardMsg::BusDown => self.bus_down(),
             ShardMsg::BusSubscribed { group, result } => self.bus_subscribed(group, result),
             ShardMsg::Reply { origin, result } => self.reply(&origin, result),
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
@@ -2402,6 +2443,9 @@ impl Shard {
             self.announce(a);
         }
         self.sweep_rooms(now);
+        if self.shared.cluster.is_some() {
+            self.expire_forwards(now);
+        }
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
@@ -2463,6 +2507,11 @@ impl Shard {
         };
         c.stats.forwarded.fetch_add(1, Relaxed);
         c.stats.published.fetch_add(1, Relaxed);
+        if let Some(ack) = origin.ack {
+            self.forwards
+                .borrow_mut()
+                .insert((origin.shard, origin.conn, ack), Instant::now());
+        }
         let channel = crate::cluster::node_channel(&owner);
         let payload = forward.encode();
         self.bus_call(
@@ -2473,16 +2522,68 @@ impl Shard {
                     Ok(_) => "the group's owner node is not reachable",
                     Err(_) => "the cluster bus is unavailable",
                 };
-                let e = ClientError::new(
-                    Code::StorageUnavailable,
-                    format!("{reason}; retry with the same clientMsgId"),
-                );
-                Some(ShardMsg::Reply {
-                    origin,
-                    result: Err(e),
-                })
+                Some(ShardMsg::ForwardLost { origin, reason })
             },
         );
+    }
+
+    /// A forwarded `sendMessage` gets no answer from the owner node: its sender is told to
+    /// retry (a resend with the same `clientMsgId` is answered with the original if the
+    /// owner did store it). Once only: an answer given up on is dropped when it comes.
+    fn forward_lost(&self, origin: Origin, reason: &str) {
+        if let Some(ack) = origin.ack {
+            let key = (origin.shard, origin.conn, ack);
+            if self.forwards.borrow_mut().remove(&key).is_none() {
+                return;
+            }
+        }
+        let e = ClientError::new(
+            Code::StorageUnavailable,
+            format!("{reason}; retry with the same clientMsgId"),
+        );
+        self.reply(&origin, Err(e));
+    }
+
+    /// The bus lost Redis: answers published for this node meanwhile are lost, so every
+    /// forwarded `sendMessage` still waiting is answered now; and the rooms on the bus hold
+    /// for the gap ([`Shard::hold_for_gap`]).
+    fn bus_down(&self) {
+        self.hold_for_gap();
+        let waiting: Vec<_> = self.forwards.borrow().keys().copied().collect();
+        for (shard, conn, ack) in waiting {
+            let origin = Origin {
+                shard,
+                conn,
+                ack: Some(ack),
+            };
+            self.forward_lost(
+                origin,
+                "the cluster bus was lost before the group's owner node answered (the message may be stored)",
+            );
+        }
+    }
+
+    /// Forwarded `sendMessage`s that waited too long for their answer (see
+    /// [`FORWARD_TIMEOUT`]).
+    fn expire_forwards(&self, now: Instant) {
+        let late: Vec<_> = self
+            .forwards
+            .borrow()
+            .iter()
+            .filter(|(_, &at)| now.saturating_duration_since(at) >= FORWARD_TIMEOUT)
+            .map(|(&k, _)| k)
+            .collect();
+        for (shard, conn, ack) in late {
+            let origin = Origin {
+                shard,
+                conn,
+                ack: Some(ack),
+            };
+            self.forward_lost(
+                origin,
+                "the group's owner node did not answer in time (the message may be stored)",
+            );
+        }
     }
 
     /// Answers `waiting` once `group`'s room is on the bus: the room subscribes to the
@@ -2595,26 +2696,44 @@ impl Shard {
         self.deliver_to_shards(&to, group, frame, Event::Message(id), Instant::now(), None);
     }
 
-    /// The bus is connected again after a loss: what the owner nodes published meanwhile did
-    /// not arrive. For each room on the bus whose group another node owns, read the store
-    /// after the last message delivered, holding the bus's new messages meanwhile (they come
-    /// after the gap). The owner node publishes a message only after the store has it, so
-    /// everything published before the subscription was made again is in the store.
-    fn bus_up(&self) {
-        let groups: Vec<(GroupId, MessageId)> = self
+    /// The bus lost Redis: what the owner nodes publish until it is back does not arrive.
+    /// From now on each room on the bus whose group another node owns holds what the bus
+    /// brings (the bus may hand over messages of the new connection before it says it is up),
+    /// until its gap is filled from the store ([`Shard::bus_up`]).
+    fn hold_for_gap(&self) {
+        let groups: Vec<GroupId> = self
             .bus_rooms
             .borrow()
             .iter()
             .filter(|(_, r)| r.waiting.is_none() && r.held.is_none())
-            .map(|(g, r)| (g.clone(), r.delivered.unwrap_or(r.since)))
+            .map(|(g, _)| g.clone())
             .collect();
-        for (group, after) in groups {
+        for group in groups {
             if self.owner_node_elsewhere(&group).is_none() {
                 continue; // this node's own messages were delivered here as they were stored
             }
             if let Some(r) = self.bus_rooms.borrow_mut().get_mut(&group) {
                 r.held = Some(Vec::new());
             }
+        }
+    }
+
+    /// The bus is connected again after a loss: each room holding for a gap reads the store
+    /// after the last message it delivered. The owner node publishes a message only after the
+    /// store has it, so everything published before the subscription was made again is in
+    /// the store; what was published after arrives on the bus and is held meanwhile.
+    fn bus_up(&self) {
+        let groups: Vec<(GroupId, MessageId)> = self
+            .bus_rooms
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, r)| r.held.is_some() && !r.filling)
+            .map(|(g, r)| {
+                r.filling = true;
+                (g.clone(), r.delivered.unwrap_or(r.since))
+            })
+            .collect();
+        for (group, after) in groups {
             self.read_gap(group, after);
         }
     }
@@ -2686,7 +2805,10 @@ impl Shard {
             if last > r.delivered.unwrap_or(MessageId(0)) {
                 r.delivered = Some(last);
             }
-            if more {
+            r.filling = more;
+            let down = self.shared.cluster.as_ref().is_some_and(|c| !c.bus.is_up());
+            if more || down {
+                // More to read; or lost again meanwhile: the next `Up` reads on from here.
                 None
             } else {
                 r.held.take()
