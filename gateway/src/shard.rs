@@ -38,8 +38,8 @@ use corecast_shard_router::{
     ShardId,
 };
 use corecast_storage::{
-    Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
-    MessageId, NewMessage, Request, StoreHandle, UserId,
+    Appended, Attachment, Error as StoreError, Group, GroupEvent, GroupId, IdGenerator,
+    MembershipChange, MessageId, NewMessage, Request, StoreHandle, UserId,
 };
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
@@ -248,22 +248,21 @@ pub enum ShardMsg {
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     },
     /// The store's answer to one of a recovering CONNECT's reads (from the store's thread):
-    /// messages of one group the client missed, oldest first.
+    /// events of one group the client missed, oldest first.
     Replayed {
         conn: ConnId,
         /// The recovering CONNECT it was read for (`Replay::attempt`).
         attempt: u32,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+        result: Result<Vec<GroupEvent>, StoreError>,
     },
-    /// The store's answer to a read receipt (from the store's thread).
+    /// The store's answer to a read receipt, event `id` of the group (from the store's
+    /// thread). `Ok(true)` when the reader was added (then `messageRead` is broadcast).
     ReadStored {
         group: GroupId,
+        id: MessageId,
         message: MessageId,
         /// The reader.
         user: UserId,
-        /// Where the ack goes.
-        origin: Origin,
-        /// `Ok(true)` when the reader was added (then `messageRead` is broadcast).
         result: Result<bool, StoreError>,
     },
     /// Cluster mode: a group message another node published (its owner's), for this node's
@@ -296,7 +295,7 @@ pub enum ShardMsg {
     /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
     GapRead {
         group: GroupId,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+        result: Result<Vec<GroupEvent>, StoreError>,
     },
     /// Cluster mode: Redis confirmed (or not) the subscription to the group's channel; the
     /// Subscribes waiting for it are answered now.
@@ -416,17 +415,30 @@ impl Carrier for OwnerShard {
     type Origin = SendOrigin;
     type Parked = ShardMsg;
     type Stored = Rc<Committed>;
-    type Error = StoreError;
+    type Error = Unstored;
     type Done = std::sync::mpsc::Sender<()>;
 }
 
 /// A group's room on its owner shard.
 pub type Room = corecast_shard_router::Room<OwnerShard>;
 
-/// A message the store accepted, and its way there (for the hop metrics).
-pub struct Committed {
-    appended: Appended,
-    trace: Trace,
+/// An event of a group's stream that the store accepted.
+pub enum Committed {
+    /// A message, and its way there (for the hop metrics).
+    Message { appended: Appended, trace: Trace },
+    /// A read receipt: event `id` says `user` read `message`.
+    Receipt {
+        id: MessageId,
+        message: MessageId,
+        user: UserId,
+    },
+}
+
+/// An event of a group's stream that the store did not take, and why.
+#[derive(Clone)]
+pub enum Unstored {
+    Message(StoreError),
+    Receipt(StoreError),
 }
 
 /// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
@@ -1096,11 +1108,11 @@ impl Shard {
             }
             ShardMsg::ReadStored {
                 group,
+                id,
                 message,
                 user,
-                origin,
                 result,
-            } => self.read_stored(group, message, user, origin, result),
+            } => self.read_stored(group, id, message, user, result),
             ShardMsg::HistoryRead {
                 origin,
                 limit,
@@ -1490,22 +1502,32 @@ impl Shard {
                 user,
                 origin,
             } => {
-                if !self.is_member(&group, user) {
+                let now = events::now_ms();
+                let id = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .expect("invariant: room loaded before room_op")
+                    .receipt(user, SendOrigin::Local(origin), || {
+                        self.ids.borrow_mut().next(now)
+                    });
+                let Some(id) = id else {
                     return self.reply(&origin, Err(Self::not_member(&group)));
-                }
+                };
                 let stored = group.clone();
                 self.store_to_inbox(
                     |reply| Request::MarkRead {
                         group,
                         message,
                         user,
+                        event: id,
                         reply,
                     },
                     move |result| ShardMsg::ReadStored {
                         group: stored,
+                        id,
                         message,
                         user,
-                        origin,
                         result,
                     },
                 );
@@ -1636,20 +1658,29 @@ impl Shard {
         let outcome = match result {
             Ok(appended) => {
                 let duplicate = appended.duplicate;
-                let c = Rc::new(Committed { appended, trace });
+                let c = Rc::new(Committed::Message { appended, trace });
                 if duplicate {
                     Outcome::Duplicate(c)
                 } else {
                     Outcome::New(c)
                 }
             }
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(Unstored::Message(e)),
         };
-        let effects = match self.rooms.borrow_mut().get_mut(&group) {
+        self.room_stored(&group, id, outcome);
+    }
+
+    fn room_stored(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        outcome: Outcome<Rc<Committed>, Unstored>,
+    ) {
+        let effects = match self.rooms.borrow_mut().get_mut(group) {
             Some(room) => room.stored(id, outcome),
             None => return,
         };
-        self.carry_out(&group, effects);
+        self.carry_out(group, effects);
     }
 
     /// Carries out what `group`'s room decided.
@@ -1661,42 +1692,36 @@ impl Shard {
         let mut after_publish = Vec::new();
         for e in effects {
             match e {
-                Effect::Deliver { to, message } => {
-                    self.stats.messages_in.fetch_add(1, Relaxed);
-                    let m = &message.appended.message;
-                    let frame =
-                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
-                    let stored_at = Instant::now();
-                    if let Some(answered) = message.trace.answered {
-                        self.stats.hop(Hop::Order, stored_at - answered);
+                Effect::Deliver { to, message } => match &*message {
+                    Committed::Message { appended, trace } => {
+                        self.stats.messages_in.fetch_add(1, Relaxed);
+                        let m = &appended.message;
+                        let frame = events::new_message_frame(m);
+                        let stored_at = Instant::now();
+                        if let Some(answered) = trace.answered {
+                            self.stats.hop(Hop::Order, stored_at - answered);
+                        }
+                        let ingress = Some(trace.ingress);
+                        let event = Event::Stored(m.id);
+                        if let Some(c) = &self.shared.cluster {
+                            let on_bus = crate::cluster::GroupMessage {
+                                from: &c.me,
+                                id: m.id,
+                                frame: frame.clone(),
+                            };
+                            c.publish(crate::cluster::group_channel(group), on_bus.encode());
+                            published = true;
+                        }
+                        self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
                     }
-                    let ingress = Some(message.trace.ingress);
-                    let event = Event::Message(m.id);
-                    if let Some(c) = &self.shared.cluster {
-                        let on_bus = crate::cluster::GroupMessage {
-                            from: &c.me,
-                            id: m.id,
-                            frame: frame.clone(),
-                        };
-                        c.publish(crate::cluster::group_channel(group), on_bus.encode());
-                        published = true;
+                    &Committed::Receipt { id, message, user } => {
+                        let frame = events::message_read_frame(group, message, user);
+                        let event = Event::Stored(id);
+                        self.deliver_to_shards(&to, group, &frame, event, Instant::now(), None);
                     }
-                    self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
-                }
+                },
                 Effect::Reply { origin, result } => {
-                    let result = match result {
-                        Ok(c) => {
-                            let m = &c.appended.message;
-                            Ok(events::sent_ack_json(m.id, m.timestamp))
-                        }
-                        Err(e) => {
-                            tracing::warn!(%group, error = %e, "message not stored");
-                            Err(ClientError::new(
-                                Code::StorageUnavailable,
-                                "the message was not stored (storage unavailable); retry with the same clientMsgId",
-                            ))
-                        }
-                    };
+                    let result = Self::ack_of(group, result);
                     match origin {
                         SendOrigin::Local(o) if published => after_publish.push((o, result)),
                         // A remote origin's answer is published after the group message.
@@ -1742,48 +1767,56 @@ impl Shard {
         }
     }
 
+    /// The store's answer to read receipt `id`: the room answers and delivers it in its turn.
     fn read_stored(
         &self,
         group: GroupId,
+        id: MessageId,
         message: MessageId,
         user: UserId,
-        origin: Origin,
         result: Result<bool, StoreError>,
     ) {
+        let receipt = || Rc::new(Committed::Receipt { id, message, user });
+        let outcome = match result {
+            Ok(true) => Outcome::New(receipt()),
+            Ok(false) => Outcome::Duplicate(receipt()),
+            Err(e) => Outcome::Failed(Unstored::Receipt(e)),
+        };
+        self.room_stored(&group, id, outcome);
+    }
+
+    /// The ack for an event of `group`'s stream the store took, or did not.
+    fn ack_of(
+        group: &GroupId,
+        result: Result<Rc<Committed>, Unstored>,
+    ) -> Result<Vec<u8>, ClientError> {
         match result {
-            Ok(added) => {
-                if added {
-                    let frame = event_frame(
-                        Role::Server,
-                        "messageRead",
-                        &[&events::message_read_json(message, user, &group)],
-                    );
-                    let to = self
-                        .rooms
-                        .borrow()
-                        .get(&group)
-                        .map(|r| r.fanout())
-                        .unwrap_or_default();
-                    self.deliver_to_shards(&to, &group, &frame, Event::Read, Instant::now(), None);
+            Ok(c) => match &*c {
+                Committed::Message { appended, .. } => {
+                    let m = &appended.message;
+                    Ok(events::sent_ack_json(m.id, m.timestamp))
                 }
-                self.reply(&origin, Ok(events::ok_ack_json("")));
+                Committed::Receipt { .. } => Ok(events::ok_ack_json("")),
+            },
+            Err(Unstored::Message(e)) => {
+                tracing::warn!(%group, error = %e, "message not stored");
+                Err(ClientError::new(
+                    Code::StorageUnavailable,
+                    "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                ))
             }
-            Err(StoreError::NoSuchMessage { .. }) => self.reply(
-                &origin,
+            Err(Unstored::Receipt(StoreError::NoSuchMessage { message, .. })) => {
                 Err(ClientError::new(
                     Code::NotFound,
                     format!("message {message} not found in group {:?}", group.as_str()),
-                )),
-            ),
-            Err(e) => {
+                ))
+            }
+            Err(Unstored::Receipt(e)) => {
                 tracing::warn!(%group, error = %e, "read receipt not stored");
-                self.reply(
-                    &origin,
-                    Err(ClientError::new(
-                        Code::StorageUnavailable,
-                        "the read receipt was not stored; retry",
-                    )),
-                )
+                Err(ClientError::new(
+                    Code::StorageUnavailable,
+                    "the read receipt was not stored; retry",
+                ))
             }
         }
     }
@@ -2017,12 +2050,7 @@ impl Shard {
     }
 
     /// A recovering CONNECT's store read answered ([`ShardMsg::Replayed`]).
-    fn replayed(
-        &self,
-        id: ConnId,
-        attempt: u32,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
-    ) {
+    fn replayed(&self, id: ConnId, attempt: u32, result: Result<Vec<GroupEvent>, StoreError>) {
         let Some(conn) = self.conn(id) else { return };
         let cfg = self.config();
         let max_bytes = cfg.server.outbound_queue_bytes;
@@ -2693,7 +2721,7 @@ impl Shard {
             Some(room) => room.fanout(),
             None => return,
         };
-        self.deliver_to_shards(&to, group, frame, Event::Message(id), Instant::now(), None);
+        self.deliver_to_shards(&to, group, frame, Event::Stored(id), Instant::now(), None);
     }
 
     /// The bus lost Redis: what the owner nodes publish until it is back does not arrive.
@@ -2755,11 +2783,7 @@ impl Shard {
     /// A gap fill's store read answered: deliver what the bus did not bring, in id order and
     /// below the first message the bus brought since (later ones come from the bus), then the
     /// held ones. A failed read leaves the gap (the members' clients get it by recovery).
-    fn gap_read(
-        &self,
-        group: GroupId,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
-    ) {
+    fn gap_read(&self, group: GroupId, result: Result<Vec<GroupEvent>, StoreError>) {
         let (boundary, mut last) = match self.bus_rooms.borrow().get(&group) {
             Some(r) => (
                 r.held.as_ref().and_then(|h| h.first()).map(|&(id, _)| id),
@@ -2769,10 +2793,16 @@ impl Shard {
         };
         let mut more = false;
         match result {
-            Ok(messages) => {
-                more = messages.len() >= GAP_READ;
+            Ok(events) => {
+                more = events.len() >= GAP_READ;
                 let mut filled = 0u64;
-                for m in &messages {
+                // Read receipts are delivered by the room of the node they were made on, not
+                // over the bus, so a gap holds none to fill.
+                let messages = events.iter().filter_map(|e| match e {
+                    GroupEvent::Message(m) => Some(m),
+                    GroupEvent::Read(_) => None,
+                });
+                for m in messages {
                     if m.id <= last {
                         continue;
                     }
@@ -2780,8 +2810,7 @@ impl Shard {
                         more = false;
                         break;
                     }
-                    let frame =
-                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
+                    let frame = events::new_message_frame(m);
                     self.deliver_here(&group, m.id, &frame);
                     last = m.id;
                     filled += 1;
