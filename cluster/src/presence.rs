@@ -167,21 +167,25 @@ impl ClusterPresence {
     }
 }
 
-/// A presence change as published on [`ClusterPresence::channel`]: `+<user>` or `-<user>`.
-pub fn change_payload(user: u64, online: bool) -> Bytes {
-    Bytes::from(format!("{}{user}", if online { '+' } else { '-' }))
+/// A presence change as published on [`ClusterPresence::channel`]: `+<user>` or `-<user>`,
+/// then a newline and `extra`, the caller's (the groups to tell, say).
+pub fn change_payload(user: u64, online: bool, extra: &[u8]) -> Bytes {
+    let mut out = format!("{}{user}\n", if online { '+' } else { '-' }).into_bytes();
+    out.extend_from_slice(extra);
+    Bytes::from(out)
 }
 
-/// The change a [`change_payload`] says, if it is one.
-pub fn parse_change(payload: &[u8]) -> Option<(u64, bool)> {
-    let (&sign, digits) = payload.split_first()?;
+/// The change a [`change_payload`] says, if it is one, and its `extra`.
+pub fn parse_change(payload: &[u8]) -> Option<(u64, bool, &[u8])> {
+    let (&sign, rest) = payload.split_first()?;
     let online = match sign {
         b'+' => true,
         b'-' => false,
         _ => return None,
     };
-    let user = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((user, online))
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let user = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    Some((user, online, &rest[nl + 1..]))
 }
 
 fn is_one(v: Value) -> bool {
@@ -216,20 +220,27 @@ mod tests {
 
     #[test]
     fn changes_read_back_as_written_and_nothing_else_parses() {
-        for (user, online) in [(1, true), (77, false), (u64::MAX, true)] {
+        let good: [(u64, bool, &[u8]); 3] = [
+            (1, true, b""),
+            (77, false, b"[\"g\"]\n"),
+            (u64::MAX, true, b"x"),
+        ];
+        for (user, online, extra) in good {
             assert_eq!(
-                parse_change(&change_payload(user, online)),
-                Some((user, online))
+                parse_change(&change_payload(user, online, extra)),
+                Some((user, online, extra))
             );
         }
-        for bad in [
-            &b""[..],
+        let bad: [&[u8]; 7] = [
+            b"",
             b"+",
-            b"*5",
-            b"+5x",
-            b"-18446744073709551616",
-            b"+-1",
-        ] {
+            b"+5",
+            b"*5\n",
+            b"+5x\n",
+            b"-18446744073709551616\n",
+            b"+-1\n",
+        ];
+        for bad in bad {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }
     }

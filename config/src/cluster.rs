@@ -1,11 +1,11 @@
 //! The `[cluster]` section: several gateway nodes as one, over a Redis bus
 //! (docs/operations.md, "Several nodes").
 
-use corecast_config_value::optional;
+use corecast_config_value::{optional, parse};
 use serde::Deserialize;
 
 /// The `[cluster]` section. Unset `url`: one node, and nothing of the cluster runs.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// The cluster bus, `redis://host:port` (Redis 7 or Valkey): cluster mode, with the
@@ -16,6 +16,20 @@ pub struct ClusterConfig {
     /// a random one per start.
     #[arg(long, env = "CORECAST_NODE_ID", value_parser = optional::<String>())]
     pub node_id: std::option::Option<String>,
+    /// A node that stopped refreshing its registration this long ago is gone: its users go
+    /// offline on every node (2 to 3600 seconds).
+    #[arg(long, env = "CORECAST_CLUSTER_DEAD_AFTER_SECS", value_parser = parse::<u64>())]
+    pub dead_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            url: None,
+            node_id: None,
+            dead_after_secs: 30,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -32,6 +46,13 @@ impl ClusterConfig {
                     "cluster.url (CORECAST_CLUSTER) must be redis://host:port, got {url:?}"
                 ));
             }
+        }
+        if !(2..=3600).contains(&self.dead_after_secs) {
+            return Err(format!(
+                "cluster.dead_after_secs (CORECAST_CLUSTER_DEAD_AFTER_SECS) must be 2 to 3600, \
+                 got {}",
+                self.dead_after_secs
+            ));
         }
         if let Some(id) = &self.node_id {
             let ok = (1..=64).contains(&id.len())

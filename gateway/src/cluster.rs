@@ -20,7 +20,9 @@
 
 use crate::shard::{RemoteOrigin, SendOrigin, ShardMsg, Trace};
 use bytes::{BufMut, Bytes, BytesMut};
-use corecast_cluster::{Bus, BusConfig, BusEvent, BusHandle, Change, Registry, RegistryConfig};
+use corecast_cluster::{
+    Bus, BusConfig, BusEvent, BusHandle, Change, ClusterPresence, Registry, RegistryConfig,
+};
 use corecast_shard_router::{owner_of_group, InboxHandle, ShardId};
 use corecast_storage::{Attachment, GroupId, MembershipChange, MessageId, UserId};
 use serde::{Deserialize, Serialize};
@@ -50,9 +52,19 @@ pub fn members_channel() -> String {
     format!("{PREFIX}members")
 }
 
+/// A cluster-wide presence change for [`ClusterPresence::channel`]: the user, online or not,
+/// and the groups whose members are told (a JSON array of their ids).
+pub fn presence_payload(user: UserId, online: bool, groups: &[GroupId]) -> Bytes {
+    let groups: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+    let json = serde_json::to_vec(&groups).expect("invariant: strings always serialize");
+    corecast_cluster::presence::change_payload(user.0, online, &json)
+}
+
 /// What the shards and the admin listener use of the cluster (in `Shared`).
 pub struct ClusterHandle {
     pub bus: BusHandle,
+    /// Who is connected on which node (Redis).
+    pub presence: ClusterPresence,
     /// This node's id.
     pub me: Arc<str>,
     pub stats: Arc<ClusterStats>,
@@ -232,12 +244,14 @@ pub fn start(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let presence = ClusterPresence::new(handle.clone(), PREFIX, me.to_string());
     let (tx, rx) = std::sync::mpsc::channel();
-    for channel in [node_channel(&me), members_channel()] {
+    let channels = [node_channel(&me), members_channel(), presence.channel()];
+    for channel in channels.iter().cloned() {
         let tx = tx.clone();
         handle.subscribe(channel, Box::new(move |r| drop(tx.send(r))));
     }
-    for _ in 0..2 {
+    for _ in 0..channels.len() {
         let wait = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(wait) {
             // Down: lost again at once; still wanted, and subscribed before the next `Up`.
@@ -246,11 +260,39 @@ pub fn start(
             Err(_) => return Err(unreachable("no answer".into())),
         }
     }
+    // What this node held before a restart under the same id (a kill -9 leaves it in Redis)
+    // is not held now: reaped as a dead node's would be. Then the replicas learn who is
+    // online anywhere.
+    reap(presence.clone(), router.clone(), me.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    presence.online(Box::new(move |r| drop(tx.send(r))));
+    let wait = deadline.saturating_duration_since(std::time::Instant::now());
+    match rx.recv_timeout(wait) {
+        Ok(Ok(users)) => {
+            let users: Arc<[UserId]> = users.into_iter().map(UserId).collect();
+            for s in 0..router.inboxes.len() {
+                router.send(
+                    ShardId(s as u16),
+                    ShardMsg::OnlineSet {
+                        users: users.clone(),
+                    },
+                );
+            }
+        }
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("no answer".into())),
+    }
     let others = Mutex::new(BTreeSet::<String>::new());
     let on_change = router.clone();
+    let reaper = presence.clone();
+    let mut registry_config = RegistryConfig::new(PREFIX, me.to_string(), info);
+    registry_config.dead_after = Duration::from_secs(config.dead_after_secs);
+    registry_config.check_every = registry_config
+        .check_every
+        .min(registry_config.dead_after / 3);
     let registry = Registry::start(
         handle.clone(),
-        RegistryConfig::new(PREFIX, me.to_string(), info),
+        registry_config,
         Arc::new(move |change| {
             let mut others = others.lock().expect("invariant: the registry thread alone");
             match change {
@@ -261,6 +303,9 @@ pub fn start(
                 Change::Left { id } => {
                     tracing::info!(node = %id, "cluster: a node left");
                     others.remove(&id);
+                    // Its users who have no other node go offline (every survivor reaps;
+                    // Redis gives each user to one of them).
+                    reap(reaper.clone(), on_change.clone(), id);
                 }
             }
             on_change.nodes_changed(&others);
@@ -274,10 +319,33 @@ pub fn start(
         },
         ClusterHandle {
             bus: handle,
+            presence,
             me,
             stats,
         },
     ))
+}
+
+/// Takes node `dead`'s users off it in Redis, step by step (on the bus thread), handing
+/// those who are online nowhere now to shard 0, which announces them offline.
+fn reap(presence: ClusterPresence, router: Arc<Router>, dead: String) {
+    let again = presence.clone();
+    presence.reap(
+        &dead.clone(),
+        Box::new(move |r| match r {
+            Ok((left, gone)) => {
+                if !gone.is_empty() {
+                    tracing::info!(node = %dead, users = gone.len(), "cluster: a gone node's users are offline");
+                    let users = gone.into_iter().map(UserId).collect();
+                    router.send(ShardId(0), ShardMsg::Reaped { users });
+                }
+                if left > 0 {
+                    reap(again, router, dead);
+                }
+            }
+            Err(e) => tracing::warn!(node = %dead, error = %e, "cluster: a gone node's users not reaped"),
+        }),
+    );
 }
 
 /// Hands what arrives on the bus to the shards (on the bus and registry threads).
@@ -350,6 +418,25 @@ impl Router {
                     frame: m.frame,
                 };
                 self.send(self.owner(&group), msg);
+            }
+            return Some(());
+        }
+        if name == "presence" {
+            let (user, online, groups) = corecast_cluster::presence::parse_change(&payload)?;
+            let groups: Vec<String> = serde_json::from_slice(groups).ok()?;
+            let groups: Arc<[GroupId]> = groups.into_iter().map(GroupId::new).collect();
+            let user = UserId(user);
+            let frame = crate::shard::user_online_frame(user, online);
+            for s in 0..self.inboxes.len() {
+                let announce = Some((groups.clone(), frame.clone()));
+                self.send(
+                    ShardId(s as u16),
+                    ShardMsg::PresenceChanged {
+                        user,
+                        online,
+                        announce,
+                    },
+                );
             }
             return Some(());
         }

@@ -292,6 +292,34 @@ pub enum ShardMsg {
     /// Cluster mode: the bus lost Redis: forwarded `sendMessage`s still waiting for their
     /// answer are answered now (theirs may be lost).
     BusDown,
+    /// Cluster mode, on a user's owner shard: Redis's answer to this node's first connection
+    /// of `user` opening (`online`) or its last one closing after the debounce window:
+    /// `changed` when it was the user's first node or last, which this node then announces
+    /// to every node (see [`corecast_cluster::presence`]).
+    ClusterPresence {
+        user: UserId,
+        online: bool,
+        changed: bool,
+        groups: Arc<[GroupId]>,
+        /// When it happened (wall milliseconds).
+        at: i64,
+    },
+    /// Cluster mode: Redis could not be told of a [`ShardMsg::ClusterPresence`] change.
+    ClusterPresenceUntold {
+        user: UserId,
+        online: bool,
+        groups: Arc<[GroupId]>,
+    },
+    /// Cluster mode: users of a node found dead that are online nowhere now (the reap); this
+    /// shard loads their groups and announces them offline to every node.
+    Reaped { users: Vec<UserId> },
+    /// Cluster mode: the groups of reaped users, from the store.
+    ReapedGroups {
+        users: Vec<UserId>,
+        result: Result<Vec<Vec<GroupId>>, StoreError>,
+    },
+    /// Cluster mode: every user online on some node, at this node's start (the replica).
+    OnlineSet { users: Arc<[UserId]> },
     /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
     GapRead {
         group: GroupId,
@@ -434,6 +462,9 @@ pub enum Committed {
     },
 }
 
+/// Cluster mode: a presence change Redis could not be told: online or not, and the groups.
+type Untold = (bool, Arc<[GroupId]>);
+
 /// An event of a group's stream that the store did not take, and why.
 #[derive(Clone)]
 pub enum Unstored {
@@ -536,6 +567,10 @@ pub struct Shard {
     /// for its answer (by origin shard, connection and ack id), since when. One that waits
     /// longer than [`FORWARD_TIMEOUT`], or while the bus is lost, is answered here.
     forwards: RefCell<HashMap<(ShardId, ConnId, u64), Instant>>,
+    /// Cluster mode: users whose first connection here opened, or last one closed, while
+    /// Redis could not be told (the latest of the two, and their groups); told when the bus
+    /// is back ([`Shard::restore_presence`]).
+    presence_untold: RefCell<HashMap<UserId, Untold>>,
 }
 
 /// How long a forwarded `sendMessage` waits for the owner node's answer before its sender
@@ -671,6 +706,7 @@ impl Shard {
             }),
             bus_rooms: RefCell::new(HashMap::new()),
             forwards: RefCell::new(HashMap::new()),
+            presence_untold: RefCell::new(HashMap::new()),
             shared,
         })
     }
@@ -1090,6 +1126,29 @@ impl Shard {
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
             ShardMsg::BusUp => self.bus_up(),
             ShardMsg::GapRead { group, result } => self.gap_read(group, result),
+            ShardMsg::ClusterPresence {
+                user,
+                online,
+                changed,
+                groups,
+                at,
+            } => {
+                if changed {
+                    self.announce_to_cluster(user, online, &groups, at);
+                }
+            }
+            ShardMsg::ClusterPresenceUntold {
+                user,
+                online,
+                groups,
+            } => {
+                self.presence_untold
+                    .borrow_mut()
+                    .insert(user, (online, groups));
+            }
+            ShardMsg::Reaped { users } => self.load_reaped_groups(users),
+            ShardMsg::ReapedGroups { users, result } => self.reaped_groups(users, result),
+            ShardMsg::OnlineSet { users } => self.online.borrow_mut().extend(users.iter().copied()),
             ShardMsg::Stored {
                 group,
                 id,
@@ -1754,7 +1813,7 @@ impl Shard {
             // so its answer comes after Redis took them. Answered also when the bus is down
             // (the message is stored; other nodes fill the gap from the store).
             self.bus_call(
-                |bus, done| bus.flushed(done),
+                |c, done| c.bus.flushed(done),
                 move |_| {
                     Some(ShardMsg::Batch {
                         msgs: after_publish
@@ -2393,6 +2452,14 @@ impl Shard {
         user: UserId,
         change: corecast_shard_router::presence::Change<UserId, Arc<[GroupId]>>,
     ) {
+        if self.shared.cluster.is_some() {
+            // The replica follows the cluster's word (`ShardMsg::PresenceChanged` from the
+            // bus), not this node's connections alone.
+            if let Some(a) = change.announce {
+                self.announce(a);
+            }
+            return;
+        }
         match (change.announce, change.reachable) {
             (Some(a), _) => self.announce(a),
             (None, Some(online)) => self.send_to_every_shard(|| ShardMsg::PresenceChanged {
@@ -2416,6 +2483,47 @@ impl Shard {
         // `at_ms` is on the shard's monotonic clock: the wall time as long ago as that.
         let ago = self.mono_ms().saturating_sub(at_ms) as i64;
         let at = events::now_ms() - ago;
+        if self.shared.cluster.is_some() {
+            // This node's first connection of the user, or its last: Redis says whether it
+            // was the user's first node or last, and only then is it announced.
+            let up = groups.clone();
+            return self.bus_call(
+                |c, done| {
+                    if online {
+                        c.presence.up(user.0, done)
+                    } else {
+                        c.presence.down(user.0, done)
+                    }
+                },
+                move |r| match r {
+                    Ok(changed) => Some(ShardMsg::ClusterPresence {
+                        user,
+                        online,
+                        changed,
+                        groups: up,
+                        at,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(%user, online, error = %e, "cluster presence not recorded");
+                        Some(ShardMsg::ClusterPresenceUntold {
+                            user,
+                            online,
+                            groups: up,
+                        })
+                    }
+                },
+            );
+        }
+        self.store_presence(user, online, at);
+        let frame = user_online_frame(user, online);
+        self.send_to_every_shard(|| ShardMsg::PresenceChanged {
+            user,
+            online,
+            announce: Some((groups.clone(), frame.clone())),
+        });
+    }
+
+    fn store_presence(&self, user: UserId, online: bool, at: i64) {
         self.submit(Request::SetPresence {
             user,
             online,
@@ -2426,12 +2534,45 @@ impl Shard {
                 }
             }),
         });
-        let frame = user_online_frame(user, online);
-        self.send_to_every_shard(|| ShardMsg::PresenceChanged {
-            user,
-            online,
-            announce: Some((groups.clone(), frame.clone())),
-        });
+    }
+
+    /// Cluster mode: `user` came online on their first node or went offline from their last:
+    /// stored, and published to every node (this one included), whose shards tell the
+    /// co-members in `groups` and update their replicas.
+    fn announce_to_cluster(&self, user: UserId, online: bool, groups: &[GroupId], at: i64) {
+        self.store_presence(user, online, at);
+        if let Some(c) = &self.shared.cluster {
+            let payload = crate::cluster::presence_payload(user, online, groups);
+            c.publish(c.presence.channel(), payload);
+        }
+    }
+
+    /// Cluster mode: reaped users (see [`ShardMsg::Reaped`]) are announced offline in their
+    /// groups, which the store has.
+    fn load_reaped_groups(&self, users: Vec<UserId>) {
+        let asked = users.clone();
+        self.store_to_inbox(
+            |reply| Request::GroupsOfUsers {
+                users: asked,
+                reply,
+            },
+            move |result| ShardMsg::ReapedGroups { users, result },
+        );
+    }
+
+    fn reaped_groups(&self, users: Vec<UserId>, result: Result<Vec<Vec<GroupId>>, StoreError>) {
+        let groups = match result {
+            Ok(g) => g,
+            Err(e) => {
+                // Their replicas still say online; the next reap of that node finds nothing.
+                tracing::warn!(users = users.len(), error = %e, "cluster: reaped users' groups not read");
+                return;
+            }
+        };
+        let now = events::now_ms();
+        for (user, groups) in users.into_iter().zip(groups) {
+            self.announce_to_cluster(user, false, &groups, now);
+        }
     }
 
     fn presence_changed(
@@ -2543,7 +2684,7 @@ impl Shard {
         let channel = crate::cluster::node_channel(&owner);
         let payload = forward.encode();
         self.bus_call(
-            |bus, done| bus.publish(channel, payload, Some(done)),
+            |c, done| c.bus.publish(channel, payload, Some(done)),
             move |r| {
                 let reason = match r {
                     Ok(n) if n > 0 => return None,
@@ -2639,7 +2780,7 @@ impl Shard {
                 drop(rooms);
                 let channel = crate::cluster::group_channel(&group);
                 self.bus_call(
-                    |bus, done| bus.subscribe(channel, done),
+                    |c, done| c.bus.subscribe(channel, done),
                     move |result| Some(ShardMsg::BusSubscribed { group, result }),
                 );
             }
@@ -2751,6 +2892,7 @@ impl Shard {
     /// store has it, so everything published before the subscription was made again is in
     /// the store; what was published after arrives on the bus and is held meanwhile.
     fn bus_up(&self) {
+        self.restore_presence();
         let groups: Vec<(GroupId, MessageId)> = self
             .bus_rooms
             .borrow_mut()
@@ -2763,6 +2905,47 @@ impl Shard {
             .collect();
         for (group, after) in groups {
             self.read_gap(group, after);
+        }
+    }
+
+    /// The bus is back after a loss (Redis may have restarted empty). The users whose
+    /// arrival or departure Redis could not be told are told now (and announced if it was
+    /// their first node or last); this shard's other users announced online are put back
+    /// in the cluster's presence, as being on this node, without a new announcement.
+    fn restore_presence(&self) {
+        let untold: Vec<_> = self.presence_untold.borrow_mut().drain().collect();
+        let now = self.mono_ms();
+        let mut told = HashSet::new();
+        for (user, (online, groups)) in untold {
+            // Only if it is still so (the user may have come and gone again meanwhile).
+            if (self.presence.borrow().conns(&user) > 0) == online {
+                told.insert(user);
+                self.announce(Announce {
+                    user,
+                    online,
+                    at_ms: now,
+                    groups,
+                });
+            }
+        }
+        let users: Vec<u64> = self
+            .presence
+            .borrow()
+            .announced()
+            .filter(|u| !told.contains(u))
+            .map(|u| u.0)
+            .collect();
+        for step in users.chunks(corecast_cluster::presence::STEP) {
+            let step = step.to_vec();
+            self.bus_call(
+                |c, done| c.presence.restore(&step, done),
+                |r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "cluster presence not restored");
+                    }
+                    None
+                },
+            );
         }
     }
 
@@ -2857,7 +3040,7 @@ impl Shard {
     /// on its own inbox: that answer is queued as this shard's next message instead.
     fn bus_call<T: 'static>(
         &self,
-        call: impl FnOnce(&corecast_cluster::BusHandle, corecast_cluster::Done<T>),
+        call: impl FnOnce(&crate::cluster::ClusterHandle, corecast_cluster::Done<T>),
         answer: impl FnOnce(Result<T, corecast_cluster::BusError>) -> Option<ShardMsg> + Send + 'static,
     ) {
         let Some(c) = &self.shared.cluster else {
@@ -2867,7 +3050,7 @@ impl Shard {
         let me = self.id;
         let here = std::thread::current().id();
         call(
-            &c.bus,
+            c,
             Box::new(move |r| {
                 let Some(msg) = answer(r) else { return };
                 if std::thread::current().id() == here {
@@ -2938,7 +3121,7 @@ impl Shard {
 }
 
 /// The `userOnline` frame saying `user` is `online` (or not), framed once for every recipient.
-fn user_online_frame(user: UserId, online: bool) -> Bytes {
+pub(crate) fn user_online_frame(user: UserId, online: bool) -> Bytes {
     event_frame(
         Role::Server,
         "userOnline",

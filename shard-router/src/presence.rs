@@ -207,11 +207,40 @@ impl<K: Hash + Eq + Copy, G: Clone> Presence<K, G> {
     pub fn tracked(&self) -> usize {
         self.users.len()
     }
+
+    /// The users last announced online (and not offline since): the ones this shard has
+    /// said are here (a cluster's record of them is restored from this after it was lost).
+    pub fn announced(&self) -> impl Iterator<Item = K> + '_ {
+        self.users
+            .iter()
+            .filter(|(_, e)| e.announced)
+            .map(|(&u, _)| u)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announced_lists_who_was_last_announced_online() {
+        let mut p: Presence<u32, ()> = Presence::new(100);
+        p.up(1, (), 0);
+        p.up(2, (), 0);
+        p.down(2, (), 10);
+        let sorted = |p: &Presence<u32, ()>| {
+            let mut got: Vec<u32> = p.announced().collect();
+            got.sort_unstable();
+            got
+        };
+        assert_eq!(
+            sorted(&p),
+            vec![1, 2],
+            "2's offline announcement is not due yet"
+        );
+        assert_eq!(p.tick(200).len(), 1);
+        assert_eq!(sorted(&p), vec![1], "2 was announced offline");
+    }
 
     type P = Presence<u64, &'static str>;
 
