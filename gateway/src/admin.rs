@@ -120,6 +120,12 @@ fn route(shared: &Shared, req: &Request) -> Response {
             if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
                 return json(503, r#"{"ready":false,"reason":"draining"}"#);
             }
+            if shared.cluster.as_ref().is_some_and(|c| !c.bus.is_up()) {
+                return json(
+                    503,
+                    r#"{"ready":false,"reason":"the cluster bus is not connected to Redis"}"#,
+                );
+            }
             return match shared.store.blocking().ping() {
                 Ok(()) => json(200, r#"{"ready":true}"#),
                 Err(e) => json(
