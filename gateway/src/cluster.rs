@@ -56,6 +56,7 @@ pub struct ClusterHandle {
     /// This node's id.
     pub me: Arc<str>,
     pub stats: Arc<ClusterStats>,
+    waiters: Arc<Waiters>,
 }
 
 /// The bus's counters, for `/metrics`.
@@ -96,6 +97,43 @@ impl ClusterHandle {
                 }
             })),
         );
+    }
+
+    /// Publishes a membership change this node applied (from its admin API) for the other
+    /// nodes, and waits (blocking: the admin listener's thread) until every other live node
+    /// said it applied it to its connections, or [`MEMBERS_TIMEOUT`]. Returns how many did
+    /// not answer in time.
+    pub fn members_changed(&self, group: &GroupId, change: &MembershipChange) -> usize {
+        let req = fastrand::u64(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.waiters
+            .waiting
+            .lock()
+            .expect("invariant: no panic while held")
+            .insert(req, tx);
+        let others = (self.stats.nodes.load(Relaxed).max(1) - 1) as usize;
+        let members = Members {
+            group: group.as_str().to_owned(),
+            added: change.added.clone(),
+            removed: change.removed.clone(),
+            req,
+        };
+        self.publish(members_channel(), members.encode(&self.me));
+        let deadline = std::time::Instant::now() + MEMBERS_TIMEOUT;
+        let mut answered = 0;
+        while answered < others {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(()) => answered += 1,
+                Err(_) => break,
+            }
+        }
+        self.waiters
+            .waiting
+            .lock()
+            .expect("invariant: no panic while held")
+            .remove(&req);
+        others - answered
     }
 
     /// Renders the counters in Prometheus text.
@@ -207,10 +245,13 @@ pub fn start(
     };
     let stats = Arc::new(ClusterStats::default());
     stats.nodes.store(1, Relaxed);
+    let waiters = Arc::new(Waiters::default());
     let router = Arc::new(Router {
         inboxes,
         me: me.clone(),
         stats: stats.clone(),
+        bus: std::sync::OnceLock::new(),
+        waiters: waiters.clone(),
     });
     let on_bus = router.clone();
     let bus = Bus::start(
@@ -218,6 +259,7 @@ pub fn start(
         Arc::new(move |ev| on_bus.on_bus(ev)),
     )?;
     let handle = bus.handle();
+    let _ = router.bus.set(handle.clone());
     // This node's own channels, confirmed before any client can connect. The bus connects in
     // the background: a subscribe before it is up is only noted (and made at `Up`).
     let deadline = std::time::Instant::now() + START_TIMEOUT;
@@ -276,6 +318,7 @@ pub fn start(
             bus: handle,
             me,
             stats,
+            waiters,
         },
     ))
 }
@@ -285,7 +328,20 @@ struct Router {
     inboxes: Vec<InboxHandle<ShardMsg>>,
     me: Arc<str>,
     stats: Arc<ClusterStats>,
+    /// The bus, once started (the router is its handler, so it exists first).
+    bus: std::sync::OnceLock<BusHandle>,
+    waiters: Arc<Waiters>,
 }
+
+/// Membership changes this node's admin API published, waiting for the other nodes to say
+/// they applied them: by request number, each with where to count the answers.
+#[derive(Default)]
+pub struct Waiters {
+    waiting: Mutex<std::collections::HashMap<u64, std::sync::mpsc::Sender<()>>>,
+}
+
+/// How long an admin call waits for the other nodes to apply its membership change.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Router {
     fn send(&self, to: ShardId, msg: ShardMsg) {
@@ -357,8 +413,7 @@ impl Router {
             let (from, change) = Members::decode(&payload)?;
             if from != *self.me {
                 let group = GroupId::new(change.group);
-                // Nobody waits for the other nodes' barriers yet (see docs/architecture.md).
-                let (done, _) = std::sync::mpsc::channel();
+                let (done, applied) = std::sync::mpsc::channel();
                 let msg = ShardMsg::MembersChanged {
                     group: group.clone(),
                     change: MembershipChange {
@@ -368,6 +423,24 @@ impl Router {
                     done,
                 };
                 self.send(self.owner(&group), msg);
+                // The room releases `done` once every shard here applied the change; the
+                // node that made it waits for that (admin calls are rare: a thread each).
+                if let Some(bus) = self.bus.get().cloned() {
+                    let req = change.req;
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("cc-members".into())
+                            .spawn(move || {
+                                if applied.recv_timeout(MEMBERS_TIMEOUT).is_ok() {
+                                    let mut answer = vec![b'D'];
+                                    answer.extend_from_slice(&req.to_be_bytes());
+                                    bus.publish(node_channel(&from), answer.into(), None);
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot confirm a membership change");
+                    }
+                }
             }
             return Some(());
         }
@@ -397,6 +470,17 @@ impl Router {
                     trace: Trace::new(std::time::Instant::now()),
                 };
                 self.send(self.owner(&group), msg);
+            }
+            b'D' => {
+                let req = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
+                let waiting = self
+                    .waiters
+                    .waiting
+                    .lock()
+                    .expect("invariant: no panic while held");
+                if let Some(tx) = waiting.get(&req) {
+                    let _ = tx.send(());
+                }
             }
             b'A' => {
                 let a = Answer::decode(payload)?;
@@ -534,6 +618,9 @@ pub struct Members {
     pub group: String,
     pub added: Vec<UserId>,
     pub removed: Vec<UserId>,
+    /// The request the other nodes answer (`D` and it, on the node's channel) once applied.
+    #[serde(default)]
+    pub req: u64,
 }
 
 impl Members {
@@ -609,6 +696,7 @@ mod tests {
             group: "g".into(),
             added: vec![UserId(1)],
             removed: vec![],
+            req: 9,
         }
         .encode("node-b");
         let (from, back) = Members::decode(&c).unwrap();
