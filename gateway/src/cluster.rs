@@ -458,16 +458,29 @@ impl Router {
                     conn: crate::conn::ConnId(f.conn),
                     ack: f.ack,
                 });
-                let msg = ShardMsg::SendMessage {
-                    group: group.clone(),
-                    user: UserId(f.user),
-                    text: f.text,
-                    attachments: f.attachments,
-                    client_msg_id: f.client_msg_id,
-                    origin,
-                    // The origin node applied the sender's rate limit.
-                    admitted: true,
-                    trace: Trace::new(std::time::Instant::now()),
+                let user = UserId(f.user);
+                let msg = match f.event {
+                    Forwarded::SendMessage {
+                        text,
+                        attachments,
+                        client_msg_id,
+                    } => ShardMsg::SendMessage {
+                        group: group.clone(),
+                        user,
+                        text,
+                        attachments,
+                        client_msg_id,
+                        origin,
+                        // The origin node applied the sender's rate limit.
+                        admitted: true,
+                        trace: Trace::new(std::time::Instant::now()),
+                    },
+                    Forwarded::MarkRead { message } => ShardMsg::MarkRead {
+                        group: group.clone(),
+                        message: MessageId(message),
+                        user,
+                        origin,
+                    },
                 };
                 self.send(self.owner(&group), msg);
             }
@@ -543,19 +556,31 @@ impl GroupMessage<'_> {
     }
 }
 
-/// A `sendMessage` for the group's owner node (`S` and this, as JSON).
+/// A client's event for the group's owner node (`S` and this, as JSON).
 #[derive(Serialize, Deserialize)]
 pub struct Forward {
     pub group: String,
+    /// The client's user.
     pub user: u64,
-    pub text: String,
-    pub attachments: Vec<Attachment>,
-    pub client_msg_id: Option<String>,
+    pub event: Forwarded,
     /// Where the answer goes: the node, its shard, the connection, the ack id.
     pub node: String,
     pub shard: u16,
     pub conn: u64,
     pub ack: Option<u64>,
+}
+
+/// What the forwarded event is.
+#[derive(Serialize, Deserialize)]
+pub enum Forwarded {
+    SendMessage {
+        text: String,
+        attachments: Vec<Attachment>,
+        client_msg_id: Option<String>,
+    },
+    MarkRead {
+        message: u64,
+    },
 }
 
 impl Forward {

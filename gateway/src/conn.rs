@@ -20,7 +20,7 @@ use crate::outbox::Outbox;
 use crate::recovery::{Event, Recovery};
 use bytes::{Bytes, BytesMut};
 use corecast_shard_router::Subscriptions;
-use corecast_storage::{GroupId, MessageId, StoredMessage, UserId};
+use corecast_storage::{GroupEvent, GroupId, MessageId, UserId};
 use corecast_wire::packet::{self, EioPacket, SioKind};
 use corecast_wire::ws::{self, Decoder, Message, Role};
 use corecast_wire::Close;
@@ -187,7 +187,7 @@ impl Conn {
     pub fn replayed<E: std::fmt::Display>(
         &self,
         attempt: u32,
-        result: Result<Vec<StoredMessage>, E>,
+        result: Result<Vec<GroupEvent>, E>,
         max_events: usize,
         max_bytes: usize,
     ) -> bool {
@@ -199,14 +199,18 @@ impl Conn {
             return false; // an earlier CONNECT's read, or one before this one's plan
         }
         replay.reads_left = replay.reads_left.saturating_sub(1);
-        // A frame is about the text (escaped), its attachments and 200 bytes of the rest.
-        let bytes = |m: &StoredMessage| {
-            2 * m.text.len()
-                + m.attachments
-                    .iter()
-                    .map(|a| a.url.len() + 32)
-                    .sum::<usize>()
-                + 200
+        // A message's frame is about the text (escaped), its attachments and 200 bytes of
+        // the rest; a receipt's, its group id and 150 bytes.
+        let bytes = |e: &GroupEvent| match e {
+            GroupEvent::Message(m) => {
+                2 * m.text.len()
+                    + m.attachments
+                        .iter()
+                        .map(|a| a.url.len() + 32)
+                        .sum::<usize>()
+                    + 200
+            }
+            GroupEvent::Read(r) => 2 * r.group.as_str().len() + 150,
         };
         let size = result
             .as_ref()
@@ -517,10 +521,15 @@ impl Conn {
             .stats()
             .recovered_messages
             .fetch_add(missed.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for m in missed {
-            let frame =
-                packet::event_frame(Role::Server, "newMessage", &[&events::message_json(&m)]);
-            self.write_event(shard, &m.group, Event::Message(m.id), &frame);
+        for e in missed {
+            let (group, frame) = match &e {
+                GroupEvent::Message(m) => (&m.group, events::new_message_frame(m)),
+                GroupEvent::Read(r) => (
+                    &r.group,
+                    events::message_read_frame(&r.group, r.message, r.user),
+                ),
+            };
+            self.write_event(shard, group, Event::Stored(e.id()), &frame);
         }
         for (group, event, frame) in held {
             self.write_event(shard, &group, event, &frame);
@@ -534,11 +543,7 @@ impl Conn {
     fn end_replay(
         &self,
         shard: &impl Outbox,
-    ) -> Option<(
-        Option<i64>,
-        Vec<StoredMessage>,
-        Vec<(GroupId, Event, Bytes)>,
-    )> {
+    ) -> Option<(Option<i64>, Vec<GroupEvent>, Vec<(GroupId, Event, Bytes)>)> {
         let mut rec = self.recovery.borrow_mut();
         let r = rec.as_mut()?;
         let replay = r.replay.take()?;

@@ -5,8 +5,10 @@
 //! the [`Code`] enum; docs/protocol.md lists them. Internal error strings never reach clients.
 
 use crate::config::LimitsConfig;
+use bytes::Bytes;
 use corecast_storage::{Attachment, GroupId, MessageId, Millis, StoredMessage, UserId};
-use corecast_wire::packet::write_json_str;
+use corecast_wire::packet::{event_frame, write_json_str};
+use corecast_wire::ws::Role;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -621,6 +623,20 @@ pub fn message_read_json(message: MessageId, user: UserId, group: &GroupId) -> V
     write_json_str(&mut out, group.as_str());
     out.push(b'}');
     out
+}
+
+/// The `newMessage` frame of `m`, encoded once for every recipient.
+pub fn new_message_frame(m: &StoredMessage) -> Bytes {
+    event_frame(Role::Server, "newMessage", &[&message_json(m)])
+}
+
+/// The `messageRead` frame saying `user` read `message` in `group`.
+pub fn message_read_frame(group: &GroupId, message: MessageId, user: UserId) -> Bytes {
+    event_frame(
+        Role::Server,
+        "messageRead",
+        &[&message_read_json(message, user, group)],
+    )
 }
 
 #[cfg(test)]

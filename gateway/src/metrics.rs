@@ -250,7 +250,7 @@ pub fn render(shards: &[&ShardStats], inbox_depths: &[usize], store_queue: usize
         ),
         (
             "corecast_recovered_messages_total",
-            "Messages replayed from the store to recovered clients.",
+            "Events (messages and read receipts) replayed from the store to recovered clients.",
             |s| s.recovered_messages.load(Relaxed),
         ),
         (

@@ -26,7 +26,7 @@
 use bytes::Bytes;
 use corecast_shard_router::position::{group_key, parse36, put36};
 use corecast_shard_router::Position;
-use corecast_storage::{GroupId, MessageId, StoredMessage, UserId};
+use corecast_storage::{GroupEvent, GroupId, MessageId, UserId};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -149,12 +149,12 @@ fn base36(n: u64) -> String {
     String::from_utf8(out).expect("invariant: base 36 is ASCII")
 }
 
-/// What a delivery is, for the offset: a stored message (its id), a read receipt, or an
-/// event that is not stored (`userOnline`), which carries no offset.
+/// What a delivery is, for the offset: an event of the group's stored stream (a message or
+/// a read receipt, by its id), or an event that is not stored (`userOnline`), which carries
+/// no offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    Message(MessageId),
-    Read,
+    Stored(MessageId),
     Unstored,
 }
 
@@ -180,10 +180,10 @@ pub struct Replay {
     /// Which recovering CONNECT of the connection this is: an answer to an earlier one's read
     /// (the client left the namespace and came back meanwhile) is ignored.
     pub attempt: u32,
-    /// What the store returned, per group, oldest first; `None` once recovery is given up
-    /// (a read failed, or more than the limit was missed).
-    pub missed: Option<Vec<StoredMessage>>,
-    /// About how many bytes the missed messages take as frames (see `Conn::replayed`).
+    /// What the store returned (messages and read receipts), per group, oldest first; `None`
+    /// once recovery is given up (a read failed, or more than the limit was missed).
+    pub missed: Option<Vec<GroupEvent>>,
+    /// About how many bytes the missed events take as frames (see `Conn::replayed`).
     pub missed_bytes: usize,
     /// Live deliveries held back until the CONNECT is answered, and their bytes.
     pub held: Vec<(GroupId, Event, Bytes)>,
@@ -243,8 +243,7 @@ impl Recovery {
     pub fn frame_for(&mut self, group: &GroupId, event: Event, frame: &Bytes) -> Option<Bytes> {
         match event {
             Event::Unstored => return Some(frame.clone()),
-            Event::Read => {}
-            Event::Message(id) => {
+            Event::Stored(id) => {
                 let key = group_key(group);
                 if id <= self.position.after(key) {
                     return None;
@@ -409,7 +408,7 @@ mod tests {
         let m = MessageId::new(NOW as i64 + 10, 0, 0);
         let frame = event(&GroupId::new("g"));
         assert!(live
-            .frame_for(&GroupId::new("g"), Event::Message(m), &frame)
+            .frame_for(&GroupId::new("g"), Event::Stored(m), &frame)
             .is_some());
         let offset = live.offset();
         let r = Recovery::resume(&key, UserId(1), &live_pid, Some(&offset), NOW + 20, day);
@@ -443,17 +442,19 @@ mod tests {
         );
         let online = r.frame_for(&g, Event::Unstored, &frame).unwrap();
         assert_eq!(online, frame, "not stored: as is");
-        let first = r.frame_for(&g, Event::Message(b), &frame).unwrap();
+        let first = r.frame_for(&g, Event::Stored(b), &frame).unwrap();
         assert_eq!(offset_of(&first), Some(r.offset()));
         assert_eq!(
-            r.frame_for(&g, Event::Message(a), &frame),
+            r.frame_for(&g, Event::Stored(a), &frame),
             None,
             "older than what it has"
         );
-        assert_eq!(r.frame_for(&g, Event::Message(b), &frame), None, "had it");
-        let read = r.frame_for(&g, Event::Read, &frame).unwrap();
-        assert_eq!(offset_of(&read), offset_of(&first), "a read moves nothing");
-        assert_eq!(r.after(&g), b);
+        assert_eq!(r.frame_for(&g, Event::Stored(b), &frame), None, "had it");
+        // A read receipt is an event of the stream: its id moves the offset too.
+        let c = MessageId::new(NOW as i64 + 3, 0, 0);
+        let read = r.frame_for(&g, Event::Stored(c), &frame).unwrap();
+        assert_ne!(offset_of(&read), offset_of(&first));
+        assert_eq!(r.after(&g), c);
     }
 
     #[test]

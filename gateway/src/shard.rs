@@ -38,8 +38,8 @@ use corecast_shard_router::{
     ShardId,
 };
 use corecast_storage::{
-    Appended, Attachment, Error as StoreError, Group, GroupId, IdGenerator, MembershipChange,
-    MessageId, NewMessage, Request, StoreHandle, UserId,
+    Appended, Attachment, Error as StoreError, Group, GroupEvent, GroupId, IdGenerator,
+    MembershipChange, MessageId, NewMessage, Request, StoreHandle, UserId,
 };
 use corecast_wire::packet::{ack_frame, event_frame};
 use corecast_wire::ws::Role;
@@ -201,7 +201,8 @@ pub enum ShardMsg {
         message: MessageId,
         /// The reader.
         user: UserId,
-        origin: Origin,
+        /// A connection here, or on the node that forwarded it (cluster mode).
+        origin: SendOrigin,
     },
     /// A client's `getMessages` or `getOnline`.
     Query {
@@ -248,22 +249,21 @@ pub enum ShardMsg {
         result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
     },
     /// The store's answer to one of a recovering CONNECT's reads (from the store's thread):
-    /// messages of one group the client missed, oldest first.
+    /// events of one group the client missed, oldest first.
     Replayed {
         conn: ConnId,
         /// The recovering CONNECT it was read for (`Replay::attempt`).
         attempt: u32,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+        result: Result<Vec<GroupEvent>, StoreError>,
     },
-    /// The store's answer to a read receipt (from the store's thread).
+    /// The store's answer to a read receipt, event `id` of the group (from the store's
+    /// thread). `Ok(true)` when the reader was added (then `messageRead` is broadcast).
     ReadStored {
         group: GroupId,
+        id: MessageId,
         message: MessageId,
         /// The reader.
         user: UserId,
-        /// Where the ack goes.
-        origin: Origin,
-        /// `Ok(true)` when the reader was added (then `messageRead` is broadcast).
         result: Result<bool, StoreError>,
     },
     /// Cluster mode: a group message another node published (its owner's), for this node's
@@ -296,7 +296,7 @@ pub enum ShardMsg {
     /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
     GapRead {
         group: GroupId,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
+        result: Result<Vec<GroupEvent>, StoreError>,
     },
     /// Cluster mode: Redis confirmed (or not) the subscription to the group's channel; the
     /// Subscribes waiting for it are answered now.
@@ -416,17 +416,30 @@ impl Carrier for OwnerShard {
     type Origin = SendOrigin;
     type Parked = ShardMsg;
     type Stored = Rc<Committed>;
-    type Error = StoreError;
+    type Error = Unstored;
     type Done = std::sync::mpsc::Sender<()>;
 }
 
 /// A group's room on its owner shard.
 pub type Room = corecast_shard_router::Room<OwnerShard>;
 
-/// A message the store accepted, and its way there (for the hop metrics).
-pub struct Committed {
-    appended: Appended,
-    trace: Trace,
+/// An event of a group's stream that the store accepted.
+pub enum Committed {
+    /// A message, and its way there (for the hop metrics).
+    Message { appended: Appended, trace: Trace },
+    /// A read receipt: event `id` says `user` read `message`.
+    Receipt {
+        id: MessageId,
+        message: MessageId,
+        user: UserId,
+    },
+}
+
+/// An event of a group's stream that the store did not take, and why.
+#[derive(Clone)]
+pub enum Unstored {
+    Message(StoreError),
+    Receipt(StoreError),
 }
 
 /// Users in one merged membership load (one store request; see [`Loads`]). At 512 a load
@@ -899,7 +912,7 @@ impl Shard {
 
     /// Answers a `sendMessage`: on this node through [`Shard::reply`], on another over the
     /// bus, to its node's channel (after every group message this shard published before).
-    fn answer(&self, origin: &SendOrigin, result: Result<Vec<u8>, ClientError>) {
+    fn reply_to(&self, origin: &SendOrigin, result: Result<Vec<u8>, ClientError>) {
         match origin {
             SendOrigin::Local(o) => self.reply(o, result),
             SendOrigin::Remote(r) => {
@@ -1019,6 +1032,11 @@ impl Shard {
                 ref group,
                 origin: SendOrigin::Local(_),
                 ..
+            }
+            | ShardMsg::MarkRead {
+                ref group,
+                origin: SendOrigin::Local(_),
+                ..
             } if self.owner_node_elsewhere(group).is_some() => self.forward(msg),
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
@@ -1096,11 +1114,11 @@ impl Shard {
             }
             ShardMsg::ReadStored {
                 group,
+                id,
                 message,
                 user,
-                origin,
                 result,
-            } => self.read_stored(group, message, user, origin, result),
+            } => self.read_stored(group, id, message, user, result),
             ShardMsg::HistoryRead {
                 origin,
                 limit,
@@ -1314,10 +1332,10 @@ impl Shard {
                 reason,
                 ..
             } => self.answer_subscribe(origin, group, reason, Err(err.clone())),
-            ShardMsg::SendMessage { origin, .. } => self.answer(&origin, Err(err.clone())),
-            ShardMsg::MarkRead { origin, .. } | ShardMsg::Query { origin, .. } => {
-                self.reply(&origin, Err(err.clone()))
+            ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
+                self.reply_to(&origin, Err(err.clone()))
             }
+            ShardMsg::Query { origin, .. } => self.reply(&origin, Err(err.clone())),
             ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
@@ -1490,22 +1508,30 @@ impl Shard {
                 user,
                 origin,
             } => {
-                if !self.is_member(&group, user) {
-                    return self.reply(&origin, Err(Self::not_member(&group)));
-                }
+                let now = events::now_ms();
+                let id = self
+                    .rooms
+                    .borrow_mut()
+                    .get_mut(&group)
+                    .expect("invariant: room loaded before room_op")
+                    .receipt(user, origin.clone(), || self.ids.borrow_mut().next(now));
+                let Some(id) = id else {
+                    return self.reply_to(&origin, Err(Self::not_member(&group)));
+                };
                 let stored = group.clone();
                 self.store_to_inbox(
                     |reply| Request::MarkRead {
                         group,
                         message,
                         user,
+                        event: id,
                         reply,
                     },
                     move |result| ShardMsg::ReadStored {
                         group: stored,
+                        id,
                         message,
                         user,
-                        origin,
                         result,
                     },
                 );
@@ -1594,7 +1620,7 @@ impl Shard {
             RoomSend::Store { id, notify } => (id, notify),
             // A resend while the first is still being stored: answered with its outcome.
             RoomSend::Merged => return,
-            RoomSend::NotMember => return self.answer(&origin, Err(Self::not_member(&group))),
+            RoomSend::NotMember => return self.reply_to(&origin, Err(Self::not_member(&group))),
         };
         let message = NewMessage {
             id,
@@ -1636,20 +1662,29 @@ impl Shard {
         let outcome = match result {
             Ok(appended) => {
                 let duplicate = appended.duplicate;
-                let c = Rc::new(Committed { appended, trace });
+                let c = Rc::new(Committed::Message { appended, trace });
                 if duplicate {
                     Outcome::Duplicate(c)
                 } else {
                     Outcome::New(c)
                 }
             }
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(Unstored::Message(e)),
         };
-        let effects = match self.rooms.borrow_mut().get_mut(&group) {
+        self.room_stored(&group, id, outcome);
+    }
+
+    fn room_stored(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        outcome: Outcome<Rc<Committed>, Unstored>,
+    ) {
+        let effects = match self.rooms.borrow_mut().get_mut(group) {
             Some(room) => room.stored(id, outcome),
             None => return,
         };
-        self.carry_out(&group, effects);
+        self.carry_out(group, effects);
     }
 
     /// Carries out what `group`'s room decided.
@@ -1661,46 +1696,33 @@ impl Shard {
         let mut after_publish = Vec::new();
         for e in effects {
             match e {
-                Effect::Deliver { to, message } => {
-                    self.stats.messages_in.fetch_add(1, Relaxed);
-                    let m = &message.appended.message;
-                    let frame =
-                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
-                    let stored_at = Instant::now();
-                    if let Some(answered) = message.trace.answered {
-                        self.stats.hop(Hop::Order, stored_at - answered);
+                Effect::Deliver { to, message } => match &*message {
+                    Committed::Message { appended, trace } => {
+                        self.stats.messages_in.fetch_add(1, Relaxed);
+                        let m = &appended.message;
+                        let frame = events::new_message_frame(m);
+                        let stored_at = Instant::now();
+                        if let Some(answered) = trace.answered {
+                            self.stats.hop(Hop::Order, stored_at - answered);
+                        }
+                        let ingress = Some(trace.ingress);
+                        let event = Event::Stored(m.id);
+                        self.publish_to_group(group, m.id, &frame, &mut published);
+                        self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
                     }
-                    let ingress = Some(message.trace.ingress);
-                    let event = Event::Message(m.id);
-                    if let Some(c) = &self.shared.cluster {
-                        let on_bus = crate::cluster::GroupMessage {
-                            from: &c.me,
-                            id: m.id,
-                            frame: frame.clone(),
-                        };
-                        c.publish(crate::cluster::group_channel(group), on_bus.encode());
-                        published = true;
+                    &Committed::Receipt { id, message, user } => {
+                        let frame = events::message_read_frame(group, message, user);
+                        let event = Event::Stored(id);
+                        self.publish_to_group(group, id, &frame, &mut published);
+                        self.deliver_to_shards(&to, group, &frame, event, Instant::now(), None);
                     }
-                    self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
-                }
+                },
                 Effect::Reply { origin, result } => {
-                    let result = match result {
-                        Ok(c) => {
-                            let m = &c.appended.message;
-                            Ok(events::sent_ack_json(m.id, m.timestamp))
-                        }
-                        Err(e) => {
-                            tracing::warn!(%group, error = %e, "message not stored");
-                            Err(ClientError::new(
-                                Code::StorageUnavailable,
-                                "the message was not stored (storage unavailable); retry with the same clientMsgId",
-                            ))
-                        }
-                    };
+                    let result = Self::answer(group, result);
                     match origin {
                         SendOrigin::Local(o) if published => after_publish.push((o, result)),
-                        // A remote origin's answer is published after the group message.
-                        origin => self.answer(&origin, result),
+                        // A remote origin's answer is published after the group's events.
+                        origin => self.reply_to(&origin, result),
                     }
                 }
                 Effect::Enroll { to, users, barrier } => self.send_to_shard(
@@ -1742,48 +1764,76 @@ impl Shard {
         }
     }
 
+    /// Cluster mode: publishes event `id` of `group`'s stream (a message or a read receipt,
+    /// framed once) on the group's channel, for the other nodes' members.
+    fn publish_to_group(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        frame: &Bytes,
+        published: &mut bool,
+    ) {
+        if let Some(c) = &self.shared.cluster {
+            let on_bus = crate::cluster::GroupMessage {
+                from: &c.me,
+                id,
+                frame: frame.clone(),
+            };
+            c.publish(crate::cluster::group_channel(group), on_bus.encode());
+            *published = true;
+        }
+    }
+
+    /// The store's answer to read receipt `id`: the room answers and delivers it in its turn.
     fn read_stored(
         &self,
         group: GroupId,
+        id: MessageId,
         message: MessageId,
         user: UserId,
-        origin: Origin,
         result: Result<bool, StoreError>,
     ) {
+        let receipt = || Rc::new(Committed::Receipt { id, message, user });
+        let outcome = match result {
+            Ok(true) => Outcome::New(receipt()),
+            Ok(false) => Outcome::Duplicate(receipt()),
+            Err(e) => Outcome::Failed(Unstored::Receipt(e)),
+        };
+        self.room_stored(&group, id, outcome);
+    }
+
+    /// The ack for an event of `group`'s stream the store took, or did not.
+    fn answer(
+        group: &GroupId,
+        result: Result<Rc<Committed>, Unstored>,
+    ) -> Result<Vec<u8>, ClientError> {
         match result {
-            Ok(added) => {
-                if added {
-                    let frame = event_frame(
-                        Role::Server,
-                        "messageRead",
-                        &[&events::message_read_json(message, user, &group)],
-                    );
-                    let to = self
-                        .rooms
-                        .borrow()
-                        .get(&group)
-                        .map(|r| r.fanout())
-                        .unwrap_or_default();
-                    self.deliver_to_shards(&to, &group, &frame, Event::Read, Instant::now(), None);
+            Ok(c) => match &*c {
+                Committed::Message { appended, .. } => {
+                    let m = &appended.message;
+                    Ok(events::sent_ack_json(m.id, m.timestamp))
                 }
-                self.reply(&origin, Ok(events::ok_ack_json("")));
+                Committed::Receipt { .. } => Ok(events::ok_ack_json("")),
+            },
+            Err(Unstored::Message(e)) => {
+                tracing::warn!(%group, error = %e, "message not stored");
+                Err(ClientError::new(
+                    Code::StorageUnavailable,
+                    "the message was not stored (storage unavailable); retry with the same clientMsgId",
+                ))
             }
-            Err(StoreError::NoSuchMessage { .. }) => self.reply(
-                &origin,
+            Err(Unstored::Receipt(StoreError::NoSuchMessage { message, .. })) => {
                 Err(ClientError::new(
                     Code::NotFound,
                     format!("message {message} not found in group {:?}", group.as_str()),
-                )),
-            ),
-            Err(e) => {
+                ))
+            }
+            Err(Unstored::Receipt(e)) => {
                 tracing::warn!(%group, error = %e, "read receipt not stored");
-                self.reply(
-                    &origin,
-                    Err(ClientError::new(
-                        Code::StorageUnavailable,
-                        "the read receipt was not stored; retry",
-                    )),
-                )
+                Err(ClientError::new(
+                    Code::StorageUnavailable,
+                    "the read receipt was not stored; retry",
+                ))
             }
         }
     }
@@ -2017,12 +2067,7 @@ impl Shard {
     }
 
     /// A recovering CONNECT's store read answered ([`ShardMsg::Replayed`]).
-    fn replayed(
-        &self,
-        id: ConnId,
-        attempt: u32,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
-    ) {
+    fn replayed(&self, id: ConnId, attempt: u32, result: Result<Vec<GroupEvent>, StoreError>) {
         let Some(conn) = self.conn(id) else { return };
         let cfg = self.config();
         let max_bytes = cfg.server.outbound_queue_bytes;
@@ -2163,7 +2208,7 @@ impl Shard {
                     wait
                 ),
             );
-            return self.answer(&origin, Err(e));
+            return self.reply_to(&origin, Err(e));
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send_to_shard(
@@ -2186,7 +2231,7 @@ impl Shard {
             group,
             message,
             user,
-            origin,
+            origin: SendOrigin::Local(origin),
         });
     }
 
@@ -2478,17 +2523,35 @@ impl Shard {
     /// a publish that reached no one (the owner node is not subscribed: gone) or failed is
     /// answered here.
     fn forward(&self, msg: ShardMsg) {
-        let ShardMsg::SendMessage {
-            group,
-            user,
-            text,
-            attachments,
-            client_msg_id,
-            origin: SendOrigin::Local(origin),
-            ..
-        } = msg
-        else {
-            unreachable!("invariant: forward is called with a local SendMessage only")
+        let (group, user, event, origin) = match msg {
+            ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin: SendOrigin::Local(origin),
+                ..
+            } => {
+                let event = crate::cluster::Forwarded::SendMessage {
+                    text,
+                    attachments,
+                    client_msg_id,
+                };
+                (group, user, event, origin)
+            }
+            ShardMsg::MarkRead {
+                group,
+                message,
+                user,
+                origin: SendOrigin::Local(origin),
+            } => {
+                let event = crate::cluster::Forwarded::MarkRead { message: message.0 };
+                (group, user, event, origin)
+            }
+            _ => {
+                unreachable!("invariant: forward is called with a local sendMessage or markAsRead")
+            }
         };
         let (Some(c), Some(owner)) = (&self.shared.cluster, self.owner_node_elsewhere(&group))
         else {
@@ -2497,9 +2560,7 @@ impl Shard {
         let forward = crate::cluster::Forward {
             group: group.as_str().to_owned(),
             user: user.0,
-            text,
-            attachments,
-            client_msg_id,
+            event,
             node: c.me.to_string(),
             shard: origin.shard.0,
             conn: origin.conn.0,
@@ -2693,7 +2754,7 @@ impl Shard {
             Some(room) => room.fanout(),
             None => return,
         };
-        self.deliver_to_shards(&to, group, frame, Event::Message(id), Instant::now(), None);
+        self.deliver_to_shards(&to, group, frame, Event::Stored(id), Instant::now(), None);
     }
 
     /// The bus lost Redis: what the owner nodes publish until it is back does not arrive.
@@ -2755,11 +2816,7 @@ impl Shard {
     /// A gap fill's store read answered: deliver what the bus did not bring, in id order and
     /// below the first message the bus brought since (later ones come from the bus), then the
     /// held ones. A failed read leaves the gap (the members' clients get it by recovery).
-    fn gap_read(
-        &self,
-        group: GroupId,
-        result: Result<Vec<corecast_storage::StoredMessage>, StoreError>,
-    ) {
+    fn gap_read(&self, group: GroupId, result: Result<Vec<GroupEvent>, StoreError>) {
         let (boundary, mut last) = match self.bus_rooms.borrow().get(&group) {
             Some(r) => (
                 r.held.as_ref().and_then(|h| h.first()).map(|&(id, _)| id),
@@ -2769,21 +2826,26 @@ impl Shard {
         };
         let mut more = false;
         match result {
-            Ok(messages) => {
-                more = messages.len() >= GAP_READ;
+            Ok(stream) => {
+                more = stream.len() >= GAP_READ;
                 let mut filled = 0u64;
-                for m in &messages {
-                    if m.id <= last {
+                for e in &stream {
+                    let id = e.id();
+                    if id <= last {
                         continue;
                     }
-                    if boundary.is_some_and(|b| m.id >= b) {
+                    if boundary.is_some_and(|b| id >= b) {
                         more = false;
                         break;
                     }
-                    let frame =
-                        event_frame(Role::Server, "newMessage", &[&events::message_json(m)]);
-                    self.deliver_here(&group, m.id, &frame);
-                    last = m.id;
+                    let frame = match e {
+                        GroupEvent::Message(m) => events::new_message_frame(m),
+                        GroupEvent::Read(r) => {
+                            events::message_read_frame(&group, r.message, r.user)
+                        }
+                    };
+                    self.deliver_here(&group, id, &frame);
+                    last = id;
                     filled += 1;
                 }
                 if filled > 0 {

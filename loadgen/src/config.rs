@@ -69,9 +69,11 @@ pub struct Args {
     /// Engine.IO transport of every session.
     #[arg(long, value_enum, default_value = "websocket")]
     pub transport: Transport,
-    /// Public Socket.IO address of the server.
-    #[arg(long, default_value = "127.0.0.1:3000")]
-    pub target: SocketAddr,
+    /// Public Socket.IO address of the server, or of several nodes, comma-separated: user `i`
+    /// connects to the `(i mod n)`th, so the members of a group spread over the nodes. The
+    /// admin API set-up and the `/metrics` reads go to `--admin` only.
+    #[arg(long, default_value = "127.0.0.1:3000", value_delimiter = ',')]
+    pub target: Vec<SocketAddr>,
     /// Engine.IO path.
     #[arg(long, default_value = "/socket.io/")]
     pub path: String,
@@ -336,6 +338,11 @@ impl Config {
         user_idx % self.args.procs
     }
 
+    /// Which of the `--target` addresses user `user_idx` connects to.
+    pub fn target_of(&self, user_idx: u32) -> usize {
+        user_idx as usize % self.args.target.len()
+    }
+
     pub fn thread_of(&self, user_idx: u32) -> usize {
         (user_idx / self.args.procs) as usize % self.nr_threads
     }
@@ -365,5 +372,28 @@ impl Config {
             self.args.group_prefix,
             self.args.group_base + u64::from(g)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--target a,b,c` spreads the users over the nodes in turn, so a group's members are on
+    /// different nodes; one address is the default.
+    #[test]
+    fn users_spread_over_the_targets_in_turn() {
+        let cfg = |flags: &[&str]| {
+            let args = Args::try_parse_from([&["corecast-loadgen"], flags].concat()).unwrap();
+            Config::from_args(args).unwrap()
+        };
+        let one = cfg(&[]);
+        assert_eq!(one.args.target, vec!["127.0.0.1:3000".parse().unwrap()]);
+        assert!((0..10).all(|u| one.target_of(u) == 0));
+        let three = cfg(&["--target", "127.0.0.1:3000,127.0.0.1:3010,127.0.0.1:3020"]);
+        assert_eq!(three.args.target.len(), 3);
+        let nodes: Vec<usize> = (0..10).map(|u| three.target_of(u)).collect();
+        assert_eq!(nodes, vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
+        assert!(Args::try_parse_from(["corecast-loadgen", "--target", "nowhere"]).is_err());
     }
 }

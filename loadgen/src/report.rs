@@ -300,7 +300,13 @@ impl Report {
         Report {
             label: cfg.args.label.clone(),
             scenario: cfg.args.scenario,
-            target: cfg.args.target.to_string(),
+            target: cfg
+                .args
+                .target
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             machine: Machine::probe(),
             config: RunConfig {

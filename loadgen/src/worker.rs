@@ -235,8 +235,8 @@ pub struct Worker {
     pkt: Vec<u8>,
     json: Vec<u8>,
     text_finder: memmem::Finder<'static>,
-    /// The `Host` header of HTTP requests (the target address).
-    host: String,
+    /// The `Host` header of HTTP requests, per target address.
+    hosts: Vec<String>,
     // Connect round state.
     round: Option<usize>,
     round_start_ns: u64,
@@ -316,7 +316,7 @@ impl Worker {
                 polling: None,
             });
         }
-        let host = cfg.args.target.to_string();
+        let hosts = cfg.args.target.iter().map(|t| t.to_string()).collect();
         Ok(Worker {
             cfg,
             minter,
@@ -330,7 +330,7 @@ impl Worker {
             pkt: Vec::with_capacity(256),
             json: Vec::with_capacity(256),
             text_finder: memmem::Finder::new(b"\"text\":\"cc:"),
-            host,
+            hosts,
             round: None,
             round_start_ns: 0,
             next_connect: 0,
@@ -580,7 +580,8 @@ impl Worker {
             );
         }
         sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
-        match sock.connect(&self.cfg.args.target.into()) {
+        let target = self.cfg.args.target[self.cfg.target_of(user_idx)];
+        match sock.connect(&target.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -665,7 +666,8 @@ impl Worker {
                 }
             }
             if c.polling.is_some() {
-                polling::write_handshake(&mut c.wbuf, &self.cfg.args.path, &self.host);
+                let host = &self.hosts[self.cfg.target_of(c.user_idx)];
+                polling::write_handshake(&mut c.wbuf, &self.cfg.args.path, host);
                 c.state = State::WaitOpen;
                 return self.flush(i);
             }
@@ -673,7 +675,7 @@ impl Worker {
             let req = format!(
                 "GET {}?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                self.cfg.args.path, self.cfg.args.target
+                self.cfg.args.path, self.hosts[self.cfg.target_of(c.user_idx)]
             );
             c.wbuf.extend_from_slice(req.as_bytes());
             c.state = State::Upgrading;
@@ -815,7 +817,8 @@ impl Worker {
                         return self.fail(i, "open_without_sid");
                     };
                     p.sid = sid.to_owned();
-                    polling::write_get(&mut p.get_request, &self.cfg.args.path, &self.host, sid);
+                    let host = &self.hosts[self.cfg.target_of(c.user_idx)];
+                    polling::write_get(&mut p.get_request, &self.cfg.args.path, host, sid);
                 }
                 let mut auth = self.minter.auth_json(self.cfg.user_id(c.user_idx));
                 if let Some(r) = c.rec.as_deref().filter(|r| !r.pid.is_empty()) {
@@ -1036,13 +1039,14 @@ impl Worker {
                 Err(e) => return self.fail(i, &format!("connect:{}", io_code(&e))),
             }
         }
+        let host = &self.hosts[self.cfg.target_of(self.conns[i].user_idx)];
         let Some(p) = self.conns[i].polling.as_deref_mut() else {
             return;
         };
         polling::write_post(
             &mut p.post.wbuf,
             &self.cfg.args.path,
-            &self.host,
+            host,
             &p.sid,
             &p.outbox,
         );

@@ -9,7 +9,8 @@
 //! The guarantees it holds:
 //! - **Id order.** A message is delivered only once it and every message before it have the
 //!   store's answer, so every subscriber gets the group's messages in id order whatever order
-//!   the store answers in ([`Room::stored`]).
+//!   the store answers in ([`Room::stored`]). A read receipt takes the same queue
+//!   ([`Room::receipt`]): the group's stream is its messages and receipts, in one id order.
 //! - **A resend is merged.** A message whose `clientMsgId` (per user) is still being stored is
 //!   not stored again; both origins get the first attempt's answer ([`Room::send`]). Once the
 //!   first is stored, the store itself answers a resend with the original (`Outcome::Duplicate`),
@@ -320,6 +321,23 @@ impl<C: Carrier> Room<C> {
         Send::Store { id, notify }
     }
 
+    /// A read receipt from `user`, refused (`None`) when `user` is not a member. It is an event
+    /// of the group's stream like a message: it takes the next id from `next_id`, waits in the
+    /// same queue, is answered and delivered in id order with the messages (an `Outcome::New`
+    /// is delivered; a `Duplicate`, a receipt that added nothing, only answered), and
+    /// [`Room::settled`] counts it. Connection state recovery replays it by that id.
+    pub fn receipt(
+        &mut self,
+        user: UserId,
+        origin: C::Origin,
+        next_id: impl FnOnce() -> MessageId,
+    ) -> Option<MessageId> {
+        match self.send(user, None, origin, next_id, |_| true) {
+            Send::Store { id, .. } => Some(id),
+            Send::Merged | Send::NotMember => None,
+        }
+    }
+
     /// The store answered for message `id`. Returns the deliveries and answers that are now
     /// due: of `id` and of every later message already answered, in id order; nothing while an
     /// earlier message still waits for its answer.
@@ -528,6 +546,41 @@ mod tests {
         // All answered in the same millisecond: the newest id handed out, not below now's first.
         assert_eq!(r.settled(ms), b);
         assert_eq!(r.settled(ms + 5), below_first_of(ms + 5));
+    }
+
+    /// A receipt waits in the messages' queue: delivered after the message before it, before
+    /// the one after it, whatever order the store answers in; one that added nothing is only
+    /// answered; settled stays below it while it waits.
+    #[test]
+    fn receipts_are_ordered_with_the_messages() {
+        let mut r = room(&[1, 2]);
+        r.subscribe(UserId(2), 1);
+        assert_eq!(r.receipt(UserId(3), "stranger", || MessageId(9)), None);
+        send(&mut r, 1, None, "m1", 10);
+        assert_eq!(
+            r.receipt(UserId(2), "read", || MessageId(11)),
+            Some(MessageId(11))
+        );
+        send(&mut r, 1, None, "m2", 12);
+        assert_eq!(
+            r.receipt(UserId(2), "again", || MessageId(13)),
+            Some(MessageId(13))
+        );
+        assert!(r.stored(MessageId(12), Outcome::New(12)).is_empty());
+        assert!(
+            r.stored(MessageId(11), Outcome::New(11)).is_empty(),
+            "after m1"
+        );
+        let (delivered, answered) = split(r.stored(MessageId(10), Outcome::New(10)));
+        assert_eq!(delivered, vec![(10, vec![1]), (11, vec![1]), (12, vec![1])]);
+        assert_eq!(
+            answered,
+            vec![("m1", Ok(10)), ("read", Ok(11)), ("m2", Ok(12))]
+        );
+        assert_eq!(r.settled(0), MessageId(12), "the receipt 13 still waits");
+        let (delivered, answered) = split(r.stored(MessageId(13), Outcome::Duplicate(13)));
+        assert_eq!(delivered, vec![], "it added nothing");
+        assert_eq!(answered, vec![("again", Ok(13))]);
     }
 
     #[test]

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS messages (
 
 /// The tables that hold a group id, each with its `CREATE` statement and the column; the
 /// migration from integer ids ([`migrate_group_ids`]) rebuilds each from its statement here.
-const GROUP_TABLES: [(&str, &str, &str); 6] = [
+const GROUP_TABLES: [(&str, &str, &str); 7] = [
     (
         "groups",
         "id",
@@ -85,6 +85,13 @@ const GROUP_TABLES: [(&str, &str, &str); 6] = [
         "CREATE TABLE IF NOT EXISTS reads (
             group_id TEXT NOT NULL, message_id INTEGER NOT NULL, user_id INTEGER NOT NULL,
             PRIMARY KEY (group_id, message_id, user_id)) WITHOUT ROWID",
+    ),
+    (
+        "read_events",
+        "group_id",
+        "CREATE TABLE IF NOT EXISTS read_events (
+            group_id TEXT NOT NULL, id INTEGER NOT NULL, message_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL, PRIMARY KEY (group_id, id)) WITHOUT ROWID",
     ),
     (
         "notices",
@@ -600,8 +607,9 @@ fn apply(c: &Connection, req: Request) -> (bool, Finish) {
             group,
             message,
             user,
+            event,
             reply,
-        } => done(reply, true, mark_read(c, group, message, user)),
+        } => done(reply, true, mark_read(c, group, message, user, event)),
         Request::GetMessage {
             group,
             message,
@@ -873,11 +881,14 @@ fn message_sender(
     .map(|s| s.map(|s| UserId(s as u64)))
 }
 
+/// Adds the reader, and keeps the receipt as event `event` of the group's stream (in the same
+/// transaction: the writer commits a batch at once).
 fn mark_read(
     c: &Connection,
     group: GroupId,
     message: MessageId,
     user: UserId,
+    event: MessageId,
 ) -> Result<bool, Error> {
     match message_sender(c, &group, message)? {
         None => return Err(Error::NoSuchMessage { group, message }),
@@ -890,6 +901,18 @@ fn mark_read(
         "INSERT OR IGNORE INTO reads (group_id, message_id, user_id) VALUES (?1, ?2, ?3)",
         params![group.as_str(), message.0 as i64, user.0 as i64],
     ))?;
+    if n > 0 {
+        sql(execute(
+            c,
+            "INSERT INTO read_events (group_id, id, message_id, user_id) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                group.as_str(),
+                event.0 as i64,
+                message.0 as i64,
+                user.0 as i64
+            ],
+        ))?;
+    }
     Ok(n > 0)
 }
 
@@ -967,16 +990,28 @@ fn since(
     after: MessageId,
     upto: MessageId,
     limit: usize,
-) -> Result<Vec<StoredMessage>, Error> {
+) -> Result<Vec<GroupEvent>, Error> {
+    let bounds = params![group.as_str(), after.0 as i64, upto.0 as i64, limit as i64];
     let mut st = sql(c.prepare_cached(
         "SELECT id, sender, text, attachments, ts, client_msg_id FROM messages
          WHERE group_id = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4",
     ))?;
-    let rows = sql(st.query_map(
-        params![group.as_str(), after.0 as i64, upto.0 as i64, limit as i64],
-        |row| row_to_message(group, row),
+    let rows = sql(st.query_map(bounds, |row| row_to_message(group, row)))?;
+    let messages = with_readers(c, group, rows)?;
+    let mut st = sql(c.prepare_cached(
+        "SELECT id, message_id, user_id FROM read_events
+         WHERE group_id = ?1 AND id > ?2 AND id <= ?3 ORDER BY id LIMIT ?4",
     ))?;
-    with_readers(c, group, rows)
+    let rows = sql(st.query_map(bounds, |r| {
+        Ok(ReadReceipt {
+            id: MessageId(r.get::<_, i64>(0)? as u64),
+            group: group.clone(),
+            message: MessageId(r.get::<_, i64>(1)? as u64),
+            user: UserId(r.get::<_, i64>(2)? as u64),
+        })
+    }))?;
+    let reads = rows.map(sql).collect::<Result<Vec<_>, _>>()?;
+    Ok(merge_events(messages, reads, limit))
 }
 
 /// Messages read from the `messages` table, each with its readers.

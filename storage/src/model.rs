@@ -83,6 +83,63 @@ pub fn with_sender(sender: UserId, mut readers: Vec<UserId>) -> Vec<UserId> {
     readers
 }
 
+/// A read receipt as the group's stream holds it: event `id` (from the same sequence as the
+/// group's message ids, so receipts and messages have one order) says `user` read `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReceipt {
+    pub id: MessageId,
+    pub group: GroupId,
+    pub message: MessageId,
+    pub user: UserId,
+}
+
+/// One stored event of a group's stream, as connection state recovery replays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    Message(StoredMessage),
+    Read(ReadReceipt),
+}
+
+impl GroupEvent {
+    /// The event's id: the message's, or the receipt's.
+    pub fn id(&self) -> MessageId {
+        match self {
+            GroupEvent::Message(m) => m.id,
+            GroupEvent::Read(r) => r.id,
+        }
+    }
+}
+
+/// A group's messages and receipts (each oldest first) as one stream, oldest first, at most
+/// `limit` events: how the backends answer [`crate::Request::Since`].
+pub fn merge_events(
+    messages: Vec<StoredMessage>,
+    reads: Vec<ReadReceipt>,
+    limit: usize,
+) -> Vec<GroupEvent> {
+    let mut out = Vec::with_capacity((messages.len() + reads.len()).min(limit));
+    let (mut messages, mut reads) = (
+        messages.into_iter().peekable(),
+        reads.into_iter().peekable(),
+    );
+    while out.len() < limit {
+        let take_read = match (messages.peek(), reads.peek()) {
+            (Some(m), Some(r)) => r.id < m.id,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        match if take_read {
+            reads.next().map(GroupEvent::Read)
+        } else {
+            messages.next().map(GroupEvent::Message)
+        } {
+            Some(e) => out.push(e),
+            None => break,
+        }
+    }
+    out
+}
+
 /// The outcome of appending a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

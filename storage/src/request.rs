@@ -62,10 +62,13 @@ pub enum Request {
     /// Adds `user` to the message's readers (no read-modify-write of a list);
     /// `Ok(true)` when added, `Ok(false)` when already there (the message's sender always is,
     /// see [`crate::with_sender`]), `Err(NoSuchMessage)` when the message is not in that group.
+    /// When added, the receipt is also kept as event `event` of the group's stream
+    /// ([`ReadReceipt`]), for [`Request::Since`].
     MarkRead {
         group: GroupId,
         message: MessageId,
         user: UserId,
+        event: MessageId,
         reply: Reply<bool>,
     },
     GetMessage {
@@ -80,15 +83,15 @@ pub enum Request {
         before: Option<MessageId>,
         reply: Reply<Vec<StoredMessage>>,
     },
-    /// Up to `limit` messages of the group with ids in `(after, upto]`, oldest first: what a
-    /// client that had reached `after` missed, up to the room's settled id `upto` (connection
-    /// state recovery).
+    /// Up to `limit` events of the group (messages and read receipts) with ids in
+    /// `(after, upto]`, oldest first: what a client that had reached `after` missed, up to the
+    /// room's settled id `upto` (connection state recovery).
     Since {
         group: GroupId,
         after: MessageId,
         upto: MessageId,
         limit: usize,
-        reply: Reply<Vec<StoredMessage>>,
+        reply: Reply<Vec<GroupEvent>>,
     },
     /// Records the user's presence: online or offline since `at`.
     SetPresence {
@@ -293,11 +296,13 @@ impl Blocking<'_> {
         group: GroupId,
         message: MessageId,
         user: UserId,
+        event: MessageId,
     ) -> Result<bool, Error> {
         self.call(|reply| Request::MarkRead {
             group,
             message,
             user,
+            event,
             reply,
         })
     }
@@ -331,7 +336,7 @@ impl Blocking<'_> {
         after: MessageId,
         upto: MessageId,
         limit: usize,
-    ) -> Result<Vec<StoredMessage>, Error> {
+    ) -> Result<Vec<GroupEvent>, Error> {
         self.call(|reply| Request::Since {
             group,
             after,

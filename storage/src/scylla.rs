@@ -169,6 +169,10 @@ pub fn schema(keyspace: &str, replication: &str) -> Vec<String> {
              PRIMARY KEY (group_id, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
         ),
         format!(
+            "CREATE TABLE IF NOT EXISTS {k}.read_events (group_id text, bucket int, id bigint, \
+             message_id bigint, user_id bigint, PRIMARY KEY ((group_id, bucket), id))"
+        ),
+        format!(
             "CREATE TABLE IF NOT EXISTS {k}.message_keys (group_id text, sender bigint, \
              client_msg_id text, message_id bigint, PRIMARY KEY ((group_id, sender, client_msg_id)))"
         ),
@@ -309,6 +313,8 @@ struct Statements {
     get_message: PreparedStatement,
     message_readers: PreparedStatement,
     mark_read: PreparedStatement,
+    insert_read_event: PreparedStatement,
+    since_reads: PreparedStatement,
     history_buckets: PreparedStatement,
     history_page: PreparedStatement,
     since_buckets: PreparedStatement,
@@ -370,6 +376,10 @@ impl Statements {
             get_message: p(format!("SELECT {m} FROM {k}.messages WHERE group_id = ? AND bucket = ? AND id = ?")).await?,
             message_readers: p(format!("SELECT sender, read_by FROM {k}.messages WHERE group_id = ? AND bucket = ? AND id = ?")).await?,
             mark_read: p(format!("UPDATE {k}.messages USING TIMESTAMP ? SET read_by = read_by + ? WHERE group_id = ? AND bucket = ? AND id = ?")).await?,
+            insert_read_event: p(format!(
+                "INSERT INTO {k}.read_events (group_id, bucket, id, message_id, user_id) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
+            since_reads: p(format!("SELECT id, message_id, user_id FROM {k}.read_events WHERE group_id = ? AND bucket = ? AND id > ? AND id <= ? ORDER BY id ASC LIMIT ?")).await?,
             history_buckets: p(format!("SELECT bucket FROM {k}.group_buckets WHERE group_id = ? AND bucket <= ? LIMIT ?")).await?,
             history_page: p(format!("SELECT {m} FROM {k}.messages WHERE group_id = ? AND bucket = ? AND id < ? LIMIT ?")).await?,
             since_buckets: p(format!("SELECT bucket FROM {k}.group_buckets WHERE group_id = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket ASC LIMIT ?")).await?,
@@ -792,8 +802,9 @@ async fn handle(db: &Db, req: Request, mut stamp: Stamp) {
             group,
             message,
             user,
+            event,
             reply,
-        } => reply(mark_read(db, group, message, user, ts).await),
+        } => reply(mark_read(db, group, message, user, event, ts).await),
         Request::GetMessage {
             group,
             message,
@@ -1173,6 +1184,7 @@ async fn mark_read(
     group: GroupId,
     message: MessageId,
     user: UserId,
+    event: MessageId,
     ts: i64,
 ) -> Result<bool, Error> {
     let bucket = message_bucket(message);
@@ -1191,20 +1203,38 @@ async fn mark_read(
     if sender == Some(user.0 as i64) || readers.unwrap_or_default().contains(&(user.0 as i64)) {
         return Ok(false);
     }
-    // A set addition: concurrent readers merge, no read-modify-write of the list.
-    db.session
-        .execute_unpaged(
-            &db.st.mark_read,
+    // A set addition (concurrent readers merge, no read-modify-write of the list), and the
+    // receipt as an event of the group's stream, in its bucket, atomically.
+    let g = text(group.as_str());
+    let event_bucket = Some(CqlValue::Int(message_bucket(event)));
+    logged_batch(
+        db,
+        vec![
             (
-                ts,
-                vec![user.0 as i64],
-                group.as_str(),
-                bucket,
-                message.0 as i64,
+                &db.st.mark_read,
+                vec![
+                    bigi(ts),
+                    Some(CqlValue::Set(vec![CqlValue::BigInt(user.0 as i64)])),
+                    g.clone(),
+                    Some(CqlValue::Int(bucket)),
+                    big(message.0),
+                ],
             ),
-        )
-        .await
-        .map_err(unavailable)?;
+            (
+                &db.st.insert_read_event,
+                vec![
+                    g.clone(),
+                    event_bucket.clone(),
+                    big(event.0),
+                    big(message.0),
+                    big(user.0),
+                    bigi(ts),
+                ],
+            ),
+            (&db.st.insert_group_bucket, vec![g, event_bucket, bigi(ts)]),
+        ],
+    )
+    .await?;
     Ok(true)
 }
 
@@ -1284,7 +1314,7 @@ async fn since(
     after: MessageId,
     upto: MessageId,
     limit: usize,
-) -> Result<Vec<StoredMessage>, Error> {
+) -> Result<Vec<GroupEvent>, Error> {
     let mut out = Vec::new();
     if limit == 0 || upto <= after {
         return Ok(out);
@@ -1303,15 +1333,23 @@ async fn since(
         let buckets: Vec<i32> = rows::<(i32,)>(qr)?.into_iter().map(|(b,)| b).collect();
         for &b in &buckets {
             let want = (limit - out.len()).min(i32::MAX as usize) as i32;
-            out.extend(
-                message_page(
-                    db,
-                    group,
-                    &db.st.since_page,
-                    (group.as_str(), b, lo, hi, want),
-                )
-                .await?,
-            );
+            let values = (group.as_str(), b, lo, hi, want);
+            let messages = message_page(db, group, &db.st.since_page, values).await?;
+            let qr = db
+                .session
+                .execute_unpaged(&db.st.since_reads, values)
+                .await
+                .map_err(unavailable)?;
+            let reads = rows::<(i64, i64, i64)>(qr)?
+                .into_iter()
+                .map(|(id, message, user)| ReadReceipt {
+                    id: MessageId(id as u64),
+                    group: group.clone(),
+                    message: MessageId(message as u64),
+                    user: UserId(user as u64),
+                })
+                .collect();
+            out.extend(merge_events(messages, reads, want as usize));
             if out.len() >= limit {
                 return Ok(out);
             }

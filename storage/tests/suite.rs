@@ -174,6 +174,7 @@ suite!(
     concurrent_read_by_from_many_users,
     history_newest_first_with_pagination_edges,
     since_oldest_first_between_bounds,
+    since_has_the_read_receipts_in_order,
     presence,
     notices_pending_delete_fail_count,
     restart_durability,
@@ -183,6 +184,13 @@ suite!(
 
 const DAY: i64 = 86_400_000;
 const BASE: i64 = ID_EPOCH_MS + 100 * DAY + 3_600_000;
+
+/// A fresh id for a read receipt's event.
+fn receipt() -> MessageId {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    MessageId::new(BASE + 50 * DAY, 7, n)
+}
 
 fn msg(group: &str, sender: u64, ms: i64, seq: u16, key: Option<&str>) -> NewMessage {
     NewMessage {
@@ -401,7 +409,8 @@ fn append_and_duplicate_client_msg_id(f: Fixture) {
     );
     assert_eq!(s.history(GroupId::new("3"), 10, None).unwrap().len(), 4);
     // The duplicate answer carries the current readers.
-    s.mark_read(GroupId::new("3"), first.id, UserId(5)).unwrap();
+    s.mark_read(GroupId::new("3"), first.id, UserId(5), receipt())
+        .unwrap();
     let d = s.append_message(again, vec![]).unwrap();
     assert!(d.duplicate);
     assert_eq!(d.message.read_by, users_of(&[1, 5]));
@@ -434,7 +443,7 @@ fn mark_read_and_unknown_message(f: Fixture) {
     s.append_message(m.clone(), vec![]).unwrap();
     let unknown = MessageId::new(BASE + 1, 1, 0);
     assert_eq!(
-        s.mark_read(GroupId::new("3"), unknown, UserId(2)),
+        s.mark_read(GroupId::new("3"), unknown, UserId(2), receipt()),
         Err(Error::NoSuchMessage {
             group: GroupId::new("3"),
             message: unknown
@@ -442,17 +451,26 @@ fn mark_read_and_unknown_message(f: Fixture) {
     );
     // The right id in the wrong group is unknown too.
     assert_eq!(
-        s.mark_read(GroupId::new("4"), m.id, UserId(2)),
+        s.mark_read(GroupId::new("4"), m.id, UserId(2), receipt()),
         Err(Error::NoSuchMessage {
             group: GroupId::new("4"),
             message: m.id
         })
     );
     assert_eq!(s.get_message(GroupId::new("3"), unknown).unwrap(), None);
-    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(2)), Ok(true));
-    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(2)), Ok(false));
+    assert_eq!(
+        s.mark_read(GroupId::new("3"), m.id, UserId(2), receipt()),
+        Ok(true)
+    );
+    assert_eq!(
+        s.mark_read(GroupId::new("3"), m.id, UserId(2), receipt()),
+        Ok(false)
+    );
     // The sender has read it from the start: nothing to add.
-    assert_eq!(s.mark_read(GroupId::new("3"), m.id, UserId(1)), Ok(false));
+    assert_eq!(
+        s.mark_read(GroupId::new("3"), m.id, UserId(1), receipt()),
+        Ok(false)
+    );
     let got = s.get_message(GroupId::new("3"), m.id).unwrap().unwrap();
     assert_eq!(got.read_by, users_of(&[1, 2]));
     assert_eq!(got.text, m.text);
@@ -480,7 +498,7 @@ fn concurrent_read_by_from_many_users(f: Fixture) {
                     // Twice each: the second must not add a reader.
                     for _ in 0..2 {
                         if h.blocking()
-                            .mark_read(GroupId::new("6"), m.id, user)
+                            .mark_read(GroupId::new("6"), m.id, user, receipt())
                             .unwrap()
                         {
                             added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -524,7 +542,7 @@ fn since_oldest_first_between_bounds(f: Fixture) {
         s.since(GroupId::new("9"), after, upto, limit)
             .unwrap()
             .into_iter()
-            .map(|m| m.id)
+            .map(|e| e.id())
             .collect()
     };
     let before_all = MessageId::new(BASE - 30 * DAY, 0, 0);
@@ -564,8 +582,76 @@ fn since_oldest_first_between_bounds(f: Fixture) {
     let first = s
         .since(GroupId::new("9"), before_all, after_all, 1)
         .unwrap();
-    assert_eq!(first[0].group, GroupId::new("9"));
-    assert_eq!(first[0].read_by, vec![UserId(1)], "the sender has read it");
+    let GroupEvent::Message(first) = &first[0] else {
+        panic!("a message first: {first:?}")
+    };
+    assert_eq!(first.group, GroupId::new("9"));
+    assert_eq!(first.read_by, vec![UserId(1)], "the sender has read it");
+}
+
+/// Read receipts are events of the group's stream too: `since` gives them with the messages,
+/// in id order, and only the receipts that added a reader.
+fn since_has_the_read_receipts_in_order(f: Fixture) {
+    let s = f.s();
+    s.put_group(group("12", "twelve", &[1, 2, 3])).unwrap();
+    let g = GroupId::new("12");
+    let (a, b) = (
+        msg("12", 1, BASE, 0, None),
+        msg("12", 1, BASE + 1000, 0, None),
+    );
+    s.append_message(a.clone(), vec![]).unwrap();
+    // A receipt between the messages, one a day later (a bucket with no message), one that
+    // adds nothing (the sender), one for an unknown message.
+    let read_a = MessageId::new(BASE + 500, 1, 0);
+    assert_eq!(s.mark_read(g.clone(), a.id, UserId(2), read_a), Ok(true));
+    s.append_message(b.clone(), vec![]).unwrap();
+    let read_b = MessageId::new(BASE + DAY, 1, 0);
+    assert_eq!(s.mark_read(g.clone(), b.id, UserId(3), read_b), Ok(true));
+    let by_sender = MessageId::new(BASE + DAY + 1, 1, 0);
+    assert_eq!(
+        s.mark_read(g.clone(), b.id, UserId(1), by_sender),
+        Ok(false)
+    );
+    let again = MessageId::new(BASE + DAY + 2, 1, 0);
+    assert_eq!(s.mark_read(g.clone(), a.id, UserId(2), again), Ok(false));
+    let unknown = MessageId::new(BASE + 2, 1, 0);
+    assert!(s
+        .mark_read(
+            g.clone(),
+            unknown,
+            UserId(2),
+            MessageId::new(BASE + DAY + 3, 1, 0)
+        )
+        .is_err());
+    let receipt = |id, message, user| {
+        GroupEvent::Read(ReadReceipt {
+            id,
+            group: g.clone(),
+            message,
+            user: UserId(user),
+        })
+    };
+    let before_all = MessageId::new(BASE - DAY, 0, 0);
+    let after_all = MessageId::new(BASE + 3 * DAY, 0, 0);
+    let got = s.since(g.clone(), before_all, after_all, 100).unwrap();
+    let ids: Vec<MessageId> = got.iter().map(GroupEvent::id).collect();
+    assert_eq!(
+        ids,
+        vec![a.id, read_a, b.id, read_b],
+        "one stream, in id order"
+    );
+    assert_eq!(got[1], receipt(read_a, a.id, 2));
+    assert_eq!(got[3], receipt(read_b, b.id, 3));
+    assert_eq!(
+        s.since(g.clone(), a.id, after_all, 2).unwrap()[..],
+        got[1..3],
+        "strictly after, with the limit counting receipts"
+    );
+    assert_eq!(
+        s.since(g.clone(), b.id, after_all, 100).unwrap(),
+        vec![got[3].clone()],
+        "a receipt in a bucket of its own"
+    );
 }
 
 fn history_newest_first_with_pagination_edges(f: Fixture) {
@@ -753,8 +839,13 @@ fn restart_durability(mut f: Fixture) {
         s.put_group(group("3", "three", &[1, 2])).unwrap();
         s.append_message(msg("3", 1, BASE, 0, Some("k")), users_of(&[2]))
             .unwrap();
-        s.mark_read(GroupId::new("3"), MessageId::new(BASE, 1, 0), UserId(2))
-            .unwrap();
+        s.mark_read(
+            GroupId::new("3"),
+            MessageId::new(BASE, 1, 0),
+            UserId(2),
+            receipt(),
+        )
+        .unwrap();
         s.set_presence(UserId(1), true, 77).unwrap();
     }
     f.reopen();
@@ -837,7 +928,7 @@ fn string_group_ids_are_kept_exactly(mut f: Fixture) {
     // A message of "7" is not in "007".
     let seven = s.history(GroupId::new("7"), 1, None).unwrap()[0].id;
     assert_eq!(
-        s.mark_read(GroupId::new("007"), seven, UserId(2)),
+        s.mark_read(GroupId::new("007"), seven, UserId(2), receipt()),
         Err(Error::NoSuchMessage {
             group: GroupId::new("007"),
             message: seven
@@ -882,13 +973,19 @@ fn the_sender_has_read_their_message(f: Fixture) {
         s.get_message(g.clone(), m.id).unwrap().unwrap().read_by,
         users_of(&[4])
     );
-    assert_eq!(s.mark_read(g.clone(), m.id, UserId(4)), Ok(false));
+    assert_eq!(
+        s.mark_read(g.clone(), m.id, UserId(4), receipt()),
+        Ok(false)
+    );
     assert_eq!(
         s.history(g.clone(), 10, None).unwrap()[0].read_by,
         users_of(&[4])
     );
-    assert_eq!(s.mark_read(g.clone(), m.id, UserId(5)), Ok(true));
-    assert_eq!(s.mark_read(g.clone(), m.id, UserId(4)), Ok(false));
+    assert_eq!(s.mark_read(g.clone(), m.id, UserId(5), receipt()), Ok(true));
+    assert_eq!(
+        s.mark_read(g.clone(), m.id, UserId(4), receipt()),
+        Ok(false)
+    );
     assert_eq!(
         s.history(g, 10, None).unwrap()[0].read_by,
         users_of(&[4, 5])

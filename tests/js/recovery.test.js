@@ -35,6 +35,13 @@ function texts(c, gid, event = 'newMessage') {
   return c.events.filter((e) => e.event === event && e.payload.groupId === gid).map((e) => e.payload.text);
 }
 
+/** Group `gid`'s stream as `c` received it: its messages and read receipts, in arrival order. */
+function stream(c, gid) {
+  return c.events
+    .filter((e) => (e.event === 'newMessage' || e.event === 'messageRead') && e.payload.groupId === gid)
+    .map((e) => (e.event === 'newMessage' ? `message ${e.payload.text}` : `read ${e.payload.messageId} by ${e.payload.userId}`));
+}
+
 /**
  * Runs `body({ gw, gid, users })` against a gateway of its own started with `env`, with `n`
  * fresh users in a fresh group; the clients it connects through `connectTo` are closed, and
@@ -109,6 +116,38 @@ test('after a dropped transport the client gets what it missed, once, in order, 
   await cb.waitFor('newMessage', (m) => m.text === 'after');
   assert.deepEqual(texts(cb, gid), ['before', 'away 0', 'away 1', 'away 2', 'after']);
   assert.deepEqual(texts(cb, other.gid), ['elsewhere 0', 'elsewhere 1', 'elsewhere 2']);
+});
+
+test('read receipts made while away are replayed with the missed messages, in the group\'s order, once each', async () => {
+  const { gid, users: [a, b, c] } = await group(3);
+  const ca = await client(a);
+  const cb = await client(b);
+  const cc = await client(c);
+  const seen = await send(ca, gid, 'seen');
+  await cb.waitFor('newMessage', (m) => m.id === seen.id);
+  await cc.waitFor('newMessage', (m) => m.id === seen.id);
+  const read = async (id) => assert.deepEqual(await cc.call('markAsRead', { groupId: gid, messageId: id }), { ok: true });
+  let missed;
+  await dropAndReconnect(cb, async () => {
+    await read(seen.id);
+    missed = await send(ca, gid, 'missed');
+    await cc.waitFor('newMessage', (m) => m.id === missed.id);
+    await read(missed.id);
+    await read(missed.id); // read twice: one receipt
+  });
+  assert.equal(cb.socket.recovered, true);
+  const after = await send(ca, gid, 'after');
+  await cb.waitFor('newMessage', (m) => m.id === after.id);
+  const expected = ['message seen', `read ${seen.id} by ${c}`, 'message missed', `read ${missed.id} by ${c}`, 'message after'];
+  assert.deepEqual(stream(cb, gid), expected);
+  const receipt = cb.events.find((e) => e.event === 'messageRead');
+  assert.equal(typeof receipt.extra[0], 'string', 'a replayed receipt carries its offset');
+  // Nothing new meanwhile: a second recovery replays nothing again.
+  await dropAndReconnect(cb);
+  assert.equal(cb.socket.recovered, true);
+  const last = await send(ca, gid, 'last');
+  await cb.waitFor('newMessage', (m) => m.id === last.id);
+  assert.deepEqual(stream(cb, gid), [...expected, 'message last']);
 });
 
 test('a client that had received nothing yet (a pid, no offset) recovers what was sent while away (#5538)', async () => {
@@ -252,7 +291,7 @@ test('with CORECAST_RECOVERY=false there is no pid and no offset', async () => {
 
 /** A gateway killed with SIGKILL and started again: the client that was connected recovers. */
 async function recoversAcrossKill9(env) {
-  await ownGateway(env, 2, async ({ gw, gid, users: [a, b], connectTo }) => {
+  await ownGateway(env, 3, async ({ gw, gid, users: [a, b, c], connectTo }) => {
     const ca = await connectTo(a);
     const cb = await connectTo(b);
     const ack = await send(ca, gid, 'before the crash');
@@ -262,7 +301,9 @@ async function recoversAcrossKill9(env) {
     await cb.waitFor('disconnect');
     await gw.start();
     if (env.CORECAST_STORE === 'scylla') await gw.waitReady();
-    // Sent while b is away, by a client of the restarted gateway.
+    // Read and sent while b is away, by clients of the restarted gateway.
+    const cc = await connectTo(c);
+    assert.deepEqual(await cc.call('markAsRead', { groupId: gid, messageId: ack.id }), { ok: true });
     const ca2 = await connectTo(a);
     await send(ca2, gid, 'after the restart 1');
     await send(ca2, gid, 'after the restart 2');
@@ -270,7 +311,8 @@ async function recoversAcrossKill9(env) {
     assert.equal(cb.socket.recovered, true);
     await send(ca2, gid, 'live');
     await cb.waitFor('newMessage', (m) => m.text === 'live');
-    assert.deepEqual(texts(cb, gid), ['before the crash', 'after the restart 1', 'after the restart 2', 'live']);
+    assert.deepEqual(stream(cb, gid), ['message before the crash', `read ${ack.id} by ${c}`,
+      'message after the restart 1', 'message after the restart 2', 'message live']);
   });
 }
 

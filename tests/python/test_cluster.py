@@ -266,6 +266,31 @@ def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, con
     assert forwarded in (per_sender * (NODES - 1), per_sender * (NODES - 1) + 1), forwarded
 
 
+def test_read_receipts_cross_nodes_in_the_group_order(cluster, connect, new_id):
+    """A markAsRead on a node that does not own the group goes to the owner, which orders it
+    with the group's messages: every member on every node gets `messageRead` once, after the
+    message, and the reader its ack."""
+    users = [new_id() for _ in range(NODES)]
+    for u in users:
+        cluster[0].put_user(u)
+    gid = f"g-{new_id()}"
+    cluster[0].put_group(gid, users)
+    clients = [connect(cluster[k], u) for k, u in enumerate(users)]
+    sent = clients[0].send_message(gid, "read me")
+    for k, reader in enumerate(clients):
+        ack = reader.call("markAsRead", {"messageId": sent["id"], "groupId": gid})
+        assert ack == {"ok": True}, (k, ack)
+    after = clients[2].send_message(gid, "after the receipts")
+    for k, c in enumerate(clients):
+        c.wait_for("newMessage", lambda m: m["id"] == after["id"], timeout=15)
+        reads = [r for r in c.events("messageRead") if r["groupId"] == gid]
+        # The sender had read it already (`readBy` starts with them): nothing to announce.
+        assert sorted(r["userId"] for r in reads) == sorted(users[1:]), (k, reads)
+        assert all(r["messageId"] == sent["id"] for r in reads), (k, reads)
+    stored = {m["id"]: m for m in cluster[1].history(gid)}
+    assert sorted(stored[sent["id"]]["readBy"]) == sorted(users), stored
+
+
 def test_a_membership_change_on_one_node_takes_effect_on_every_node_before_it_returns(
         cluster, connect, new_id):
     a, b, newcomer = new_id(), new_id(), new_id()
