@@ -11,7 +11,11 @@
 //!   exist get a room (`unknown_groups` remembers those that do not), and idle rooms are
 //!   forgotten on the tick, so what clients name cannot make rooms pile up;
 //! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
-//!   connected anywhere.
+//!   connected anywhere;
+//! - in cluster mode ([`crate::cluster`]), for the rooms it owns on this node: their
+//!   subscriptions to their group's bus channel and what came from it (`bus_rooms`, the gap
+//!   fill after a lost bus), the events it forwarded to their group's owner node (`forwards`),
+//!   and a replica of the live nodes (`nodes`), over which a group's owner node is decided.
 //!
 //! Three kinds of "send" meet here, named apart: [`Shard::send_to_shard`] (a [`ShardMsg`] to
 //! another shard's inbox), writing to a socket (`Conn::push`, see [`crate::fanout`] and
