@@ -484,6 +484,23 @@ impl Router {
                 };
                 self.send(self.owner(&group), msg);
             }
+            b'Q' => {
+                let a = SettledAsk::decode(&payload)?;
+                let group = GroupId::new(a.1);
+                let msg = ShardMsg::SettledAsked {
+                    group: group.clone(),
+                    from: a.0.into(),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'W' => {
+                let (group, settled) = SettledAnswer::decode(&payload)?;
+                let msg = ShardMsg::GapSettled {
+                    group: group.clone(),
+                    settled,
+                };
+                self.send(self.owner(&group), msg);
+            }
             b'D' => {
                 let req = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
                 let waiting = self
@@ -666,6 +683,55 @@ impl Members {
     }
 }
 
+/// A node filling a gap asks the group's owner node for its room's settled id: `Q`, the
+/// asking node, the group.
+pub struct SettledAsk<'a> {
+    pub from: &'a str,
+    pub group: &'a GroupId,
+}
+
+impl SettledAsk<'_> {
+    pub fn encode(&self) -> Bytes {
+        let g = self.group.as_str().as_bytes();
+        let mut b = BytesMut::with_capacity(2 + self.from.len() + g.len());
+        b.put_u8(b'Q');
+        put_short(&mut b, self.from.as_bytes());
+        b.extend_from_slice(g);
+        b.freeze()
+    }
+
+    /// (asking node, group)
+    fn decode(payload: &[u8]) -> Option<(String, String)> {
+        let (from, at) = get_short(payload, 1)?;
+        let from = std::str::from_utf8(from).ok()?.to_owned();
+        let group = std::str::from_utf8(payload.get(at..)?).ok()?.to_owned();
+        Some((from, group))
+    }
+}
+
+/// The owner node's answer: `W`, the settled id, the group.
+pub struct SettledAnswer {
+    pub group: GroupId,
+    pub settled: MessageId,
+}
+
+impl SettledAnswer {
+    pub fn encode(&self) -> Bytes {
+        let g = self.group.as_str().as_bytes();
+        let mut b = BytesMut::with_capacity(9 + g.len());
+        b.put_u8(b'W');
+        b.put_u64(self.settled.0);
+        b.extend_from_slice(g);
+        b.freeze()
+    }
+
+    fn decode(payload: &[u8]) -> Option<(GroupId, MessageId)> {
+        let settled = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
+        let group = std::str::from_utf8(payload.get(9..)?).ok()?;
+        Some((GroupId::new(group), MessageId(settled)))
+    }
+}
+
 /// A node id, at most 255 bytes (config allows 64), with its length first.
 fn put_short(b: &mut BytesMut, s: &[u8]) {
     let s = &s[..s.len().min(255)];
@@ -726,6 +792,22 @@ mod tests {
         .encode("node-b");
         let (from, back) = Members::decode(&c).unwrap();
         assert_eq!((from.as_str(), back.added), ("node-b", vec![UserId(1)]));
+        let g = GroupId::new("team berlin");
+        let q = SettledAsk {
+            from: "node-c",
+            group: &g,
+        }
+        .encode();
+        assert_eq!(
+            SettledAsk::decode(&q),
+            Some(("node-c".to_string(), "team berlin".to_string()))
+        );
+        let w = SettledAnswer {
+            group: g.clone(),
+            settled: MessageId(7),
+        }
+        .encode();
+        assert_eq!(SettledAnswer::decode(&w), Some((g, MessageId(7))));
         assert!(GroupMessage::decode(Bytes::from_static(b"M\x09short")).is_none());
         assert!(Answer::decode(Bytes::from_static(b"A\x00")).is_none());
     }

@@ -383,6 +383,11 @@ pub enum ShardMsg {
     Nodes { live: Arc<[Arc<str>]> },
     /// Cluster mode: the bus is connected to Redis again after a loss: fill the gap.
     BusUp,
+    /// Cluster mode, on a group's owner node: node `from` asks for the room's settled id, to
+    /// fill a gap up to it.
+    SettledAsked { group: GroupId, from: Arc<str> },
+    /// Cluster mode: the owner node's answer to that: the gap is read up to `settled`.
+    GapSettled { group: GroupId, settled: MessageId },
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -561,8 +566,14 @@ struct BusRoom {
     /// From the loss of the bus until its gap is filled: the bus's messages that arrived
     /// meanwhile (after it connected again), to deliver after the messages read.
     held: Option<Vec<(MessageId, Bytes)>>,
-    /// A gap fill's store read is out.
+    /// A gap fill is under way: the owner node was asked for its room's settled id (since
+    /// when), or the store read is out.
     filling: bool,
+    /// When the owner node was asked for its settled id, until it answers.
+    asked: Option<Instant>,
+    /// How far the gap fill reads: the owner's settled id (every event up to it was answered
+    /// by the store and published), or, if the owner did not answer, everything stored.
+    upto: MessageId,
 }
 
 impl BusRoom {
@@ -573,12 +584,17 @@ impl BusRoom {
             delivered: None,
             held: None,
             filling: false,
+            asked: None,
+            upto: MessageId(0),
         }
     }
 }
 
 /// Messages one gap-fill read brings at most; a longer gap is read in several.
 const GAP_READ: usize = 1000;
+
+/// How long a gap fill waits for the owner node's settled id.
+const GAP_ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A Subscribe's answer, held until the room is on the bus.
 struct WaitingSubscribe {
@@ -1099,6 +1115,8 @@ impl Shard {
             ShardMsg::Reply { origin, result } => self.reply(&origin, result),
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
             ShardMsg::BusUp => self.bus_up(),
+            ShardMsg::SettledAsked { group, from } => self.settled_asked(group, &from),
+            ShardMsg::GapSettled { group, settled } => self.gap_settled(group, settled),
             ShardMsg::GapRead { group, result } => self.gap_read(group, result),
             ShardMsg::Stored {
                 group,
@@ -2494,6 +2512,7 @@ impl Shard {
         self.sweep_rooms(now);
         if self.shared.cluster.is_some() {
             self.expire_forwards(now);
+            self.expire_gap_asks(now);
         }
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -2783,33 +2802,102 @@ impl Shard {
         }
     }
 
-    /// The bus is connected again after a loss: each room holding for a gap reads the store
-    /// after the last message it delivered. The owner node publishes a message only after the
-    /// store has it, so everything published before the subscription was made again is in
-    /// the store; what was published after arrives on the bus and is held meanwhile.
+    /// The bus is connected again after a loss: each room holding for a gap asks the group's
+    /// owner node for its room's settled id, then reads the store after the last event it
+    /// delivered up to that id ([`Shard::gap_settled`]). Every event up to the owner's
+    /// settled id was answered by the store and published, so one the bus did not bring is
+    /// in the store; every later one is published after the answer, and the bus (subscribed
+    /// again before `Up`) brings it, held meanwhile.
     fn bus_up(&self) {
-        let groups: Vec<(GroupId, MessageId)> = self
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let now = Instant::now();
+        let groups: Vec<GroupId> = self
             .bus_rooms
             .borrow_mut()
             .iter_mut()
             .filter(|(_, r)| r.held.is_some() && !r.filling)
             .map(|(g, r)| {
                 r.filling = true;
-                (g.clone(), r.delivered.unwrap_or(r.since))
+                r.asked = Some(now);
+                g.clone()
             })
             .collect();
-        for (group, after) in groups {
-            self.read_gap(group, after);
+        for group in groups {
+            match self.owner_node_elsewhere(&group) {
+                Some(owner) => {
+                    let ask = crate::cluster::SettledAsk {
+                        from: &c.me,
+                        group: &group,
+                    };
+                    c.publish(crate::cluster::node_channel(&owner), ask.encode());
+                }
+                // This node owns the group now: nothing of it travels on the bus to here.
+                None => self.gap_settled(group, MessageId(i64::MAX as u64)),
+            }
         }
     }
 
-    fn read_gap(&self, group: GroupId, after: MessageId) {
+    /// On the group's owner node: another node asks for the room's settled id (see
+    /// [`Shard::bus_up`]). A room not in memory has nothing waiting for the store.
+    fn settled_asked(&self, group: GroupId, from: &str) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let now = events::now_ms() as u64;
+        let settled = match self.rooms.borrow().get(&group) {
+            Some(room) => room.settled(now),
+            None => MessageId(MessageId::new(now as i64, 0, 0).0.saturating_sub(1)),
+        };
+        let answer = crate::cluster::SettledAnswer { group, settled };
+        c.publish(crate::cluster::node_channel(from), answer.encode());
+    }
+
+    /// The owner node's settled id for a gap fill (or, when it did not answer in time,
+    /// everything stored): read the store up to it.
+    fn gap_settled(&self, group: GroupId, upto: MessageId) {
+        let after = {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            let Some(r) = rooms.get_mut(&group) else {
+                return;
+            };
+            if r.asked.take().is_none() {
+                return; // answered already (a late answer, or after the timeout)
+            }
+            r.upto = upto;
+            r.delivered.unwrap_or(r.since)
+        };
+        self.read_gap(group, after, upto);
+    }
+
+    /// Gap fills whose owner node did not say its settled id within [`GAP_ASK_TIMEOUT`] read
+    /// everything stored (the owner may be gone; see docs/architecture.md for the window
+    /// this leaves).
+    fn expire_gap_asks(&self, now: Instant) {
+        let late: Vec<GroupId> = self
+            .bus_rooms
+            .borrow()
+            .iter()
+            .filter(|(_, r)| {
+                r.asked
+                    .is_some_and(|at| now.saturating_duration_since(at) >= GAP_ASK_TIMEOUT)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in late {
+            tracing::warn!(%group, "cluster bus: the group's owner node did not say how far to fill the gap; reading all");
+            self.gap_settled(group, MessageId(i64::MAX as u64));
+        }
+    }
+
+    fn read_gap(&self, group: GroupId, after: MessageId, upto: MessageId) {
         let read = group.clone();
         self.store_to_inbox(
             |reply| Request::Since {
                 group: read,
                 after,
-                upto: MessageId(i64::MAX as u64),
+                upto,
                 limit: GAP_READ,
                 reply,
             },
@@ -2881,7 +2969,12 @@ impl Shard {
             }
         };
         if more {
-            return self.read_gap(group, last);
+            let upto = self
+                .bus_rooms
+                .borrow()
+                .get(&group)
+                .map_or(MessageId(0), |r| r.upto);
+            return self.read_gap(group, last, upto);
         }
         for (id, frame) in held.into_iter().flatten() {
             self.bus_delivered(&group, id, &frame);
