@@ -2,14 +2,18 @@
 //! over the bus of `corecast-cluster` (Redis pub/sub on a thread of its own).
 //!
 //! What goes over the bus, and on which channel (every name starts with [`PREFIX`]):
-//! - `g:{group}`: each stored message of the group, published once by the group's owner node
-//!   (the message id and the encoded `newMessage` frame). Every node with connections in the
-//!   group's room is subscribed (its room's owner shard subscribes before it answers the
-//!   first Subscribe) and hands the frame to its shards as it does a local delivery. One
-//!   publisher per group and Redis's per-connection order give every node the owner's order.
-//! - `n:{node}`: what is for one node: a `sendMessage` forwarded by a node that does not own
-//!   the group, and the answer (ack) to one, published after the group's message.
-//! - `members`: a membership change made through one node's admin API, for the others' rooms.
+//! - `g:{group}` (`M`): each event of the group's stream (a message or a read receipt),
+//!   published once by the group's owner node (the event id and the encoded frame). Every node
+//!   with connections in the group's room is subscribed (its room's owner shard subscribes
+//!   before it answers the first Subscribe) and hands the frame to its shards as it does a
+//!   local delivery. One publisher per group and Redis's per-connection order give every node
+//!   the owner's order.
+//! - `n:{node}`: what is for one node: a `sendMessage` or `markAsRead` forwarded by a node
+//!   that does not own the group (`S`) and the answer to one, published after the group's
+//!   event (`A`); a gap fill's question for the owner's settled id (`Q`) and its answer
+//!   (`W`); a node's word that it applied a membership change (`D`).
+//! - `members` (`C`): a membership change made through one node's admin API, for the others'
+//!   rooms.
 //!
 //! The owner node of a group is [`corecast_shard_router::owner_node_of_group`] over the live
 //! nodes of the [`Registry`]; each shard holds a replica of that list (`ShardMsg::Nodes`).
@@ -608,7 +612,7 @@ impl Forward {
     }
 }
 
-/// The answer to a forwarded `sendMessage`, for a connection of the origin node: `A`, the
+/// The answer to a forwarded event, for a connection of the origin node: `A`, the
 /// group (answers go through its owner shard there, after the group's deliveries), the
 /// shard, the connection, the frame (an ack or an `error` event).
 pub struct Answer {

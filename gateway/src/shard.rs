@@ -112,15 +112,15 @@ pub struct Origin {
     pub ack: Option<u64>,
 }
 
-/// Where the answer to a `sendMessage` goes: a connection of this node, or, in cluster mode,
-/// one of the node that forwarded it to this one (the group's owner node).
+/// Where the answer to a `sendMessage` or `markAsRead` goes: a connection of this node, or,
+/// in cluster mode, one of the node that forwarded it to this one (the group's owner node).
 #[derive(Debug, Clone)]
 pub enum SendOrigin {
     Local(Origin),
     Remote(RemoteOrigin),
 }
 
-/// A connection on another node, for the answer to a `sendMessage` it forwarded here.
+/// A connection on another node, for the answer to an event it forwarded here.
 #[derive(Debug, Clone)]
 pub struct RemoteOrigin {
     /// The node, whose bus channel the answer is published on.
@@ -277,7 +277,7 @@ pub enum ShardMsg {
         id: MessageId,
         frame: Bytes,
     },
-    /// Cluster mode: the owner node's answer to a `sendMessage` this node forwarded, for
+    /// Cluster mode: the owner node's answer to an event this node forwarded, for
     /// connection `conn` of shard `shard` (through the group's owner shard, after the group's
     /// deliveries it handled before).
     BusAnswer {
@@ -288,13 +288,13 @@ pub enum ShardMsg {
         ack: Option<u64>,
         frame: Bytes,
     },
-    /// Cluster mode: a forwarded `sendMessage` will get no answer from the owner node (the
+    /// Cluster mode: a forwarded event will get no answer from the owner node (the
     /// publish reached no one or failed): answer it here with `reason`.
     ForwardLost {
         origin: Origin,
         reason: &'static str,
     },
-    /// Cluster mode: the bus lost Redis: forwarded `sendMessage`s still waiting for their
+    /// Cluster mode: the bus lost Redis: forwarded events still waiting for their
     /// answer are answered now (theirs may be lost).
     BusDown,
     /// Cluster mode: the store's answer to a gap fill's read (see [`Shard::bus_up`]).
@@ -542,7 +542,8 @@ pub struct Shard {
     /// Cluster mode: the bus subscriptions of the rooms this shard owns (see
     /// [`Shard::when_on_bus`]).
     bus_rooms: RefCell<HashMap<GroupId, BusRoom>>,
-    /// Cluster mode: `sendMessage`s this shard forwarded to their group's owner node, waiting
+    /// Cluster mode: events (`sendMessage`, `markAsRead`) this shard forwarded to their
+    /// group's owner node, waiting
     /// for its answer (by origin shard, connection and ack id), since when. One that waits
     /// longer than [`FORWARD_TIMEOUT`], or while the bus is lost, is answered here.
     forwards: RefCell<HashMap<(ShardId, ConnId, u64), Instant>>,
@@ -2541,8 +2542,9 @@ impl Shard {
         (**owner != *c.me).then(|| owner.clone())
     }
 
-    /// A `sendMessage` of a connection of this node, for a group another node owns: published
-    /// on that node's channel. Its answer comes back over the bus ([`ShardMsg::BusAnswer`]);
+    /// A `sendMessage` or `markAsRead` of a connection of this node, for a group another node
+    /// owns: published on that node's channel (the owner gives it its id in the group's
+    /// stream). Its answer comes back over the bus ([`ShardMsg::BusAnswer`]);
     /// a publish that reached no one (the owner node is not subscribed: gone) or failed is
     /// answered here.
     fn forward(&self, msg: ShardMsg) {
