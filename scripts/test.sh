@@ -10,7 +10,8 @@
 #      stopped again on exit
 #   4. cargo test --workspace --release (Rust unit and integration tests; the cluster bus tests
 #      start redis-server processes of their own: Debian's `redis-server`, installed when missing)
-#   5. pytest tests/python (black-box tests with the official Python Socket.IO client)
+#   5. pytest tests/python (black-box tests with the official Python Socket.IO client;
+#      test_cluster.py runs three gateway nodes on a redis-server of its own and Cassandra)
 #   6. node --test tests/js/ (black-box tests with the official JavaScript client, and the demo
 #      page in headless Chromium: Debian's `chromium`, installed here when missing)
 #   6b. cargo +nightly fuzz: builds every fuzz target (fuzz/, docs/fuzzing.md) and runs each
@@ -130,9 +131,10 @@ apt_install() { # apt_install WHAT PACKAGE...: Debian packages, as root, lists u
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install "Java 17 and Maven (to run Cassandra)" openjdk-17-jre-headless maven
 fi
-# cluster/tests/bus.rs starts redis-server processes of its own (Debian's Redis 7).
+# cluster/tests/*.rs and tests/python/test_cluster.py start redis-server processes of their
+# own (Debian's Redis 7).
 if ! command -v redis-server >/dev/null; then
-  apt_install "Redis (for the cluster bus tests)" redis-server
+  apt_install "Redis (for the cluster tests)" redis-server
 fi
 echo "redis: $(redis-server --version | cut -d' ' -f3)"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -140,12 +140,18 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Registers this node and starts checking. Returns once the first check has been
+    /// answered (or has failed, or a few seconds passed), so that the handler has already
+    /// heard of every node alive then: a node does not start as if it were alone.
     pub fn start(bus: BusHandle, config: RegistryConfig, handler: ChangeHandler) -> Registry {
         let (stop, stopped) = mpsc::channel();
+        let (checked, first) = mpsc::sync_channel(1);
+        let wait = config.check_every.max(Duration::from_millis(500)) * 4;
         let thread = std::thread::Builder::new()
             .name("cc-registry".into())
-            .spawn(move || run(bus, config, handler, stopped))
+            .spawn(move || run(bus, config, handler, stopped, checked))
             .expect("the registry thread starts");
+        let _ = first.recv_timeout(wait);
         Registry {
             stop: Some(stop),
             thread: Some(thread),
@@ -178,6 +184,7 @@ fn run(
     config: RegistryConfig,
     handler: ChangeHandler,
     stopped: mpsc::Receiver<bool>,
+    checked: mpsc::SyncSender<()>,
 ) {
     let every = config
         .check_every
@@ -231,6 +238,7 @@ fn run(
             // Down, or Redis too slow: the live set is unknown; try again at the next check.
             Err(e) => tracing::debug!(error = %e, "node registry: check failed"),
         }
+        let _ = checked.try_send(());
     }
 }
 

@@ -120,6 +120,12 @@ fn route(shared: &Shared, req: &Request) -> Response {
             if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
                 return json(503, r#"{"ready":false,"reason":"draining"}"#);
             }
+            if shared.cluster.as_ref().is_some_and(|c| !c.bus.is_up()) {
+                return json(
+                    503,
+                    r#"{"ready":false,"reason":"the cluster bus is not connected to Redis"}"#,
+                );
+            }
             return match shared.store.blocking().ping() {
                 Ok(()) => json(200, r#"{"ready":true}"#),
                 Err(e) => json(
@@ -342,9 +348,9 @@ fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
     if change.added.is_empty() && change.removed.is_empty() {
         return;
     }
-    let (change_added, change_removed) = match shared.cluster {
-        Some(_) => (change.added.clone(), change.removed.clone()),
-        None => (Vec::new(), Vec::new()),
+    let change_copy = match shared.cluster {
+        Some(_) => change.clone(),
+        None => MembershipChange::default(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let owner: ShardId = owner_of_group(&group, shared.nr_shards());
@@ -360,14 +366,11 @@ fn apply_membership(shared: &Shared, group: GroupId, change: MembershipChange) {
     if rx.recv_timeout(Duration::from_secs(10)).is_err() {
         tracing::warn!(%group, "membership change not confirmed by every shard in time");
     }
-    // Cluster mode: the other nodes' rooms apply it too when it reaches them; this call does
-    // not wait for them (yet).
+    // Cluster mode: and every other node, before the call returns.
     if let Some(c) = &shared.cluster {
-        let change = crate::cluster::Members {
-            group: group.as_str().to_owned(),
-            added: change_added,
-            removed: change_removed,
-        };
-        c.publish(crate::cluster::members_channel(), change.encode(&c.me));
+        let missing = c.members_changed(&group, &change_copy);
+        if missing > 0 {
+            tracing::warn!(%group, nodes = missing, "membership change not confirmed by every node in time");
+        }
     }
 }

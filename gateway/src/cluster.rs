@@ -2,14 +2,18 @@
 //! over the bus of `corecast-cluster` (Redis pub/sub on a thread of its own).
 //!
 //! What goes over the bus, and on which channel (every name starts with [`PREFIX`]):
-//! - `g:{group}`: each stored message of the group, published once by the group's owner node
-//!   (the message id and the encoded `newMessage` frame). Every node with connections in the
-//!   group's room is subscribed (its room's owner shard subscribes before it answers the
-//!   first Subscribe) and hands the frame to its shards as it does a local delivery. One
-//!   publisher per group and Redis's per-connection order give every node the owner's order.
-//! - `n:{node}`: what is for one node: a `sendMessage` forwarded by a node that does not own
-//!   the group, and the answer (ack) to one, published after the group's message.
-//! - `members`: a membership change made through one node's admin API, for the others' rooms.
+//! - `g:{group}` (`M`): each event of the group's stream (a message or a read receipt),
+//!   published once by the group's owner node (the event id and the encoded frame). Every node
+//!   with connections in the group's room is subscribed (its room's owner shard subscribes
+//!   before it answers the first Subscribe) and hands the frame to its shards as it does a
+//!   local delivery. One publisher per group and Redis's per-connection order give every node
+//!   the owner's order.
+//! - `n:{node}`: what is for one node: a `sendMessage` or `markAsRead` forwarded by a node
+//!   that does not own the group (`S`) and the answer to one, published after the group's
+//!   event (`A`); a gap fill's question for the owner's settled id (`Q`) and its answer
+//!   (`W`); a node's word that it applied a membership change (`D`).
+//! - `members` (`C`): a membership change made through one node's admin API, for the others'
+//!   rooms.
 //!
 //! The owner node of a group is [`corecast_shard_router::owner_node_of_group`] over the live
 //! nodes of the [`Registry`]; each shard holds a replica of that list (`ShardMsg::Nodes`).
@@ -68,6 +72,7 @@ pub struct ClusterHandle {
     /// This node's id.
     pub me: Arc<str>,
     pub stats: Arc<ClusterStats>,
+    waiters: Arc<Waiters>,
 }
 
 /// The bus's counters, for `/metrics`.
@@ -108,6 +113,43 @@ impl ClusterHandle {
                 }
             })),
         );
+    }
+
+    /// Publishes a membership change this node applied (from its admin API) for the other
+    /// nodes, and waits (blocking: the admin listener's thread) until every other live node
+    /// said it applied it to its connections, or [`MEMBERS_TIMEOUT`]. Returns how many did
+    /// not answer in time.
+    pub fn members_changed(&self, group: &GroupId, change: &MembershipChange) -> usize {
+        let req = fastrand::u64(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.waiters
+            .waiting
+            .lock()
+            .expect("invariant: no panic while held")
+            .insert(req, tx);
+        let others = (self.stats.nodes.load(Relaxed).max(1) - 1) as usize;
+        let members = Members {
+            group: group.as_str().to_owned(),
+            added: change.added.clone(),
+            removed: change.removed.clone(),
+            req,
+        };
+        self.publish(members_channel(), members.encode(&self.me));
+        let deadline = std::time::Instant::now() + MEMBERS_TIMEOUT;
+        let mut answered = 0;
+        while answered < others {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(()) => answered += 1,
+                Err(_) => break,
+            }
+        }
+        self.waiters
+            .waiting
+            .lock()
+            .expect("invariant: no panic while held")
+            .remove(&req);
+        others - answered
     }
 
     /// Renders the counters in Prometheus text.
@@ -219,10 +261,13 @@ pub fn start(
     };
     let stats = Arc::new(ClusterStats::default());
     stats.nodes.store(1, Relaxed);
+    let waiters = Arc::new(Waiters::default());
     let router = Arc::new(Router {
         inboxes,
         me: me.clone(),
         stats: stats.clone(),
+        bus: std::sync::OnceLock::new(),
+        waiters: waiters.clone(),
     });
     let on_bus = router.clone();
     let bus = Bus::start(
@@ -230,6 +275,7 @@ pub fn start(
         Arc::new(move |ev| on_bus.on_bus(ev)),
     )?;
     let handle = bus.handle();
+    let _ = router.bus.set(handle.clone());
     // This node's own channels, confirmed before any client can connect. The bus connects in
     // the background: a subscribe before it is up is only noted (and made at `Up`).
     let deadline = std::time::Instant::now() + START_TIMEOUT;
@@ -322,6 +368,7 @@ pub fn start(
             presence,
             me,
             stats,
+            waiters,
         },
     ))
 }
@@ -353,7 +400,20 @@ struct Router {
     inboxes: Vec<InboxHandle<ShardMsg>>,
     me: Arc<str>,
     stats: Arc<ClusterStats>,
+    /// The bus, once started (the router is its handler, so it exists first).
+    bus: std::sync::OnceLock<BusHandle>,
+    waiters: Arc<Waiters>,
 }
+
+/// Membership changes this node's admin API published, waiting for the other nodes to say
+/// they applied them: by request number, each with where to count the answers.
+#[derive(Default)]
+pub struct Waiters {
+    waiting: Mutex<std::collections::HashMap<u64, std::sync::mpsc::Sender<()>>>,
+}
+
+/// How long an admin call waits for the other nodes to apply its membership change.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Router {
     fn send(&self, to: ShardId, msg: ShardMsg) {
@@ -444,8 +504,7 @@ impl Router {
             let (from, change) = Members::decode(&payload)?;
             if from != *self.me {
                 let group = GroupId::new(change.group);
-                // Nobody waits for the other nodes' barriers yet (see docs/architecture.md).
-                let (done, _) = std::sync::mpsc::channel();
+                let (done, applied) = std::sync::mpsc::channel();
                 let msg = ShardMsg::MembersChanged {
                     group: group.clone(),
                     change: MembershipChange {
@@ -455,6 +514,24 @@ impl Router {
                     done,
                 };
                 self.send(self.owner(&group), msg);
+                // The room releases `done` once every shard here applied the change; the
+                // node that made it waits for that (admin calls are rare: a thread each).
+                if let Some(bus) = self.bus.get().cloned() {
+                    let req = change.req;
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("cc-members".into())
+                            .spawn(move || {
+                                if applied.recv_timeout(MEMBERS_TIMEOUT).is_ok() {
+                                    let mut answer = vec![b'D'];
+                                    answer.extend_from_slice(&req.to_be_bytes());
+                                    bus.publish(node_channel(&from), answer.into(), None);
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot confirm a membership change");
+                    }
+                }
             }
             return Some(());
         }
@@ -472,18 +549,59 @@ impl Router {
                     conn: crate::conn::ConnId(f.conn),
                     ack: f.ack,
                 });
-                let msg = ShardMsg::SendMessage {
-                    group: group.clone(),
-                    user: UserId(f.user),
-                    text: f.text,
-                    attachments: f.attachments,
-                    client_msg_id: f.client_msg_id,
-                    origin,
-                    // The origin node applied the sender's rate limit.
-                    admitted: true,
-                    trace: Trace::new(std::time::Instant::now()),
+                let user = UserId(f.user);
+                let msg = match f.event {
+                    Forwarded::SendMessage {
+                        text,
+                        attachments,
+                        client_msg_id,
+                    } => ShardMsg::SendMessage {
+                        group: group.clone(),
+                        user,
+                        text,
+                        attachments,
+                        client_msg_id,
+                        origin,
+                        // The origin node applied the sender's rate limit.
+                        admitted: true,
+                        trace: Trace::new(std::time::Instant::now()),
+                    },
+                    Forwarded::MarkRead { message } => ShardMsg::MarkRead {
+                        group: group.clone(),
+                        message: MessageId(message),
+                        user,
+                        origin,
+                    },
                 };
                 self.send(self.owner(&group), msg);
+            }
+            b'Q' => {
+                let a = SettledAsk::decode(&payload)?;
+                let group = GroupId::new(a.1);
+                let msg = ShardMsg::SettledAsked {
+                    group: group.clone(),
+                    from: a.0.into(),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'W' => {
+                let (group, settled) = SettledAnswer::decode(&payload)?;
+                let msg = ShardMsg::GapSettled {
+                    group: group.clone(),
+                    settled,
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'D' => {
+                let req = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
+                let waiting = self
+                    .waiters
+                    .waiting
+                    .lock()
+                    .expect("invariant: no panic while held");
+                if let Some(tx) = waiting.get(&req) {
+                    let _ = tx.send(());
+                }
             }
             b'A' => {
                 let a = Answer::decode(payload)?;
@@ -546,19 +664,31 @@ impl GroupMessage<'_> {
     }
 }
 
-/// A `sendMessage` for the group's owner node (`S` and this, as JSON).
+/// A client's event for the group's owner node (`S` and this, as JSON).
 #[derive(Serialize, Deserialize)]
 pub struct Forward {
     pub group: String,
+    /// The client's user.
     pub user: u64,
-    pub text: String,
-    pub attachments: Vec<Attachment>,
-    pub client_msg_id: Option<String>,
+    pub event: Forwarded,
     /// Where the answer goes: the node, its shard, the connection, the ack id.
     pub node: String,
     pub shard: u16,
     pub conn: u64,
     pub ack: Option<u64>,
+}
+
+/// What the forwarded event is.
+#[derive(Serialize, Deserialize)]
+pub enum Forwarded {
+    SendMessage {
+        text: String,
+        attachments: Vec<Attachment>,
+        client_msg_id: Option<String>,
+    },
+    MarkRead {
+        message: u64,
+    },
 }
 
 impl Forward {
@@ -569,7 +699,7 @@ impl Forward {
     }
 }
 
-/// The answer to a forwarded `sendMessage`, for a connection of the origin node: `A`, the
+/// The answer to a forwarded event, for a connection of the origin node: `A`, the
 /// group (answers go through its owner shard there, after the group's deliveries), the
 /// shard, the connection, the frame (an ack or an `error` event).
 pub struct Answer {
@@ -621,6 +751,9 @@ pub struct Members {
     pub group: String,
     pub added: Vec<UserId>,
     pub removed: Vec<UserId>,
+    /// The request the other nodes answer (`D` and it, on the node's channel) once applied.
+    #[serde(default)]
+    pub req: u64,
 }
 
 impl Members {
@@ -638,6 +771,55 @@ impl Members {
         let (from, at) = get_short(payload, 1)?;
         let from = std::str::from_utf8(from).ok()?.to_owned();
         Some((from, serde_json::from_slice(payload.get(at..)?).ok()?))
+    }
+}
+
+/// A node filling a gap asks the group's owner node for its room's settled id: `Q`, the
+/// asking node, the group.
+pub struct SettledAsk<'a> {
+    pub from: &'a str,
+    pub group: &'a GroupId,
+}
+
+impl SettledAsk<'_> {
+    pub fn encode(&self) -> Bytes {
+        let g = self.group.as_str().as_bytes();
+        let mut b = BytesMut::with_capacity(2 + self.from.len() + g.len());
+        b.put_u8(b'Q');
+        put_short(&mut b, self.from.as_bytes());
+        b.extend_from_slice(g);
+        b.freeze()
+    }
+
+    /// (asking node, group)
+    fn decode(payload: &[u8]) -> Option<(String, String)> {
+        let (from, at) = get_short(payload, 1)?;
+        let from = std::str::from_utf8(from).ok()?.to_owned();
+        let group = std::str::from_utf8(payload.get(at..)?).ok()?.to_owned();
+        Some((from, group))
+    }
+}
+
+/// The owner node's answer: `W`, the settled id, the group.
+pub struct SettledAnswer {
+    pub group: GroupId,
+    pub settled: MessageId,
+}
+
+impl SettledAnswer {
+    pub fn encode(&self) -> Bytes {
+        let g = self.group.as_str().as_bytes();
+        let mut b = BytesMut::with_capacity(9 + g.len());
+        b.put_u8(b'W');
+        b.put_u64(self.settled.0);
+        b.extend_from_slice(g);
+        b.freeze()
+    }
+
+    fn decode(payload: &[u8]) -> Option<(GroupId, MessageId)> {
+        let settled = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
+        let group = std::str::from_utf8(payload.get(9..)?).ok()?;
+        Some((GroupId::new(group), MessageId(settled)))
     }
 }
 
@@ -696,10 +878,27 @@ mod tests {
             group: "g".into(),
             added: vec![UserId(1)],
             removed: vec![],
+            req: 9,
         }
         .encode("node-b");
         let (from, back) = Members::decode(&c).unwrap();
         assert_eq!((from.as_str(), back.added), ("node-b", vec![UserId(1)]));
+        let g = GroupId::new("team berlin");
+        let q = SettledAsk {
+            from: "node-c",
+            group: &g,
+        }
+        .encode();
+        assert_eq!(
+            SettledAsk::decode(&q),
+            Some(("node-c".to_string(), "team berlin".to_string()))
+        );
+        let w = SettledAnswer {
+            group: g.clone(),
+            settled: MessageId(7),
+        }
+        .encode();
+        assert_eq!(SettledAnswer::decode(&w), Some((g, MessageId(7))));
         assert!(GroupMessage::decode(Bytes::from_static(b"M\x09short")).is_none());
         assert!(Answer::decode(Bytes::from_static(b"A\x00")).is_none());
     }

@@ -11,7 +11,11 @@
 //!   exist get a room (`unknown_groups` remembers those that do not), and idle rooms are
 //!   forgotten on the tick, so what clients name cannot make rooms pile up;
 //! - the debounced presence of the users it owns ([`Presence`]), and a replica of who is
-//!   connected anywhere.
+//!   connected anywhere;
+//! - in cluster mode ([`crate::cluster`]), for the rooms it owns on this node: their
+//!   subscriptions to their group's bus channel and what came from it (`bus_rooms`, the gap
+//!   fill after a lost bus), the events it forwarded to their group's owner node (`forwards`),
+//!   and a replica of the live nodes (`nodes`), over which a group's owner node is decided.
 //!
 //! Three kinds of "send" meet here, named apart: [`Shard::send_to_shard`] (a [`ShardMsg`] to
 //! another shard's inbox), writing to a socket (`Conn::push`, see [`crate::fanout`] and
@@ -108,15 +112,15 @@ pub struct Origin {
     pub ack: Option<u64>,
 }
 
-/// Where the answer to a `sendMessage` goes: a connection of this node, or, in cluster mode,
-/// one of the node that forwarded it to this one (the group's owner node).
+/// Where the answer to a `sendMessage` or `markAsRead` goes: a connection of this node, or,
+/// in cluster mode, one of the node that forwarded it to this one (the group's owner node).
 #[derive(Debug, Clone)]
 pub enum SendOrigin {
     Local(Origin),
     Remote(RemoteOrigin),
 }
 
-/// A connection on another node, for the answer to a `sendMessage` it forwarded here.
+/// A connection on another node, for the answer to an event it forwarded here.
 #[derive(Debug, Clone)]
 pub struct RemoteOrigin {
     /// The node, whose bus channel the answer is published on.
@@ -201,7 +205,8 @@ pub enum ShardMsg {
         message: MessageId,
         /// The reader.
         user: UserId,
-        origin: Origin,
+        /// A connection here, or on the node that forwarded it (cluster mode).
+        origin: SendOrigin,
     },
     /// A client's `getMessages` or `getOnline`.
     Query {
@@ -272,7 +277,7 @@ pub enum ShardMsg {
         id: MessageId,
         frame: Bytes,
     },
-    /// Cluster mode: the owner node's answer to a `sendMessage` this node forwarded, for
+    /// Cluster mode: the owner node's answer to an event this node forwarded, for
     /// connection `conn` of shard `shard` (through the group's owner shard, after the group's
     /// deliveries it handled before).
     BusAnswer {
@@ -283,13 +288,13 @@ pub enum ShardMsg {
         ack: Option<u64>,
         frame: Bytes,
     },
-    /// Cluster mode: a forwarded `sendMessage` will get no answer from the owner node (the
+    /// Cluster mode: a forwarded event will get no answer from the owner node (the
     /// publish reached no one or failed): answer it here with `reason`.
     ForwardLost {
         origin: Origin,
         reason: &'static str,
     },
-    /// Cluster mode: the bus lost Redis: forwarded `sendMessage`s still waiting for their
+    /// Cluster mode: the bus lost Redis: forwarded events still waiting for their
     /// answer are answered now (theirs may be lost).
     BusDown,
     /// Cluster mode, on a user's owner shard: Redis's answer to this node's first connection
@@ -406,6 +411,11 @@ pub enum ShardMsg {
     Nodes { live: Arc<[Arc<str>]> },
     /// Cluster mode: the bus is connected to Redis again after a loss: fill the gap.
     BusUp,
+    /// Cluster mode, on a group's owner node: node `from` asks for the room's settled id, to
+    /// fill a gap up to it.
+    SettledAsked { group: GroupId, from: Arc<str> },
+    /// Cluster mode: the owner node's answer to that: the gap is read up to `settled`.
+    GapSettled { group: GroupId, settled: MessageId },
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -563,7 +573,8 @@ pub struct Shard {
     /// Cluster mode: the bus subscriptions of the rooms this shard owns (see
     /// [`Shard::when_on_bus`]).
     bus_rooms: RefCell<HashMap<GroupId, BusRoom>>,
-    /// Cluster mode: `sendMessage`s this shard forwarded to their group's owner node, waiting
+    /// Cluster mode: events (`sendMessage`, `markAsRead`) this shard forwarded to their
+    /// group's owner node, waiting
     /// for its answer (by origin shard, connection and ack id), since when. One that waits
     /// longer than [`FORWARD_TIMEOUT`], or while the bus is lost, is answered here.
     forwards: RefCell<HashMap<(ShardId, ConnId, u64), Instant>>,
@@ -591,8 +602,14 @@ struct BusRoom {
     /// From the loss of the bus until its gap is filled: the bus's messages that arrived
     /// meanwhile (after it connected again), to deliver after the messages read.
     held: Option<Vec<(MessageId, Bytes)>>,
-    /// A gap fill's store read is out.
+    /// A gap fill is under way: the owner node was asked for its room's settled id (since
+    /// when), or the store read is out.
     filling: bool,
+    /// When the owner node was asked for its settled id, until it answers.
+    asked: Option<Instant>,
+    /// How far the gap fill reads: the owner's settled id (every event up to it was answered
+    /// by the store and published), or, if the owner did not answer, everything stored.
+    upto: MessageId,
 }
 
 impl BusRoom {
@@ -603,12 +620,17 @@ impl BusRoom {
             delivered: None,
             held: None,
             filling: false,
+            asked: None,
+            upto: MessageId(0),
         }
     }
 }
 
 /// Messages one gap-fill read brings at most; a longer gap is read in several.
 const GAP_READ: usize = 1000;
+
+/// How long a gap fill waits for the owner node's settled id.
+const GAP_ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A Subscribe's answer, held until the room is on the bus.
 struct WaitingSubscribe {
@@ -947,7 +969,7 @@ impl Shard {
 
     /// Answers a `sendMessage`: on this node through [`Shard::reply`], on another over the
     /// bus, to its node's channel (after every group message this shard published before).
-    fn answer(&self, origin: &SendOrigin, result: Result<Vec<u8>, ClientError>) {
+    fn reply_to(&self, origin: &SendOrigin, result: Result<Vec<u8>, ClientError>) {
         match origin {
             SendOrigin::Local(o) => self.reply(o, result),
             SendOrigin::Remote(r) => {
@@ -1067,6 +1089,11 @@ impl Shard {
                 ref group,
                 origin: SendOrigin::Local(_),
                 ..
+            }
+            | ShardMsg::MarkRead {
+                ref group,
+                origin: SendOrigin::Local(_),
+                ..
             } if self.owner_node_elsewhere(group).is_some() => self.forward(msg),
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
@@ -1125,6 +1152,8 @@ impl Shard {
             ShardMsg::Reply { origin, result } => self.reply(&origin, result),
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
             ShardMsg::BusUp => self.bus_up(),
+            ShardMsg::SettledAsked { group, from } => self.settled_asked(group, &from),
+            ShardMsg::GapSettled { group, settled } => self.gap_settled(group, settled),
             ShardMsg::GapRead { group, result } => self.gap_read(group, result),
             ShardMsg::ClusterPresence {
                 user,
@@ -1385,10 +1414,10 @@ impl Shard {
                 reason,
                 ..
             } => self.answer_subscribe(origin, group, reason, Err(err.clone())),
-            ShardMsg::SendMessage { origin, .. } => self.answer(&origin, Err(err.clone())),
-            ShardMsg::MarkRead { origin, .. } | ShardMsg::Query { origin, .. } => {
-                self.reply(&origin, Err(err.clone()))
+            ShardMsg::SendMessage { origin, .. } | ShardMsg::MarkRead { origin, .. } => {
+                self.reply_to(&origin, Err(err.clone()))
             }
+            ShardMsg::Query { origin, .. } => self.reply(&origin, Err(err.clone())),
             ShardMsg::MembersChanged { done, .. } => {
                 // The store already holds the change and the room loads it next time; release
                 // the admin caller.
@@ -1567,11 +1596,9 @@ impl Shard {
                     .borrow_mut()
                     .get_mut(&group)
                     .expect("invariant: room loaded before room_op")
-                    .receipt(user, SendOrigin::Local(origin), || {
-                        self.ids.borrow_mut().next(now)
-                    });
+                    .receipt(user, origin.clone(), || self.ids.borrow_mut().next(now));
                 let Some(id) = id else {
-                    return self.reply(&origin, Err(Self::not_member(&group)));
+                    return self.reply_to(&origin, Err(Self::not_member(&group)));
                 };
                 let stored = group.clone();
                 self.store_to_inbox(
@@ -1675,7 +1702,7 @@ impl Shard {
             RoomSend::Store { id, notify } => (id, notify),
             // A resend while the first is still being stored: answered with its outcome.
             RoomSend::Merged => return,
-            RoomSend::NotMember => return self.answer(&origin, Err(Self::not_member(&group))),
+            RoomSend::NotMember => return self.reply_to(&origin, Err(Self::not_member(&group))),
         };
         let message = NewMessage {
             id,
@@ -1762,29 +1789,22 @@ impl Shard {
                         }
                         let ingress = Some(trace.ingress);
                         let event = Event::Stored(m.id);
-                        if let Some(c) = &self.shared.cluster {
-                            let on_bus = crate::cluster::GroupMessage {
-                                from: &c.me,
-                                id: m.id,
-                                frame: frame.clone(),
-                            };
-                            c.publish(crate::cluster::group_channel(group), on_bus.encode());
-                            published = true;
-                        }
+                        self.publish_to_group(group, m.id, &frame, &mut published);
                         self.deliver_to_shards(&to, group, &frame, event, stored_at, ingress);
                     }
                     &Committed::Receipt { id, message, user } => {
                         let frame = events::message_read_frame(group, message, user);
                         let event = Event::Stored(id);
+                        self.publish_to_group(group, id, &frame, &mut published);
                         self.deliver_to_shards(&to, group, &frame, event, Instant::now(), None);
                     }
                 },
                 Effect::Reply { origin, result } => {
-                    let result = Self::ack_of(group, result);
+                    let result = Self::answer(group, result);
                     match origin {
                         SendOrigin::Local(o) if published => after_publish.push((o, result)),
-                        // A remote origin's answer is published after the group message.
-                        origin => self.answer(&origin, result),
+                        // A remote origin's answer is published after the group's events.
+                        origin => self.reply_to(&origin, result),
                     }
                 }
                 Effect::Enroll { to, users, barrier } => self.send_to_shard(
@@ -1826,6 +1846,26 @@ impl Shard {
         }
     }
 
+    /// Cluster mode: publishes event `id` of `group`'s stream (a message or a read receipt,
+    /// framed once) on the group's channel, for the other nodes' members.
+    fn publish_to_group(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        frame: &Bytes,
+        published: &mut bool,
+    ) {
+        if let Some(c) = &self.shared.cluster {
+            let on_bus = crate::cluster::GroupMessage {
+                from: &c.me,
+                id,
+                frame: frame.clone(),
+            };
+            c.publish(crate::cluster::group_channel(group), on_bus.encode());
+            *published = true;
+        }
+    }
+
     /// The store's answer to read receipt `id`: the room answers and delivers it in its turn.
     fn read_stored(
         &self,
@@ -1845,7 +1885,7 @@ impl Shard {
     }
 
     /// The ack for an event of `group`'s stream the store took, or did not.
-    fn ack_of(
+    fn answer(
         group: &GroupId,
         result: Result<Rc<Committed>, Unstored>,
     ) -> Result<Vec<u8>, ClientError> {
@@ -2250,7 +2290,7 @@ impl Shard {
                     wait
                 ),
             );
-            return self.answer(&origin, Err(e));
+            return self.reply_to(&origin, Err(e));
         }
         let owner = owner_of_group(&group, self.shared.nr_shards());
         self.send_to_shard(
@@ -2273,7 +2313,7 @@ impl Shard {
             group,
             message,
             user,
-            origin,
+            origin: SendOrigin::Local(origin),
         });
     }
 
@@ -2614,6 +2654,7 @@ impl Shard {
         self.sweep_rooms(now);
         if self.shared.cluster.is_some() {
             self.expire_forwards(now);
+            self.expire_gap_asks(now);
         }
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -2642,22 +2683,41 @@ impl Shard {
         (**owner != *c.me).then(|| owner.clone())
     }
 
-    /// A `sendMessage` of a connection of this node, for a group another node owns: published
-    /// on that node's channel. Its answer comes back over the bus ([`ShardMsg::BusAnswer`]);
+    /// A `sendMessage` or `markAsRead` of a connection of this node, for a group another node
+    /// owns: published on that node's channel (the owner gives it its id in the group's
+    /// stream). Its answer comes back over the bus ([`ShardMsg::BusAnswer`]);
     /// a publish that reached no one (the owner node is not subscribed: gone) or failed is
     /// answered here.
     fn forward(&self, msg: ShardMsg) {
-        let ShardMsg::SendMessage {
-            group,
-            user,
-            text,
-            attachments,
-            client_msg_id,
-            origin: SendOrigin::Local(origin),
-            ..
-        } = msg
-        else {
-            unreachable!("invariant: forward is called with a local SendMessage only")
+        let (group, user, event, origin) = match msg {
+            ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin: SendOrigin::Local(origin),
+                ..
+            } => {
+                let event = crate::cluster::Forwarded::SendMessage {
+                    text,
+                    attachments,
+                    client_msg_id,
+                };
+                (group, user, event, origin)
+            }
+            ShardMsg::MarkRead {
+                group,
+                message,
+                user,
+                origin: SendOrigin::Local(origin),
+            } => {
+                let event = crate::cluster::Forwarded::MarkRead { message: message.0 };
+                (group, user, event, origin)
+            }
+            _ => {
+                unreachable!("invariant: forward is called with a local sendMessage or markAsRead")
+            }
         };
         let (Some(c), Some(owner)) = (&self.shared.cluster, self.owner_node_elsewhere(&group))
         else {
@@ -2666,9 +2726,7 @@ impl Shard {
         let forward = crate::cluster::Forward {
             group: group.as_str().to_owned(),
             user: user.0,
-            text,
-            attachments,
-            client_msg_id,
+            event,
             node: c.me.to_string(),
             shard: origin.shard.0,
             conn: origin.conn.0,
@@ -2887,24 +2945,41 @@ impl Shard {
         }
     }
 
-    /// The bus is connected again after a loss: each room holding for a gap reads the store
-    /// after the last message it delivered. The owner node publishes a message only after the
-    /// store has it, so everything published before the subscription was made again is in
-    /// the store; what was published after arrives on the bus and is held meanwhile.
+    /// The bus is connected again after a loss: each room holding for a gap asks the group's
+    /// owner node for its room's settled id, then reads the store after the last event it
+    /// delivered up to that id ([`Shard::gap_settled`]). Every event up to the owner's
+    /// settled id was answered by the store and published, so one the bus did not bring is
+    /// in the store; every later one is published after the answer, and the bus (subscribed
+    /// again before `Up`) brings it, held meanwhile.
     fn bus_up(&self) {
         self.restore_presence();
-        let groups: Vec<(GroupId, MessageId)> = self
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let now = Instant::now();
+        let groups: Vec<GroupId> = self
             .bus_rooms
             .borrow_mut()
             .iter_mut()
             .filter(|(_, r)| r.held.is_some() && !r.filling)
             .map(|(g, r)| {
                 r.filling = true;
-                (g.clone(), r.delivered.unwrap_or(r.since))
+                r.asked = Some(now);
+                g.clone()
             })
             .collect();
-        for (group, after) in groups {
-            self.read_gap(group, after);
+        for group in groups {
+            match self.owner_node_elsewhere(&group) {
+                Some(owner) => {
+                    let ask = crate::cluster::SettledAsk {
+                        from: &c.me,
+                        group: &group,
+                    };
+                    c.publish(crate::cluster::node_channel(&owner), ask.encode());
+                }
+                // This node owns the group now: nothing of it travels on the bus to here.
+                None => self.gap_settled(group, MessageId(i64::MAX as u64)),
+            }
         }
     }
 
@@ -2949,13 +3024,65 @@ impl Shard {
         }
     }
 
-    fn read_gap(&self, group: GroupId, after: MessageId) {
+    /// On the group's owner node: another node asks for the room's settled id (see
+    /// [`Shard::bus_up`]). A room not in memory has nothing waiting for the store.
+    fn settled_asked(&self, group: GroupId, from: &str) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let now = events::now_ms() as u64;
+        let settled = match self.rooms.borrow().get(&group) {
+            Some(room) => room.settled(now),
+            None => MessageId(MessageId::new(now as i64, 0, 0).0.saturating_sub(1)),
+        };
+        let answer = crate::cluster::SettledAnswer { group, settled };
+        c.publish(crate::cluster::node_channel(from), answer.encode());
+    }
+
+    /// The owner node's settled id for a gap fill (or, when it did not answer in time,
+    /// everything stored): read the store up to it.
+    fn gap_settled(&self, group: GroupId, upto: MessageId) {
+        let after = {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            let Some(r) = rooms.get_mut(&group) else {
+                return;
+            };
+            if r.asked.take().is_none() {
+                return; // answered already (a late answer, or after the timeout)
+            }
+            r.upto = upto;
+            r.delivered.unwrap_or(r.since)
+        };
+        self.read_gap(group, after, upto);
+    }
+
+    /// Gap fills whose owner node did not say its settled id within [`GAP_ASK_TIMEOUT`] read
+    /// everything stored (the owner may be gone; see docs/architecture.md for the window
+    /// this leaves).
+    fn expire_gap_asks(&self, now: Instant) {
+        let late: Vec<GroupId> = self
+            .bus_rooms
+            .borrow()
+            .iter()
+            .filter(|(_, r)| {
+                r.asked
+                    .is_some_and(|at| now.saturating_duration_since(at) >= GAP_ASK_TIMEOUT)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in late {
+            tracing::warn!(%group, "cluster bus: the group's owner node did not say how far to fill the gap; reading all");
+            self.gap_settled(group, MessageId(i64::MAX as u64));
+        }
+    }
+
+    fn read_gap(&self, group: GroupId, after: MessageId, upto: MessageId) {
         let read = group.clone();
         self.store_to_inbox(
             |reply| Request::Since {
                 group: read,
                 after,
-                upto: MessageId(i64::MAX as u64),
+                upto,
                 limit: GAP_READ,
                 reply,
             },
@@ -2976,26 +3103,26 @@ impl Shard {
         };
         let mut more = false;
         match result {
-            Ok(events) => {
-                more = events.len() >= GAP_READ;
+            Ok(stream) => {
+                more = stream.len() >= GAP_READ;
                 let mut filled = 0u64;
-                // Read receipts are delivered by the room of the node they were made on, not
-                // over the bus, so a gap holds none to fill.
-                let messages = events.iter().filter_map(|e| match e {
-                    GroupEvent::Message(m) => Some(m),
-                    GroupEvent::Read(_) => None,
-                });
-                for m in messages {
-                    if m.id <= last {
+                for e in &stream {
+                    let id = e.id();
+                    if id <= last {
                         continue;
                     }
-                    if boundary.is_some_and(|b| m.id >= b) {
+                    if boundary.is_some_and(|b| id >= b) {
                         more = false;
                         break;
                     }
-                    let frame = events::new_message_frame(m);
-                    self.deliver_here(&group, m.id, &frame);
-                    last = m.id;
+                    let frame = match e {
+                        GroupEvent::Message(m) => events::new_message_frame(m),
+                        GroupEvent::Read(r) => {
+                            events::message_read_frame(&group, r.message, r.user)
+                        }
+                    };
+                    self.deliver_here(&group, id, &frame);
+                    last = id;
                     filled += 1;
                 }
                 if filled > 0 {
@@ -3027,7 +3154,12 @@ impl Shard {
             }
         };
         if more {
-            return self.read_gap(group, last);
+            let upto = self
+                .bus_rooms
+                .borrow()
+                .get(&group)
+                .map_or(MessageId(0), |r| r.upto);
+            return self.read_gap(group, last, upto);
         }
         for (id, frame) in held.into_iter().flatten() {
             self.bus_delivered(&group, id, &frame);
