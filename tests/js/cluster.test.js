@@ -11,7 +11,8 @@ const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const net = require('node:net');
-const { Gateway, connect } = require('./helpers');
+const { io } = require('socket.io-client');
+const { Gateway, ChatClient, connect } = require('./helpers');
 
 const scyllaNodes = process.env.CORECAST_TEST_SCYLLA_NODES;
 const NODES = 3;
@@ -114,4 +115,47 @@ test('group messages sent on every node reach every member on every node once, i
       .map((e) => e.payload.id);
     assert.deepEqual(got, expected, `member ${k} on node ${k % NODES}`);
   }
+});
+
+test('a client recovers on another node what it missed, once and in order, before anything new', { skip: !scyllaNodes && 'CORECAST_TEST_SCYLLA_NODES is not set (Cassandra: scripts/cassandra.sh start)', timeout: 120_000 }, async () => {
+  const [reader, sender] = [7101, 7102];
+  for (const u of [reader, sender]) await nodes[0].putUser(u);
+  const gid = `js-recover-${crypto.randomBytes(4).toString('hex')}`;
+  await nodes[0].putGroup(gid, [reader, sender]);
+  const cs = await connect(nodes[2], sender);
+  clients.push(cs);
+  const ca = await connect(nodes[0], reader);
+  clients.push(ca);
+  const send = async (text) => {
+    const ack = await cs.call('sendMessage', { groupId: gid, text, attachments: [] });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    return ack;
+  };
+  const first = await send('before');
+  await ca.waitFor('newMessage', (m) => m.id === first.id);
+  const { _pid: pid, _lastOffset: offset } = ca.socket;
+  assert.ok(pid && offset, 'a pid and an offset to recover with');
+  ca.close();
+  await ca.waitFor('disconnect');
+  for (const t of ['away 1', 'away 2', 'away 3']) await send(t);
+
+  // Back on another node, with what node 0 gave it, as the client's own reconnection would.
+  const cb = new ChatClient(`user${reader}-again`);
+  cb.socket = io(nodes[1].url, { path: '/socket.io/', auth: { token: nodes[1].token(reader) },
+    reconnection: false, forceNew: true, autoConnect: false });
+  cb.socket._pid = pid;
+  cb.socket._lastOffset = offset;
+  cb.socket.onAny((event, ...args) => cb.record(event, args[0], args.slice(1)));
+  clients.push(cb);
+  await new Promise((resolve, reject) => {
+    cb.socket.once('connect', resolve);
+    cb.socket.once('connect_error', reject);
+    cb.socket.connect();
+  });
+  assert.equal(cb.socket.recovered, true, 'recovered on another node');
+  const after = await send('after');
+  await cb.waitFor('newMessage', (m) => m.id === after.id);
+  const texts = cb.events.filter((e) => e.event === 'newMessage' && e.payload.groupId === gid)
+    .map((e) => e.payload.text);
+  assert.deepEqual(texts, ['away 1', 'away 2', 'away 3', 'after']);
 });
