@@ -411,10 +411,11 @@ pub enum ShardMsg {
     Nodes { live: Arc<[Arc<str>]> },
     /// Cluster mode: the bus is connected to Redis again after a loss: fill the gap.
     BusUp,
-    /// Cluster mode, on a group's owner node: node `from` asks for the room's settled id, to
-    /// fill a gap up to it.
+    /// Cluster mode, on a group's owner node: node `from` asks for the room's settled id (to
+    /// fill a gap up to it, or for recovering CONNECTs to read the store up to it).
     SettledAsked { group: GroupId, from: Arc<str> },
-    /// Cluster mode: the owner node's answer to that: the gap is read up to `settled`.
+    /// Cluster mode: the owner node's answer to that: connect-time Subscribes waiting for it
+    /// are answered with it, a gap fill reads up to it.
     GapSettled { group: GroupId, settled: MessageId },
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
@@ -610,6 +611,9 @@ struct BusRoom {
     /// How far the gap fill reads: the owner's settled id (every event up to it was answered
     /// by the store and published), or, if the owner did not answer, everything stored.
     upto: MessageId,
+    /// Connect-time Subscribes waiting for the owner node's settled id, and since when (see
+    /// [`Shard::subscribed_on_bus`]).
+    settling: Option<(Instant, Vec<WaitingSubscribe>)>,
 }
 
 impl BusRoom {
@@ -622,6 +626,7 @@ impl BusRoom {
             filling: false,
             asked: None,
             upto: MessageId(0),
+            settling: None,
         }
     }
 }
@@ -1153,7 +1158,7 @@ impl Shard {
             ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
             ShardMsg::BusUp => self.bus_up(),
             ShardMsg::SettledAsked { group, from } => self.settled_asked(group, &from),
-            ShardMsg::GapSettled { group, settled } => self.gap_settled(group, settled),
+            ShardMsg::GapSettled { group, settled } => self.owner_settled(group, Some(settled)),
             ShardMsg::GapRead { group, result } => self.gap_read(group, result),
             ShardMsg::ClusterPresence {
                 user,
@@ -2822,12 +2827,7 @@ impl Shard {
         match rooms.get_mut(&group) {
             Some(BusRoom { waiting: None, .. }) => {
                 drop(rooms);
-                let WaitingSubscribe {
-                    origin,
-                    reason,
-                    result,
-                } = waiting;
-                self.answer_subscribe(origin, group, reason, result);
+                self.subscribed_on_bus(group, waiting);
             }
             Some(BusRoom {
                 waiting: Some(list),
@@ -2875,7 +2875,77 @@ impl Shard {
             tracing::warn!(%group, error = %e, "room not subscribed on the cluster bus: other nodes' messages do not reach it live");
         }
         for w in waiting {
-            self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
+            self.subscribed_on_bus(group.clone(), w);
+        }
+    }
+
+    /// A Subscribe whose room is on the bus is answered; a connect-time one of a group another
+    /// node owns, with that node's settled id for the room. A recovering CONNECT reads the
+    /// store up to the id it is given and takes the deliveries that follow: this node's room
+    /// does not know what waits for the store on the owner (an event the store answered while
+    /// an earlier one still waits, held back there), the owner's settled id does. Asked once
+    /// for every Subscribe waiting meanwhile (`Q`, answered `W`); without an answer in
+    /// [`GAP_ASK_TIMEOUT`], this node's own settled id is given.
+    fn subscribed_on_bus(&self, group: GroupId, w: WaitingSubscribe) {
+        let ask = w.reason == SubReason::Connect
+            && w.result.is_ok()
+            && self.config().recovery.enabled
+            && self.owner_node_elsewhere(&group).is_some();
+        if !ask {
+            return self.answer_subscribe(w.origin, group, w.reason, w.result);
+        }
+        let first = {
+            let mut rooms = self.bus_rooms.borrow_mut();
+            let Some(r) = rooms.get_mut(&group) else {
+                drop(rooms);
+                return self.answer_subscribe(w.origin, group, w.reason, w.result);
+            };
+            match &mut r.settling {
+                Some((_, list)) => {
+                    list.push(w);
+                    false
+                }
+                None => {
+                    r.settling = Some((Instant::now(), vec![w]));
+                    true
+                }
+            }
+        };
+        if first {
+            self.ask_owner_settled(&group);
+        }
+    }
+
+    /// Asks the group's owner node for its room's settled id ([`ShardMsg::SettledAsked`]).
+    fn ask_owner_settled(&self, group: &GroupId) {
+        let (Some(c), Some(owner)) = (&self.shared.cluster, self.owner_node_elsewhere(group))
+        else {
+            return;
+        };
+        let ask = crate::cluster::SettledAsk { from: &c.me, group };
+        c.publish(crate::cluster::node_channel(&owner), ask.encode());
+    }
+
+    /// The owner node's settled id for the room: the connect-time Subscribes waiting for it
+    /// are answered with it (`None`: it did not answer in time: with their own), and a gap
+    /// fill waiting for it reads up to it.
+    fn owner_settled(&self, group: GroupId, settled: Option<MessageId>) {
+        let waiting = self
+            .bus_rooms
+            .borrow_mut()
+            .get_mut(&group)
+            .and_then(|r| r.settling.take())
+            .map(|(_, list)| list)
+            .unwrap_or_default();
+        for w in waiting {
+            let result = match (settled, w.result) {
+                (Some(s), Ok(_)) => Ok(s),
+                (_, r) => r,
+            };
+            self.answer_subscribe(w.origin, group.clone(), w.reason, result);
+        }
+        if let Some(s) = settled {
+            self.gap_settled(group, s);
         }
     }
 
@@ -2887,7 +2957,8 @@ impl Shard {
         let Some(was) = self.bus_rooms.borrow_mut().remove(group) else {
             return;
         };
-        for w in was.waiting.into_iter().flatten() {
+        let settling = was.settling.map(|(_, list)| list);
+        for w in was.waiting.into_iter().chain(settling).flatten() {
             self.answer_subscribe(w.origin, group.clone(), w.reason, w.result);
         }
         c.bus
@@ -3073,6 +3144,21 @@ impl Shard {
         for group in late {
             tracing::warn!(%group, "cluster bus: the group's owner node did not say how far to fill the gap; reading all");
             self.gap_settled(group, MessageId(i64::MAX as u64));
+        }
+        let late: Vec<GroupId> = self
+            .bus_rooms
+            .borrow()
+            .iter()
+            .filter(|(_, r)| {
+                r.settling
+                    .as_ref()
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= GAP_ASK_TIMEOUT)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in late {
+            tracing::warn!(%group, "cluster bus: the group's owner node did not say its settled id; recovering clients get this node's");
+            self.owner_settled(group, None);
         }
     }
 

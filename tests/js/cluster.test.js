@@ -1,0 +1,161 @@
+'use strict';
+// Cluster mode (issue 18) with the official JavaScript client: three `corecast serve` nodes on
+// one redis-server of this file's own and one Cassandra (CORECAST_TEST_SCYLLA_NODES), clients
+// with socket.io-client's defaults (polling first, then the WebSocket upgrade), each on one
+// node. socket.io-client hands events over in the order they came off the wire, so the order
+// checked is the gateway's. tests/python/test_cluster.py covers more (a Redis restart, read
+// receipts, membership changes).
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
+const net = require('node:net');
+const { io } = require('socket.io-client');
+const { Gateway, ChatClient, connect } = require('./helpers');
+
+const scyllaNodes = process.env.CORECAST_TEST_SCYLLA_NODES;
+const NODES = 3;
+
+/** A port below 32768 (under the kernel's ephemeral range) that nothing listens on. */
+async function freePort() {
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + crypto.randomInt(12000);
+    const free = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error('no free port between 20000 and 32000');
+}
+
+async function until(what, fn, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await fn().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+function redisAnswers(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write('PING\r\n'));
+    s.once('data', (d) => { s.destroy(); resolve(d.toString().startsWith('+PONG')); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function metric(gw, name) {
+  const { text } = await gw.admin('GET', '/metrics');
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+let redis;
+let nodes = [];
+const clients = [];
+
+before(async () => {
+  if (!scyllaNodes) return;
+  const port = await freePort();
+  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'no'], { stdio: 'ignore' });
+  redis.once('error', (e) => { throw new Error(`redis-server: ${e.message} (apt-get install redis-server)`); });
+  await until(`redis-server on ${port}`, () => redisAnswers(port), 10_000);
+  const keyspace = `corecast_js_${crypto.randomBytes(8).toString('hex')}`;
+  for (let i = 0; i < NODES; i++) {
+    // One at a time: the first creates the schema, the others find it.
+    const gw = new Gateway({
+      CORECAST_STORE: 'scylla', CORECAST_SCYLLA_NODES: scyllaNodes, CORECAST_SCYLLA_KEYSPACE: keyspace,
+      CORECAST_CLUSTER: `redis://127.0.0.1:${port}`, CORECAST_NODE_ID: `js-node-${i}`,
+      CORECAST_SHARDS: '2', CORECAST_LISTEN: `127.0.0.1:${await freePort()}`,
+      CORECAST_INTERNAL_LISTEN: `127.0.0.1:${await freePort()}`,
+    });
+    await gw.start();
+    await gw.waitReady(120_000);
+    nodes.push(gw);
+  }
+  for (const gw of nodes) {
+    await until(`${gw.internal} to see ${NODES} nodes`,
+      async () => (await metric(gw, 'corecast_cluster_nodes')) === NODES, 15_000);
+  }
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  for (const gw of nodes) await gw.stop();
+  if (redis) redis.kill('SIGTERM');
+});
+
+test('group messages sent on every node reach every member on every node once, in id order, acked', { skip: !scyllaNodes && 'CORECAST_TEST_SCYLLA_NODES is not set (Cassandra: scripts/cassandra.sh start)', timeout: 120_000 }, async () => {
+  const users = [7001, 7002, 7003, 7004, 7005, 7006];
+  for (const u of users) await nodes[0].putUser(u);
+  const gid = `js-cluster-${crypto.randomBytes(4).toString('hex')}`;
+  await nodes[0].putGroup(gid, users);
+  for (const [k, u] of users.entries()) clients.push(await connect(nodes[k % NODES], u));
+  const senders = clients.slice(0, NODES); // one on each node
+  const perSender = 15;
+  const acks = (await Promise.all(senders.map(async (c, n) => {
+    const mine = [];
+    for (let i = 0; i < perSender; i++) {
+      mine.push(await c.call('sendMessage', { groupId: gid, text: `s${n}-${i}`, attachments: [] }, 30_000));
+    }
+    return mine;
+  }))).flat();
+  for (const a of acks) assert.equal(a.ok, true, JSON.stringify(a));
+  const marker = await senders[0].call('sendMessage', { groupId: gid, text: 'marker', attachments: [] });
+  assert.equal(marker.ok, true);
+  const expected = [...acks.map((a) => a.id), marker.id].sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
+  for (const [k, c] of clients.entries()) {
+    await c.waitFor('newMessage', (m) => m.id === marker.id, 30_000);
+    const got = c.events.filter((e) => e.event === 'newMessage' && e.payload.groupId === gid)
+      .map((e) => e.payload.id);
+    assert.deepEqual(got, expected, `member ${k} on node ${k % NODES}`);
+  }
+});
+
+test('a client recovers on another node what it missed, once and in order, before anything new', { skip: !scyllaNodes && 'CORECAST_TEST_SCYLLA_NODES is not set (Cassandra: scripts/cassandra.sh start)', timeout: 120_000 }, async () => {
+  const [reader, sender] = [7101, 7102];
+  for (const u of [reader, sender]) await nodes[0].putUser(u);
+  const gid = `js-recover-${crypto.randomBytes(4).toString('hex')}`;
+  await nodes[0].putGroup(gid, [reader, sender]);
+  const cs = await connect(nodes[2], sender);
+  clients.push(cs);
+  const ca = await connect(nodes[0], reader);
+  clients.push(ca);
+  const send = async (text) => {
+    const ack = await cs.call('sendMessage', { groupId: gid, text, attachments: [] });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    return ack;
+  };
+  const first = await send('before');
+  await ca.waitFor('newMessage', (m) => m.id === first.id);
+  const { _pid: pid, _lastOffset: offset } = ca.socket;
+  assert.ok(pid && offset, 'a pid and an offset to recover with');
+  ca.close();
+  await ca.waitFor('disconnect');
+  for (const t of ['away 1', 'away 2', 'away 3']) await send(t);
+
+  // Back on another node, with what node 0 gave it, as the client's own reconnection would.
+  const cb = new ChatClient(`user${reader}-again`);
+  cb.socket = io(nodes[1].url, { path: '/socket.io/', auth: { token: nodes[1].token(reader) },
+    reconnection: false, forceNew: true, autoConnect: false });
+  cb.socket._pid = pid;
+  cb.socket._lastOffset = offset;
+  cb.socket.onAny((event, ...args) => cb.record(event, args[0], args.slice(1)));
+  clients.push(cb);
+  await new Promise((resolve, reject) => {
+    cb.socket.once('connect', resolve);
+    cb.socket.once('connect_error', reject);
+    cb.socket.connect();
+  });
+  assert.equal(cb.socket.recovered, true, 'recovered on another node');
+  const after = await send('after');
+  await cb.waitFor('newMessage', (m) => m.id === after.id);
+  const texts = cb.events.filter((e) => e.event === 'newMessage' && e.payload.groupId === gid)
+    .map((e) => e.payload.text);
+  assert.deepEqual(texts, ['away 1', 'away 2', 'away 3', 'after']);
+});
