@@ -1,6 +1,7 @@
 //! One bus hop, measured: node B publishes at a fixed rate (open loop) on channels node A is
 //! subscribed to, through a real Redis; A records publish-to-handler latency (both nodes in
-//! this process, so one clock) in an HDR histogram.
+//! this process, so one clock) in an HDR histogram, and Redis's own CPU time per message
+//! (`INFO cpu` before and after: its main thread's user and system time).
 //!
 //! cargo run --release -p corecast-cluster --example bus_latency -- \
 //!     redis://127.0.0.1:6390 [rate per second, default 5000] [seconds, default 10] [channels, default 100]
@@ -54,6 +55,7 @@ fn main() {
         sub_rx.recv().unwrap().expect("subscribed");
     }
     let hb = b.handle();
+    let cpu_before = redis_cpu_secs(&hb);
     let total = rate * secs;
     let start = Instant::now();
     let mut body = vec![0u8; 200]; // about a chat message frame
@@ -80,7 +82,9 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let redis_us = (redis_cpu_secs(&hb) - cpu_before) * 1e6 / total.max(1) as f64;
     let h = hist.lock().unwrap();
+    println!("redis CPU per message: {redis_us:.1} µs (one subscriber)");
     println!(
         "rate {rate}/s for {secs} s over {channels} channels: received {} of {total}; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
         h.len(),
@@ -90,4 +94,22 @@ fn main() {
         h.value_at_quantile(0.999),
         h.max()
     );
+}
+
+/// Redis's CPU time so far (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`), in seconds.
+fn redis_cpu_secs(bus: &corecast_cluster::BusHandle) -> f64 {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut info = redis::cmd("INFO");
+    info.arg("cpu");
+    bus.command(info, Box::new(move |r| drop(tx.send(r))));
+    let text = match rx.recv_timeout(Duration::from_secs(5)).expect("INFO answered") {
+        Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(redis::Value::VerbatimString { text, .. }) => text,
+        other => panic!("INFO cpu: {other:?}"),
+    };
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }

@@ -97,6 +97,11 @@ pub struct ClusterStats {
     pub connects: AtomicU64,
     /// Group messages delivered from the store after a bus reconnection (the gap).
     pub gap_filled: AtomicU64,
+    /// From a publish being handed to the bus to Redis having taken it.
+    pub publish_latency: crate::metrics::Histogram,
+    /// A group event from another node, from its id's making (on the owner, before the
+    /// store) to this node handing it to its shards: the lag of the bus path.
+    pub bus_delivery_age: crate::metrics::Histogram,
 }
 
 impl ClusterHandle {
@@ -104,11 +109,13 @@ impl ClusterHandle {
     pub fn publish(&self, channel: String, payload: Bytes) {
         self.stats.published.fetch_add(1, Relaxed);
         let stats = self.stats.clone();
+        let start = std::time::Instant::now();
         self.bus.publish(
             channel,
             payload,
-            Some(Box::new(move |r| {
-                if r.is_err() {
+            Some(Box::new(move |r| match r {
+                Ok(_) => stats.publish_latency.observe(start.elapsed()),
+                Err(_) => {
                     stats.publish_failures.fetch_add(1, Relaxed);
                 }
             })),
@@ -214,6 +221,18 @@ impl ClusterHandle {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        crate::metrics::one_histogram(
+            out,
+            "corecast_bus_publish_latency_seconds",
+            "From a publish handed to the cluster bus to Redis having taken it.",
+            &s.publish_latency,
+        );
+        crate::metrics::one_histogram(
+            out,
+            "corecast_bus_delivery_age_seconds",
+            "Age of a group event from another node when this node hands it to its shards (from its id's making on the owner node).",
+            &s.bus_delivery_age,
+        );
     }
 }
 
@@ -471,6 +490,10 @@ impl Router {
         if let Some(group) = name.strip_prefix("g:") {
             let m = GroupMessage::decode(payload)?;
             if m.from != *self.me {
+                let age = crate::events::now_ms().saturating_sub(m.id.millis()).max(0);
+                self.stats
+                    .bus_delivery_age
+                    .observe(Duration::from_millis(age as u64));
                 let group = GroupId::new(group);
                 let msg = ShardMsg::BusDeliver {
                     group: group.clone(),

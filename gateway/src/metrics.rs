@@ -160,6 +160,12 @@ fn histogram(
     series(out, name, None, shards.iter().map(|s| pick(s)));
 }
 
+/// A histogram of one part (not per shard), with its HELP and TYPE lines.
+pub fn one_histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    counter(out, name, help, "histogram");
+    series(out, name, None, std::iter::once(h));
+}
+
 /// One series of a histogram, summed over the shards' parts, with one label or none.
 fn series<'a>(
     out: &mut String,

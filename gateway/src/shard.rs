@@ -2782,16 +2782,21 @@ impl Shard {
     fn bus_down(&self) {
         self.hold_for_gap();
         let waiting: Vec<_> = self.forwards.borrow().keys().copied().collect();
-        for (shard, conn, ack) in waiting {
+        self.forwards_lost(
+            waiting,
+            "the cluster bus was lost before the group's owner node answered (the message may be stored)",
+        );
+    }
+
+    /// [`Shard::forward_lost`] for each of `forwards`, as `forwards` keys them.
+    fn forwards_lost(&self, forwards: Vec<(ShardId, ConnId, u64)>, reason: &str) {
+        for (shard, conn, ack) in forwards {
             let origin = Origin {
                 shard,
                 conn,
                 ack: Some(ack),
             };
-            self.forward_lost(
-                origin,
-                "the cluster bus was lost before the group's owner node answered (the message may be stored)",
-            );
+            self.forward_lost(origin, reason);
         }
     }
 
@@ -2805,17 +2810,10 @@ impl Shard {
             .filter(|(_, &at)| now.saturating_duration_since(at) >= FORWARD_TIMEOUT)
             .map(|(&k, _)| k)
             .collect();
-        for (shard, conn, ack) in late {
-            let origin = Origin {
-                shard,
-                conn,
-                ack: Some(ack),
-            };
-            self.forward_lost(
-                origin,
-                "the group's owner node did not answer in time (the message may be stored)",
-            );
-        }
+        self.forwards_lost(
+            late,
+            "the group's owner node did not answer in time (the message may be stored)",
+        );
     }
 
     /// Answers `waiting` once `group`'s room is on the bus: the room subscribes to the

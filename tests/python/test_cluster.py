@@ -149,9 +149,9 @@ def _ready(gw) -> bool:
         return False
 
 
-@pytest.fixture
-def cluster(cassandra, redis, start_gateway):
-    """Three nodes in cluster mode on one keyspace, each seeing all three alive."""
+def start_cluster(cassandra, redis, start_gateway, **env):
+    """Three nodes in cluster mode on one fresh keyspace (with `env` added), each seeing all
+    three alive."""
     keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
     nodes = []
     for i in range(NODES):
@@ -160,13 +160,18 @@ def cluster(cassandra, redis, start_gateway):
                            CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
                            CORECAST_NODE_ID=f"node-{i}", CORECAST_SHARDS=2,
                            CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
-                           CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}")
+                           CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}", **env)
         poll(f"node-{i} /readyz", lambda gw=gw: _ready(gw), READY_TIMEOUT, 0.2)
         nodes.append(gw)
     for i, gw in enumerate(nodes):
         poll(f"node-{i} to see {NODES} live nodes",
              lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == NODES, 15, 0.1)
     return nodes
+
+
+@pytest.fixture
+def cluster(cassandra, redis, start_gateway):
+    return start_cluster(cassandra, redis, start_gateway)
 
 
 @pytest.fixture
@@ -264,6 +269,12 @@ def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, con
                             f"{sorted(set(stored) - set(want))[:5]}")
     forwarded = sum(_metric(gw, "corecast_bus_forwarded_total") for gw in cluster)
     assert forwarded in (per_sender * (NODES - 1), per_sender * (NODES - 1) + 1), forwarded
+    # The bus's latency histograms counted that traffic: every group message reached the two
+    # nodes that do not own the group.
+    published = sum(_metric(gw, "corecast_bus_publish_latency_seconds_count") for gw in cluster)
+    assert published >= total + 1, published
+    aged = sum(_metric(gw, "corecast_bus_delivery_age_seconds_count") for gw in cluster)
+    assert aged == (NODES - 1) * (total + 1), aged
 
 
 def test_read_receipts_cross_nodes_in_the_group_order(cluster, connect, new_id):

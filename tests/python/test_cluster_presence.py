@@ -7,13 +7,11 @@ Three `corecast serve` processes on one Redis and one Cassandra, as in test_clus
 fixtures these tests share), with a short presence debounce and a short dead-node time.
 """
 
-import uuid
-
 import pytest
 
 from polling import poll
 from test_cluster import (  # noqa: F401 - fixtures, used by name
-    NODES, READY_TIMEOUT, _free_port, _metric, _ready, cassandra, connect, redis, redis_server)
+    cassandra, connect, redis, redis_server, start_cluster)
 
 pytestmark = pytest.mark.cassandra
 
@@ -22,24 +20,10 @@ DEAD_AFTER_SECS = 3
 
 @pytest.fixture
 def cluster(cassandra, redis, start_gateway):  # noqa: F811 - the fixtures imported above
-    """Three nodes, each seeing all three alive; presence debounced 200 ms, a node dead after
-    DEAD_AFTER_SECS without refreshing its registration."""
-    keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
-    nodes = []
-    for i in range(NODES):
-        gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
-                           CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
-                           CORECAST_NODE_ID=f"node-{i}", CORECAST_SHARDS=2,
-                           CORECAST_PRESENCE_DEBOUNCE_MS=200,
-                           CORECAST_CLUSTER_DEAD_AFTER_SECS=DEAD_AFTER_SECS,
-                           CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
-                           CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}")
-        poll(f"node-{i} /readyz", lambda gw=gw: _ready(gw), READY_TIMEOUT, 0.2)
-        nodes.append(gw)
-    for i, gw in enumerate(nodes):
-        poll(f"node-{i} to see {NODES} live nodes",
-             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == NODES, 15, 0.1)
-    return nodes
+    """Three nodes; presence debounced 200 ms, a node dead after DEAD_AFTER_SECS without
+    refreshing its registration."""
+    return start_cluster(cassandra, redis, start_gateway, CORECAST_PRESENCE_DEBOUNCE_MS=200,
+                         CORECAST_CLUSTER_DEAD_AFTER_SECS=DEAD_AFTER_SECS)
 
 
 def presence_of(client, uid):
