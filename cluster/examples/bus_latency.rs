@@ -102,7 +102,10 @@ fn redis_cpu_secs(bus: &corecast_cluster::BusHandle) -> f64 {
     let mut info = redis::cmd("INFO");
     info.arg("cpu");
     bus.command(info, Box::new(move |r| drop(tx.send(r))));
-    let text = match rx.recv_timeout(Duration::from_secs(5)).expect("INFO answered") {
+    let text = match rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("INFO answered")
+    {
         Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
         Ok(redis::Value::VerbatimString { text, .. }) => text,
         other => panic!("INFO cpu: {other:?}"),

@@ -19,14 +19,16 @@
 //! On top of it, [`Registry`] keeps this node registered and tells who else is alive (a key
 //! with a time to live per node, refreshed every check), and [`ClusterPresence`] keeps who is
 //! connected on which node, answering each change with whether it was the user's first node
-//! or last.
+//! or last; [`ClusterLimit`] is a per-user message limit every node shares.
 //!
 //! Nothing here knows about groups or frames: channel names and payloads are the caller's.
 
 pub mod bus;
+pub mod limit;
 pub mod presence;
 pub mod registry;
 
 pub use bus::{Bus, BusConfig, BusError, BusEvent, BusHandle, Done, Handler};
+pub use limit::ClusterLimit;
 pub use presence::ClusterPresence;
 pub use registry::{Change, ChangeHandler, Membership, Registry, RegistryConfig};

@@ -25,7 +25,8 @@
 use crate::shard::{RemoteOrigin, SendOrigin, ShardMsg, Trace};
 use bytes::{BufMut, Bytes, BytesMut};
 use corecast_cluster::{
-    Bus, BusConfig, BusEvent, BusHandle, Change, ClusterPresence, Registry, RegistryConfig,
+    Bus, BusConfig, BusEvent, BusHandle, Change, ClusterLimit, ClusterPresence, Registry,
+    RegistryConfig,
 };
 use corecast_shard_router::{owner_of_group, InboxHandle, ShardId};
 use corecast_storage::{Attachment, GroupId, MembershipChange, MessageId, UserId};
@@ -69,6 +70,8 @@ pub struct ClusterHandle {
     pub bus: BusHandle,
     /// Who is connected on which node (Redis).
     pub presence: ClusterPresence,
+    /// The per-user message limit every node shares (Redis).
+    pub limit: ClusterLimit,
     /// This node's id.
     pub me: Arc<str>,
     pub stats: Arc<ClusterStats>,
@@ -383,6 +386,7 @@ pub fn start(
             bus: Some(bus),
         },
         ClusterHandle {
+            limit: ClusterLimit::new(handle.clone(), PREFIX),
             bus: handle,
             presence,
             me,

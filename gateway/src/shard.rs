@@ -309,6 +309,12 @@ pub enum ShardMsg {
         /// When it happened (wall milliseconds).
         at: i64,
     },
+    /// Cluster mode: Redis's answer to a message's shared rate limit: `None` to go on,
+    /// `Some(ms)` to refuse (retry in `ms`); an error when Redis could not answer.
+    Limited {
+        msg: Box<ShardMsg>,
+        verdict: Result<Option<u64>, corecast_cluster::BusError>,
+    },
     /// Cluster mode: Redis could not be told of a [`ShardMsg::ClusterPresence`] change.
     ClusterPresenceUntold {
         user: UserId,
@@ -1180,6 +1186,7 @@ impl Shard {
                     .borrow_mut()
                     .insert(user, (online, groups));
             }
+            ShardMsg::Limited { msg, verdict } => self.cluster_limited(*msg, verdict),
             ShardMsg::Reaped { users } => self.load_reaped_groups(users),
             ShardMsg::ReapedGroups { users, result } => self.reaped_groups(users, result),
             ShardMsg::OnlineSet { users } => self.online.borrow_mut().extend(users.iter().copied()),
@@ -2284,9 +2291,86 @@ impl Shard {
         trace.admitted = Some(at);
         self.stats
             .hop(Hop::Limiter, at.saturating_duration_since(trace.ingress));
+        let per_min = self.config().limits.rate_limit_per_min;
+        if per_min > 0 && self.shared.cluster.is_some() {
+            // Cluster mode: the user's budget is shared by every node, in Redis. Answers come
+            // back in the order asked (one connection), so a user's messages keep theirs.
+            let msg = Box::new(ShardMsg::SendMessage {
+                group,
+                user,
+                text,
+                attachments,
+                client_msg_id,
+                origin,
+                admitted: false,
+                trace,
+            });
+            return self.bus_call(
+                |c, done| c.limit.take(user.0, per_min, done),
+                move |r| Some(ShardMsg::Limited { msg, verdict: r }),
+            );
+        }
         let now = events::now_ms();
-        if !self.limiter.borrow_mut().try_acquire(user, now) {
-            let wait = self.limiter.borrow().retry_after_ms(user, now);
+        let wait = if self.limiter.borrow_mut().try_acquire(user, now) {
+            None
+        } else {
+            Some(self.limiter.borrow().retry_after_ms(user, now))
+        };
+        let msg = ShardMsg::SendMessage {
+            group,
+            user,
+            text,
+            attachments,
+            client_msg_id,
+            origin,
+            admitted: false,
+            trace,
+        };
+        self.limited(msg, wait);
+    }
+
+    /// Cluster mode: Redis's word on a message's limit (see [`Shard::admit`]); while Redis
+    /// cannot answer, this node's own limiter decides.
+    fn cluster_limited(
+        &self,
+        msg: ShardMsg,
+        verdict: Result<Option<u64>, corecast_cluster::BusError>,
+    ) {
+        let wait = match verdict {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster rate limit not reached: this node's decides");
+                let ShardMsg::SendMessage { user, .. } = &msg else {
+                    unreachable!("invariant: only a SendMessage is limited")
+                };
+                let now = events::now_ms();
+                if self.limiter.borrow_mut().try_acquire(*user, now) {
+                    None
+                } else {
+                    Some(self.limiter.borrow().retry_after_ms(*user, now))
+                }
+            }
+        };
+        self.limited(msg, wait);
+    }
+
+    /// A message through its sender's limit: refused, retry in `wait` ms, or on to the
+    /// group's owner.
+    fn limited(&self, msg: ShardMsg, wait: Option<u64>) {
+        let ShardMsg::SendMessage {
+            group,
+            user,
+            text,
+            attachments,
+            client_msg_id,
+            origin,
+            trace,
+            ..
+        } = msg
+        else {
+            unreachable!("invariant: only a SendMessage is limited")
+        };
+        if let Some(wait) = wait {
             let e = ClientError::new(
                 Code::RateLimited,
                 format!(

@@ -409,3 +409,27 @@ def test_cluster_mode_refuses_the_embedded_store(redis, tmp_path):
                        timeout=30)
     assert r.returncode != 0
     assert "CORECAST_STORE" in r.stderr and "scylla" in r.stderr, r.stderr
+
+
+def test_the_message_limit_is_one_budget_per_user_across_nodes(cassandra, redis, start_gateway,
+                                                              connect, new_id):
+    """CORECAST_RATE_LIMIT_PER_MIN=4 on every node: a user sending from a tab on one node and
+    a phone on another gets 4 messages a minute in all, not 4 per node; the fifth is refused
+    with rate_limited and when to retry, and another user's budget is untouched."""
+    nodes = start_cluster(cassandra, redis, start_gateway, CORECAST_RATE_LIMIT_PER_MIN=4)
+    user, other = new_id(), new_id()
+    for u in (user, other):
+        nodes[0].put_user(u)
+    gid = f"g-{new_id()}"
+    nodes[0].put_group(gid, [user, other])
+    tab, phone = connect(nodes[0], user), connect(nodes[1], user)
+    for i in range(4):
+        (tab if i % 2 == 0 else phone).send_message(gid, f"m{i}")
+    refused = phone.call("sendMessage", {"groupId": gid, "text": "one too many",
+                                         "attachments": []})
+    assert refused.get("ok") is False, refused
+    assert refused["error"]["code"] == "rate_limited", refused
+    assert "retry in" in refused["error"]["message"], refused
+    assert tab.call("sendMessage", {"groupId": gid, "text": "from the tab",
+                                    "attachments": []})["error"]["code"] == "rate_limited"
+    connect(nodes[2], other).send_message(gid, "another user's budget")

@@ -11,7 +11,7 @@ import pytest
 
 from polling import poll
 from test_cluster import (  # noqa: F401 - fixtures, used by name
-    cassandra, connect, redis, redis_server, start_cluster)
+    _metric, cassandra, connect, redis, redis_server, start_cluster)
 
 pytestmark = pytest.mark.cassandra
 
@@ -77,7 +77,11 @@ def test_a_killed_node_s_users_go_offline_on_the_other_nodes(cluster, connect, n
     w.wait_for("userOnline", lambda p: p == {"userId": only_there, "isOnline": False},
                timeout=DEAD_AFTER_SECS + 12)
     # The reap that announced it decided for every user of node 2 at once: the user who is
-    # also on node 1 is still online, and says so by sending.
+    # also on node 1 is still online, and says so by sending, once both survivors agree on
+    # who is alive (and so on the group's owner).
+    for i in (0, 1):
+        poll(f"node-{i} to see node-2 gone",
+             lambda gw=cluster[i]: _metric(gw, "corecast_cluster_nodes") == 2, 15, 0.1)
     ack = elsewhere.send_message(gid, "still here")
     w.wait_for("newMessage", lambda m: m["id"] == ack["id"], timeout=15)
     assert presence_of(w, also_elsewhere) == [True]

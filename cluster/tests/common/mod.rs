@@ -1,5 +1,7 @@
 //! A `redis-server` of each test's own (Debian's package; `scripts/test.sh` installs it), on
 //! a loopback port below 32768, with no persistence.
+// Each test binary uses part of this module.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
