@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn every_key_has_its_own_variable_and_parses_into_its_field() {
         let all = variables();
-        assert_eq!(all.len(), 65, "{all:?}");
+        assert_eq!(all.len(), 66, "{all:?}");
         let mut unique = all.clone();
         unique.sort();
         unique.dedup();
@@ -404,6 +404,17 @@ mod tests {
             .and_then(Arg::get_long)
             .expect("every key has a flag name")
             .to_string()
+    }
+
+    #[test]
+    fn a_dead_node_time_outside_2_to_3600_seconds_is_refused_with_its_key() {
+        assert_eq!(Config::default().cluster.dead_after_secs, 30);
+        for bad in ["1", "3601"] {
+            let err = load(None, &["--dead-after-secs", bad]).unwrap_err();
+            assert!(err.contains("CORECAST_CLUSTER_DEAD_AFTER_SECS"), "{err}");
+        }
+        let c = load(None, &["--dead-after-secs", "5"]).unwrap();
+        assert_eq!(c.cluster.dead_after_secs, 5);
     }
 
     #[test]
