@@ -5,22 +5,10 @@ mod common;
 
 use common::{Redis, WAIT};
 use corecast_cluster::bus::Done;
-use corecast_cluster::{Bus, BusConfig, BusEvent, ClusterLimit};
-use std::sync::Arc;
+use corecast_cluster::{Bus, ClusterLimit};
 
 fn node(redis: &Redis) -> (Bus, ClusterLimit) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let bus = Bus::start(
-        BusConfig::new(redis.url()),
-        Arc::new(move |e| {
-            let _ = tx.send(e);
-        }),
-    )
-    .expect("the bus starts");
-    assert!(matches!(
-        rx.recv_timeout(WAIT).expect("the bus comes up"),
-        BusEvent::Up { .. }
-    ));
+    let (bus, _) = common::bus_up(redis);
     let limit = ClusterLimit::new(bus.handle(), "t:");
     (bus, limit)
 }

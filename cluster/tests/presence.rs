@@ -6,8 +6,7 @@ mod common;
 
 use common::{Redis, WAIT};
 use corecast_cluster::bus::Done;
-use corecast_cluster::{Bus, BusConfig, BusEvent, ClusterPresence};
-use std::sync::Arc;
+use corecast_cluster::{Bus, BusEvent, ClusterPresence};
 
 /// A node's bus, waited up, its events, and its presence.
 struct Node {
@@ -29,22 +28,11 @@ impl Node {
 }
 
 fn node(redis: &Redis, id: &str) -> Node {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let bus = Bus::start(
-        BusConfig::new(redis.url()),
-        Arc::new(move |e| {
-            let _ = tx.send(e);
-        }),
-    )
-    .expect("the bus starts");
-    assert!(matches!(
-        rx.recv_timeout(WAIT).expect("the bus comes up"),
-        BusEvent::Up { .. }
-    ));
+    let (bus, events) = common::bus_up(redis);
     let presence = ClusterPresence::new(bus.handle(), "t:", id);
     Node {
         _bus: bus,
-        events: rx,
+        events,
         presence,
     }
 }

@@ -2273,20 +2273,11 @@ impl Shard {
 
     /// On the sender's presence owner: applies the user's rate limit, then passes the message
     /// on to the group's owner.
-    fn admit(&self, msg: ShardMsg) {
-        let ShardMsg::SendMessage {
-            group,
-            user,
-            text,
-            attachments,
-            client_msg_id,
-            origin,
-            mut trace,
-            ..
-        } = msg
-        else {
+    fn admit(&self, mut msg: ShardMsg) {
+        let ShardMsg::SendMessage { user, trace, .. } = &mut msg else {
             unreachable!("invariant: admit is called with SendMessage only")
         };
+        let user = *user;
         let at = Instant::now();
         trace.admitted = Some(at);
         self.stats
@@ -2295,38 +2286,25 @@ impl Shard {
         if per_min > 0 && self.shared.cluster.is_some() {
             // Cluster mode: the user's budget is shared by every node, in Redis. Answers come
             // back in the order asked (one connection), so a user's messages keep theirs.
-            let msg = Box::new(ShardMsg::SendMessage {
-                group,
-                user,
-                text,
-                attachments,
-                client_msg_id,
-                origin,
-                admitted: false,
-                trace,
-            });
+            let msg = Box::new(msg);
             return self.bus_call(
                 |c, done| c.limit.take(user.0, per_min, done),
                 move |r| Some(ShardMsg::Limited { msg, verdict: r }),
             );
         }
+        let wait = self.local_limit(user);
+        self.limited(msg, wait);
+    }
+
+    /// This node's own limiter takes one of `user`'s tokens: `None`, or the milliseconds
+    /// until there is one.
+    fn local_limit(&self, user: UserId) -> Option<u64> {
         let now = events::now_ms();
-        let wait = if self.limiter.borrow_mut().try_acquire(user, now) {
+        if self.limiter.borrow_mut().try_acquire(user, now) {
             None
         } else {
             Some(self.limiter.borrow().retry_after_ms(user, now))
-        };
-        let msg = ShardMsg::SendMessage {
-            group,
-            user,
-            text,
-            attachments,
-            client_msg_id,
-            origin,
-            admitted: false,
-            trace,
-        };
-        self.limited(msg, wait);
+        }
     }
 
     /// Cluster mode: Redis's word on a message's limit (see [`Shard::admit`]); while Redis
@@ -2343,12 +2321,7 @@ impl Shard {
                 let ShardMsg::SendMessage { user, .. } = &msg else {
                     unreachable!("invariant: only a SendMessage is limited")
                 };
-                let now = events::now_ms();
-                if self.limiter.borrow_mut().try_acquire(*user, now) {
-                    None
-                } else {
-                    Some(self.limiter.borrow().retry_after_ms(*user, now))
-                }
+                self.local_limit(*user)
             }
         };
         self.limited(msg, wait);

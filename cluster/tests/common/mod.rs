@@ -85,3 +85,25 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A bus to `redis`, waited up, and the receiver of its events (after that first `Up`).
+pub fn bus_up(
+    redis: &Redis,
+) -> (
+    corecast_cluster::Bus,
+    crossbeam_channel::Receiver<corecast_cluster::BusEvent>,
+) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let bus = corecast_cluster::Bus::start(
+        corecast_cluster::BusConfig::new(redis.url()),
+        std::sync::Arc::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    )
+    .expect("the bus starts");
+    assert!(matches!(
+        rx.recv_timeout(WAIT).expect("the bus comes up"),
+        corecast_cluster::BusEvent::Up { .. }
+    ));
+    (bus, rx)
+}
