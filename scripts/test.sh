@@ -11,7 +11,8 @@
 #   4. cargo test --workspace --release (Rust unit and integration tests; the cluster bus tests
 #      start redis-server processes of their own: Debian's `redis-server`, installed when missing)
 #   5. pytest tests/python (black-box tests with the official Python Socket.IO client;
-#      test_cluster.py runs three gateway nodes on a redis-server of its own and Cassandra)
+#      test_cluster.py runs three gateway nodes on a redis-server of its own and Cassandra;
+#      test_cluster_lb.py puts Debian's `haproxy`, installed when missing, in front of them)
 #   6. node --test tests/js/ (black-box tests with the official JavaScript client, and the demo
 #      page in headless Chromium: Debian's `chromium`, installed here when missing)
 #   6b. cargo +nightly fuzz: builds every fuzz target (fuzz/, docs/fuzzing.md) and runs each
@@ -137,6 +138,11 @@ if ! command -v redis-server >/dev/null; then
   apt_install "Redis (for the cluster tests)" redis-server
 fi
 echo "redis: $(redis-server --version | cut -d' ' -f3)"
+# test_cluster_lb.py and tests/js/cluster.test.js put Debian's HAProxy, balancing round-robin,
+# in front of three nodes.
+if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+  apt_install "HAProxy (for the cluster tests without sticky sessions)" haproxy
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   command -v rustup >/dev/null && rustup component add rustfmt clippy
 fi

@@ -50,8 +50,14 @@ impl RegistryConfig {
 /// A change in the set of live nodes (this node is never in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Joined { id: String, info: String },
-    Left { id: String },
+    /// A node is live with this info: new, or with info other than the last seen.
+    Joined {
+        id: String,
+        info: String,
+    },
+    Left {
+        id: String,
+    },
 }
 
 /// The live nodes as the checks saw them, and what changed (sans-IO).
@@ -95,7 +101,8 @@ impl Membership {
             if id == self.me {
                 continue;
             }
-            if !self.live.contains_key(&id) {
+            // New, or back under the same id with other info (restarted elsewhere).
+            if self.live.get(&id) != Some(&info) {
                 changes.push(Change::Joined {
                     id: id.clone(),
                     info: info.clone(),
@@ -319,5 +326,20 @@ mod tests {
                 info: "addr-b".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_node_back_under_its_id_with_other_info_joins_again() {
+        let mut m = Membership::new("a");
+        m.observe(seen(&["b"]));
+        let moved = BTreeMap::from([("b".to_string(), "addr-b2".to_string())]);
+        assert_eq!(
+            m.observe(moved.clone()),
+            vec![Change::Joined {
+                id: "b".into(),
+                info: "addr-b2".into()
+            }]
+        );
+        assert!(m.observe(moved).is_empty(), "nothing new");
     }
 }

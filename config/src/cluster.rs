@@ -1,8 +1,9 @@
 //! The `[cluster]` section: several gateway nodes as one, over a Redis bus
 //! (docs/operations.md, "Several nodes").
 
-use corecast_config_value::{optional, parse};
+use corecast_config_value::{optional, optional_parse, parse};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 /// The `[cluster]` section. Unset `url`: one node, and nothing of the cluster runs.
 #[derive(Debug, Clone, Deserialize, clap::Args)]
@@ -20,6 +21,15 @@ pub struct ClusterConfig {
     /// offline on every node (2 to 3600 seconds).
     #[arg(long, env = "CORECAST_CLUSTER_DEAD_AFTER_SECS", value_parser = parse::<u64>())]
     pub dead_after_secs: u64,
+    /// Where the other nodes reach this node's public listener (`ip:port`), to forward the
+    /// long-polling requests and upgrades of its sessions that reach them. Unset: the public
+    /// listen address, which must then name an interface (not 0.0.0.0 or [::]).
+    #[arg(
+        long = "cluster-advertise",
+        env = "CORECAST_CLUSTER_ADVERTISE",
+        value_parser = optional_parse::<SocketAddr>()
+    )]
+    pub advertise: std::option::Option<SocketAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -28,6 +38,7 @@ impl Default for ClusterConfig {
             url: None,
             node_id: None,
             dead_after_secs: 30,
+            advertise: None,
         }
     }
 }
@@ -36,6 +47,23 @@ impl ClusterConfig {
     /// Whether the node runs as part of a cluster.
     pub fn enabled(&self) -> bool {
         self.url.is_some()
+    }
+
+    /// Where the other nodes reach this node: `advertise`, or else the public listen
+    /// address when it names an interface.
+    pub fn advertised(&self, listen: SocketAddr) -> Result<SocketAddr, String> {
+        match self.advertise {
+            Some(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => Ok(addr),
+            Some(addr) => Err(format!(
+                "cluster.advertise (CORECAST_CLUSTER_ADVERTISE) must be an address the other \
+                 nodes can reach, got {addr}"
+            )),
+            None if !listen.ip().is_unspecified() => Ok(listen),
+            None => Err(format!(
+                "cluster mode listens on {listen}, which other nodes cannot reach: set \
+                 cluster.advertise (CORECAST_CLUSTER_ADVERTISE) to this node's ip:port"
+            )),
+        }
     }
 
     /// Checks the section; the error names the bad key.

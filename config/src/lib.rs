@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn every_key_has_its_own_variable_and_parses_into_its_field() {
         let all = variables();
-        assert_eq!(all.len(), 66, "{all:?}");
+        assert_eq!(all.len(), 67, "{all:?}");
         let mut unique = all.clone();
         unique.sort();
         unique.dedup();
@@ -415,6 +415,22 @@ mod tests {
         }
         let c = load(None, &["--dead-after-secs", "5"]).unwrap();
         assert_eq!(c.cluster.dead_after_secs, 5);
+    }
+
+    #[test]
+    fn the_advertised_address_defaults_to_a_listen_address_others_can_reach() {
+        let listen: std::net::SocketAddr = "10.0.0.7:3000".parse().unwrap();
+        let c = Config::default().cluster;
+        assert_eq!(c.advertised(listen), Ok(listen));
+        let err = c.advertised("0.0.0.0:3000".parse().unwrap()).unwrap_err();
+        assert!(err.contains("CORECAST_CLUSTER_ADVERTISE"), "{err}");
+        let c = load(None, &["--cluster-advertise", "10.0.0.8:3000"]).unwrap();
+        assert_eq!(
+            c.cluster.advertised("0.0.0.0:3000".parse().unwrap()),
+            Ok("10.0.0.8:3000".parse().unwrap())
+        );
+        let c = load(None, &["--cluster-advertise", "0.0.0.0:3000"]).unwrap();
+        assert!(c.cluster.advertised(listen).is_err());
     }
 
     #[test]

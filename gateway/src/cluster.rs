@@ -74,8 +74,38 @@ pub struct ClusterHandle {
     pub limit: ClusterLimit,
     /// This node's id.
     pub me: Arc<str>,
+    /// The tag this node's session ids carry ([`crate::engine::node_tag`] of `me`).
+    pub tag: u32,
+    /// Where the other live nodes' public listeners are, by tag.
+    peers: Arc<Peers>,
     pub stats: Arc<ClusterStats>,
     waiters: Arc<Waiters>,
+}
+
+/// The other live nodes' public addresses by the tag their session ids carry, as the
+/// registry last saw them (written by its thread, read by a shard for a request that names
+/// another node's session).
+#[derive(Default)]
+struct Peers(std::sync::RwLock<std::collections::HashMap<u32, std::net::SocketAddr>>);
+
+impl Peers {
+    fn joined(&self, id: &str, info: &str) {
+        let Some(addr) = info
+            .strip_prefix("public=")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        else {
+            tracing::warn!(node = %id, %info, "cluster: a node without a public address; its sessions' requests are not forwarded");
+            return;
+        };
+        let tag = crate::engine::node_tag(id);
+        let mut peers = self.0.write().expect("invariant: no panic while held");
+        peers.insert(tag, addr);
+    }
+
+    fn left(&self, id: &str) {
+        let mut peers = self.0.write().expect("invariant: no panic while held");
+        peers.remove(&crate::engine::node_tag(id));
+    }
 }
 
 /// The bus's counters, for `/metrics`.
@@ -100,6 +130,11 @@ pub struct ClusterStats {
     pub connects: AtomicU64,
     /// Group messages delivered from the store after a bus reconnection (the gap).
     pub gap_filled: AtomicU64,
+    /// TCP connections forwarded to another node: they brought a long-polling request or an
+    /// upgrade for a session of that node.
+    pub sessions_forwarded: AtomicU64,
+    /// Such requests answered "Session ID unknown" here: the node is gone, or unreachable.
+    pub forward_failures: AtomicU64,
     /// From a publish being handed to the bus to Redis having taken it.
     pub publish_latency: crate::metrics::Histogram,
     /// A group event from another node, from its id's making (on the owner, before the
@@ -108,6 +143,12 @@ pub struct ClusterStats {
 }
 
 impl ClusterHandle {
+    /// Where the live node whose session ids carry `tag` listens; `None` for a node gone.
+    pub fn peer(&self, tag: u32) -> Option<std::net::SocketAddr> {
+        let peers = self.peers.0.read().expect("invariant: no panic while held");
+        peers.get(&tag).copied()
+    }
+
     /// Publishes `payload` on `channel`, counting it, and its failure.
     pub fn publish(&self, channel: String, payload: Bytes) {
         self.stats.published.fetch_add(1, Relaxed);
@@ -216,6 +257,18 @@ impl ClusterHandle {
                 s.gap_filled.load(Relaxed),
             ),
             (
+                "corecast_cluster_forwarded_connections_total",
+                "counter",
+                "TCP connections forwarded to another node for a long-polling request or upgrade of its session.",
+                s.sessions_forwarded.load(Relaxed),
+            ),
+            (
+                "corecast_cluster_forward_failures_total",
+                "counter",
+                "Requests for another node's session answered Session ID unknown here (the node gone or unreachable).",
+                s.forward_failures.load(Relaxed),
+            ),
+            (
                 "corecast_bus_undecodable_total",
                 "counter",
                 "Cluster bus messages that could not be decoded.",
@@ -270,12 +323,13 @@ pub enum StartError {
 }
 
 /// Starts the bus and the registration; returns once Redis confirmed this node's channels.
-/// `info` is what the other nodes learn of this one.
+/// The other nodes learn that this node's public listener is at `advertise`.
 pub fn start(
     config: &corecast_config::ClusterConfig,
     inboxes: Vec<InboxHandle<ShardMsg>>,
-    info: String,
+    advertise: std::net::SocketAddr,
 ) -> Result<(Node, ClusterHandle), StartError> {
+    let info = format!("public={advertise}");
     let url = config.url.clone().unwrap_or_default();
     let me: Arc<str> = match &config.node_id {
         Some(id) => id.as_str().into(),
@@ -351,6 +405,8 @@ pub fn start(
         Err(_) => return Err(unreachable("no answer".into())),
     }
     let others = Mutex::new(BTreeSet::<String>::new());
+    let peers = Arc::new(Peers::default());
+    let on_peers = peers.clone();
     let on_change = router.clone();
     let reaper = presence.clone();
     let mut registry_config = RegistryConfig::new(PREFIX, me.to_string(), info);
@@ -364,12 +420,14 @@ pub fn start(
         Arc::new(move |change| {
             let mut others = others.lock().expect("invariant: the registry thread alone");
             match change {
-                Change::Joined { id, .. } => {
-                    tracing::info!(node = %id, "cluster: a node joined");
+                Change::Joined { id, info } => {
+                    tracing::info!(node = %id, %info, "cluster: a node joined");
+                    on_peers.joined(&id, &info);
                     others.insert(id);
                 }
                 Change::Left { id } => {
                     tracing::info!(node = %id, "cluster: a node left");
+                    on_peers.left(&id);
                     others.remove(&id);
                     // Its users who have no other node go offline (every survivor reaps;
                     // Redis gives each user to one of them).
@@ -389,7 +447,9 @@ pub fn start(
             limit: ClusterLimit::new(handle.clone(), PREFIX),
             bus: handle,
             presence,
+            tag: crate::engine::node_tag(&me),
             me,
+            peers,
             stats,
             waiters,
         },

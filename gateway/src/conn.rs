@@ -263,6 +263,7 @@ impl Conn {
     pub fn sid(&self, shard: &impl Outbox) -> Sid {
         Sid {
             salt: self.sid_salt,
+            node: shard.node_tag(),
             shard: shard.shard_id().0,
             conn: self.id.0 as u32,
         }
@@ -1251,6 +1252,9 @@ mod tests {
     impl Outbox for FakeShard {
         fn shard_id(&self) -> ShardId {
             ShardId(3)
+        }
+        fn node_tag(&self) -> u32 {
+            0
         }
         fn config(&self) -> &Config {
             &self.config

@@ -44,20 +44,24 @@ impl Tick {
     }
 }
 
-/// An Engine.IO session id. It names the shard that owns the session, so a request for the
-/// session that lands on another shard (SO_REUSEPORT spreads TCP connections; a browser sends
-/// its POST on a second connection) is handed to the owner without any shared table. The
-/// random salt makes ids unguessable; the connection number makes them unique on the shard.
-/// Text form: 16 hex digits of salt, 4 of shard, 8 of connection.
+/// An Engine.IO session id. It names the node and the shard that own the session, so a
+/// request for the session that lands on another shard (SO_REUSEPORT spreads TCP connections;
+/// a browser sends its POST on a second connection) is handed to the owner without any shared
+/// table, and one that lands on another node (a round-robin load balancer) is forwarded to
+/// it (polling.rs). The random salt makes ids unguessable; the connection number makes them
+/// unique on the shard. Text form: 16 hex digits of salt, 8 of node, 4 of shard, 8 of
+/// connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sid {
     pub salt: u64,
+    /// The node's tag ([`node_tag`]); 0 on a node outside a cluster.
+    pub node: u32,
     pub shard: u16,
     pub conn: u32,
 }
 
 impl Sid {
-    pub const LEN: usize = 28;
+    pub const LEN: usize = 36;
 
     pub fn parse(s: &str) -> Option<Sid> {
         if s.len() != Self::LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -65,16 +69,30 @@ impl Sid {
         }
         Some(Sid {
             salt: u64::from_str_radix(&s[..16], 16).ok()?,
-            shard: u16::from_str_radix(&s[16..20], 16).ok()?,
-            conn: u32::from_str_radix(&s[20..], 16).ok()?,
+            node: u32::from_str_radix(&s[16..24], 16).ok()?,
+            shard: u16::from_str_radix(&s[24..28], 16).ok()?,
+            conn: u32::from_str_radix(&s[28..], 16).ok()?,
         })
     }
 }
 
 impl std::fmt::Display for Sid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}{:04x}{:08x}", self.salt, self.shard, self.conn)
+        write!(
+            f,
+            "{:016x}{:08x}{:04x}{:08x}",
+            self.salt, self.node, self.shard, self.conn
+        )
     }
+}
+
+/// The tag a cluster node's session ids carry: a hash of its node id (FNV-1a), never 0 (the
+/// tag of a node outside a cluster).
+pub fn node_tag(node_id: &str) -> u32 {
+    let hash = node_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,6 +425,7 @@ mod tests {
     fn sids_name_their_shard_and_round_trip() {
         let sid = Sid {
             salt: 0xdead_beef_0123_4567,
+            node: node_tag("node-1"),
             shard: 3,
             conn: 42,
         };

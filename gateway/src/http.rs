@@ -456,7 +456,7 @@ mod tests {
         }
     }
 
-    const SID: &str = "0123456789abcdef000100000002";
+    const SID: &str = "0123456789abcdef00000000000100000002";
 
     #[test]
     fn accepts_a_websocket_upgrade_with_the_accept_key() {

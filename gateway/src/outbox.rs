@@ -33,6 +33,9 @@ pub trait Outbox {
 
     /// The shard the connection lives on (named in its session id).
     fn shard_id(&self) -> ShardId;
+    /// The node's tag, named in session ids too ([`crate::engine::node_tag`]; 0 outside a
+    /// cluster).
+    fn node_tag(&self) -> u32;
     fn config(&self) -> &Config;
     /// Now, as connection deadlines count it.
     fn tick_now(&self) -> Tick;

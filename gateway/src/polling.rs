@@ -7,8 +7,13 @@
 //!   waits on the first. The sid names the session's shard ([`crate::engine::Sid`]); a request
 //!   for another shard's session hands the whole TCP connection over (its socket, duplicated,
 //!   and the bytes read so far) through that shard's inbox, which serves it from then on. No
-//!   table is shared between shards. (A later cluster mode can do the same for a sid that
-//!   names another node.)
+//!   table is shared between shards.
+//! - **Forwarding by sid** (cluster mode). The sid names the session's node too. A request
+//!   for another node's session (a round-robin load balancer needs no sticky sessions) is
+//!   forwarded with the rest of its TCP connection: this node connects to that node's
+//!   advertised address, sends it the bytes read so far, and copies both ways until either
+//!   side closes, a WebSocket upgrade included. A node that is gone or cannot be reached
+//!   answers "Session ID unknown", and the client starts a new session.
 //! - **The GET** waits, without a timer, until the session has packets: the session's waker is
 //!   the GET's while it waits, so a queued frame, a ping from the shard's tick or a close wakes
 //!   it, and it answers with everything queued. While it waits it watches its socket: a client
@@ -21,6 +26,7 @@ use crate::admission::Holder;
 use crate::conn::{self, Conn, ConnId};
 use crate::engine::{Polled, Refusal, Request, Sid, Transport};
 use crate::http::{self, Cors, EioError, Route};
+use crate::outbox::Outbox;
 use crate::shard::{HttpWaiting, Shard, ShardMsg};
 use bytes::BytesMut;
 use corecast_shard_router::ShardId;
@@ -124,6 +130,9 @@ async fn serve_requests(
             shard.release_ticket(ticket.take());
         }
         if let Some(sid) = route.sid() {
+            if sid.node != shard.node_tag() {
+                return forward(&shard, stream, buf, &route, sid.node).await;
+            }
             let owner = sid.shard as usize;
             if owner != shard.id.index() && owner < shard.shared.nr_shards() {
                 return hand_over(&shard, stream, buf, ShardId(sid.shard));
@@ -460,6 +469,59 @@ fn hand_over(shard: &Shard, stream: TcpStream, buf: BytesMut, to: ShardId) {
             buffered: buf.to_vec(),
         },
     );
+}
+
+/// How long a node waits to connect to another node it forwards a connection to.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Forwards the TCP connection of a request for a session of the node tagged `node` to
+/// that node: the bytes read so far (`buf`, the request's head first), then whatever either
+/// side sends, until one of them closes. With no such node live, or none reachable, answers
+/// "Session ID unknown" and closes, as for a session that ended.
+async fn forward(shard: &Shard, mut client: TcpStream, buf: BytesMut, route: &Route, node: u32) {
+    let cors = match route {
+        Route::PollGet { cors, .. } | Route::PollPost { cors, .. } => cors.clone(),
+        _ => None,
+    };
+    let cluster = shard.shared.cluster.as_ref();
+    let upstream = match cluster.and_then(|c| c.peer(node)) {
+        Some(addr) => {
+            futures_lite::future::or(async { TcpStream::connect(addr).await.ok() }, async {
+                glommio::timer::sleep(FORWARD_CONNECT_TIMEOUT).await;
+                None
+            })
+            .await
+        }
+        None => None,
+    };
+    let Some(mut upstream) = upstream else {
+        if let Some(c) = cluster {
+            c.stats.forward_failures.fetch_add(1, Relaxed);
+        }
+        tracing::debug!(
+            node,
+            "a request for a session of a node gone or unreachable"
+        );
+        let _ = write_all(&mut client, &EioError::UnknownSid.response(&cors)).await;
+        return;
+    };
+    if let Some(c) = cluster {
+        c.stats.sessions_forwarded.fetch_add(1, Relaxed);
+    }
+    let _ = upstream.set_nodelay(true);
+    if write_all(&mut upstream, &buf).await.is_err() {
+        return;
+    }
+    let (client_in, client_out) = futures_lite::io::split(client);
+    let (upstream_in, upstream_out) = futures_lite::io::split(upstream);
+    // Either direction ending (a close, an error) ends both: dropping the halves closes the
+    // sockets, after what was copied is in the kernel's hands.
+    futures_lite::future::or(
+        futures_lite::io::copy(client_in, upstream_out),
+        futures_lite::io::copy(upstream_in, client_out),
+    )
+    .await
+    .ok();
 }
 
 /// Reads whatever is available into `into`, through the shard's scratch buffer. The scratch

@@ -88,8 +88,11 @@ impl Gateway {
                 source,
             })?;
         let (cluster, cluster_handle) = if config.cluster.enabled() {
-            let info = format!("public={public_addr}");
-            let (node, handle) = crate::cluster::start(&config.cluster, handles.clone(), info)
+            let advertise = config
+                .cluster
+                .advertised(public_addr)
+                .map_err(Error::Cluster)?;
+            let (node, handle) = crate::cluster::start(&config.cluster, handles.clone(), advertise)
                 .map_err(|e| Error::Cluster(e.to_string()))?;
             (Some(node), Some(handle))
         } else {

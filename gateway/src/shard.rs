@@ -3426,6 +3426,10 @@ mod outbox_impl {
             self.id
         }
 
+        fn node_tag(&self) -> u32 {
+            self.shared.cluster.as_ref().map_or(0, |c| c.tag)
+        }
+
         fn config(&self) -> &Config {
             Shard::config(self)
         }

@@ -183,7 +183,7 @@ def connect():
     in a browser does, so that the order checked is the gateway's."""
     clients = []
 
-    def make(gateway, user_id):
+    def make(gateway, user_id, transports=None):
         c = ChatClient(name=f"user{user_id}")
         eio = c.sio.eio
         trigger = eio._trigger_event
@@ -194,7 +194,7 @@ def connect():
             return trigger(event, *args, **kw)
         eio._trigger_event = in_wire_order
         clients.append(c)
-        return c.connect(gateway.url, gateway.token(user_id))
+        return c.connect(gateway.url, gateway.token(user_id), transports=transports)
 
     yield make
     for c in clients:

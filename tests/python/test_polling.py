@@ -65,8 +65,8 @@ def test_handshake_answers_the_open_packet_with_the_websocket_upgrade(gw):
     ({"transport": "carrier-pigeon"}, "GET", 400, 0, "Transport unknown"),
     ({}, "GET", 400, 0, "Transport unknown"),
     ({"transport": "polling", "sid": "nope"}, "GET", 400, 1, "Session ID unknown"),
-    ({"transport": "polling", "sid": "0" * 28}, "GET", 400, 1, "Session ID unknown"),
-    ({"transport": "polling", "sid": "0" * 28}, "POST", 400, 1, "Session ID unknown"),
+    ({"transport": "polling", "sid": "0" * 36}, "GET", 400, 1, "Session ID unknown"),
+    ({"transport": "polling", "sid": "0" * 36}, "POST", 400, 1, "Session ID unknown"),
     ({"transport": "polling"}, "POST", 400, 2, "Bad handshake method"),
     ({"transport": "websocket"}, "GET", 400, 3, "Bad request"),  # no Upgrade header
 ])
@@ -135,7 +135,7 @@ def test_a_keep_alive_connection_serves_sessions_of_every_shard(gw, make_group):
         assert ack["ok"] is True, ack
         assert c.wait_event("newMessage", lambda m: m["id"] == ack["id"])["senderId"] == u
     assert sorted(m["text"] for m in gw.history(gid)) == [f"from {i}" for i in range(6)]
-    shards = {sid[16:20] for sid in sids}
+    shards = {sid[24:28] for sid in sids}  # the shard, after the salt and the node (engine.rs)
     assert len(shards) > 1, f"all six sessions landed on one shard ({shards}): routing not exercised"
 
 

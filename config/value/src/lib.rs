@@ -78,6 +78,18 @@ pub fn optional<T: From<String>>() -> Value<Option<T>> {
     Value(|v| Ok((!v.is_empty()).then(|| T::from(v.to_string()))))
 }
 
+/// A value that may be unset, as [`parse`] reads it: the empty text unsets it.
+pub fn optional_parse<T>() -> Value<Option<T>>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    Value(|v| match v.trim() {
+        "" => Ok(None),
+        v => v.parse::<T>().map(Some).map_err(|e| e.to_string()),
+    })
+}
+
 /// One of an enum's variants, by the name the config file uses for it (serde's).
 pub fn choice<T: DeserializeOwned>() -> Value<T> {
     Value(|v| T::deserialize(StrDeserializer::<DeError>::new(v.trim())).map_err(|e| e.to_string()))
