@@ -31,4 +31,6 @@ pub mod registry;
 pub use bus::{Bus, BusConfig, BusError, BusEvent, BusHandle, Done, Handler};
 pub use limit::ClusterLimit;
 pub use presence::ClusterPresence;
-pub use registry::{Change, ChangeHandler, Membership, Registry, RegistryConfig};
+pub use registry::{
+    claim_generators, Change, ChangeHandler, ClaimError, Membership, Registry, RegistryConfig,
+};

@@ -33,6 +33,9 @@ pub struct RegistryConfig {
     pub dead_after: Duration,
     /// How often the key is refreshed and the set read; at most a third of `dead_after`.
     pub check_every: Duration,
+    /// The block of id generators this node holds (see [`claim_generators`]): the first and
+    /// how many; refreshed with the node's key. `(0, 0)`: none.
+    pub generators: (u16, u16),
 }
 
 impl RegistryConfig {
@@ -43,6 +46,7 @@ impl RegistryConfig {
             info: info.into(),
             dead_after: Duration::from_secs(30),
             check_every: Duration::from_secs(1),
+            generators: (0, 0),
         }
     }
 }
@@ -119,12 +123,24 @@ impl Membership {
     }
 }
 
-/// Refreshes this node's key, then lists the live nodes (removing the expired from the set):
-/// `id1, info1, id2, info2, ...`.
+/// Refreshes this node's key and its generators' (ARGV[5], the first, and ARGV[6], how many:
+/// keys `{prefix}gen:{n}`), then lists the live nodes (removing the expired from the set):
+/// `conflicts, id1, info1, id2, info2, ...`, where `conflicts` counts this node's generators
+/// that another node holds (it took them while they were missing: Redis restarted empty).
 const CHECK: &str = r#"
 redis.call('SET', ARGV[1] .. ARGV[2], ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', KEYS[1], ARGV[2])
-local out = {}
+local conflicts = 0
+for g = tonumber(ARGV[5]), tonumber(ARGV[5]) + tonumber(ARGV[6]) - 1 do
+  local key = ARGV[1] .. 'gen:' .. g
+  local holder = redis.call('GET', key)
+  if holder == false or holder == ARGV[2] then
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[4])
+  else
+    conflicts = conflicts + 1
+  end
+end
+local out = {conflicts}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local info = redis.call('GET', ARGV[1] .. id)
   if info then
@@ -136,6 +152,80 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 "#;
+
+/// Takes the first block of `count` consecutive id generators (aligned on `count`) that no
+/// other node holds, for `ttl_ms`: `{prefix}gen:{n}` holds the node's id. Answers the block's
+/// first generator, or -1 when all are held.
+const CLAIM: &str = r#"
+local count = tonumber(ARGV[3])
+for base = 0, tonumber(ARGV[5]) - count, count do
+  local free = true
+  for g = base, base + count - 1 do
+    local holder = redis.call('GET', ARGV[1] .. 'gen:' .. g)
+    if holder and holder ~= ARGV[2] then
+      free = false
+      break
+    end
+  end
+  if free then
+    for g = base, base + count - 1 do
+      redis.call('SET', ARGV[1] .. 'gen:' .. g, ARGV[2], 'PX', ARGV[4])
+    end
+    return base
+  end
+end
+return -1
+"#;
+
+/// Gives back this node's generators (those it still holds).
+const RELEASE: &str = r#"
+for g = tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1 do
+  local key = ARGV[1] .. 'gen:' .. g
+  if redis.call('GET', key) == ARGV[2] then
+    redis.call('DEL', key)
+  end
+end
+return 0
+"#;
+
+/// Why no block of generators could be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("every block of {count} id generators (of {total}) is held by another node")]
+    Full { count: u16, total: u16 },
+    #[error("the bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("unexpected answer from Redis: {0:?}")]
+    Answer(Value),
+}
+
+/// Claims a block of `count` id generators among `total` for this node (`config`'s prefix,
+/// id and `dead_after`), so that no two live nodes mint the same message id: the block's
+/// first generator. Blocking, for at most `wait`. The registry, given the block in
+/// [`RegistryConfig::generators`], keeps it from then on; a node that stops refreshing it
+/// loses it after `dead_after`, as its registration.
+pub fn claim_generators(
+    bus: &BusHandle,
+    config: &RegistryConfig,
+    count: u16,
+    total: u16,
+    wait: Duration,
+) -> Result<u16, ClaimError> {
+    let mut claim = redis::cmd("EVAL");
+    claim
+        .arg(CLAIM)
+        .arg(0)
+        .arg(&config.prefix)
+        .arg(&config.id)
+        .arg(count)
+        .arg(config.dead_after.as_millis() as u64)
+        .arg(total);
+    match call(bus, claim, wait)? {
+        Value::Int(base) if (0..i64::from(total)).contains(&base) => Ok(base as u16),
+        Value::Int(_) => Err(ClaimError::Full { count, total }),
+        other => Err(ClaimError::Answer(other)),
+    }
+}
 
 /// Receives every [`Change`], on the registry's thread.
 pub type ChangeHandler = Arc<dyn Fn(Change) + Send + Sync>;
@@ -210,8 +300,17 @@ fn run(
                     del.arg(format!("{key_prefix}{}", config.id));
                     let mut srem = redis::cmd("SREM");
                     srem.arg(&set).arg(&config.id);
+                    let mut release = redis::cmd("EVAL");
+                    release
+                        .arg(RELEASE)
+                        .arg(0)
+                        .arg(&config.prefix)
+                        .arg(&config.id)
+                        .arg(config.generators.0)
+                        .arg(config.generators.1);
                     let _ = call(&bus, del, every);
                     let _ = call(&bus, srem, every);
+                    let _ = call(&bus, release, every);
                 }
                 return;
             }
@@ -227,11 +326,23 @@ fn run(
             .arg(&key_prefix)
             .arg(&config.id)
             .arg(&config.info)
-            .arg(config.dead_after.as_millis() as u64);
+            .arg(config.dead_after.as_millis() as u64)
+            .arg(config.generators.0)
+            .arg(config.generators.1);
         match call(&bus, check, every) {
             Ok(Value::Array(items)) => {
                 let mut seen = BTreeMap::new();
                 let mut it = items.into_iter();
+                if let Some(Value::Int(conflicts @ 1..)) = it.next() {
+                    // Two nodes mint from the same generators: ids can collide. Only a Redis
+                    // restart, with a node starting within a check of it, leads here.
+                    tracing::error!(
+                        conflicts,
+                        first = config.generators.0,
+                        "node registry: another node holds some of this node's id generators; \
+                         restart this node to claim a block of its own"
+                    );
+                }
                 while let (Some(id), Some(info)) = (it.next(), it.next()) {
                     if let (Some(id), Some(info)) = (text(id), text(info)) {
                         seen.insert(id, info);

@@ -134,3 +134,66 @@ fn a_redis_restart_reports_no_live_node_as_gone() {
         }
     }
 }
+
+/// Claims `count` generators of 8 for node `id`, as it starts.
+fn claim(bus: &Bus, id: &str, count: u16) -> Result<u16, corecast_cluster::ClaimError> {
+    let mut config = RegistryConfig::new("t:", id, "");
+    config.dead_after = DEAD_AFTER;
+    corecast_cluster::claim_generators(&bus.handle(), &config, count, 8, WAIT)
+}
+
+#[test]
+fn live_nodes_hold_disjoint_id_generators_until_they_leave() {
+    let redis = Redis::start();
+    let (bus, _) = common::bus_up(&redis);
+    let a = claim(&bus, "a", 2).expect("a block for a");
+    let b = claim(&bus, "b", 2).expect("a block for b");
+    let c = claim(&bus, "c", 4).expect("a block for c");
+    let blocks = [(a, 2), (b, 2), (c, 4)];
+    for (i, x) in blocks.iter().enumerate() {
+        for y in &blocks[i + 1..] {
+            assert!(
+                x.0 + x.1 <= y.0 || y.0 + y.1 <= x.0,
+                "{x:?} and {y:?} overlap"
+            );
+        }
+    }
+    assert_eq!(
+        claim(&bus, "a", 2).unwrap(),
+        a,
+        "a restarted node takes its own back"
+    );
+    assert!(matches!(
+        claim(&bus, "d", 2),
+        Err(corecast_cluster::ClaimError::Full { .. })
+    ));
+    // A registered node keeps its block; a node that stopped refreshing loses it.
+    let (etx, _events) = crossbeam_channel::unbounded();
+    let d_bus = Bus::start(
+        BusConfig::new(redis.url()),
+        Arc::new(move |e| {
+            let _ = etx.send(e);
+        }),
+    )
+    .expect("the bus starts");
+    let mut config = RegistryConfig::new("t:", "b", "addr of b");
+    config.dead_after = DEAD_AFTER;
+    config.check_every = CHECK;
+    config.generators = (b, 2);
+    let registry = Registry::start(d_bus.handle(), config, Arc::new(|_| {}));
+    let deadline = Instant::now() + WAIT;
+    let d = loop {
+        match claim(&bus, "d", 2) {
+            Ok(d) => break d,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(CHECK),
+            Err(e) => panic!("a's and c's blocks were not freed: {e}"),
+        }
+    };
+    assert_eq!(
+        d, a,
+        "the first free block: a's, expired; b's registry keeps b's"
+    );
+    // b leaving gives its block back at once.
+    drop(registry);
+    assert_eq!(claim(&bus, "e", 2).unwrap(), b);
+}

@@ -76,6 +76,9 @@ pub struct ClusterHandle {
     pub me: Arc<str>,
     /// The tag this node's session ids carry ([`crate::engine::node_tag`] of `me`).
     pub tag: u32,
+    /// The first of this node's id generators (shard `s` mints with `generator_base + s`),
+    /// claimed in Redis so that no two live nodes share one.
+    pub generator_base: u16,
     /// Where the other live nodes' public listeners are, by tag.
     peers: Arc<Peers>,
     pub stats: Arc<ClusterStats>,
@@ -329,6 +332,7 @@ pub fn start(
     inboxes: Vec<InboxHandle<ShardMsg>>,
     advertise: std::net::SocketAddr,
 ) -> Result<(Node, ClusterHandle), StartError> {
+    let shards = u16::try_from(inboxes.len()).unwrap_or(u16::MAX);
     let info = format!("public={advertise}");
     let url = config.url.clone().unwrap_or_default();
     let me: Arc<str> = match &config.node_id {
@@ -411,6 +415,18 @@ pub fn start(
     let reaper = presence.clone();
     let mut registry_config = RegistryConfig::new(PREFIX, me.to_string(), info);
     registry_config.dead_after = Duration::from_secs(config.dead_after_secs);
+    // A block of id generators of this node's own, one per shard: message ids are unique
+    // across the nodes, even for one group while its owner moves.
+    let wait = deadline.saturating_duration_since(std::time::Instant::now());
+    let generator_base = corecast_cluster::claim_generators(
+        &handle,
+        &registry_config,
+        shards,
+        corecast_storage::GENERATORS,
+        wait,
+    )
+    .map_err(|e| unreachable(e.to_string()))?;
+    registry_config.generators = (generator_base, shards);
     registry_config.check_every = registry_config
         .check_every
         .min(registry_config.dead_after / 3);
@@ -448,6 +464,7 @@ pub fn start(
             bus: handle,
             presence,
             tag: crate::engine::node_tag(&me),
+            generator_base,
             me,
             peers,
             stats,

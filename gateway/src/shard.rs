@@ -702,7 +702,9 @@ impl Shard {
             loads: RefCell::new(Loads::new(LOAD_BATCH)),
             rooms_swept: Cell::new(Instant::now()),
             last_tick: Cell::new(Instant::now()),
-            ids: RefCell::new(IdGenerator::new(id.0 as u8)),
+            ids: RefCell::new(IdGenerator::new(
+                shared.cluster.as_ref().map_or(0, |c| c.generator_base) + id.0,
+            )),
             overflow: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             outgoing: RefCell::new((0..n).map(|_| Vec::new()).collect()),
             store_outgoing: RefCell::new(Vec::new()),

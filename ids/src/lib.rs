@@ -125,19 +125,23 @@ pub type Millis = i64;
 
 /// Ids count milliseconds from this epoch (2024-01-01T00:00:00Z) so 42 bits last until 2163.
 pub const ID_EPOCH_MS: i64 = 1_704_067_200_000;
-/// Bits of a [`MessageId`] below the timestamp: 8 for the generator (shard or node), 14 for a
-/// per-millisecond sequence.
-const GEN_BITS: u32 = 8;
-const SEQ_BITS: u32 = 14;
+/// Bits of a [`MessageId`] below the timestamp: 12 for the generator (a shard of a node), 10
+/// for a per-millisecond sequence. (Until 2026-12 they were 8 and 14: the timestamp has kept
+/// its place, so ids minted before and after still sort by time.)
+const GEN_BITS: u32 = 12;
+const SEQ_BITS: u32 = 10;
+/// How many generators can mint ids at once: every shard of every node needs its own (a
+/// node's shards use one block of them; in a cluster the block is claimed in Redis).
+pub const GENERATORS: u16 = 1 << GEN_BITS;
 
 impl MessageId {
     /// Composes an id from its parts. `generator` tells generators apart (one per shard), so
     /// two shards never produce the same id; `seq` orders ids within one millisecond.
-    pub fn new(ms: Millis, generator: u8, seq: u16) -> MessageId {
+    pub fn new(ms: Millis, generator: u16, seq: u16) -> MessageId {
         let t = (ms - ID_EPOCH_MS).max(0) as u64;
         MessageId(
             (t << (GEN_BITS + SEQ_BITS))
-                | ((generator as u64) << SEQ_BITS)
+                | ((generator as u64 & (GENERATORS as u64 - 1)) << SEQ_BITS)
                 | (seq as u64 & ((1 << SEQ_BITS) - 1)),
         )
     }
@@ -152,17 +156,18 @@ impl MessageId {
 /// threads: each shard owns one.
 #[derive(Debug)]
 pub struct IdGenerator {
-    generator: u8,
+    generator: u16,
     last: u64,
 }
 
 impl IdGenerator {
-    pub fn new(generator: u8) -> Self {
+    /// The generator numbered `generator` (below [`GENERATORS`]).
+    pub fn new(generator: u16) -> Self {
         IdGenerator { generator, last: 0 }
     }
 
     /// The next id at time `now`. Strictly greater than every id this generator returned before,
-    /// even if the clock steps back or more than 16,384 ids are minted in one millisecond (the
+    /// even if the clock steps back or more than 1,024 ids are minted in one millisecond (the
     /// id then borrows from the next millisecond).
     pub fn next(&mut self, now: Millis) -> MessageId {
         let candidate = MessageId::new(now, self.generator, 0).0;
@@ -175,7 +180,8 @@ impl IdGenerator {
             if next & seq_mask == 0 {
                 // Sequence overflowed into the generator bits: move to the next millisecond.
                 let t = (self.last >> (GEN_BITS + SEQ_BITS)) + 1;
-                (t << (GEN_BITS + SEQ_BITS)) | ((self.generator as u64) << SEQ_BITS)
+                (t << (GEN_BITS + SEQ_BITS))
+                    | ((self.generator as u64 & (GENERATORS as u64 - 1)) << SEQ_BITS)
             } else {
                 next
             }
@@ -266,5 +272,12 @@ mod tests {
         let b = IdGenerator::new(2).next(now);
         assert_ne!(a, b);
         assert_eq!(a.millis(), now);
+        let last = IdGenerator::new(GENERATORS - 1).next(now);
+        assert_ne!(last, IdGenerator::new(0).next(now));
+        assert_eq!(
+            last.millis(),
+            now,
+            "the generator stays out of the timestamp"
+        );
     }
 }

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use corecast_ids::{
-    GroupId, GroupIdError, IdGenerator, MessageId, Millis, NoticeId, UserId, ID_EPOCH_MS,
+    GroupId, GroupIdError, IdGenerator, MessageId, Millis, NoticeId, UserId, GENERATORS,
+    ID_EPOCH_MS,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -277,6 +277,34 @@ def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, con
     assert aged == (NODES - 1) * (total + 1), aged
 
 
+def test_message_ids_are_unique_across_the_nodes(cluster, connect, new_id):
+    """Groups owned by every node, sent to at once: no id is minted twice (each node's shards
+    mint with generators of their own, claimed in Redis)."""
+    users = [new_id() for _ in range(NODES)]
+    for u in users:
+        cluster[0].put_user(u)
+    groups = [f"g-{new_id()}" for _ in range(12)]
+    for gid in groups:
+        cluster[0].put_group(gid, users)
+    clients = [connect(cluster[k], u) for k, u in enumerate(users)]
+    acks, lock = [], threading.Lock()
+
+    def run(c):
+        for gid in groups:
+            mine = _flood([c], gid, 5)
+            with lock:
+                acks.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(acks) == NODES * len(groups) * 5
+    ids = [a["id"] for a in acks]
+    assert len(set(ids)) == len(ids), f"{len(ids) - len(set(ids))} ids minted twice"
+
+
 def test_read_receipts_cross_nodes_in_the_group_order(cluster, connect, new_id):
     """A markAsRead on a node that does not own the group goes to the owner, which orders it
     with the group's messages: every member on every node gets `messageRead` once, after the
