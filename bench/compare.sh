@@ -11,6 +11,13 @@
 # socketioxide, baseline, baseline-sqlite), `--no-build` (reuse target/release/), `--no-doc`.
 # Installs bench/baseline's npm packages (npm ci) when they are missing or older than
 # package-lock.json.
+# `--cluster [flags]`: cluster mode instead (bench/cluster.py: one node on the Scylla store
+# with and without the Redis bus, and three nodes; results in bench/results/cluster-*.json and
+# docs/scaling.md); needs redis-server and a Cassandra/ScyllaDB node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == --cluster ]]; then
+  shift
+  exec python3 bench/cluster.py "$@"
+fi
 exec python3 bench/compare.py "$@"

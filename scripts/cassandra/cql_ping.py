@@ -7,7 +7,8 @@ is not enough: a node accepts CQL connections a moment before it can serve queri
 
 Usage: cql_ping.py [--host 127.0.0.1] [--port 9042] [--timeout 2]
 Exit 0 and print the server's release_version when the node answers; exit 1 with the reason.
-Also imported by tests/python/cassandra_util.py (function `ping`).
+Also imported by tests/python/cassandra_util.py (function `ping`) and bench/cluster.py (`ping`,
+and `execute` to drop the keyspace it made).
 """
 
 import argparse
@@ -117,6 +118,23 @@ def ping(host: str = "127.0.0.1", port: int = 9042, timeout: float = 2.0) -> str
         if opcode != _OP_RESULT:
             raise CqlError(f"QUERY answered with opcode 0x{opcode:02x}, not RESULT")
         return _first_text_cell(body)
+
+
+def execute(cql: str, host: str = "127.0.0.1", port: int = 9042, timeout: float = 30.0) -> None:
+    """Runs one statement that returns no rows (e.g. `DROP KEYSPACE IF EXISTS ...`); raises
+    CqlError / OSError when the node refuses it or does not answer."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(_frame(0, _OP_STARTUP, struct.pack(">H", 1) + _string("CQL_VERSION") + _string("3.0.0")))
+        opcode, _ = _read_frame(sock)
+        if opcode != _OP_READY:
+            raise CqlError(f"STARTUP answered with opcode 0x{opcode:02x}, not READY (authentication on?)")
+        query = cql.encode()
+        body = struct.pack(">i", len(query)) + query + struct.pack(">HB", _CONSISTENCY_ONE, 0)
+        sock.sendall(_frame(1, _OP_QUERY, body))
+        opcode, _ = _read_frame(sock)
+        if opcode != _OP_RESULT:
+            raise CqlError(f"QUERY answered with opcode 0x{opcode:02x}, not RESULT")
 
 
 def main() -> int:
