@@ -9,54 +9,19 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { spawn } = require('node:child_process');
 const { io } = require('socket.io-client');
-const { Gateway, ChatClient, connect } = require('./helpers');
+const {
+  ChatClient, connect, freePort, until, metric, startRedis, startCluster,
+} = require('./helpers');
 
 const scyllaNodes = process.env.CORECAST_TEST_SCYLLA_NODES;
 const NODES = 3;
-
-/** A port below 32768 (under the kernel's ephemeral range) that nothing listens on. */
-async function freePort() {
-  for (let i = 0; i < 200; i++) {
-    const port = 20000 + crypto.randomInt(12000);
-    const free = await new Promise((resolve) => {
-      const s = net.createServer();
-      s.once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-    });
-    if (free) return port;
-  }
-  throw new Error('no free port between 20000 and 32000');
-}
-
-async function until(what, fn, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await fn().catch(() => false)) return;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-function redisAnswers(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1', () => s.write('PING\r\n'));
-    s.once('data', (d) => { s.destroy(); resolve(d.toString().startsWith('+PONG')); });
-    s.once('error', () => resolve(false));
-  });
-}
-
-async function metric(gw, name) {
-  const { text } = await gw.admin('GET', '/metrics');
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.split(' ')[1]) : NaN;
-}
 
 let redis;
 let haproxy;
@@ -65,34 +30,14 @@ const clients = [];
 
 before(async () => {
   if (!scyllaNodes) return;
-  const port = await freePort();
-  redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
-    '--appendonly', 'no'], { stdio: 'ignore' });
-  redis.once('error', (e) => { throw new Error(`redis-server: ${e.message} (apt-get install redis-server)`); });
-  await until(`redis-server on ${port}`, () => redisAnswers(port), 10_000);
-  const keyspace = `corecast_js_${crypto.randomBytes(8).toString('hex')}`;
-  for (let i = 0; i < NODES; i++) {
-    // One at a time: the first creates the schema, the others find it.
-    const gw = new Gateway({
-      CORECAST_STORE: 'scylla', CORECAST_SCYLLA_NODES: scyllaNodes, CORECAST_SCYLLA_KEYSPACE: keyspace,
-      CORECAST_CLUSTER: `redis://127.0.0.1:${port}`, CORECAST_NODE_ID: `js-node-${i}`,
-      CORECAST_SHARDS: '2', CORECAST_LISTEN: `127.0.0.1:${await freePort()}`,
-      CORECAST_INTERNAL_LISTEN: `127.0.0.1:${await freePort()}`,
-    });
-    await gw.start();
-    await gw.waitReady(120_000);
-    nodes.push(gw);
-  }
-  for (const gw of nodes) {
-    await until(`${gw.internal} to see ${NODES} nodes`,
-      async () => (await metric(gw, 'corecast_cluster_nodes')) === NODES, 15_000);
-  }
+  redis = await startRedis();
+  nodes = await startCluster({ n: NODES, redisUrl: redis.url, scyllaNodes, prefix: 'js-node' });
 });
 
 after(async () => {
   for (const c of clients) c.close();
   for (const gw of nodes) await gw.stop();
-  if (redis) redis.kill('SIGTERM');
+  if (redis) redis.stop();
   if (haproxy) haproxy.kill('SIGTERM');
 });
 

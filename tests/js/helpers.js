@@ -6,7 +6,9 @@
 // client that records every event so that tests await events (bounded), never sleep.
 
 const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
@@ -359,4 +361,88 @@ function fileGateway(firstId, env) {
   return fx;
 }
 
-module.exports = { startGateway, Gateway, connect, ChatClient, gatewayBinary, groupPath, fileGateway, REPO_ROOT };
+// ----- cluster mode (cluster.test.js, rolling.test.js) ------------------------------------------
+
+/** A port below 32768 (under the kernel's ephemeral range) that nothing listens on. */
+async function freePort() {
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + crypto.randomInt(12000);
+    const free = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error('no free port between 20000 and 32000');
+}
+
+/** Resolves once `fn()` resolves truthy; polls state no event announces, bounded. */
+async function until(what, fn, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await fn().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+function redisAnswers(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write('PING\r\n'));
+    s.once('data', (d) => { s.destroy(); resolve(d.toString().startsWith('+PONG')); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A redis-server of the caller's own on a free port, answering PING; `.url`, `.stop()`. */
+async function startRedis() {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'no'], { stdio: 'ignore' });
+  proc.once('error', (e) => { throw new Error(`redis-server: ${e.message} (apt-get install redis-server)`); });
+  await until(`redis-server on ${port}`, () => redisAnswers(port), 10_000);
+  return { url: `redis://127.0.0.1:${port}`, stop: () => proc.kill('SIGTERM') };
+}
+
+/** The value of an unlabelled metric on `gw`'s /metrics (NaN when absent). */
+async function metric(gw, name) {
+  const { text } = await gw.admin('GET', '/metrics');
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+/**
+ * `n` nodes in cluster mode on `redisUrl` and a fresh keyspace of `scyllaNodes`, with node ids
+ * `${prefix}-0`, ... and `env` added; resolves once each is ready and sees all `n` alive.
+ */
+async function startCluster({ n = 3, redisUrl, scyllaNodes, prefix, env = {} }) {
+  const keyspace = `corecast_js_${crypto.randomBytes(8).toString('hex')}`;
+  const nodes = [];
+  for (let i = 0; i < n; i++) {
+    // One at a time: the first creates the schema, the others find it.
+    const gw = new Gateway({
+      CORECAST_STORE: 'scylla', CORECAST_SCYLLA_NODES: scyllaNodes, CORECAST_SCYLLA_KEYSPACE: keyspace,
+      CORECAST_CLUSTER: redisUrl, CORECAST_NODE_ID: `${prefix}-${i}`,
+      CORECAST_SHARDS: '2', CORECAST_LISTEN: `127.0.0.1:${await freePort()}`,
+      CORECAST_INTERNAL_LISTEN: `127.0.0.1:${await freePort()}`,
+      ...env,
+    });
+    await gw.start();
+    await gw.waitReady(120_000);
+    nodes.push(gw);
+  }
+  for (const gw of nodes) await seesNodes(gw, n);
+  return nodes;
+}
+
+/** Resolves once `gw` counts `n` live nodes in the cluster. */
+function seesNodes(gw, n, timeoutMs = 15_000) {
+  return until(`${gw.internal} to see ${n} nodes`,
+    async () => (await metric(gw, 'corecast_cluster_nodes')) === n, timeoutMs);
+}
+
+module.exports = {
+  startGateway, Gateway, connect, ChatClient, gatewayBinary, groupPath, fileGateway, REPO_ROOT,
+  freePort, until, startRedis, metric, startCluster, seesNodes,
+};
