@@ -20,7 +20,8 @@
 #   CORECAST_CASSANDRA_RUN_DIR   data, commitlog, logs, pid (default $CACHE/cassandra-run)
 #   CASSANDRA_KEEP_DATA=1        keep the run dir's data on start (default: wiped)
 #   CORECAST_CASSANDRA_WAIT_SECS bounded wait for CQL on start (default 180)
-#   MAX_HEAP_SIZE / HEAP_NEWSIZE JVM heap (default 1G / 200M)
+#   MAX_HEAP_SIZE / HEAP_NEWSIZE JVM heap (default 2G / 400M: the suite makes a keyspace per
+#                                cluster test, and 1G ran out after about 140 of them)
 #   JAVA                         java binary (default: java on PATH; needs Java 11 or 17)
 set -euo pipefail
 
@@ -31,8 +32,8 @@ PORT="${CORECAST_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${CORECAST_CASSANDRA_STORAGE_PORT:-7000}"
 RUN_DIR="${CORECAST_CASSANDRA_RUN_DIR:-$CACHE/cassandra-run}"
 WAIT_SECS="${CORECAST_CASSANDRA_WAIT_SECS:-180}"
-MAX_HEAP_SIZE="${MAX_HEAP_SIZE:-1G}"
-HEAP_NEWSIZE="${HEAP_NEWSIZE:-200M}"
+MAX_HEAP_SIZE="${MAX_HEAP_SIZE:-2G}"
+HEAP_NEWSIZE="${HEAP_NEWSIZE:-400M}"
 JAVA="${JAVA:-java}"
 INSTALL_DIR="$CACHE/cassandra-$VERSION"
 PID_FILE="$RUN_DIR/cassandra.pid"

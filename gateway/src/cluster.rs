@@ -13,7 +13,12 @@
 //!   event (`A`); a gap fill's question for the owner's settled id (`Q`) and its answer
 //!   (`W`); a node's word that it applied a membership change (`D`).
 //! - `members` (`C`): a membership change made through one node's admin API, for the others'
-//!   rooms.
+//!   rooms; a node's word that it is live (`J`, at start: so that a node restarted under the
+//!   same id before the others saw it leave is counted again) or leaving (`X`, at the start
+//!   of a drain: the others stop giving it groups at once).
+//! - `n:{node}` also carries the hand-over of a group's room when its owner changes: the new
+//!   owner's request (`R`) and the previous owner's release (`L`), sent once every event it
+//!   minted was published (shard.rs, "Hand-over").
 //!
 //! The owner node of a group is [`corecast_shard_router::owner_node_of_group`] over the live
 //! nodes of the [`Registry`]; each shard holds a replica of that list (`ShardMsg::Nodes`).
@@ -81,6 +86,10 @@ pub struct ClusterHandle {
     pub generator_base: u16,
     /// Where the other live nodes' public listeners are, by tag.
     peers: Arc<Peers>,
+    /// The live nodes as last told to the shards.
+    live: Arc<Mutex<Arc<[Arc<str>]>>>,
+    /// Set at the start of a drain: this node owns no group from then on.
+    leaving: std::sync::atomic::AtomicBool,
     pub stats: Arc<ClusterStats>,
     waiters: Arc<Waiters>,
 }
@@ -146,6 +155,28 @@ pub struct ClusterStats {
 }
 
 impl ClusterHandle {
+    /// A drain begins: this node gives up its groups (each goes to its owner among the
+    /// others, which takes the room over from this node), and the others are told at once.
+    pub fn leave(&self) {
+        if !self.leaving.swap(true, Relaxed) {
+            self.publish(members_channel(), node_word(b'X', &self.me, ""));
+        }
+    }
+
+    /// Whether this node is leaving ([`ClusterHandle::leave`]).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Relaxed)
+    }
+
+    /// The live nodes, as the registry's last check saw them (a shard starts with them: the
+    /// first check is made before the node listens).
+    pub fn live(&self) -> Arc<[Arc<str>]> {
+        self.live
+            .lock()
+            .expect("invariant: no panic while held")
+            .clone()
+    }
+
     /// Where the live node whose session ids carry `tag` listens; `None` for a node gone.
     pub fn peer(&self, tag: u32) -> Option<std::net::SocketAddr> {
         let peers = self.peers.0.read().expect("invariant: no panic while held");
@@ -342,9 +373,14 @@ pub fn start(
     let stats = Arc::new(ClusterStats::default());
     stats.nodes.store(1, Relaxed);
     let waiters = Arc::new(Waiters::default());
+    let live: Arc<Mutex<Arc<[Arc<str>]>>> = Arc::new(Mutex::new(Arc::from(vec![me.clone()])));
+    let peers = Arc::new(Peers::default());
     let router = Arc::new(Router {
         inboxes,
         me: me.clone(),
+        live: live.clone(),
+        others: Mutex::new(BTreeSet::new()),
+        peers: peers.clone(),
         stats: stats.clone(),
         bus: std::sync::OnceLock::new(),
         waiters: waiters.clone(),
@@ -408,12 +444,10 @@ pub fn start(
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => return Err(unreachable("no answer".into())),
     }
-    let others = Mutex::new(BTreeSet::<String>::new());
-    let peers = Arc::new(Peers::default());
     let on_peers = peers.clone();
     let on_change = router.clone();
     let reaper = presence.clone();
-    let mut registry_config = RegistryConfig::new(PREFIX, me.to_string(), info);
+    let mut registry_config = RegistryConfig::new(PREFIX, me.to_string(), info.clone());
     registry_config.dead_after = Duration::from_secs(config.dead_after_secs);
     // A block of id generators of this node's own, one per shard: message ids are unique
     // across the nodes, even for one group while its owner moves.
@@ -433,26 +467,24 @@ pub fn start(
     let registry = Registry::start(
         handle.clone(),
         registry_config,
-        Arc::new(move |change| {
-            let mut others = others.lock().expect("invariant: the registry thread alone");
-            match change {
-                Change::Joined { id, info } => {
-                    tracing::info!(node = %id, %info, "cluster: a node joined");
-                    on_peers.joined(&id, &info);
-                    others.insert(id);
-                }
-                Change::Left { id } => {
-                    tracing::info!(node = %id, "cluster: a node left");
-                    on_peers.left(&id);
-                    others.remove(&id);
-                    // Its users who have no other node go offline (every survivor reaps;
-                    // Redis gives each user to one of them).
-                    reap(reaper.clone(), on_change.clone(), id);
-                }
+        Arc::new(move |change| match change {
+            Change::Joined { id, info } => {
+                tracing::info!(node = %id, %info, "cluster: a node joined");
+                on_peers.joined(&id, &info);
+                on_change.node_is(&id, true);
             }
-            on_change.nodes_changed(&others);
+            Change::Left { id } => {
+                tracing::info!(node = %id, "cluster: a node left");
+                on_peers.left(&id);
+                on_change.node_is(&id, false);
+                // Its users who have no other node go offline (every survivor reaps;
+                // Redis gives each user to one of them).
+                reap(reaper.clone(), on_change.clone(), id);
+            }
         }),
     );
+    // The others count this node again, even those that never saw it leave.
+    handle.publish(members_channel(), node_word(b'J', &me, &info), None);
     tracing::info!(node = %me, bus = %url, "cluster mode: this node is on the bus");
     Ok((
         Node {
@@ -465,6 +497,8 @@ pub fn start(
             presence,
             tag: crate::engine::node_tag(&me),
             generator_base,
+            live,
+            leaving: std::sync::atomic::AtomicBool::new(false),
             me,
             peers,
             stats,
@@ -499,6 +533,12 @@ fn reap(presence: ClusterPresence, router: Arc<Router>, dead: String) {
 struct Router {
     inboxes: Vec<InboxHandle<ShardMsg>>,
     me: Arc<str>,
+    /// The live nodes as last told to the shards ([`ShardMsg::Nodes`]).
+    live: Arc<Mutex<Arc<[Arc<str>]>>>,
+    /// The other live nodes: as the registry saw them, less those leaving.
+    others: Mutex<BTreeSet<String>>,
+    /// Where they listen.
+    peers: Arc<Peers>,
     stats: Arc<ClusterStats>,
     /// The bus, once started (the router is its handler, so it exists first).
     bus: std::sync::OnceLock<BusHandle>,
@@ -524,12 +564,25 @@ impl Router {
         owner_of_group(group, self.inboxes.len())
     }
 
+    /// Node `id` is live (`true`) or not: the shards are told the new list if it changed
+    /// it (or always, when the registry says so).
+    fn node_is(&self, id: &str, live: bool) {
+        let mut others = self.others.lock().expect("invariant: no panic while held");
+        if live {
+            others.insert(id.to_owned());
+        } else {
+            others.remove(id);
+        }
+        self.nodes_changed(&others);
+    }
+
     fn nodes_changed(&self, others: &BTreeSet<String>) {
         let mut live: Vec<Arc<str>> = others.iter().map(|s| Arc::from(s.as_str())).collect();
         live.push(self.me.clone());
         live.sort();
-        self.stats.nodes.store(live.len() as i64, Relaxed);
         let live: Arc<[Arc<str>]> = live.into();
+        *self.live.lock().expect("invariant: no panic while held") = live.clone();
+        self.stats.nodes.store(live.len() as i64, Relaxed);
         for s in 0..self.inboxes.len() {
             self.send(ShardId(s as u16), ShardMsg::Nodes { live: live.clone() });
         }
@@ -605,6 +658,16 @@ impl Router {
             return Some(());
         }
         if name == "members" {
+            if let Some((word, node, info)) = parse_node_word(&payload) {
+                if node != &*self.me {
+                    tracing::info!(%node, live = word == b'J', "cluster: a node says it is live or leaving");
+                    if word == b'J' {
+                        self.peers.joined(node, info);
+                    }
+                    self.node_is(node, word == b'J');
+                }
+                return Some(());
+            }
             let (from, change) = Members::decode(&payload)?;
             if from != *self.me {
                 let group = GroupId::new(change.group);
@@ -685,6 +748,23 @@ impl Router {
                 let msg = ShardMsg::SettledAsked {
                     group: group.clone(),
                     from: a.0.into(),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'R' => {
+                let a = SettledAsk::decode(&payload)?;
+                let group = GroupId::new(a.1);
+                let msg = ShardMsg::ReleaseAsked {
+                    group: group.clone(),
+                    from: a.0.into(),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            b'L' => {
+                let (group, settled) = SettledAnswer::decode(&payload)?;
+                let msg = ShardMsg::Released {
+                    group: group.clone(),
+                    settled: Some(settled),
                 };
                 self.send(self.owner(&group), msg);
             }
@@ -878,6 +958,28 @@ impl Members {
     }
 }
 
+/// A node's word on `members`: `J` (live) or `X` (leaving), its id, and what the registry
+/// holds of it (`public=ip:port`; empty for `X`).
+fn node_word(word: u8, node: &str, info: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(2 + node.len() + info.len());
+    b.put_u8(word);
+    put_short(&mut b, node.as_bytes());
+    b.extend_from_slice(info.as_bytes());
+    b.freeze()
+}
+
+/// (word, node, info)
+fn parse_node_word(payload: &[u8]) -> Option<(u8, &str, &str)> {
+    let w = *payload.first()?;
+    if !matches!(w, b'J' | b'X') {
+        return None;
+    }
+    let (node, at) = get_short(payload, 1)?;
+    let node = std::str::from_utf8(node).ok()?;
+    let info = std::str::from_utf8(payload.get(at..)?).ok()?;
+    Some((w, node, info))
+}
+
 /// A node filling a gap asks the group's owner node for its room's settled id: `Q`, the
 /// asking node, the group.
 pub struct SettledAsk<'a> {
@@ -887,9 +989,18 @@ pub struct SettledAsk<'a> {
 
 impl SettledAsk<'_> {
     pub fn encode(&self) -> Bytes {
+        self.encode_as(b'Q')
+    }
+
+    /// The same, as a group's new owner node asks the previous one to release the room: `R`.
+    pub fn encode_release(&self) -> Bytes {
+        self.encode_as(b'R')
+    }
+
+    fn encode_as(&self, tag: u8) -> Bytes {
         let g = self.group.as_str().as_bytes();
         let mut b = BytesMut::with_capacity(2 + self.from.len() + g.len());
-        b.put_u8(b'Q');
+        b.put_u8(tag);
         put_short(&mut b, self.from.as_bytes());
         b.extend_from_slice(g);
         b.freeze()
@@ -912,9 +1023,19 @@ pub struct SettledAnswer {
 
 impl SettledAnswer {
     pub fn encode(&self) -> Bytes {
+        self.encode_as(b'W')
+    }
+
+    /// The same, as the previous owner node released the room (`settled`: the last event it
+    /// minted, delivered and published before this): `L`.
+    pub fn encode_released(&self) -> Bytes {
+        self.encode_as(b'L')
+    }
+
+    fn encode_as(&self, tag: u8) -> Bytes {
         let g = self.group.as_str().as_bytes();
         let mut b = BytesMut::with_capacity(9 + g.len());
-        b.put_u8(b'W');
+        b.put_u8(tag);
         b.put_u64(self.settled.0);
         b.extend_from_slice(g);
         b.freeze()
@@ -949,6 +1070,23 @@ fn get_short(b: &[u8], at: usize) -> Option<(&[u8], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodes_word_decodes_as_encoded() {
+        let j = node_word(b'J', "node-a", "public=10.0.0.1:3000");
+        assert_eq!(
+            parse_node_word(&j),
+            Some((b'J', "node-a", "public=10.0.0.1:3000"))
+        );
+        let x = node_word(b'X', "node-a", "");
+        assert_eq!(parse_node_word(&x), Some((b'X', "node-a", "")));
+        assert_eq!(
+            parse_node_word(b"C\x06node-a{}"),
+            None,
+            "a membership change"
+        );
+        assert_eq!(parse_node_word(b"J\x09short"), None);
+    }
 
     #[test]
     fn bus_messages_decode_as_encoded() {

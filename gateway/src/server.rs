@@ -188,6 +188,9 @@ pub fn begin_drain(shared: &Shared, window: Duration) {
     shared
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(c) = &shared.cluster {
+        c.leave();
+    }
     for s in 0..shared.nr_shards() {
         shared.send_blocking(ShardId(s as u16), ShardMsg::Drain { window });
     }

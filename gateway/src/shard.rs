@@ -423,6 +423,16 @@ pub enum ShardMsg {
     /// Cluster mode: the owner node's answer to that: connect-time Subscribes waiting for it
     /// are answered with it, a gap fill reads up to it.
     GapSettled { group: GroupId, settled: MessageId },
+    /// Cluster mode, on a group's previous owner node: node `from` owns the group now and
+    /// asks for the room (see [`Shard::taking_over`]).
+    ReleaseAsked { group: GroupId, from: Arc<str> },
+    /// Cluster mode, on a group's new owner node: the previous owner released the room
+    /// (`settled`: everything it minted up to there is delivered and published), or did not
+    /// answer in time (`None`).
+    Released {
+        group: GroupId,
+        settled: Option<MessageId>,
+    },
     /// The user's connectivity changed (`online`: whether they have a connection anywhere;
     /// every shard's replica follows it). With `announce`, co-members in those rooms are told
     /// (the `userOnline` frame); without, the change is inside the presence debounce window
@@ -589,7 +599,36 @@ pub struct Shard {
     /// Redis could not be told (the latest of the two, and their groups); told when the bus
     /// is back ([`Shard::restore_presence`]).
     presence_untold: RefCell<HashMap<UserId, Untold>>,
+    /// Cluster mode: rooms changing owner node (see [`Shard::taking_over`]).
+    handover: RefCell<Handover>,
 }
+
+/// Rooms changing owner node, on the new owner and on the previous one.
+#[derive(Default)]
+struct Handover {
+    /// Groups this node owns and took from their previous owner since the live list last
+    /// changed: released by it, or it did not answer in time.
+    taken: HashSet<GroupId>,
+    /// Groups this node owns whose previous owner has not released them yet: the events
+    /// held meanwhile, in order, and since when.
+    waiting: HashMap<GroupId, (Instant, Vec<ShardMsg>)>,
+    /// Groups this node released to a node that asked, which this node's live list may not
+    /// show yet: where their events go, since when.
+    moved: HashMap<GroupId, (Arc<str>, Instant)>,
+    /// Groups asked for while their room still waited for the store: the nodes to tell once
+    /// it does not.
+    releasing: HashMap<GroupId, Vec<Arc<str>>>,
+    /// Nodes that left the live list lately, since when: a group of one is taken over from it
+    /// (a draining node releases it; a dead one is not waited for).
+    left: Vec<(Arc<str>, Instant)>,
+}
+
+/// How long a group's new owner node holds its events for the previous owner's release:
+/// past it, that node is taken to be gone.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node sends a group it released to the node that asked, while its own live list
+/// does not show that node (it shows joining nodes within a registry check).
+const MOVED_FOR: Duration = Duration::from_secs(10);
 
 /// How long a forwarded `sendMessage` waits for the owner node's answer before its sender
 /// is told to retry (the owner node died, or its answer was lost with Redis).
@@ -736,12 +775,13 @@ impl Shard {
                 shared.config.server.send_ring,
             )),
             nodes: RefCell::new(match &shared.cluster {
-                Some(c) => Arc::from(vec![c.me.clone()]),
+                Some(c) => c.live(),
                 None => Arc::from(Vec::new()),
             }),
             bus_rooms: RefCell::new(HashMap::new()),
             forwards: RefCell::new(HashMap::new()),
             presence_untold: RefCell::new(HashMap::new()),
+            handover: RefCell::new(Handover::default()),
             shared,
         })
     }
@@ -1108,6 +1148,17 @@ impl Shard {
                 origin: SendOrigin::Local(_),
                 ..
             } if self.owner_node_elsewhere(group).is_some() => self.forward(msg),
+            // Forwarded here, but another node owns the group now: on to it.
+            ShardMsg::SendMessage { ref group, .. } | ShardMsg::MarkRead { ref group, .. }
+                if self.owner_node_elsewhere(group).is_some() =>
+            {
+                self.forward(msg)
+            }
+            ShardMsg::SendMessage { ref group, .. } | ShardMsg::MarkRead { ref group, .. }
+                if self.taking_over(group) =>
+            {
+                self.hold_for_release(msg)
+            }
             ShardMsg::Subscribe { ref group, .. }
             | ShardMsg::SendMessage { ref group, .. }
             | ShardMsg::MarkRead { ref group, .. }
@@ -1163,7 +1214,9 @@ impl Shard {
             ShardMsg::BusDown => self.bus_down(),
             ShardMsg::BusSubscribed { group, result } => self.bus_subscribed(group, result),
             ShardMsg::Reply { origin, result } => self.reply(&origin, result),
-            ShardMsg::Nodes { live } => *self.nodes.borrow_mut() = live,
+            ShardMsg::Nodes { live } => self.nodes_changed(live),
+            ShardMsg::ReleaseAsked { group, from } => self.release_asked(group, from),
+            ShardMsg::Released { group, settled } => self.released(group, settled),
             ShardMsg::BusUp => self.bus_up(),
             ShardMsg::SettledAsked { group, from } => self.settled_asked(group, &from),
             ShardMsg::GapSettled { group, settled } => self.owner_settled(group, Some(settled)),
@@ -1345,9 +1398,15 @@ impl Shard {
             .map_or(Duration::ZERO, |d| d.window)
     }
 
-    /// Whether the shard has stopped accepting and every connection is gone.
+    /// Whether the shard has stopped accepting and every connection is gone; in cluster
+    /// mode, also every event its rooms minted is answered by the store (delivered and
+    /// published), and every room asked for by its new owner node released.
     pub fn drained(&self) -> bool {
-        self.stopping.get() && self.conns.borrow().is_empty()
+        self.stopping.get()
+            && self.conns.borrow().is_empty()
+            && (self.shared.cluster.is_none()
+                || (self.rooms.borrow().values().all(|r| !r.awaiting_store())
+                    && self.handover.borrow().releasing.is_empty()))
     }
 
     // ---- rooms (on the group's owner shard) ----
@@ -1781,6 +1840,9 @@ impl Shard {
             None => return,
         };
         self.carry_out(group, effects);
+        if self.shared.cluster.is_some() {
+            self.release_if_done(group);
+        }
     }
 
     /// Carries out what `group`'s room decided.
@@ -2719,6 +2781,7 @@ impl Shard {
         if self.shared.cluster.is_some() {
             self.expire_forwards(now);
             self.expire_gap_asks(now);
+            self.expire_handovers(now);
         }
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -2742,9 +2805,33 @@ impl Shard {
     /// The group's owner node when it is not this one (cluster mode only).
     fn owner_node_elsewhere(&self, group: &GroupId) -> Option<Arc<str>> {
         let c = self.shared.cluster.as_ref()?;
+        if let Some((to, _)) = self.handover.borrow().moved.get(group) {
+            return Some(to.clone());
+        }
         let nodes = self.nodes.borrow();
+        if c.is_leaving() {
+            // Draining: every group is another node's (this one alone keeps its own).
+            let others: Vec<&Arc<str>> = nodes.iter().filter(|n| ***n != *c.me).collect();
+            return corecast_shard_router::owner_node_of_group(group, &others)
+                .map(|n| (*n).clone());
+        }
         let owner = corecast_shard_router::owner_node_of_group(group, &nodes)?;
         (**owner != *c.me).then(|| owner.clone())
+    }
+
+    /// The node that owned `group` before this one took it, if another: its owner among the
+    /// other live nodes and those that left lately (a node that joined takes groups from live
+    /// nodes; one that left gives its groups to the others).
+    fn previous_owner(&self, group: &GroupId) -> Option<Arc<str>> {
+        let c = self.shared.cluster.as_ref()?;
+        let h = self.handover.borrow();
+        let nodes = self.nodes.borrow();
+        let candidates: Vec<&Arc<str>> = nodes
+            .iter()
+            .chain(h.left.iter().map(|(n, _)| n))
+            .filter(|n| ***n != *c.me)
+            .collect();
+        corecast_shard_router::owner_node_of_group(group, &candidates).map(|n| (*n).clone())
     }
 
     /// A `sendMessage` or `markAsRead` of a connection of this node, for a group another node
@@ -2760,7 +2847,7 @@ impl Shard {
                 text,
                 attachments,
                 client_msg_id,
-                origin: SendOrigin::Local(origin),
+                origin,
                 ..
             } => {
                 let event = crate::cluster::Forwarded::SendMessage {
@@ -2774,34 +2861,38 @@ impl Shard {
                 group,
                 message,
                 user,
-                origin: SendOrigin::Local(origin),
+                origin,
             } => {
                 let event = crate::cluster::Forwarded::MarkRead { message: message.0 };
                 (group, user, event, origin)
             }
-            _ => {
-                unreachable!("invariant: forward is called with a local sendMessage or markAsRead")
-            }
+            _ => unreachable!("invariant: forward is called with a sendMessage or markAsRead"),
         };
         let (Some(c), Some(owner)) = (&self.shared.cluster, self.owner_node_elsewhere(&group))
         else {
             return;
         };
+        // One forwarded here goes on with its first node as the origin: the owner answers
+        // there, and that node's own timeout covers a loss on the way.
+        let (node, shard, conn, ack, local) = match origin {
+            SendOrigin::Local(o) => (c.me.to_string(), o.shard, o.conn, o.ack, Some(o)),
+            SendOrigin::Remote(r) => (r.node.to_string(), r.shard, r.conn, r.ack, None),
+        };
         let forward = crate::cluster::Forward {
             group: group.as_str().to_owned(),
             user: user.0,
             event,
-            node: c.me.to_string(),
-            shard: origin.shard.0,
-            conn: origin.conn.0,
-            ack: origin.ack,
+            node,
+            shard: shard.0,
+            conn: conn.0,
+            ack,
         };
         c.stats.forwarded.fetch_add(1, Relaxed);
         c.stats.published.fetch_add(1, Relaxed);
-        if let Some(ack) = origin.ack {
+        if let (Some(o), Some(ack)) = (&local, ack) {
             self.forwards
                 .borrow_mut()
-                .insert((origin.shard, origin.conn, ack), Instant::now());
+                .insert((o.shard, o.conn, ack), Instant::now());
         }
         let channel = crate::cluster::node_channel(&owner);
         let payload = forward.encode();
@@ -2813,9 +2904,212 @@ impl Shard {
                     Ok(_) => "the group's owner node is not reachable",
                     Err(_) => "the cluster bus is unavailable",
                 };
+                let origin = local?;
                 Some(ShardMsg::ForwardLost { origin, reason })
             },
         );
+    }
+
+    /// Cluster mode: a live-list change. A group's owner follows it; groups released to a
+    /// node the list now shows follow it too, and every group this node owns is taken from
+    /// its previous owner again before its next event (the list may have moved it).
+    fn nodes_changed(&self, live: Arc<[Arc<str>]>) {
+        let mut h = self.handover.borrow_mut();
+        h.taken.clear();
+        h.moved.retain(|_, (to, _)| !live.contains(to));
+        let now = Instant::now();
+        for gone in self.nodes.borrow().iter().filter(|n| !live.contains(n)) {
+            h.left.push((gone.clone(), now));
+        }
+        h.left.retain(|(n, _)| !live.contains(n));
+        drop(h);
+        *self.nodes.borrow_mut() = live;
+    }
+
+    /// Whether an event of `group` must wait for its previous owner node to release the room:
+    /// this node owns the group, has not taken it since the live list last changed, and the
+    /// group would be another live node's without this one. That node may still be minting,
+    /// storing and publishing events of the group (its list may not show this node yet), so
+    /// this node holds the group's events until it answers ([`Shard::release_asked`]), and
+    /// the group's events stay in id order across the move.
+    fn taking_over(&self, group: &GroupId) -> bool {
+        let Some(c) = &self.shared.cluster else {
+            return false;
+        };
+        if self.handover.borrow().waiting.contains_key(group) {
+            return true;
+        }
+        if c.is_leaving() || self.handover.borrow().taken.contains(group) {
+            return false;
+        }
+        match self.previous_owner(group) {
+            Some(_) => true,
+            None => {
+                self.handover.borrow_mut().taken.insert(group.clone());
+                false
+            }
+        }
+    }
+
+    /// Holds an event of a group this node is taking over; the first one asks the previous
+    /// owner node to release the room.
+    fn hold_for_release(&self, msg: ShardMsg) {
+        let group = match &msg {
+            ShardMsg::SendMessage { group, .. } | ShardMsg::MarkRead { group, .. } => group.clone(),
+            _ => unreachable!("invariant: only events of a group's stream are held"),
+        };
+        let first = {
+            let mut h = self.handover.borrow_mut();
+            let (_, held) = h
+                .waiting
+                .entry(group.clone())
+                .or_insert_with(|| (Instant::now(), Vec::new()));
+            held.push(msg);
+            held.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let (Some(c), Some(previous)) = (&self.shared.cluster, self.previous_owner(&group)) else {
+            return self.released(group, None);
+        };
+        let ask = crate::cluster::SettledAsk {
+            from: &c.me,
+            group: &group,
+        }
+        .encode_release();
+        c.stats.published.fetch_add(1, Relaxed);
+        let channel = crate::cluster::node_channel(&previous);
+        self.bus_call(
+            |c, done| c.bus.publish(channel, ask, Some(done)),
+            move |r| match r {
+                Ok(n) if n > 0 => None,
+                // The previous owner is gone (no one took the request): nothing to wait for.
+                _ => Some(ShardMsg::Released {
+                    group,
+                    settled: None,
+                }),
+            },
+        );
+    }
+
+    /// On a group's previous owner node: node `from` owns the group now. From here on the
+    /// group's events go to it, whatever this node's live list says (for a while: see
+    /// [`MOVED_FOR`]); once the room has nothing waiting for the store, every event this node
+    /// minted is delivered and published, and `from` is told so, with the last one.
+    fn release_asked(&self, group: GroupId, from: Arc<str>) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        if *from == *c.me {
+            return;
+        }
+        let held = {
+            let mut h = self.handover.borrow_mut();
+            h.moved
+                .insert(group.clone(), (from.clone(), Instant::now()));
+            h.taken.remove(&group);
+            h.waiting.remove(&group)
+        };
+        // Events this node held to take the group itself go to `from` too.
+        for msg in held.map(|(_, held)| held).unwrap_or_default() {
+            self.handle(msg);
+        }
+        let busy = self
+            .rooms
+            .borrow()
+            .get(&group)
+            .is_some_and(|r| r.awaiting_store());
+        if busy {
+            self.handover
+                .borrow_mut()
+                .releasing
+                .entry(group)
+                .or_default()
+                .push(from);
+        } else {
+            self.answer_release(&group, &from);
+        }
+    }
+
+    fn answer_release(&self, group: &GroupId, to: &str) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        let now = events::now_ms() as u64;
+        let settled = match self.rooms.borrow().get(group) {
+            Some(room) => room.settled(now),
+            None => MessageId(MessageId::new(now as i64, 0, 0).0.saturating_sub(1)),
+        };
+        let answer = crate::cluster::SettledAnswer {
+            group: group.clone(),
+            settled,
+        };
+        // After every publish of the group's events (one queue, in order): the new owner
+        // hears of them first.
+        c.publish(crate::cluster::node_channel(to), answer.encode_released());
+    }
+
+    /// A room asked for by a new owner node is done with the store: that node is told.
+    fn release_if_done(&self, group: &GroupId) {
+        if !self.handover.borrow().releasing.contains_key(group) {
+            return;
+        }
+        let busy = self
+            .rooms
+            .borrow()
+            .get(group)
+            .is_some_and(|r| r.awaiting_store());
+        if busy {
+            return;
+        }
+        let to = self.handover.borrow_mut().releasing.remove(group);
+        for node in to.unwrap_or_default() {
+            self.answer_release(group, &node);
+        }
+    }
+
+    /// On a group's new owner node: the previous owner released the room (or did not answer
+    /// in time: `None`). Ids minted from now on follow the last it minted; the events held
+    /// meanwhile are handled in order.
+    fn released(&self, group: GroupId, settled: Option<MessageId>) {
+        let held = {
+            let mut h = self.handover.borrow_mut();
+            let Some((_, held)) = h.waiting.remove(&group) else {
+                return; // answered already (a late answer, or after the timeout)
+            };
+            h.taken.insert(group.clone());
+            held
+        };
+        match settled {
+            Some(s) => self.ids.borrow_mut().after(s),
+            None => {
+                tracing::debug!(%group, "cluster: the group's previous owner node is gone or did not answer in time; taking it")
+            }
+        }
+        for msg in held {
+            self.handle(msg);
+        }
+    }
+
+    /// Releases not answered in time, and groups sent on to a node the live list never
+    /// showed.
+    fn expire_handovers(&self, now: Instant) {
+        let late: Vec<GroupId> = {
+            let mut h = self.handover.borrow_mut();
+            h.moved
+                .retain(|_, (_, since)| now.saturating_duration_since(*since) < MOVED_FOR);
+            h.left
+                .retain(|(_, since)| now.saturating_duration_since(*since) < MOVED_FOR);
+            h.waiting
+                .iter()
+                .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= RELEASE_TIMEOUT)
+                .map(|(g, _)| g.clone())
+                .collect()
+        };
+        for group in late {
+            self.released(group, None);
+        }
     }
 
     /// A forwarded `sendMessage` gets no answer from the owner node: its sender is told to

@@ -166,6 +166,13 @@ impl IdGenerator {
         IdGenerator { generator, last: 0 }
     }
 
+    /// Makes every later id greater than `id` (minted by another generator: a group's
+    /// previous owner node), and of this generator still.
+    pub fn after(&mut self, id: MessageId) {
+        let floor = MessageId::new(id.millis() + 1, self.generator, 0).0 - 1;
+        self.last = self.last.max(floor);
+    }
+
     /// The next id at time `now`. Strictly greater than every id this generator returned before,
     /// even if the clock steps back or more than 1,024 ids are minted in one millisecond (the
     /// id then borrows from the next millisecond).
@@ -272,6 +279,18 @@ mod tests {
         let b = IdGenerator::new(2).next(now);
         assert_ne!(a, b);
         assert_eq!(a.millis(), now);
+        let mut later = IdGenerator::new(5);
+        later.after(MessageId::new(now + 7, 9, 3));
+        let id = later.next(now);
+        assert!(
+            id > MessageId::new(now + 7, 9, 1023),
+            "after another generator's id"
+        );
+        assert_eq!(
+            id.0 >> SEQ_BITS & (GENERATORS as u64 - 1),
+            5,
+            "still generator 5"
+        );
         let last = IdGenerator::new(GENERATORS - 1).next(now);
         assert_ne!(last, IdGenerator::new(0).next(now));
         assert_eq!(

@@ -435,6 +435,12 @@ impl<C: Carrier> Room<C> {
         Some(Effect::Released(self.barriers.swap_remove(i).done))
     }
 
+    /// Whether an event of the room still waits for the store's answer (or for an earlier
+    /// one's): what it minted is not all delivered yet.
+    pub fn awaiting_store(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Nothing depends on the room staying in memory: no subscriber, nothing waiting, nothing
     /// being stored, no membership change in flight. Forgetting it loses nothing; the store
     /// has its members. (A room still loading counts once its waiting operations are answered.)

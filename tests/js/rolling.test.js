@@ -3,8 +3,9 @@
 // (docs/operations.md, "Rolling restart"): three `corecast serve` nodes on one redis-server and
 // one Cassandra keyspace behind a plain TCP load balancer that sends new connections to the
 // nodes whose /readyz answers 200; stock socket.io-client clients (reconnection and connection
-// state recovery on, as by default; WebSocket only, since polling requests are not forwarded
-// between nodes) connected through it; senders sending a steady trickle with a `clientMsgId`,
+// state recovery on, as by default; WebSocket only, so that the balancer gives each node three
+// sessions to drain: a polling session's requests are TCP connections of their own, spread
+// unevenly; test_cluster_lb.py covers polling behind a balancer) connected through it; senders sending a steady trickle with a `clientMsgId`,
 // sending again with the same one when a send fails, as an app does. Each node in turn gets
 // SIGTERM (the graceful drain, CORECAST_DRAIN_SECS), exits, and is started again under the same
 // CORECAST_NODE_ID; the next goes once it is ready and every node sees the three.
@@ -14,20 +15,6 @@
 // once, in id order, from live delivery and the recovery replay after each reconnect, and
 // every reconnect recovered; a send that failed said so (an ack with an error, or the client's
 // "socket has been disconnected"): no ack was lost on a live connection (no ack timeout).
-//
-// Known failures (so the test is a `todo` until the gateway is fixed; it fails in about one run
-// in three on a 2-core machine, and its output then names each member's missed messages, the
-// node it was on and its reconnects):
-// - Around a restart, members connected throughout to one node miss a stretch of acked
-//   messages (seen: 14 to 50 messages, one or two senders, about 5 s), never replayed since
-//   they did not reconnect. The nodes' live lists differ for a moment (a node is seen leaving
-//   by some and joining by others; the restarted one counts itself alone until its registry's
-//   first check, though its node channel is already subscribed): two nodes then act as the
-//   group's owner, each storing and delivering what it is given to its own node only.
-// - A message forwarded to a node in the instant it starts again is stored, delivered only
-//   on that node and never answered: the sender's node answers storage_unavailable after the
-//   15 s forward timeout, and the resend with the same clientMsgId is acked with the stored
-//   original's id, which members on the other nodes never get.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -192,7 +179,7 @@ after(async () => {
 
 const SKIP = !scyllaNodes && 'CORECAST_TEST_SCYLLA_NODES is not set (Cassandra: scripts/cassandra.sh start)';
 
-test('a rolling restart with the graceful drain loses no message: every member has every acked message once, in id order', { skip: SKIP, todo: SKIP ? false : 'known failures, see the top of this file', timeout: 240_000 }, async () => {
+test('a rolling restart with the graceful drain loses no message: every member has every acked message once, in id order', { skip: SKIP, timeout: 240_000 }, async () => {
   const users = Array.from({ length: 9 }, (_, i) => 7301 + i);
   for (const u of users) await nodes[0].putUser(u);
   const gid = `js-rolling-${crypto.randomBytes(4).toString('hex')}`;

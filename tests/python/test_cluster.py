@@ -24,7 +24,7 @@ import uuid
 
 import pytest
 
-from cassandra_util import REPO_ROOT, require_cassandra, scylla_nodes
+from cassandra_util import REPO_ROOT, cql_ping, require_cassandra, scylla_nodes
 from chat_client import ChatClient
 from gateway_process import gateway_binary
 from polling import poll
@@ -32,6 +32,8 @@ from polling import poll
 pytestmark = pytest.mark.cassandra
 
 NODES = 3
+# The keyspaces start_cluster made, dropped when the `cassandra` fixture ends.
+_KEYSPACES: list[str] = []
 READY_TIMEOUT = 120.0
 
 
@@ -131,7 +133,13 @@ def cassandra():
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"scripts/cassandra.sh start failed:\n{r.stdout}\n{r.stderr}"
         require_cassandra()
-    return scylla_nodes()
+    yield scylla_nodes()
+    # Each cluster's keyspace goes with it (its nodes stopped before this): one Cassandra
+    # serves the whole suite, and every keyspace costs it heap.
+    host, port = scylla_nodes()[0].rsplit(":", 1)
+    for keyspace in _KEYSPACES[:]:
+        cql_ping.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", host, int(port), 60)
+        _KEYSPACES.remove(keyspace)
 
 
 def _metric(gw, name: str) -> float:
@@ -153,6 +161,7 @@ def start_cluster(cassandra, redis, start_gateway, **env):
     """Three nodes in cluster mode on one fresh keyspace (with `env` added), each seeing all
     three alive."""
     keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
+    _KEYSPACES.append(keyspace)
     nodes = []
     for i in range(NODES):
         # One at a time: the first creates the schema, the others find it.
