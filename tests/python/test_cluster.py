@@ -157,25 +157,31 @@ def _ready(gw) -> bool:
         return False
 
 
-def start_cluster(cassandra, redis, start_gateway, **env):
-    """Three nodes in cluster mode on one fresh keyspace (with `env` added), each seeing all
-    three alive."""
+def start_cluster(cassandra, redis, start_gateway, n=NODES, **env):
+    """`n` nodes (three) in cluster mode on one fresh keyspace (with `env` added), each seeing
+    all alive. `nodes[0].join_env` starts one more in the same cluster."""
     keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
     _KEYSPACES.append(keyspace)
     nodes = []
-    for i in range(NODES):
+    for i in range(n):
         # One at a time: the first creates the schema, the others find it.
-        gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
-                           CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
-                           CORECAST_NODE_ID=f"node-{i}", CORECAST_SHARDS=2,
-                           CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
-                           CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}", **env)
-        poll(f"node-{i} /readyz", lambda gw=gw: _ready(gw), READY_TIMEOUT, 0.2)
-        nodes.append(gw)
+        nodes.append(start_node(start_gateway, cassandra, redis, keyspace, f"node-{i}", env))
     for i, gw in enumerate(nodes):
-        poll(f"node-{i} to see {NODES} live nodes",
-             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == NODES, 15, 0.1)
+        poll(f"node-{i} to see {n} live nodes",
+             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == n, 15, 0.1)
+    nodes[0].join_env = (keyspace, env)
     return nodes
+
+
+def start_node(start_gateway, cassandra, redis, keyspace, node_id, env):
+    """One node of the cluster on `keyspace`, once its /readyz says it is ready."""
+    gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
+                       CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
+                       CORECAST_NODE_ID=node_id, CORECAST_SHARDS=2,
+                       CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
+                       CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}", **env)
+    poll(f"{node_id} /readyz", lambda: _ready(gw), READY_TIMEOUT, 0.2)
+    return gw
 
 
 @pytest.fixture
@@ -603,3 +609,61 @@ def test_the_message_limit_is_one_budget_per_user_across_nodes(cassandra, redis,
     assert tab.call("sendMessage", {"groupId": gid, "text": "from the tab",
                                     "attachments": []})["error"]["code"] == "rate_limited"
     connect(nodes[2], other).send_message(gid, "another user's budget")
+
+
+def test_a_node_joining_under_traffic_takes_its_groups_over_in_order(cassandra, redis,
+                                                                    start_gateway, connect,
+                                                                    new_id):
+    """Two nodes under traffic, then a third joins that owns the group once it is live: the
+    group's room is handed over (the old owner publishes what it minted, then releases the
+    room; the new one holds the group's events until then). Members on the first two nodes
+    get every acked message once and in id order, and the senders every answer."""
+    nodes = start_cluster(cassandra, redis, start_gateway, n=2)
+    base = f"g-{new_id()}"
+    gid = next(f"{base}-{k}" for k in range(1000)
+               if owner_node_of_group(f"{base}-{k}", ["node-0", "node-1", "node-2"]) == "node-2")
+    users = [new_id() for _ in range(4)]
+    for u in users:
+        nodes[0].put_user(u)
+    nodes[0].put_group(gid, users)
+    clients = [connect(nodes[k % 2], u) for k, u in enumerate(users)]
+    acked, failed, lock = [], [], threading.Lock()
+    stop = threading.Event()
+
+    def run(n, c):
+        i = 0
+        while not stop.is_set():
+            ack = c.call("sendMessage", {"groupId": gid, "text": f"s{n}-{i}",
+                                         "attachments": []}, timeout=20)
+            with lock:
+                (acked if ack.get("ok") is True else failed).append(ack)
+            i += 1
+
+    threads = [threading.Thread(target=run, args=(n, c)) for n, c in enumerate(clients[:2])]
+    for t in threads:
+        t.start()
+    poll("messages acked before the join", lambda: len(acked) >= 30, 30, 0.05)
+    keyspace, env = nodes[0].join_env
+    joined = start_node(start_gateway, cassandra, redis, keyspace, "node-2", env)
+    for gw in nodes:
+        poll("the first nodes to see the third",
+             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == 3, 15, 0.1)
+    at_join = len(acked)
+    poll("messages acked after the join", lambda: len(acked) >= at_join + 60, 40, 0.05)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not failed, failed[:5]
+    # The new node owns the group now: what both senders sent went through it.
+    assert _metric(joined, "corecast_bus_forwarded_total") == 0
+    assert _metric(joined, "corecast_bus_published_total") > 0
+    marker = clients[0].send_message(gid, "marker")
+    expected = sorted(int(a["id"]) for a in acked) + [int(marker["id"])]
+    assert len(set(expected)) == len(expected), "an id minted twice"
+    for k, c in enumerate(clients):
+        c.wait_for("newMessage", lambda m: m["id"] == marker["id"], timeout=30)
+        got = [int(m["id"]) for m in _messages(c, gid)]
+        assert got == expected, (
+            f"member {k} on node-{k % 2}: {len(got)} messages, expected {len(expected)}; "
+            f"duplicates: {len(got) - len(set(got))}; missing: "
+            f"{sorted(set(expected) - set(got))[:5]}; in order: {got == sorted(got)}")
