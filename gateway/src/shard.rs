@@ -621,7 +621,14 @@ struct Handover {
     /// Nodes that left the live list lately, since when: a group of one is taken over from it
     /// (a draining node releases it; a dead one is not waited for).
     left: Vec<(Arc<str>, Instant)>,
+    /// Users reaped from a gone node whose groups the store could not give yet: when to ask
+    /// again, since when it failed.
+    reaped: Vec<(Instant, Instant, Vec<UserId>)>,
 }
+
+/// How often, and for how long, the groups of reaped users are asked for again.
+const REAPED_RETRY_EVERY: Duration = Duration::from_secs(1);
+const REAPED_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// How long a group's new owner node holds its events for the previous owner's release:
 /// past it, that node is taken to be gone.
@@ -2730,11 +2737,28 @@ impl Shard {
         let groups = match result {
             Ok(g) => g,
             Err(e) => {
-                // Their replicas still say online; the next reap of that node finds nothing.
-                tracing::warn!(users = users.len(), error = %e, "cluster: reaped users' groups not read");
+                // Their replicas still say online until this is told: asked again (the store
+                // may still be connecting, at a node's start), for a while.
+                let now = Instant::now();
+                let mut retries = self.handover.borrow_mut();
+                let first = retries
+                    .reaped
+                    .iter()
+                    .find(|r| r.2 == users)
+                    .map_or(now, |r| r.1);
+                retries.reaped.retain(|r| r.2 != users);
+                if now.saturating_duration_since(first) < REAPED_RETRY_FOR {
+                    tracing::debug!(users = users.len(), error = %e, "cluster: reaped users' groups not read yet; asking again");
+                    retries
+                        .reaped
+                        .push((now + REAPED_RETRY_EVERY, first, users));
+                } else {
+                    tracing::warn!(users = users.len(), error = %e, "cluster: reaped users' groups not read; they stay online elsewhere until they connect and leave again");
+                }
                 return;
             }
         };
+        self.handover.borrow_mut().reaped.retain(|r| r.2 != users);
         let now = events::now_ms();
         for (user, groups) in users.into_iter().zip(groups) {
             self.announce_to_cluster(user, false, &groups, now);
@@ -3109,6 +3133,22 @@ impl Shard {
         };
         for group in late {
             self.released(group, None);
+        }
+        let due: Vec<Vec<UserId>> = {
+            let mut h = self.handover.borrow_mut();
+            let due = h
+                .reaped
+                .iter()
+                .filter(|r| r.0 <= now)
+                .map(|r| r.2.clone())
+                .collect();
+            for r in h.reaped.iter_mut().filter(|r| r.0 <= now) {
+                r.0 = now + REAPED_RETRY_FOR; // asked: waits for the answer
+            }
+            due
+        };
+        for users in due {
+            self.load_reaped_groups(users);
         }
     }
 

@@ -86,3 +86,23 @@ def test_a_killed_node_s_users_go_offline_on_the_other_nodes(cluster, connect, n
     w.wait_for("newMessage", lambda m: m["id"] == ack["id"], timeout=15)
     assert presence_of(w, also_elsewhere) == [True]
     assert presence_of(w, only_there) == [True, False]
+
+
+def test_a_node_restarted_at_once_takes_its_last_run_s_users_offline(cluster, connect, new_id):  # noqa: F811
+    """A node killed with SIGKILL and started again under its id before the others saw it
+    gone: the new run takes off what the last one left in Redis (while its store may still be
+    connecting), so its user who did not come back goes offline on the other nodes."""
+    watcher, only_there = new_id(), new_id()
+    admin = cluster[0]
+    for u in (watcher, only_there):
+        admin.put_user(u)
+    gid = f"g-{new_id()}"
+    admin.put_group(gid, [watcher, only_there])
+    w = connect(cluster[0], watcher)
+    connect(cluster[2], only_there)
+    w.wait_for("userOnline", lambda p: p == {"userId": only_there, "isOnline": True}, timeout=15)
+    cluster[2].kill9()
+    cluster[2].start()
+    w.wait_for("userOnline", lambda p: p == {"userId": only_there, "isOnline": False},
+               timeout=30)
+    assert presence_of(w, only_there) == [True, False]
