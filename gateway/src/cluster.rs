@@ -742,37 +742,34 @@ impl Router {
                 };
                 self.send(self.owner(&group), msg);
             }
-            b'Q' => {
-                let a = SettledAsk::decode(&payload)?;
-                let group = GroupId::new(a.1);
-                let msg = ShardMsg::SettledAsked {
-                    group: group.clone(),
-                    from: a.0.into(),
+            &tag @ (b'Q' | b'R') => {
+                let (from, group) = SettledAsk::decode(&payload)?;
+                let (group, from) = (GroupId::new(group), from.into());
+                let msg = if tag == b'Q' {
+                    ShardMsg::SettledAsked {
+                        group: group.clone(),
+                        from,
+                    }
+                } else {
+                    ShardMsg::ReleaseAsked {
+                        group: group.clone(),
+                        from,
+                    }
                 };
                 self.send(self.owner(&group), msg);
             }
-            b'R' => {
-                let a = SettledAsk::decode(&payload)?;
-                let group = GroupId::new(a.1);
-                let msg = ShardMsg::ReleaseAsked {
-                    group: group.clone(),
-                    from: a.0.into(),
-                };
-                self.send(self.owner(&group), msg);
-            }
-            b'L' => {
+            &tag @ (b'W' | b'L') => {
                 let (group, settled) = SettledAnswer::decode(&payload)?;
-                let msg = ShardMsg::Released {
-                    group: group.clone(),
-                    settled: Some(settled),
-                };
-                self.send(self.owner(&group), msg);
-            }
-            b'W' => {
-                let (group, settled) = SettledAnswer::decode(&payload)?;
-                let msg = ShardMsg::GapSettled {
-                    group: group.clone(),
-                    settled,
+                let msg = if tag == b'W' {
+                    ShardMsg::GapSettled {
+                        group: group.clone(),
+                        settled,
+                    }
+                } else {
+                    ShardMsg::Released {
+                        group: group.clone(),
+                        settled: Some(settled),
+                    }
                 };
                 self.send(self.owner(&group), msg);
             }

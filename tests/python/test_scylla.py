@@ -3,8 +3,8 @@
 - basic flow on Cassandra, and durability across a gateway restart;
 - database unreachable at start: the gateway still starts, /readyz is 503, sends answer
   storage_unavailable, and it keeps retrying;
-- database lost under traffic and restarted (issue 3 item 4): every message acked ok is in the
-  history afterwards, and nothing a receiver saw was unacked.
+- database lost under traffic and restarted (issue 3 item 4; and in cluster mode, issue 18):
+  every message acked ok is in the history afterwards, and nothing a receiver saw was unacked.
 
 Select with `-m cassandra`. The node is the first of CORECAST_TEST_SCYLLA_NODES (default
 127.0.0.1:9042); it is started with scripts/cassandra.sh if it does not answer, and every test
@@ -24,6 +24,7 @@ import socketio
 from cassandra_util import REPO_ROOT, require_cassandra, scylla_nodes
 from gateway_process import gateway_binary
 from polling import poll
+from test_cluster import redis, redis_server, start_cluster  # noqa: F401 - fixtures, by name
 
 pytestmark = pytest.mark.cassandra
 
@@ -257,15 +258,23 @@ class Sender(threading.Thread):
 
 
 @pytest.mark.timeout(600)
-def test_cassandra_lost_and_restarted_under_traffic(cassandra, start_gateway, connect, new_id):
-    gw = _scylla_gateway(start_gateway, cassandra)
+@pytest.mark.parametrize("nodes", ["one_node", "cluster"])
+def test_cassandra_lost_and_restarted_under_traffic(cassandra, start_gateway, connect, new_id,
+                                                     nodes, request):
+    """On one node, and in cluster mode (issue 18, "the database lost"): two nodes on one
+    Redis, the sender on the first and the receiver on the second; the answers are the same."""
+    if nodes == "one_node":
+        gw = receiver_gw = _scylla_gateway(start_gateway, cassandra)
+    else:
+        gw, receiver_gw = start_cluster(cassandra, request.getfixturevalue("redis"),
+                                        start_gateway, n=2)
     _wait_ready(gw)
     a, b = new_id(), new_id()
     gw.put_user(a, name="Sender")
     gw.put_user(b, name="Receiver")
     gid = new_id()
     gw.put_group(gid, [a, b], "Fault")
-    ca, cb = connect(gw, a), connect(gw, b)
+    ca, cb = connect(gw, a), connect(receiver_gw, b)
     for c in (ca, cb):
         assert c.call("joinGroup", {"groupId": gid}).get("ok") is True
 
@@ -287,7 +296,7 @@ def test_cassandra_lost_and_restarted_under_traffic(cassandra, start_gateway, co
         cb.emit("sendMessage", {"groupId": gid, "text": "probe while down", "attachments": []})
         err = cb.wait_for("error", timeout=30)
         assert err.get("code") == "storage_unavailable", err
-        assert gw.running, "the gateway died when Cassandra went away"
+        assert gw.running and receiver_gw.running, "a gateway died when Cassandra went away"
         t_down_seen = time.monotonic()
     finally:
         r = _cassandra("start", keep_data=True)
