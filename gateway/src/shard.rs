@@ -601,6 +601,8 @@ pub struct Shard {
     presence_untold: RefCell<HashMap<UserId, Untold>>,
     /// Cluster mode: rooms changing owner node (see [`Shard::taking_over`]).
     handover: RefCell<Handover>,
+    /// Cluster mode: reaped users whose groups are asked for again ([`Shard::retry_reaps`]).
+    reap_retries: RefCell<Vec<ReapRetry>>,
 }
 
 /// Rooms changing owner node, on the new owner and on the previous one.
@@ -621,9 +623,15 @@ struct Handover {
     /// Nodes that left the live list lately, since when: a group of one is taken over from it
     /// (a draining node releases it; a dead one is not waited for).
     left: Vec<(Arc<str>, Instant)>,
-    /// Users reaped from a gone node whose groups the store could not give yet: when to ask
-    /// again, since when it failed.
-    reaped: Vec<(Instant, Instant, Vec<UserId>)>,
+}
+
+/// Users reaped from a gone node whose groups the store could not give yet.
+struct ReapRetry {
+    /// When to ask the store again.
+    next: Instant,
+    /// When it first failed.
+    since: Instant,
+    users: Vec<UserId>,
 }
 
 /// How often, and for how long, the groups of reaped users are asked for again.
@@ -789,6 +797,7 @@ impl Shard {
             forwards: RefCell::new(HashMap::new()),
             presence_untold: RefCell::new(HashMap::new()),
             handover: RefCell::new(Handover::default()),
+            reap_retries: RefCell::new(Vec::new()),
             shared,
         })
     }
@@ -2740,25 +2749,26 @@ impl Shard {
                 // Their replicas still say online until this is told: asked again (the store
                 // may still be connecting, at a node's start), for a while.
                 let now = Instant::now();
-                let mut retries = self.handover.borrow_mut();
-                let first = retries
-                    .reaped
+                let mut retries = self.reap_retries.borrow_mut();
+                let since = retries
                     .iter()
-                    .find(|r| r.2 == users)
-                    .map_or(now, |r| r.1);
-                retries.reaped.retain(|r| r.2 != users);
-                if now.saturating_duration_since(first) < REAPED_RETRY_FOR {
+                    .find(|r| r.users == users)
+                    .map_or(now, |r| r.since);
+                retries.retain(|r| r.users != users);
+                if now.saturating_duration_since(since) < REAPED_RETRY_FOR {
                     tracing::debug!(users = users.len(), error = %e, "cluster: reaped users' groups not read yet; asking again");
-                    retries
-                        .reaped
-                        .push((now + REAPED_RETRY_EVERY, first, users));
+                    retries.push(ReapRetry {
+                        next: now + REAPED_RETRY_EVERY,
+                        since,
+                        users,
+                    });
                 } else {
                     tracing::warn!(users = users.len(), error = %e, "cluster: reaped users' groups not read; they stay online elsewhere until they connect and leave again");
                 }
                 return;
             }
         };
-        self.handover.borrow_mut().reaped.retain(|r| r.2 != users);
+        self.reap_retries.borrow_mut().retain(|r| r.users != users);
         let now = events::now_ms();
         for (user, groups) in users.into_iter().zip(groups) {
             self.announce_to_cluster(user, false, &groups, now);
@@ -2806,6 +2816,7 @@ impl Shard {
             self.expire_forwards(now);
             self.expire_gap_asks(now);
             self.expire_handovers(now);
+            self.retry_reaps(now);
         }
         let now = crate::conn::Tick::since(self.epoch, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -3134,19 +3145,20 @@ impl Shard {
         for group in late {
             self.released(group, None);
         }
-        let due: Vec<Vec<UserId>> = {
-            let mut h = self.handover.borrow_mut();
-            let due = h
-                .reaped
-                .iter()
-                .filter(|r| r.0 <= now)
-                .map(|r| r.2.clone())
-                .collect();
-            for r in h.reaped.iter_mut().filter(|r| r.0 <= now) {
-                r.0 = now + REAPED_RETRY_FOR; // asked: waits for the answer
-            }
-            due
-        };
+    }
+
+    /// Asks the store again for the groups of reaped users whose retry is due.
+    fn retry_reaps(&self, now: Instant) {
+        let due: Vec<Vec<UserId>> = self
+            .reap_retries
+            .borrow_mut()
+            .iter_mut()
+            .filter(|r| r.next <= now)
+            .map(|r| {
+                r.next = now + REAPED_RETRY_FOR; // asked: waits for the answer
+                r.users.clone()
+            })
+            .collect();
         for users in due {
             self.load_reaped_groups(users);
         }
