@@ -1,11 +1,14 @@
 //! Cluster-wide presence against a real Redis (see common/mod.rs): a user with connections on
 //! several nodes is online until the last closes, each transition is seen by one node only,
-//! a dead node is reaped once, and a Redis restart is repaired by restoring.
+//! every node hears the changes in Redis's order, offline is announced only when settled, a
+//! dead node is reaped once, and a Redis restart is repaired by restoring.
 
 mod common;
 
+use bytes::Bytes;
 use common::{Redis, WAIT};
 use corecast_cluster::bus::Done;
+use corecast_cluster::presence::{parse_news, News, Up};
 use corecast_cluster::{Bus, BusEvent, ClusterPresence};
 
 /// A node's bus, waited up, its events, and its presence.
@@ -16,6 +19,68 @@ struct Node {
 }
 
 impl Node {
+    /// Subscribes to the presence channel (waited for).
+    fn listen(&self, bus: &Bus) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        bus.handle().subscribe(
+            self.presence.channel(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv_timeout(WAIT)
+            .expect("an answer")
+            .expect("subscribed");
+    }
+
+    /// The next `n` presence changes published, as (sign, user, groups) text.
+    fn news(&self, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self
+                .events
+                .recv_timeout(WAIT)
+                .expect("the change is published")
+            {
+                BusEvent::Message { payload, .. } => {
+                    let News {
+                        user,
+                        online,
+                        announce,
+                    } = parse_news(&payload).expect("a presence change");
+                    let sign = match (online, announce.is_some()) {
+                        (true, true) => '+',
+                        (false, true) => '-',
+                        (true, false) => '>',
+                        (false, false) => '<',
+                    };
+                    let groups = String::from_utf8_lossy(announce.unwrap_or_default());
+                    out.push(format!("{sign}{user}{groups}"));
+                }
+                _ => continue,
+            }
+        }
+        out
+    }
+
+    fn up(&self, user: u64) -> Up {
+        wait(|d| self.presence.up(user, b"[g]", d))
+    }
+
+    fn down(&self, user: u64) -> bool {
+        wait(|d| self.presence.down(user, d))
+    }
+
+    fn settle(&self, users: &[u64]) -> Vec<u64> {
+        let users: Vec<(u64, Bytes)> = users
+            .iter()
+            .map(|&u| (u, Bytes::from_static(b"[h]")))
+            .collect();
+        let mut got = wait(|d| self.presence.settle(&users, d));
+        got.sort_unstable();
+        got
+    }
+
     /// Waits for the bus to be connected again (after a Redis restart).
     fn wait_up(&self) {
         loop {
@@ -30,11 +95,13 @@ impl Node {
 fn node(redis: &Redis, id: &str) -> Node {
     let (bus, events) = common::bus_up(redis);
     let presence = ClusterPresence::new(bus.handle(), "t:", id);
-    Node {
+    let node = Node {
         _bus: bus,
         events,
         presence,
-    }
+    };
+    node.listen(&node._bus);
+    node
 }
 
 /// Runs `call` with a `Done` and waits for its answer.
@@ -58,21 +125,57 @@ fn online(n: &Node) -> Vec<u64> {
 fn a_user_on_two_nodes_is_online_until_the_last_connection_closes() {
     let redis = Redis::start();
     let (a, b) = (node(&redis, "a"), node(&redis, "b"));
-    assert!(wait(|d| a.presence.up(7, d)), "first node: announce online");
-    assert!(
-        !wait(|d| b.presence.up(7, d)),
-        "second node: nothing to announce"
-    );
-    assert!(!wait(|d| a.presence.up(7, d)), "said twice: still nothing");
+    assert_eq!(a.up(7), Up::Announced, "first node: announce online");
+    assert_eq!(b.up(7), Up::Elsewhere, "second node: nothing changed");
+    assert_eq!(a.up(7), Up::Elsewhere, "said twice: still nothing");
     assert_eq!(online(&b), vec![7]);
-    assert!(!wait(|d| a.presence.down(7, d)), "b still holds one");
+    assert!(!a.down(7), "b still holds one");
     assert_eq!(online(&a), vec![7]);
-    assert!(
-        wait(|d| b.presence.down(7, d)),
-        "the last: announce offline"
-    );
-    assert!(!wait(|d| b.presence.down(7, d)), "said twice: nothing");
+    assert!(b.down(7), "the last: online nowhere");
+    assert!(!b.down(7), "said twice: nothing");
     assert_eq!(online(&a), Vec::<u64>::new());
+    assert_eq!(
+        b.settle(&[7]),
+        vec![7],
+        "the window ended: announced offline"
+    );
+    assert_eq!(a.settle(&[7]), Vec::<u64>::new(), "once");
+    assert_eq!(
+        a.news(3),
+        ["+7[g]", "<7", "-7[h]"],
+        "every node hears each change once, in order"
+    );
+    assert_eq!(b.news(3), ["+7[g]", "<7", "-7[h]"]);
+}
+
+#[test]
+fn leaving_one_node_for_another_within_the_window_is_never_announced() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    assert_eq!(a.up(1), Up::Announced);
+    assert!(a.down(1), "online nowhere: replicas hear it at once");
+    assert_eq!(
+        b.up(1),
+        Up::Back,
+        "back within the window: not announced again"
+    );
+    assert_eq!(
+        a.settle(&[1]),
+        Vec::<u64>::new(),
+        "a's window ends: online on b"
+    );
+    assert!(b.down(1));
+    assert_eq!(b.settle(&[1]), vec![1]);
+    assert_eq!(
+        a.up(1),
+        Up::Announced,
+        "after the offline announcement, online again"
+    );
+    assert_eq!(
+        b.news(6),
+        ["+1[g]", "<1", ">1", "<1", "-1[h]", "+1[g]"],
+        "reachability follows every flip; announcements one pair per stay"
+    );
 }
 
 #[test]
@@ -85,12 +188,15 @@ fn many_nodes_racing_see_each_transition_exactly_once() {
         for n in &nodes {
             for user in 0..200u64 {
                 let tx = tx.clone();
-                let done: Done<bool> = Box::new(move |r| {
-                    let _ = tx.send((user, r.expect("Redis took it")));
-                });
                 if phase {
-                    n.presence.up(user, done);
+                    let done: Done<Up> = Box::new(move |r| {
+                        let _ = tx.send((user, r.expect("Redis took it") != Up::Elsewhere));
+                    });
+                    n.presence.up(user, b"[]", done);
                 } else {
+                    let done: Done<bool> = Box::new(move |r| {
+                        let _ = tx.send((user, r.expect("Redis took it")));
+                    });
                     n.presence.down(user, done);
                 }
             }
@@ -113,11 +219,11 @@ fn a_dead_node_is_reaped_once_and_only_its_users_without_another_node_go_offline
     let (dead, a, b) = (node(&redis, "dead"), node(&redis, "a"), node(&redis, "b"));
     let users: Vec<u64> = (1..=2500).collect();
     for &u in &users {
-        wait(|d| dead.presence.up(u, d));
+        dead.up(u);
     }
     // Users 1..=10 also have a connection on a.
     for u in 1..=10 {
-        wait(|d| a.presence.up(u, d));
+        a.up(u);
     }
     // Two survivors reap at once, step by step, as the registry would have them.
     let reap = |n: &Node| {
@@ -148,26 +254,35 @@ fn a_dead_node_is_reaped_once_and_only_its_users_without_another_node_go_offline
         (0, vec![]),
         "nothing left"
     );
+    let gone: Vec<u64> = (11..=2500).collect();
+    assert_eq!(a.settle(&gone), gone, "then announced offline, once");
 }
 
 #[test]
 fn after_a_redis_restart_nodes_restore_their_users() {
     let mut redis = Redis::start();
     let (a, b) = (node(&redis, "a"), node(&redis, "b"));
-    wait(|d| a.presence.up(1, d));
-    wait(|d| b.presence.up(1, d));
-    wait(|d| b.presence.up(2, d));
+    a.up(1);
+    b.up(1);
+    b.up(2);
+    b.up(3);
+    b.down(3); // its offline announcement is due on b
     redis.restart();
     // Each bus reconnects by itself; then its node restores its users.
     a.wait_up();
     b.wait_up();
     assert_eq!(online(&a), Vec::<u64>::new(), "Redis lost everything");
-    wait(|d| a.presence.restore(&[1], d));
-    wait(|d| b.presence.restore(&[1, 2], d));
+    wait(|d| a.presence.restore(&[1], true, d));
+    wait(|d| b.presence.restore(&[1, 2], true, d));
+    wait(|d| b.presence.restore(&[3], false, d));
     assert_eq!(online(&a), vec![1, 2]);
-    assert!(!wait(|d| a.presence.down(1, d)), "b still holds 1");
-    assert!(
-        wait(|d| b.presence.down(1, d)),
-        "restored per node, as before"
+    assert!(!a.down(1), "b still holds 1");
+    assert!(b.down(1), "restored per node, as before");
+    assert_eq!(b.up(3), Up::Back, "3 is still announced online");
+    assert!(b.down(3));
+    assert_eq!(
+        b.settle(&[1, 3]),
+        vec![1, 3],
+        "and announced offline when settled"
     );
 }

@@ -62,12 +62,11 @@ pub fn members_channel() -> String {
     format!("{PREFIX}members")
 }
 
-/// A cluster-wide presence change for [`ClusterPresence::channel`]: the user, online or not,
-/// and the groups whose members are told (a JSON array of their ids).
-pub fn presence_payload(user: UserId, online: bool, groups: &[GroupId]) -> Bytes {
+/// The groups whose co-members a presence announcement is for, as the announcement carries
+/// them on [`ClusterPresence::channel`] (a JSON array of their ids).
+pub fn groups_json(groups: &[GroupId]) -> Bytes {
     let groups: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
-    let json = serde_json::to_vec(&groups).expect("invariant: strings always serialize");
-    corecast_cluster::presence::change_payload(user.0, online, &json)
+    Bytes::from(serde_json::to_vec(&groups).expect("invariant: strings always serialize"))
 }
 
 /// What the shards and the admin listener use of the cluster (in `Shared`).
@@ -639,13 +638,19 @@ impl Router {
             return Some(());
         }
         if name == "presence" {
-            let (user, online, groups) = corecast_cluster::presence::parse_change(&payload)?;
-            let groups: Vec<String> = serde_json::from_slice(groups).ok()?;
-            let groups: Arc<[GroupId]> = groups.into_iter().map(GroupId::new).collect();
-            let user = UserId(user);
-            let frame = crate::shard::user_online_frame(user, online);
+            // In Redis's order: reachability for the replicas, or an announcement too.
+            let news = corecast_cluster::presence::parse_news(&payload)?;
+            let (user, online) = (UserId(news.user), news.online);
+            let announce = match news.announce {
+                Some(groups) => {
+                    let groups: Vec<String> = serde_json::from_slice(groups).ok()?;
+                    let groups: Arc<[GroupId]> = groups.into_iter().map(GroupId::new).collect();
+                    Some((groups, crate::shard::user_online_frame(user, online)))
+                }
+                None => None,
+            };
             for s in 0..self.inboxes.len() {
-                let announce = Some((groups.clone(), frame.clone()));
+                let announce = announce.clone();
                 self.send(
                     ShardId(s as u16),
                     ShardMsg::PresenceChanged {

@@ -297,15 +297,13 @@ pub enum ShardMsg {
     /// Cluster mode: the bus lost Redis: forwarded events still waiting for their
     /// answer are answered now (theirs may be lost).
     BusDown,
-    /// Cluster mode, on a user's owner shard: Redis's answer to this node's first connection
-    /// of `user` opening (`online`) or its last one closing after the debounce window:
-    /// `changed` when it was the user's first node or last, which this node then announces
-    /// to every node (see [`corecast_cluster::presence`]).
-    ClusterPresence {
-        user: UserId,
+    /// Cluster mode, on a user's owner shard: Redis announced these users to every node
+    /// for this node (their first connection anywhere opened here, or their last closed
+    /// here and the debounce window passed, or they were reaped): their presence is stored
+    /// (see [`corecast_cluster::presence`]).
+    ClusterAnnounced {
+        users: Vec<UserId>,
         online: bool,
-        changed: bool,
-        groups: Arc<[GroupId]>,
         /// When it happened (wall milliseconds).
         at: i64,
     },
@@ -315,7 +313,8 @@ pub enum ShardMsg {
         msg: Box<ShardMsg>,
         verdict: Result<Option<u64>, corecast_cluster::BusError>,
     },
-    /// Cluster mode: Redis could not be told of a [`ShardMsg::ClusterPresence`] change.
+    /// Cluster mode: Redis could not be told of a user's first connection here opening or
+    /// their last one closing (or of that one's end of window).
     ClusterPresenceUntold {
         user: UserId,
         online: bool,
@@ -1237,15 +1236,9 @@ impl Shard {
             ShardMsg::SettledAsked { group, from } => self.settled_asked(group, &from),
             ShardMsg::GapSettled { group, settled } => self.owner_settled(group, Some(settled)),
             ShardMsg::GapRead { group, result } => self.gap_read(group, result),
-            ShardMsg::ClusterPresence {
-                user,
-                online,
-                changed,
-                groups,
-                at,
-            } => {
-                if changed {
-                    self.announce_to_cluster(user, online, &groups, at);
+            ShardMsg::ClusterAnnounced { users, online, at } => {
+                for user in users {
+                    self.store_presence(user, online, at);
                 }
             }
             ShardMsg::ClusterPresenceUntold {
@@ -2609,16 +2602,19 @@ impl Shard {
     // ---- presence ----
 
     fn presence_up(&self, user: UserId, groups: Arc<[GroupId]>) {
-        let change = self.presence.borrow_mut().up(user, groups, self.mono_ms());
-        self.presence_effects(user, change);
+        let change = self
+            .presence
+            .borrow_mut()
+            .up(user, groups.clone(), self.mono_ms());
+        self.presence_effects(user, groups, change);
     }
 
     fn presence_down(&self, user: UserId, groups: Arc<[GroupId]>) {
         let change = self
             .presence
             .borrow_mut()
-            .down(user, groups, self.mono_ms());
-        self.presence_effects(user, change);
+            .down(user, groups.clone(), self.mono_ms());
+        self.presence_effects(user, groups, change);
         if self.stopping.get() {
             // Nobody will be here when the window ends: announce now.
             let due = self.presence.borrow_mut().flush();
@@ -2628,15 +2624,21 @@ impl Shard {
         }
     }
 
-    /// Carries out what the presence debouncer decided on a connection's up or down.
+    /// Carries out what the presence debouncer decided on a connection's up or down (of a
+    /// connection in `groups`).
     fn presence_effects(
         &self,
         user: UserId,
+        groups: Arc<[GroupId]>,
         change: corecast_shard_router::presence::Change<UserId, Arc<[GroupId]>>,
     ) {
         if self.shared.cluster.is_some() {
-            // The replica follows the cluster's word (`ShardMsg::PresenceChanged` from the
-            // bus), not this node's connections alone.
+            // Redis hears every flip of this node's reachability at once, and tells every
+            // node's replica if the user's cluster-wide one flipped; the announcements are
+            // Redis's to decide too (see `announce`).
+            if let Some(online) = change.reachable {
+                self.tell_cluster(user, online, groups);
+            }
             if let Some(a) = change.announce {
                 self.announce(a);
             }
@@ -2666,35 +2668,13 @@ impl Shard {
         let ago = self.mono_ms().saturating_sub(at_ms) as i64;
         let at = events::now_ms() - ago;
         if self.shared.cluster.is_some() {
-            // This node's first connection of the user, or its last: Redis says whether it
-            // was the user's first node or last, and only then is it announced.
-            let up = groups.clone();
-            return self.bus_call(
-                |c, done| {
-                    if online {
-                        c.presence.up(user.0, done)
-                    } else {
-                        c.presence.down(user.0, done)
-                    }
-                },
-                move |r| match r {
-                    Ok(changed) => Some(ShardMsg::ClusterPresence {
-                        user,
-                        online,
-                        changed,
-                        groups: up,
-                        at,
-                    }),
-                    Err(e) => {
-                        tracing::warn!(%user, online, error = %e, "cluster presence not recorded");
-                        Some(ShardMsg::ClusterPresenceUntold {
-                            user,
-                            online,
-                            groups: up,
-                        })
-                    }
-                },
-            );
+            // Online: Redis announced it with the flip if it was due (`tell_cluster`).
+            // Offline: the user's last connection here closed a window ago; Redis announces
+            // it if they have no connection on any node now and were announced online.
+            if !online {
+                self.settle_in_cluster(vec![(user, groups)], at);
+            }
+            return;
         }
         self.store_presence(user, online, at);
         let frame = user_online_frame(user, online);
@@ -2718,14 +2698,77 @@ impl Shard {
         });
     }
 
-    /// Cluster mode: `user` came online on their first node or went offline from their last:
-    /// stored, and published to every node (this one included), whose shards tell the
-    /// co-members in `groups` and update their replicas.
-    fn announce_to_cluster(&self, user: UserId, online: bool, groups: &[GroupId], at: i64) {
-        self.store_presence(user, online, at);
-        if let Some(c) = &self.shared.cluster {
-            let payload = crate::cluster::presence_payload(user, online, groups);
-            c.publish(c.presence.channel(), payload);
+    /// Cluster mode: this node's first connection of `user` opened (`online`), in `groups`,
+    /// or its last one closed. Redis's script publishes the change to every node (this one
+    /// included) if it was the user's first node or last, and announces them online if
+    /// co-members do not think so already (stored here then).
+    fn tell_cluster(&self, user: UserId, online: bool, groups: Arc<[GroupId]>) {
+        let at = events::now_ms();
+        let untold = move |e: corecast_cluster::BusError, groups| {
+            tracing::warn!(%user, online, error = %e, "cluster presence not recorded");
+            Some(ShardMsg::ClusterPresenceUntold {
+                user,
+                online,
+                groups,
+            })
+        };
+        if online {
+            let json = crate::cluster::groups_json(&groups);
+            self.bus_call(
+                |c, done| c.presence.up(user.0, &json, done),
+                move |r| match r {
+                    Ok(corecast_cluster::presence::Up::Announced) => {
+                        Some(ShardMsg::ClusterAnnounced {
+                            users: vec![user],
+                            online,
+                            at,
+                        })
+                    }
+                    Ok(_) => None,
+                    Err(e) => untold(e, groups),
+                },
+            );
+        } else {
+            self.bus_call(
+                |c, done| c.presence.down(user.0, done),
+                move |r| r.err().and_then(|e| untold(e, groups)),
+            );
+        }
+    }
+
+    /// Cluster mode: these users' window after their last connection here ended (or they
+    /// were reaped): Redis announces offline, to every node, those of them with no connection
+    /// anywhere who were last announced online; stored here then, as of `at`.
+    fn settle_in_cluster(&self, users: Vec<(UserId, Arc<[GroupId]>)>, at: i64) {
+        for step in users.chunks(corecast_cluster::presence::STEP) {
+            let pairs: Vec<(u64, Bytes)> = step
+                .iter()
+                .map(|(u, g)| (u.0, crate::cluster::groups_json(g)))
+                .collect();
+            let step = step.to_vec();
+            self.bus_call(
+                |c, done| c.presence.settle(&pairs, done),
+                move |r| match r {
+                    Ok(users) => Some(ShardMsg::ClusterAnnounced {
+                        users: users.into_iter().map(UserId).collect(),
+                        online: false,
+                        at,
+                    }),
+                    Err(e) => {
+                        // Told again when the bus is back (`restore_presence`).
+                        tracing::warn!(users = step.len(), error = %e, "cluster: offline announcements not made");
+                        let untold = step
+                            .into_iter()
+                            .map(|(user, groups)| ShardMsg::ClusterPresenceUntold {
+                                user,
+                                online: false,
+                                groups,
+                            })
+                            .collect();
+                        Some(ShardMsg::Batch { msgs: untold })
+                    }
+                },
+            );
         }
     }
 
@@ -2769,10 +2812,12 @@ impl Shard {
             }
         };
         self.reap_retries.borrow_mut().retain(|r| r.users != users);
-        let now = events::now_ms();
-        for (user, groups) in users.into_iter().zip(groups) {
-            self.announce_to_cluster(user, false, &groups, now);
-        }
+        let users = users
+            .into_iter()
+            .zip(groups)
+            .map(|(u, g)| (u, Arc::from(g)))
+            .collect();
+        self.settle_in_cluster(users, events::now_ms());
     }
 
     fn presence_changed(
@@ -3457,45 +3502,56 @@ impl Shard {
         }
     }
 
-    /// The bus is back after a loss (Redis may have restarted empty). The users whose
-    /// arrival or departure Redis could not be told are told now (and announced if it was
-    /// their first node or last); this shard's other users announced online are put back
-    /// in the cluster's presence, as being on this node, without a new announcement.
+    /// The bus is back after a loss (Redis may have restarted empty). This shard's users
+    /// announced online are put back in the cluster's presence without a new announcement:
+    /// those with a connection as being on this node, those whose last connection here
+    /// closed within the window only as announced (their offline announcement is due here).
+    /// Then the users whose arrival or departure Redis could not be told are told now, if
+    /// it is still so.
     fn restore_presence(&self) {
         let untold: Vec<_> = self.presence_untold.borrow_mut().drain().collect();
-        let now = self.mono_ms();
-        let mut told = HashSet::new();
-        for (user, (online, groups)) in untold {
-            // Only if it is still so (the user may have come and gone again meanwhile).
-            if (self.presence.borrow().conns(&user) > 0) == online {
-                told.insert(user);
-                self.announce(Announce {
-                    user,
-                    online,
-                    at_ms: now,
-                    groups,
-                });
+        let (here, leaving): (Vec<u64>, Vec<u64>) = {
+            let p = self.presence.borrow();
+            p.announced()
+                .map(|u| u.0)
+                .partition(|&u| p.conns(&UserId(u)) > 0)
+        };
+        for (users, here) in [(here, true), (leaving, false)] {
+            for step in users.chunks(corecast_cluster::presence::STEP) {
+                let step = step.to_vec();
+                self.bus_call(
+                    |c, done| c.presence.restore(&step, here, done),
+                    |r| {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "cluster presence not restored");
+                        }
+                        None
+                    },
+                );
             }
         }
-        let users: Vec<u64> = self
-            .presence
-            .borrow()
-            .announced()
-            .filter(|u| !told.contains(u))
-            .map(|u| u.0)
-            .collect();
-        for step in users.chunks(corecast_cluster::presence::STEP) {
-            let step = step.to_vec();
-            self.bus_call(
-                |c, done| c.presence.restore(&step, done),
-                |r| {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "cluster presence not restored");
-                    }
-                    None
-                },
-            );
+        let mut settle = Vec::new();
+        for (user, (online, groups)) in untold {
+            let (conns, leaving) = {
+                let p = self.presence.borrow();
+                (p.conns(&user), p.leaving(&user))
+            };
+            // Only if it is still so (the user may have come and gone again meanwhile).
+            if (conns > 0) != online {
+                continue;
+            }
+            self.tell_cluster(user, online, groups.clone());
+            if !online && !leaving {
+                // The window ended while Redis could not be told: announced offline now if
+                // it was announced online (restored so, in case Redis lost that too).
+                self.bus_call(
+                    |c, done| c.presence.restore(&[user.0], false, done),
+                    |_| None,
+                );
+                settle.push((user, groups));
+            }
         }
+        self.settle_in_cluster(settle, events::now_ms());
     }
 
     /// On the group's owner node: another node asks for the room's settled id (see

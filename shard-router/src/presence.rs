@@ -203,6 +203,11 @@ impl<K: Hash + Eq + Copy, G: Clone> Presence<K, G> {
         self.users.get(user).map_or(0, |e| e.conns)
     }
 
+    /// Whether `user`'s last connection closed and their offline announcement is still due.
+    pub fn leaving(&self, user: &K) -> bool {
+        self.users.get(user).is_some_and(|e| e.leaving.is_some())
+    }
+
     /// Users tracked: online, or with an offline announcement due.
     pub fn tracked(&self) -> usize {
         self.users.len()
@@ -238,8 +243,10 @@ mod tests {
             vec![1, 2],
             "2's offline announcement is not due yet"
         );
+        assert!(p.leaving(&2) && !p.leaving(&1));
         assert_eq!(p.tick(200).len(), 1);
         assert_eq!(sorted(&p), vec![1], "2 was announced offline");
+        assert!(!p.leaving(&2));
     }
 
     type P = Presence<u64, &'static str>;

@@ -11,9 +11,8 @@ three `corecast serve` nodes on one Redis and one Cassandra keyspace, the real
 - a member online only on a node killed with SIGKILL goes offline everywhere once the cluster
   sees the node gone (CORECAST_CLUSTER_DEAD_AFTER_SECS plus two checks), and is emailed the
   messages sent after that;
-- known gap (strict xfail): a member who has just closed their last connection is counted
-  online for the presence debounce window, so what is sent meanwhile is never emailed to them,
-  where one node emails it.
+- a member who has just closed their last connection is emailed what is sent within the
+  presence debounce window, as on one node, and co-members are told they left only after it.
 
 How "no email" is asserted: the notifier takes a message's recipients together (all of its
 notices carry the message's time, so every (member, group) pair of it falls due in the same
@@ -162,46 +161,43 @@ def test_a_member_only_on_a_killed_node_is_emailed_once_the_cluster_sees_it_gone
     assert m["corecast_notifier_skipped_online_total"] == 0, m
 
 
-def _connections(gw) -> int:
-    text = gw.admin("GET", "/metrics").text
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-               if line.startswith("corecast_connections{"))
-
-
-class NoEmail(AssertionError):
-    """The expected failure below, told apart from any other (a setup step timing out)."""
-
-
-@pytest.mark.xfail(strict=True, raises=NoEmail, reason=(
-    "cluster mode: the owner node decides who gets a notice from its replica of presence, "
-    "which follows only the debounced cluster announcements (gateway/src/shard.rs "
-    "`presence_effects`); a member who closed their last connection counts as online until "
-    "CORECAST_PRESENCE_DEBOUNCE_MS has passed, so messages sent meanwhile are never emailed "
-    "to them. One node follows the undebounced flips and emails them, as docs/operations.md "
-    "promises (\"Offline email notices do not wait\"); the same scenario on one node with "
-    "the same store and settings sends b the email."))
-def test_a_member_who_just_left_is_emailed_at_once_as_on_one_node(
+def test_a_member_who_just_left_is_emailed_at_once_and_announced_after_the_window(
         cassandra, redis, start_gateway, smtp, start_notifier, connect, new_id):  # noqa: F811
-    # The email goes out after the debounce window, when the stored presence says b left
-    # before the message: the notifier's own check would let it through.
+    # As on one node: who gets a notice follows the undebounced flip (b has no connection on
+    # any node), co-members' `userOnline` the debounced one. The email goes out after the
+    # window, when the stored presence says b left before the message: the notifier's own
+    # check would let it through either way, so the owner node's notice is what is tested.
     debounce_ms, coalesce = 3000, 5
     nodes = start_cluster(cassandra, redis, start_gateway,
                           CORECAST_PRESENCE_DEBOUNCE_MS=debounce_ms)
     env = {k: nodes[0].env[k] for k in
            ("CORECAST_STORE", "CORECAST_SCYLLA_NODES", "CORECAST_SCYLLA_KEYSPACE")}
     notifier = start_notifier(nodes[0], smtp, coalesce, **env)
-    gid, (a, b, c) = users_in_group(nodes[0], new_id, ["Ann Sender", "Ben Leaving", "Cat Offline"])
+    gid, (a, b, c, d) = users_in_group(
+        nodes[0], new_id, ["Ann Sender", "Ben Leaving", "Cat Offline", "Dan Third"])
     ca = connect(nodes[0], a)
     cb = connect(nodes[1], b)  # b's only connection
-    wait_online_everywhere({0: ca, 1: cb}, gid, {a, b}, gone={c})
+    cd = connect(nodes[2], d)
+    wait_online_everywhere({0: ca, 1: cb, 2: cd}, gid, {a, b, d}, gone={c})
+    closing = time.monotonic()
     cb.close()
-    poll("node-1 to see b's connection closed", lambda: _connections(nodes[1]) == 0, 10, 0.05)
-    left = time.monotonic()
-    ca.send_message(gid, "right after b left")
-    assert time.monotonic() - left < debounce_ms / 1000 - 1, "setup too slow for the window"
+    # Every node's replica hears at once that b is online nowhere...
+    wait_online_everywhere({0: ca, 2: cd}, gid, {a, d}, gone={b, c})
+    sent = ca.send_message(gid, "right after b left")
+    cd.wait_for("newMessage", lambda m: m["id"] == sent["id"], timeout=15)
+    assert time.monotonic() - closing < debounce_ms / 1000 - 1, "setup too slow for the window"
+    # ...while co-members are told only once b has stayed away for the window.
+    b_offline = {"userId": b, "isOnline": False}
+    assert b_offline not in cd.events("userOnline"), "announced within the window"
+    cd.wait_for("userOnline", lambda p: p == b_offline, timeout=debounce_ms / 1000 + 15)
+    assert time.monotonic() - closing >= debounce_ms / 1000, "announced before the window ended"
+
     poll("c's email", lambda: smtp.mails_to(addr(c)), coalesce + MAIL_TIMEOUT, 0.1)
+    poll("b's email", lambda: smtp.mails_to(addr(b)), coalesce + MAIL_TIMEOUT, 0.1)
     wait_settled(notifier)
     mails_b = smtp.mails_to(addr(b))
-    if not (len(mails_b) == 1 and "right after b left" in mails_b[0]["text"]):
-        raise NoEmail("b had no connection left when the message was sent, and got no email: "
-                      f"{[x['meta'] for x in mails_b]}")
+    assert len(mails_b) == 1 and "right after b left" in mails_b[0]["text"], \
+        [x["meta"] for x in mails_b]
+    assert not smtp.mails_to(addr(d)), "d, online on node 2, got an email"
+    for watcher in (ca, cd):  # one announcement each way, no more
+        assert watcher.events("userOnline").count(b_offline) == 1, watcher.events("userOnline")
