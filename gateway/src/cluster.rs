@@ -23,9 +23,11 @@
 //! The owner node of a group is [`corecast_shard_router::owner_node_of_group`] over the live
 //! nodes of the [`Registry`]; each shard holds a replica of that list (`ShardMsg::Nodes`).
 //!
-//! Everything arriving on the bus is decoded on the bus thread and handed to a shard's inbox
-//! (waiting for room when the inbox is full, as the store's threads do: Redis then buffers for
-//! this node). Nothing here runs on a reactor except the encoding of what a shard publishes.
+//! Everything arriving on the bus is decoded on the bus thread ([`BusMessage::decode`], pure:
+//! anyone with access to Redis can publish, so it must refuse any bytes without panicking) and
+//! handed to a shard's inbox (waiting for room when the inbox is full, as the store's threads
+//! do: Redis then buffers for this node). Nothing here runs on a reactor except the encoding
+//! of what a shard publishes.
 
 use crate::shard::{RemoteOrigin, SendOrigin, ShardMsg, Trace};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -617,102 +619,68 @@ impl Router {
         }
     }
 
-    /// Routes one bus message; `None` when it cannot be decoded.
+    /// Routes one bus message: [`BusMessage::decode`], then [`Router::dispatch`]; `None`
+    /// when it cannot be decoded (nothing was done with it then).
     fn route(&self, channel: &str, payload: Bytes) -> Option<()> {
-        let name = channel.strip_prefix(PREFIX)?;
-        if let Some(group) = name.strip_prefix("g:") {
-            let m = GroupMessage::decode(payload)?;
-            if m.from != *self.me {
-                let age = crate::events::now_ms().saturating_sub(m.id.millis()).max(0);
-                self.stats
-                    .bus_delivery_age
-                    .observe(Duration::from_millis(age as u64));
-                let group = GroupId::new(group);
-                let msg = ShardMsg::BusDeliver {
-                    group: group.clone(),
-                    id: m.id,
-                    frame: m.frame,
-                };
-                self.send(self.owner(&group), msg);
-            }
-            return Some(());
-        }
-        if name == "presence" {
-            // In Redis's order: reachability for the replicas, or an announcement too.
-            let news = corecast_cluster::presence::parse_news(&payload)?;
-            let (user, online) = (UserId(news.user), news.online);
-            let announce = match news.announce {
-                Some(groups) => {
-                    let groups: Vec<String> = serde_json::from_slice(groups).ok()?;
-                    let groups: Arc<[GroupId]> = groups.into_iter().map(GroupId::new).collect();
-                    Some((groups, crate::shard::user_online_frame(user, online)))
+        let msg = BusMessage::decode(channel, payload, &self.me, self.inboxes.len())?;
+        self.dispatch(msg);
+        Some(())
+    }
+
+    /// Hands a decoded bus message to the shard it is for (or to every shard, or to the
+    /// admin call waiting for it). What this node published itself is dropped here.
+    fn dispatch(&self, msg: BusMessage) {
+        match msg {
+            BusMessage::Group { group, message: m } => {
+                if m.from != *self.me {
+                    let age = crate::events::now_ms().saturating_sub(m.id.millis()).max(0);
+                    self.stats
+                        .bus_delivery_age
+                        .observe(Duration::from_millis(age as u64));
+                    let msg = ShardMsg::BusDeliver {
+                        group: group.clone(),
+                        id: m.id,
+                        frame: m.frame,
+                    };
+                    self.send(self.owner(&group), msg);
                 }
-                None => None,
-            };
-            for s in 0..self.inboxes.len() {
-                let announce = announce.clone();
-                self.send(
-                    ShardId(s as u16),
-                    ShardMsg::PresenceChanged {
-                        user,
-                        online,
-                        announce,
-                    },
-                );
             }
-            return Some(());
-        }
-        if name == "members" {
-            if let Some((word, node, info)) = parse_node_word(&payload) {
-                if node != &*self.me {
-                    tracing::info!(%node, live = word == b'J', "cluster: a node says it is live or leaving");
-                    if word == b'J' {
-                        self.peers.joined(node, info);
+            BusMessage::Presence {
+                user,
+                online,
+                announce,
+            } => {
+                // In Redis's order: reachability for the replicas, or an announcement too.
+                let announce =
+                    announce.map(|groups| (groups, crate::shard::user_online_frame(user, online)));
+                for s in 0..self.inboxes.len() {
+                    let announce = announce.clone();
+                    self.send(
+                        ShardId(s as u16),
+                        ShardMsg::PresenceChanged {
+                            user,
+                            online,
+                            announce,
+                        },
+                    );
+                }
+            }
+            BusMessage::NodeWord { live, node, info } => {
+                if node != *self.me {
+                    tracing::info!(%node, live, "cluster: a node says it is live or leaving");
+                    if live {
+                        self.peers.joined(&node, &info);
                     }
-                    self.node_is(node, word == b'J');
-                }
-                return Some(());
-            }
-            let (from, change) = Members::decode(&payload)?;
-            if from != *self.me {
-                let group = GroupId::new(change.group);
-                let (done, applied) = std::sync::mpsc::channel();
-                let msg = ShardMsg::MembersChanged {
-                    group: group.clone(),
-                    change: MembershipChange {
-                        added: change.added,
-                        removed: change.removed,
-                    },
-                    done,
-                };
-                self.send(self.owner(&group), msg);
-                // The room releases `done` once every shard here applied the change; the
-                // node that made it waits for that (admin calls are rare: a thread each).
-                if let Some(bus) = self.bus.get().cloned() {
-                    let req = change.req;
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("cc-members".into())
-                            .spawn(move || {
-                                if applied.recv_timeout(MEMBERS_TIMEOUT).is_ok() {
-                                    let mut answer = vec![b'D'];
-                                    answer.extend_from_slice(&req.to_be_bytes());
-                                    bus.publish(node_channel(&from), answer.into(), None);
-                                }
-                            });
-                    if let Err(e) = spawned {
-                        tracing::warn!(error = %e, "cannot confirm a membership change");
-                    }
+                    self.node_is(&node, live);
                 }
             }
-            return Some(());
-        }
-        if name.strip_prefix("n:")? != &*self.me {
-            return Some(()); // not ours (a channel just unsubscribed)
-        }
-        match payload.first()? {
-            b'S' => {
-                let f: Forward = serde_json::from_slice(&payload[1..]).ok()?;
+            BusMessage::Members { from, change } => {
+                if from != *self.me {
+                    self.apply_remote_change(from, change);
+                }
+            }
+            BusMessage::NotMine => {}
+            BusMessage::Forward(f) => {
                 let group = GroupId::new(f.group);
                 let origin = SendOrigin::Remote(RemoteOrigin {
                     node: f.node.into(),
@@ -747,39 +715,35 @@ impl Router {
                 };
                 self.send(self.owner(&group), msg);
             }
-            &tag @ (b'Q' | b'R') => {
-                let (from, group) = SettledAsk::decode(&payload)?;
-                let (group, from) = (GroupId::new(group), from.into());
-                let msg = if tag == b'Q' {
-                    ShardMsg::SettledAsked {
-                        group: group.clone(),
-                        from,
-                    }
-                } else {
-                    ShardMsg::ReleaseAsked {
-                        group: group.clone(),
-                        from,
-                    }
+            BusMessage::SettledAsked { from, group } => {
+                let msg = ShardMsg::SettledAsked {
+                    group: group.clone(),
+                    from: from.into(),
                 };
                 self.send(self.owner(&group), msg);
             }
-            &tag @ (b'W' | b'L') => {
-                let (group, settled) = SettledAnswer::decode(&payload)?;
-                let msg = if tag == b'W' {
-                    ShardMsg::GapSettled {
-                        group: group.clone(),
-                        settled,
-                    }
-                } else {
-                    ShardMsg::Released {
-                        group: group.clone(),
-                        settled: Some(settled),
-                    }
+            BusMessage::ReleaseAsked { from, group } => {
+                let msg = ShardMsg::ReleaseAsked {
+                    group: group.clone(),
+                    from: from.into(),
                 };
                 self.send(self.owner(&group), msg);
             }
-            b'D' => {
-                let req = u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?);
+            BusMessage::GapSettled { group, settled } => {
+                let msg = ShardMsg::GapSettled {
+                    group: group.clone(),
+                    settled,
+                };
+                self.send(self.owner(&group), msg);
+            }
+            BusMessage::Released { group, settled } => {
+                let msg = ShardMsg::Released {
+                    group: group.clone(),
+                    settled: Some(settled),
+                };
+                self.send(self.owner(&group), msg);
+            }
+            BusMessage::Applied { req } => {
                 let waiting = self
                     .waiters
                     .waiting
@@ -789,11 +753,8 @@ impl Router {
                     let _ = tx.send(());
                 }
             }
-            b'A' => {
-                let a = Answer::decode(payload)?;
-                if a.shard.index() >= self.inboxes.len() {
-                    return None;
-                }
+            BusMessage::Answer(a) => {
+                // `decode` checked `a.shard` against this node's shards.
                 let msg = ShardMsg::BusAnswer {
                     group: a.group.clone(),
                     shard: a.shard,
@@ -803,9 +764,163 @@ impl Router {
                 };
                 self.send(self.owner(&a.group), msg);
             }
-            _ => return None,
         }
-        Some(())
+    }
+
+    /// Another node's membership change, for this node's rooms: applied by the group's owner
+    /// shard here, then confirmed to node `from` (`D`).
+    fn apply_remote_change(&self, from: String, change: Members) {
+        let group = GroupId::new(change.group);
+        let (done, applied) = std::sync::mpsc::channel();
+        let msg = ShardMsg::MembersChanged {
+            group: group.clone(),
+            change: MembershipChange {
+                added: change.added,
+                removed: change.removed,
+            },
+            done,
+        };
+        self.send(self.owner(&group), msg);
+        // The room releases `done` once every shard here applied the change; the node that
+        // made it waits for that (admin calls are rare: a thread each).
+        if let Some(bus) = self.bus.get().cloned() {
+            let req = change.req;
+            let spawned = std::thread::Builder::new()
+                .name("cc-members".into())
+                .spawn(move || {
+                    if applied.recv_timeout(MEMBERS_TIMEOUT).is_ok() {
+                        bus.publish(node_channel(&from), applied_word(req), None);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot confirm a membership change");
+            }
+        }
+    }
+}
+
+/// One message from the bus, decoded but not acted on: [`BusMessage::decode`] is pure (no
+/// state but this node's id and shard count), so that it is unit-tested and fuzzed
+/// (`fuzz/fuzz_targets/bus_payload.rs`) without Redis or shards; the router dispatches it.
+///
+/// The channel says which kinds may come (the module's doc); on `n:{node}` the payload's first
+/// byte is the kind. What this node published itself is decoded too (the router drops it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusMessage {
+    /// `g:{group}`, `M` ([`GroupMessage`]): an event of the group's stream.
+    Group {
+        /// From the channel's name.
+        group: GroupId,
+        message: GroupMessageIn,
+    },
+    /// `presence` ([`corecast_cluster::presence::parse_news`]): a user reachable or not, and
+    /// for an announcement the groups whose co-members are told ([`groups_json`]).
+    Presence {
+        user: UserId,
+        online: bool,
+        announce: Option<Arc<[GroupId]>>,
+    },
+    /// `members`, `J` or `X` ([`node_word`]): a node says it is live (`live`, where its
+    /// public listener is in `info`) or leaving.
+    NodeWord {
+        live: bool,
+        node: String,
+        info: String,
+    },
+    /// `members`, `C` ([`Members`]): a membership change made on node `from`.
+    Members { from: String, change: Members },
+    /// `n:{node}` of another node: not read (a channel just unsubscribed).
+    NotMine,
+    /// `n:{me}`, `S`: a client's event forwarded by node `node` ([`Forward`]).
+    Forward(Forward),
+    /// `n:{me}`, `Q` ([`SettledAsk::encode`]): node `from` asks for the group's settled id.
+    SettledAsked { from: String, group: GroupId },
+    /// `n:{me}`, `R` ([`SettledAsk::encode_release`]): the group's new owner node `from` asks
+    /// this node to release the room.
+    ReleaseAsked { from: String, group: GroupId },
+    /// `n:{me}`, `W` ([`SettledAnswer::encode`]): the answer to a `Q`.
+    GapSettled { group: GroupId, settled: MessageId },
+    /// `n:{me}`, `L` ([`SettledAnswer::encode_released`]): the answer to an `R`.
+    Released { group: GroupId, settled: MessageId },
+    /// `n:{me}`, `D` ([`applied_word`]): another node applied membership change `req`.
+    Applied { req: u64 },
+    /// `n:{me}`, `A` ([`Answer`]): the answer to an event this node forwarded, for one of
+    /// its `nr_shards` shards.
+    Answer(Answer),
+}
+
+impl BusMessage {
+    /// Decodes what arrived on `channel` for node `me`, which has `nr_shards` shards; `None`
+    /// when it cannot be decoded (another version's kind, or bytes that are not ours: anyone
+    /// with access to Redis can publish). Never panics, whatever the bytes.
+    pub fn decode(channel: &str, payload: Bytes, me: &str, nr_shards: usize) -> Option<Self> {
+        let name = channel.strip_prefix(PREFIX)?;
+        if let Some(group) = name.strip_prefix("g:") {
+            return Some(BusMessage::Group {
+                group: GroupId::new(group),
+                message: GroupMessage::decode(payload)?,
+            });
+        }
+        if name == "presence" {
+            let news = corecast_cluster::presence::parse_news(&payload)?;
+            let announce = match news.announce {
+                Some(groups) => {
+                    let groups: Vec<String> = serde_json::from_slice(groups).ok()?;
+                    Some(groups.into_iter().map(GroupId::new).collect())
+                }
+                None => None,
+            };
+            return Some(BusMessage::Presence {
+                user: UserId(news.user),
+                online: news.online,
+                announce,
+            });
+        }
+        if name == "members" {
+            if let Some((word, node, info)) = parse_node_word(&payload) {
+                return Some(BusMessage::NodeWord {
+                    live: word == b'J',
+                    node: node.to_owned(),
+                    info: info.to_owned(),
+                });
+            }
+            let (from, change) = Members::decode(&payload)?;
+            return Some(BusMessage::Members { from, change });
+        }
+        if name.strip_prefix("n:")? != me {
+            return Some(BusMessage::NotMine);
+        }
+        Some(match payload.first()? {
+            b'S' => BusMessage::Forward(serde_json::from_slice(&payload[1..]).ok()?),
+            &tag @ (b'Q' | b'R') => {
+                let (from, group) = SettledAsk::decode(&payload)?;
+                let group = GroupId::new(group);
+                if tag == b'Q' {
+                    BusMessage::SettledAsked { from, group }
+                } else {
+                    BusMessage::ReleaseAsked { from, group }
+                }
+            }
+            &tag @ (b'W' | b'L') => {
+                let (group, settled) = SettledAnswer::decode(&payload)?;
+                if tag == b'W' {
+                    BusMessage::GapSettled { group, settled }
+                } else {
+                    BusMessage::Released { group, settled }
+                }
+            }
+            b'D' => BusMessage::Applied {
+                req: u64::from_be_bytes(payload.get(1..9)?.try_into().ok()?),
+            },
+            b'A' => {
+                let a = Answer::decode(payload)?;
+                if a.shard.index() >= nr_shards {
+                    return None;
+                }
+                BusMessage::Answer(a)
+            }
+            _ => return None,
+        })
     }
 }
 
@@ -819,10 +934,11 @@ pub struct GroupMessage<'a> {
 }
 
 /// Decoded [`GroupMessage`] (the node id copied, the frame a slice of the payload).
-struct GroupMessageIn {
-    from: String,
-    id: MessageId,
-    frame: Bytes,
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupMessageIn {
+    pub from: String,
+    pub id: MessageId,
+    pub frame: Bytes,
 }
 
 impl GroupMessage<'_> {
@@ -851,7 +967,7 @@ impl GroupMessage<'_> {
 }
 
 /// A client's event for the group's owner node (`S` and this, as JSON).
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Forward {
     pub group: String,
     /// The client's user.
@@ -865,7 +981,7 @@ pub struct Forward {
 }
 
 /// What the forwarded event is.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Forwarded {
     SendMessage {
         text: String,
@@ -888,6 +1004,7 @@ impl Forward {
 /// The answer to a forwarded event, for a connection of the origin node: `A`, the
 /// group (answers go through its owner shard there, after the group's deliveries), the
 /// shard, the connection, the frame (an ack or an `error` event).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub group: GroupId,
     pub shard: ShardId,
@@ -932,7 +1049,7 @@ impl Answer {
 }
 
 /// A membership change for the other nodes: `C`, the node it was made on, then JSON.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Members {
     pub group: String,
     pub added: Vec<UserId>,
@@ -962,11 +1079,20 @@ impl Members {
 
 /// A node's word on `members`: `J` (live) or `X` (leaving), its id, and what the registry
 /// holds of it (`public=ip:port`; empty for `X`).
-fn node_word(word: u8, node: &str, info: &str) -> Bytes {
+pub fn node_word(word: u8, node: &str, info: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(2 + node.len() + info.len());
     b.put_u8(word);
     put_short(&mut b, node.as_bytes());
     b.extend_from_slice(info.as_bytes());
+    b.freeze()
+}
+
+/// A node's word that it applied membership change `req` ([`Members`]), for the node that
+/// made it: `D`, `req` (8 bytes, big-endian).
+pub fn applied_word(req: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(9);
+    b.put_u8(b'D');
+    b.put_u64(req);
     b.freeze()
 }
 
@@ -1145,5 +1271,184 @@ mod tests {
         assert_eq!(SettledAnswer::decode(&w), Some((g, MessageId(7))));
         assert!(GroupMessage::decode(Bytes::from_static(b"M\x09short")).is_none());
         assert!(Answer::decode(Bytes::from_static(b"A\x00")).is_none());
+    }
+
+    /// Decodes `payload` on `channel` as node `me` of 4 shards would.
+    fn decode(channel: String, payload: Bytes) -> Option<BusMessage> {
+        BusMessage::decode(&channel, payload, "me", 4)
+    }
+
+    #[test]
+    fn each_kind_decodes_on_its_channel_as_encoded() {
+        let g = GroupId::new("team berlin");
+        let frame = Bytes::from_static(b"42[\"newMessage\",{}]");
+        let message = GroupMessage {
+            from: "node-a",
+            id: MessageId(42),
+            frame: frame.clone(),
+        }
+        .encode();
+        assert_eq!(
+            decode(group_channel(&g), message),
+            Some(BusMessage::Group {
+                group: g.clone(),
+                message: GroupMessageIn {
+                    from: "node-a".into(),
+                    id: MessageId(42),
+                    frame: frame.clone(),
+                },
+            })
+        );
+        let groups = groups_json(&[g.clone(), GroupId::new("\"quoted\" ☕")]);
+        let news = [b"+7\n".as_slice(), &groups].concat();
+        assert_eq!(
+            decode(format!("{PREFIX}presence"), news.into()),
+            Some(BusMessage::Presence {
+                user: UserId(7),
+                online: true,
+                announce: Some(Arc::from([g.clone(), GroupId::new("\"quoted\" ☕")])),
+            })
+        );
+        assert_eq!(
+            decode(format!("{PREFIX}presence"), Bytes::from_static(b"<7\n")),
+            Some(BusMessage::Presence {
+                user: UserId(7),
+                online: false,
+                announce: None,
+            })
+        );
+        assert_eq!(
+            decode(
+                members_channel(),
+                node_word(b'J', "node-a", "public=[::1]:3000")
+            ),
+            Some(BusMessage::NodeWord {
+                live: true,
+                node: "node-a".into(),
+                info: "public=[::1]:3000".into(),
+            })
+        );
+        let change = Members {
+            group: g.as_str().into(),
+            added: vec![UserId(1), UserId(2)],
+            removed: vec![UserId(3)],
+            req: u64::MAX,
+        };
+        assert_eq!(
+            decode(members_channel(), change.encode("node-b")),
+            Some(BusMessage::Members {
+                from: "node-b".into(),
+                change,
+            })
+        );
+        let forward = Forward {
+            group: g.as_str().into(),
+            user: 9,
+            event: Forwarded::SendMessage {
+                text: "hi \u{2028} there".into(),
+                attachments: vec![Attachment {
+                    url: "https://x/y.png".into(),
+                    kind: "image".into(),
+                }],
+                client_msg_id: Some("c-1".into()),
+            },
+            node: "node-c".into(),
+            shard: 65535,
+            conn: 12,
+            ack: None,
+        };
+        let me = node_channel("me");
+        assert_eq!(
+            decode(me.clone(), forward.encode()),
+            Some(BusMessage::Forward(forward))
+        );
+        let ask = SettledAsk {
+            from: "node-d",
+            group: &g,
+        };
+        let (from, group) = ("node-d".to_string(), g.clone());
+        assert_eq!(
+            decode(me.clone(), ask.encode()),
+            Some(BusMessage::SettledAsked { from, group })
+        );
+        let (from, group) = ("node-d".to_string(), g.clone());
+        assert_eq!(
+            decode(me.clone(), ask.encode_release()),
+            Some(BusMessage::ReleaseAsked { from, group })
+        );
+        let answer = SettledAnswer {
+            group: g.clone(),
+            settled: MessageId(5),
+        };
+        let (group, settled) = (g.clone(), MessageId(5));
+        assert_eq!(
+            decode(me.clone(), answer.encode()),
+            Some(BusMessage::GapSettled { group, settled })
+        );
+        let (group, settled) = (g.clone(), MessageId(5));
+        assert_eq!(
+            decode(me.clone(), answer.encode_released()),
+            Some(BusMessage::Released { group, settled })
+        );
+        assert_eq!(
+            decode(me.clone(), applied_word(0x0102_0304_0506_0708)),
+            Some(BusMessage::Applied {
+                req: 0x0102_0304_0506_0708
+            })
+        );
+        let answer = Answer {
+            group: g.clone(),
+            shard: ShardId(3),
+            conn: crate::conn::ConnId(77),
+            ack: None,
+            frame,
+        };
+        assert_eq!(
+            decode(me.clone(), answer.encode()),
+            Some(BusMessage::Answer(answer))
+        );
+    }
+
+    #[test]
+    fn what_is_not_ours_or_not_whole_is_refused_without_reading_further() {
+        let me = node_channel("me");
+        // Another node's channel is not read at all, whatever it carries.
+        assert_eq!(
+            decode(node_channel("other"), Bytes::from_static(b"\xff")),
+            Some(BusMessage::NotMine)
+        );
+        assert_eq!(decode("other:n:me".into(), applied_word(1)), None);
+        assert_eq!(decode(format!("{PREFIX}x"), applied_word(1)), None);
+        assert_eq!(decode(me.clone(), Bytes::new()), None);
+        assert_eq!(decode(me.clone(), Bytes::from_static(b"Z")), None);
+        assert_eq!(decode(me.clone(), Bytes::from_static(b"D\0\0\0")), None);
+        assert_eq!(decode(me.clone(), Bytes::from_static(b"S{}")), None);
+        // An answer for a shard this node does not have (it has 4).
+        let answer = Answer {
+            group: GroupId::new("g"),
+            shard: ShardId(4),
+            conn: crate::conn::ConnId(1),
+            ack: Some(1),
+            frame: Bytes::new(),
+        };
+        assert_eq!(decode(me.clone(), answer.encode()), None);
+        // A membership change whose JSON is cut short, a node word with a cut id.
+        let cut = Members {
+            group: "g".into(),
+            added: vec![],
+            removed: vec![],
+            req: 1,
+        }
+        .encode("node-a");
+        assert_eq!(decode(members_channel(), cut.slice(..cut.len() - 1)), None);
+        assert_eq!(
+            decode(members_channel(), Bytes::from_static(b"J\x09node")),
+            None
+        );
+        // Announced groups that are not a JSON array of strings.
+        assert_eq!(
+            decode(format!("{PREFIX}presence"), Bytes::from_static(b"+7\n[1]")),
+            None
+        );
     }
 }
