@@ -25,6 +25,24 @@ const INBOX_CAPACITY: usize = 64 * 1024;
 /// How long a shard may take from its executor's start to accepting connections.
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a cluster node waits at start for its store to answer before it joins the bus.
+const CLUSTER_STORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `store` answers a ping, for at most `wait`.
+fn wait_for_store(store: &corecast_storage::StoreHandle, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        match store.blocking().ping() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                tracing::warn!(error = %e, secs = wait.as_secs(), "cluster: the store does not answer; joining the bus without it");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub public_addr: SocketAddr,
@@ -92,6 +110,11 @@ impl Gateway {
                 .cluster
                 .advertised(public_addr)
                 .map_err(Error::Cluster)?;
+            // Once on the bus this node owns groups, and the others forward their events to
+            // it: it joins once its store answers, so that a node joining under traffic does
+            // not refuse them `storage_unavailable` while it connects (for at most
+            // `CLUSTER_STORE_WAIT`: with the store down it joins anyway, as one node starts).
+            wait_for_store(&store, CLUSTER_STORE_WAIT);
             let (node, handle) = crate::cluster::start(&config.cluster, handles.clone(), advertise)
                 .map_err(|e| Error::Cluster(e.to_string()))?;
             (Some(node), Some(handle))
