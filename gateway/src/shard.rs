@@ -3502,20 +3502,41 @@ impl Shard {
         }
     }
 
-    /// The bus is back after a loss (Redis may have restarted empty). This shard's users
-    /// announced online are put back in the cluster's presence without a new announcement:
-    /// those with a connection as being on this node, those whose last connection here
-    /// closed within the window only as announced (their offline announcement is due here).
-    /// Then the users whose arrival or departure Redis could not be told are told now, if
-    /// it is still so.
+    /// The bus is back after a loss (Redis may have restarted empty). The users whose
+    /// arrival or departure Redis could not be told are told now, if it is still so (and
+    /// announced if due); this shard's other users announced online are put back in the
+    /// cluster's presence without a new announcement: those with a connection as being on
+    /// this node, those whose last connection here closed within the window only as
+    /// announced (their offline announcement is due here).
     fn restore_presence(&self) {
         let untold: Vec<_> = self.presence_untold.borrow_mut().drain().collect();
-        let (here, leaving): (Vec<u64>, Vec<u64>) = {
+        let mut told = HashSet::new();
+        let mut settle = Vec::new();
+        for (user, (online, groups)) in untold {
+            let (conns, leaving) = {
+                let p = self.presence.borrow();
+                (p.conns(&user), p.leaving(&user))
+            };
+            // Only if it is still so (the user may have come and gone again meanwhile).
+            if (conns > 0) != online {
+                continue;
+            }
+            told.insert(user);
+            self.tell_cluster(user, online, groups.clone());
+            if !online && !leaving {
+                // The window ended while Redis could not be told: announced offline now if
+                // it was announced online (restored so below, in case Redis lost that too).
+                settle.push((user, groups));
+            }
+        }
+        let (here, mut leaving): (Vec<u64>, Vec<u64>) = {
             let p = self.presence.borrow();
             p.announced()
+                .filter(|u| !told.contains(u))
                 .map(|u| u.0)
                 .partition(|&u| p.conns(&UserId(u)) > 0)
         };
+        leaving.extend(settle.iter().map(|(u, _)| u.0));
         for (users, here) in [(here, true), (leaving, false)] {
             for step in users.chunks(corecast_cluster::presence::STEP) {
                 let step = step.to_vec();
@@ -3528,27 +3549,6 @@ impl Shard {
                         None
                     },
                 );
-            }
-        }
-        let mut settle = Vec::new();
-        for (user, (online, groups)) in untold {
-            let (conns, leaving) = {
-                let p = self.presence.borrow();
-                (p.conns(&user), p.leaving(&user))
-            };
-            // Only if it is still so (the user may have come and gone again meanwhile).
-            if (conns > 0) != online {
-                continue;
-            }
-            self.tell_cluster(user, online, groups.clone());
-            if !online && !leaving {
-                // The window ended while Redis could not be told: announced offline now if
-                // it was announced online (restored so, in case Redis lost that too).
-                self.bus_call(
-                    |c, done| c.presence.restore(&[user.0], false, done),
-                    |_| None,
-                );
-                settle.push((user, groups));
             }
         }
         self.settle_in_cluster(settle, events::now_ms());
