@@ -292,6 +292,27 @@ def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, con
     assert aged == (NODES - 1) * (total + 1), aged
 
 
+def test_a_resend_with_the_same_client_msg_id_on_another_node_gets_the_original(
+        cluster, connect, new_id):
+    """A client that resends after a reconnect may land on another node (a TCP balancer
+    picks one): the resend, with the same clientMsgId, is acked with the original's id and
+    timestamp, and no member receives it twice."""
+    sender, member = new_id(), new_id()
+    for u in (sender, member):
+        cluster[0].put_user(u)
+    gid = f"g-{new_id()}"
+    cluster[0].put_group(gid, [sender, member])
+    watcher = connect(cluster[2], member)
+    first = connect(cluster[0], sender).send_message(gid, "once", clientMsgId="c-1")
+    again = connect(cluster[1], sender).send_message(gid, "once", clientMsgId="c-1")
+    assert (again["id"], again["timestamp"]) == (first["id"], first["timestamp"]), (first, again)
+    marker = connect(cluster[1], sender).send_message(gid, "marker")
+    watcher.wait_for("newMessage", lambda m: m["id"] == marker["id"], timeout=15)
+    assert [m["id"] for m in _messages(watcher, gid)] == [first["id"], marker["id"]]
+    stored = sorted(int(m["id"]) for m in cluster[2].history(gid, limit=10))
+    assert stored == [int(first["id"]), int(marker["id"])], "stored once"
+
+
 def test_message_ids_are_unique_across_the_nodes(cluster, connect, new_id):
     """Groups owned by every node, sent to at once: no id is minted twice (each node's shards
     mint with generators of their own, claimed in Redis)."""
