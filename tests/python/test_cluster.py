@@ -292,6 +292,24 @@ def test_group_messages_cross_nodes_once_each_in_id_order_and_acked(cluster, con
     assert aged == (NODES - 1) * (total + 1), aged
 
 
+def test_a_sender_on_any_node_has_its_own_new_message_before_its_ack(cluster, connect, new_id):
+    """The ack comes after the broadcast, as on one node: whether the sender is on the
+    group's owner node or another, its own `newMessage` is on the wire before the ack (the
+    clients record in wire order, so it is recorded when the call returns)."""
+    sender, member = new_id(), new_id()
+    for u in (sender, member):
+        cluster[0].put_user(u)
+    gid = f"g-{new_id()}"
+    cluster[0].put_group(gid, [sender, member])
+    connect(cluster[2], member)
+    for k, gw in enumerate(cluster):
+        c = connect(gw, sender)
+        for i in range(5):
+            ack = c.send_message(gid, f"node-{k} {i}")
+            assert ack["id"] in [m["id"] for m in _messages(c, gid)], \
+                f"node-{k}: the ack of message {i} came before its newMessage"
+
+
 def test_a_resend_with_the_same_client_msg_id_on_another_node_gets_the_original(
         cluster, connect, new_id):
     """A client that resends after a reconnect may land on another node (a TCP balancer
