@@ -174,10 +174,13 @@ def start_cluster(cassandra, redis, start_gateway, n=NODES, **env):
 
 
 def start_node(start_gateway, cassandra, redis, keyspace, node_id, env):
-    """One node of the cluster on `keyspace`, once its /readyz says it is ready."""
+    """One node of the cluster on `keyspace`, once its /readyz says it is ready (`node_id`
+    None: CORECAST_NODE_ID unset, the node names itself)."""
+    if node_id is not None:
+        env = {**env, "CORECAST_NODE_ID": node_id}
     gw = start_gateway(CORECAST_STORE="scylla", CORECAST_SCYLLA_NODES=",".join(cassandra),
                        CORECAST_SCYLLA_KEYSPACE=keyspace, CORECAST_CLUSTER=redis,
-                       CORECAST_NODE_ID=node_id, CORECAST_SHARDS=2,
+                       CORECAST_SHARDS=2,
                        CORECAST_LISTEN=f"127.0.0.1:{_free_port()}",
                        CORECAST_INTERNAL_LISTEN=f"127.0.0.1:{_free_port()}", **env)
     poll(f"{node_id} /readyz", lambda: _ready(gw), READY_TIMEOUT, 0.2)
@@ -613,6 +616,28 @@ def test_a_node_killed_under_traffic_loses_no_acked_message(cassandra, redis, st
         assert got == sorted(got), f"{who}: not in id order"
         assert set(got) <= stored, f"{who}: got messages the store does not hold"
     print(f"victim {victim}: acked {len(acked)}, failed {len(failed)}")
+
+
+def test_nodes_without_a_node_id_name_themselves_and_work_as_one(cassandra, redis,
+                                                                 start_gateway, connect,
+                                                                 new_id):
+    """CORECAST_NODE_ID is optional: two nodes without it generate distinct names, see each
+    other, and a message sent on one reaches a member on the other."""
+    keyspace = f"corecast_t_{uuid.uuid4().hex[:16]}"
+    _KEYSPACES.append(keyspace)
+    nodes = [start_node(start_gateway, cassandra, redis, keyspace, None, {}) for _ in range(2)]
+    for i, gw in enumerate(nodes):
+        poll(f"node {i} to see 2 live nodes",
+             lambda gw=gw: _metric(gw, "corecast_cluster_nodes") == 2, 15, 0.1)
+    sender, member = new_id(), new_id()
+    for u in (sender, member):
+        nodes[0].put_user(u)
+    gid = f"g-{new_id()}"
+    nodes[0].put_group(gid, [sender, member])
+    watcher = connect(nodes[1], member)
+    ack = connect(nodes[0], sender).send_message(gid, "across")
+    m = watcher.wait_for("newMessage", lambda m: m["id"] == ack["id"], timeout=15)
+    assert m["text"] == "across"
 
 
 def test_cluster_mode_refuses_the_embedded_store(redis, tmp_path):
