@@ -14,7 +14,7 @@ fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 if mode.startswith("over"):
     os.write(fd, b"\0" * (4096 * n)); os.fsync(fd)
 buf = b"x" * 4096
-r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter(); lat = []
+r0 = resource.getrusage(resource.RUSAGE_SELF); lat = []
 for i in range(n):
     os.pwrite(fd, buf, 4096 * i)
     a = time.perf_counter()

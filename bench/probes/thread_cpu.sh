@@ -7,13 +7,11 @@
 # (socketioxide's baseline too), or a wrapper that execs one (docs/benchmarks.md, "What bounds
 # CPU per delivery at 1,000-5,000/s").
 BIN=$1; RATE=$2
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+source "$(dirname "$0")/gateway.sh"
 D=$(mktemp -d)
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$D"' EXIT
-CORECAST_LISTEN=127.0.0.1:4700 CORECAST_INTERNAL_LISTEN=127.0.0.1:4701 CORECAST_DATA_DIR=$D CORECAST_RATE_LIMIT_PER_MIN=0 CORECAST_EVENT_RATE_PER_SEC=0 CORECAST_MAX_PENDING_PER_IP=0 CORECAST_DRAIN_SECS=0 CORECAST_JWT_SECRET=bench-secret-0123456789abcdef0123456789abcdef CORECAST_ADMIN_TOKEN=a RUST_LOG=warn $BIN serve > $D/log 2>&1 &
-PID=$!
-for i in $(seq 50); do grep -q listening $D/log && break; sleep 0.1; done
-"$ROOT/target/release/corecast-loadgen" --target 127.0.0.1:4700 --admin 127.0.0.1:4701 --jwt-secret bench-secret-0123456789abcdef0123456789abcdef --admin-token a --conns 1000 --group-size 10 --rate $RATE --duration 12 --warmup 2 --server-pid $PID --quiet > $D/out 2>&1 &
+start_gateway $BIN $D
+fanout $RATE 12 > $D/out 2>&1 &
 LG=$!
 # Set-up and warm-up take about 3 s; the 5 s sampled fall inside the 12 s of sends.
 sleep 5
