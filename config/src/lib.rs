@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn every_key_has_its_own_variable_and_parses_into_its_field() {
         let all = variables();
-        assert_eq!(all.len(), 67, "{all:?}");
+        assert_eq!(all.len(), 68, "{all:?}");
         let mut unique = all.clone();
         unique.sort();
         unique.dedup();
@@ -598,6 +598,23 @@ mod tests {
             let err = load(bad).unwrap_err();
             assert!(err.contains("CORECAST_MAX_GROUP_ID_BYTES"), "{err}");
         }
+    }
+
+    #[test]
+    fn commit_budget_is_read_and_bounded() {
+        let load = |v: &str| load(None, &["--commit-budget-us", v]);
+        assert_eq!(Config::default().store.commit_budget_us, 800);
+        let budget = |c: Config| match c.store.backend() {
+            corecast_storage::Backend::Embedded { commit_budget, .. } => commit_budget,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(budget(load("0").unwrap()), std::time::Duration::ZERO);
+        assert_eq!(
+            budget(load("2500").unwrap()),
+            std::time::Duration::from_micros(2500)
+        );
+        let err = load("100001").unwrap_err();
+        assert!(err.contains("CORECAST_COMMIT_BUDGET_US"), "{err}");
     }
 
     #[test]

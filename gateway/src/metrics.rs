@@ -27,8 +27,8 @@ pub enum Hop {
     /// Admitted (or parsed, with the limit off) -> the group's owner shard took it up
     /// (including a wait for the room's members to load).
     Owner,
-    /// The owner handed it to the store -> the store committed it (queue, linger, commit and
-    /// fsync), on the store's thread.
+    /// The owner handed it to the store -> the store committed it (queue, pacing wait, commit
+    /// and fsync), on the store's thread.
     Store,
     /// Committed -> the owner shard read the store's answer.
     StoreReply,

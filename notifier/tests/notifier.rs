@@ -206,10 +206,8 @@ impl Chat {
     fn new() -> Chat {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
-        let store = corecast_storage::open(&Backend::Embedded {
-            data_dir: data_dir.clone(),
-        })
-        .expect("open embedded store");
+        let store = corecast_storage::open(&Backend::embedded(data_dir.clone()))
+            .expect("open embedded store");
         Chat {
             store,
             data_dir,

@@ -26,11 +26,9 @@ fn main() {
     let kind = args.get(1).map(String::as_str).unwrap_or("scylla");
     let target = args.get(2).cloned();
     let config = match kind {
-        "embedded" => Backend::Embedded {
-            data_dir: target
-                .unwrap_or_else(|| "/tmp/corecast-write-bench".into())
-                .into(),
-        },
+        "embedded" => {
+            Backend::embedded(target.unwrap_or_else(|| "/tmp/corecast-write-bench".into()))
+        }
         _ => Backend::Scylla {
             nodes: vec![target.unwrap_or_else(|| "127.0.0.1:9042".into())],
             keyspace: format!("cc_bench_{:08x}", fastrand::u32(..)),

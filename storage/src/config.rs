@@ -26,6 +26,11 @@ pub struct StoreConfig {
     /// Folder of the embedded store.
     #[arg(long, env = "CORECAST_DATA_DIR", value_parser = path())]
     pub data_dir: PathBuf,
+    /// Embedded store: how long a write may wait on average, its commit included, so that one
+    /// commit (one fsync) carries the writes that come soon after it, in microseconds (0 =
+    /// commit whenever the queue is empty; see `embedded::Options::commit_budget`).
+    #[arg(long, env = "CORECAST_COMMIT_BUDGET_US", value_parser = parse::<u64>())]
+    pub commit_budget_us: u64,
     /// ScyllaDB contact points, `host:port`, comma-separated.
     #[arg(long, env = "CORECAST_SCYLLA_NODES", value_parser = list())]
     pub scylla_nodes: std::vec::Vec<String>,
@@ -53,6 +58,9 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreKind::Embedded,
             data_dir: PathBuf::from("corecast-data"),
+            commit_budget_us: crate::embedded::Options::default()
+                .commit_budget
+                .as_micros() as u64,
             scylla_nodes: vec!["127.0.0.1:9042".into()],
             scylla_keyspace: "corecast".into(),
             scylla_replication: "'class': 'SimpleStrategy', 'replication_factor': 1".into(),
@@ -69,6 +77,7 @@ impl StoreConfig {
         match self.kind {
             StoreKind::Embedded => crate::Backend::Embedded {
                 data_dir: self.data_dir.clone(),
+                commit_budget: std::time::Duration::from_micros(self.commit_budget_us),
             },
             StoreKind::Scylla => crate::Backend::Scylla {
                 nodes: self.scylla_nodes.clone(),
@@ -89,6 +98,15 @@ impl StoreConfig {
                     .into(),
             );
         }
+        if self.commit_budget_us > MAX_COMMIT_BUDGET_US {
+            return Err(format!(
+                "store.commit_budget_us (CORECAST_COMMIT_BUDGET_US) is {}; at most {MAX_COMMIT_BUDGET_US} (100 ms)",
+                self.commit_budget_us
+            ));
+        }
         Ok(())
     }
 }
+
+/// Longest commit budget accepted: past this a write waits longer than any client expects.
+const MAX_COMMIT_BUDGET_US: u64 = 100_000;

@@ -25,12 +25,15 @@ pub struct Options {
     pub queue_capacity: usize,
     /// Requests applied in one transaction at most.
     pub max_batch: usize,
-    /// After the first request of a batch, how long the writer waits for more before it
-    /// commits. Each commit costs an fsync and writes every page it touched, so at moderate
-    /// rates a short wait saves much work (measured in docs/benchmarks.md: server CPU per
-    /// delivery 36 -> 25 µs at 30,000 deliveries/s with 1 ms) at the price of that much
-    /// latency. Zero commits as soon as the queue is empty.
-    pub commit_linger: Duration,
+    /// How long a write may wait in the store on average, its commit included, so that its
+    /// commit (one fsync, each touched page written once) is shared with the writes that come
+    /// soon after it. The writer paces its commits to this (see [`Pacer`]): at ordinary load
+    /// each write commits at once, at moderate rates commits start at most every
+    /// `2 × (commit_budget − commit time)`, and past that they run back to back, each taking
+    /// everything queued meanwhile. Fewer commits cost less CPU per message; a shorter budget
+    /// answers sooner (measured in docs/benchmarks.md, "Pacing group commit"). Zero commits as
+    /// soon as the queue is empty.
+    pub commit_budget: Duration,
 }
 
 impl Default for Options {
@@ -38,7 +41,7 @@ impl Default for Options {
         Options {
             queue_capacity: 65_536,
             max_batch: 4_096,
-            commit_linger: Duration::from_millis(1),
+            commit_budget: Duration::from_micros(800),
         }
     }
 }
@@ -325,7 +328,7 @@ pub fn open(data_dir: &Path, options: Options) -> Result<StoreHandle, Error> {
         .spawn(move || {
             // The hook (holding `log`) goes with the connection when the writer ends, and
             // with it the checkpoint thread.
-            writer(conn, rx, options.max_batch, options.commit_linger)
+            writer(conn, rx, options.max_batch, options.commit_budget)
         })
         .map_err(|e| Error::Unavailable(format!("cannot start the store thread: {e}")))?;
     let thread = std::thread::Builder::new()
@@ -440,34 +443,76 @@ fn unavailable(e: rusqlite::Error) -> Error {
 /// What to do with a request's reply once the batch's fate is known: `true` if it committed.
 type Finish = Box<dyn FnOnce(bool) + Send>;
 
-/// Whether the writer waits `linger` for more requests before committing: only when the batch
-/// before carried more than one request, i.e. requests arrive faster than commits end, so the
-/// wait is likely to group several into one commit. At ordinary load each request then commits
-/// at once instead of waiting a linger that groups nothing.
-fn should_linger(last_batch: usize, linger: Duration) -> bool {
-    !linger.is_zero() && last_batch > 1
+/// When the writer starts its commits (see [`Options::commit_budget`]).
+///
+/// A write arriving at a random moment while commits start every `period` waits on average
+/// half a period for the next one to start, then the commit itself: `period / 2 + commit`.
+/// So the pacer spaces commit starts by `period = 2 × (budget − commit)`, from the running
+/// mean of the last commits' durations, which spends the budget on grouping and no more. A
+/// write that finds the last commit started longer ago than that commits at once, which is
+/// every write at ordinary load; when commits take longer than the budget, the period is zero
+/// and they run back to back, each carrying what queued during the one before.
+#[derive(Debug)]
+struct Pacer {
+    budget: Duration,
+    /// Running mean of the commits' durations (1/8 weight on the newest).
+    commit: Duration,
+    last_start: Option<std::time::Instant>,
+}
+
+impl Pacer {
+    fn new(budget: Duration) -> Self {
+        Pacer {
+            budget,
+            commit: Duration::ZERO,
+            last_start: None,
+        }
+    }
+
+    /// The spacing of commit starts the budget allows now.
+    fn period(&self) -> Duration {
+        self.budget.saturating_sub(self.commit) * 2
+    }
+
+    /// How long to wait before a commit that would start at `now`.
+    fn wait(&self, now: std::time::Instant) -> Duration {
+        match self.last_start {
+            Some(last) => self
+                .period()
+                .saturating_sub(now.saturating_duration_since(last)),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Records a commit that started at `start` and ended at `end`.
+    fn committed(&mut self, start: std::time::Instant, end: std::time::Instant) {
+        let took = end.saturating_duration_since(start);
+        self.commit = (self.commit * 7 + took) / 8;
+        self.last_start = Some(start);
+    }
 }
 
 fn writer(
     conn: Connection,
     rx: crossbeam_channel::Receiver<Request>,
     max_batch: usize,
-    linger: Duration,
+    budget: Duration,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    // Requests the batch before carried (see `should_linger`).
-    let mut last_batch = 0;
+    let mut pacer = Pacer::new(budget);
     while let Ok(first) = rx.recv() {
-        // Linger briefly for more work when there is something to commit: one commit (one
-        // fsync, each touched page written once) then carries several writes instead of one
-        // each. Reads alone need no fsync and are answered at once. The thread sleeps through
-        // the linger rather than waiting on the queue: a request arriving meanwhile then
-        // wakes nobody, and the batch is collected afterwards (waking this thread once per
-        // request cost ~2 µs of gateway CPU per delivery at 30,000/s; docs/benchmarks.md).
-        // At ordinary load the linger groups nothing (the next request comes later than it
-        // ends) and only adds its length to every message: see `should_linger`.
-        if first.is_write() && should_linger(last_batch, linger) {
-            std::thread::sleep(linger);
+        // Wait for more work when there is something to commit and the pacer says the last
+        // commit started too recently: one commit (one fsync, each touched page written once)
+        // then carries several writes instead of one each. Reads alone need no fsync and are
+        // answered at once. The thread sleeps through the wait rather than waiting on the
+        // queue: a request arriving meanwhile then wakes nobody, and the batch is collected
+        // afterwards (waking this thread once per request cost ~2 µs of gateway CPU per
+        // delivery at 30,000/s; docs/benchmarks.md).
+        if first.is_write() {
+            let wait = pacer.wait(std::time::Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
         }
         first.flatten(&mut batch);
         while batch.len() < max_batch {
@@ -476,7 +521,7 @@ fn writer(
                 Err(_) => break,
             }
         }
-        last_batch = batch.len();
+        let start = std::time::Instant::now();
         let any_write = batch.iter().any(Request::is_write);
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
         // BEGIN, COMMIT and the savepoints run as cached statements: parsing them again for
@@ -497,6 +542,9 @@ fn writer(
             }
             Ok(())
         })();
+        if any_write {
+            pacer.committed(start, std::time::Instant::now());
+        }
         let committed = match outcome {
             Ok(()) => true,
             Err(e) => {
@@ -1049,16 +1097,40 @@ fn pending_notices(c: &Connection, limit: usize) -> Result<Vec<Notice>, Error> {
 mod tests {
     use super::*;
 
+    /// At ordinary load a write commits at once; while writes come faster, commits start at
+    /// most every `2 × (budget − commit time)`; commits slower than the budget run back to back.
     #[test]
-    fn the_writer_lingers_only_when_requests_come_faster_than_commits() {
-        let linger = Duration::from_millis(1);
-        assert!(!should_linger(0, linger), "the first batch commits at once");
-        assert!(
-            !should_linger(1, linger),
-            "one request per commit: nothing to group"
+    fn the_pacer_spends_the_budget_on_grouping_and_no_more() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let t0 = std::time::Instant::now();
+        let mut p = Pacer::new(ms(1));
+        assert_eq!(
+            p.wait(t0),
+            Duration::ZERO,
+            "the first write commits at once"
         );
-        assert!(should_linger(2, linger));
-        assert!(!should_linger(50, Duration::ZERO), "linger turned off");
+        // Commits of 400 µs, long enough for the running mean to settle.
+        let mut at = t0;
+        for _ in 0..64 {
+            p.committed(at, at + us(400));
+            at += ms(10);
+        }
+        assert!(p.period().abs_diff(us(1200)) < us(5), "{:?}", p.period());
+        let last = at - ms(10);
+        assert_eq!(
+            p.wait(last + ms(10)),
+            Duration::ZERO,
+            "a write 10 ms after the last commit started commits at once"
+        );
+        assert!(p.wait(last + us(500)).abs_diff(us(700)) < us(5));
+        // Commits slower than the budget: no waiting at all.
+        for _ in 0..64 {
+            p.committed(at, at + ms(2));
+            at += ms(2);
+        }
+        assert_eq!(p.wait(at - ms(2) + us(1)), Duration::ZERO);
+        assert_eq!(Pacer::new(Duration::ZERO).period(), Duration::ZERO);
     }
 
     /// The checkpoint thread is woken once as the log nears a reset (not on every commit: each

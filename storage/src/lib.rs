@@ -31,7 +31,11 @@ pub use request::{Blocking, Reply, Request, StoreHandle};
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// SQLite files in `data_dir`.
-    Embedded { data_dir: std::path::PathBuf },
+    Embedded {
+        data_dir: std::path::PathBuf,
+        /// [`embedded::Options::commit_budget`].
+        commit_budget: std::time::Duration,
+    },
     /// ScyllaDB/Cassandra cluster (see [`scylla::ScyllaConfig`] for the fields).
     Scylla {
         /// Contact points, `host:port`.
@@ -49,6 +53,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The embedded store in `data_dir`, with its default settings.
+    pub fn embedded(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Backend::Embedded {
+            data_dir: data_dir.into(),
+            commit_budget: embedded::Options::default().commit_budget,
+        }
+    }
+
     /// The ScyllaDB settings, when this is the ScyllaDB backend.
     pub fn scylla(&self) -> Option<scylla::ScyllaConfig> {
         match self {
@@ -76,7 +88,7 @@ impl Backend {
 /// store creates its schema whenever it opens, so this only opens and checks it.
 pub fn migrate(config: &Backend) -> Result<(), Error> {
     match config {
-        Backend::Embedded { data_dir } => embedded::connect(data_dir).map(|_| ()),
+        Backend::Embedded { data_dir, .. } => embedded::connect(data_dir).map(|_| ()),
         Backend::Scylla { .. } => {
             scylla::migrate(&config.scylla().expect("invariant: matched Scylla"))
         }
@@ -86,7 +98,16 @@ pub fn migrate(config: &Backend) -> Result<(), Error> {
 /// Opens the configured backend and starts its threads.
 pub fn open(config: &Backend) -> Result<StoreHandle, Error> {
     match config {
-        Backend::Embedded { data_dir } => embedded::open(data_dir, embedded::Options::default()),
+        Backend::Embedded {
+            data_dir,
+            commit_budget,
+        } => embedded::open(
+            data_dir,
+            embedded::Options {
+                commit_budget: *commit_budget,
+                ..embedded::Options::default()
+            },
+        ),
         Backend::Scylla { .. } => {
             scylla::open(&config.scylla().expect("invariant: matched Scylla"))
         }

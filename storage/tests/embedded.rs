@@ -5,10 +5,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 fn open_in(dir: &Path) -> StoreHandle {
-    open(&Backend::Embedded {
-        data_dir: dir.to_path_buf(),
-    })
-    .expect("open the embedded store")
+    open(&Backend::embedded(dir)).expect("open the embedded store")
 }
 
 fn message(group: &str, sender: u64, n: u64, key: Option<String>) -> NewMessage {

@@ -62,9 +62,7 @@ impl Fixture {
 
     fn config(&self) -> Backend {
         match &self.kind {
-            Kind::Embedded(dir) => Backend::Embedded {
-                data_dir: dir.path().to_path_buf(),
-            },
+            Kind::Embedded(dir) => Backend::embedded(dir.path()),
             Kind::Scylla(c) => c.clone(),
         }
     }
